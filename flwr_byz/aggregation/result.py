@@ -1,0 +1,40 @@
+"""The value every aggregation rule returns: the aggregate and what the rule decided."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """Outcome of one aggregation rule on an ``(n, d)`` matrix of updates.
+
+    Row indices refer to the rows of the input matrix; the strategy layer maps
+    them to Flower node ids.
+
+    Attributes
+    ----------
+    aggregate : torch.Tensor
+        The ``(d,)`` aggregate, same dtype and device as the input.
+    selected : tuple[int, ...]
+        Rows whose values entered the aggregate, ascending. For coordinate-wise
+        rules (median, trimmed mean) every row is "selected".
+    removed : tuple[int, ...]
+        Rows the rule discarded, in the order it discarded them (FABA's
+        removal order; Krum's rejected rows ascending).
+    scores : tuple[float, ...]
+        One score per input row where the rule scores rows (Krum score, FABA
+        distance at removal time, medoid distance sum); empty otherwise.
+    weights : tuple[float, ...]
+        One weight per input row with which the aggregate was formed, where
+        the rule is a weighted mean of rows (mean, FABA, MultiKrum, GAA
+        credits); empty for coordinate-wise rules.
+    """
+
+    aggregate: torch.Tensor
+    selected: tuple[int, ...]
+    removed: tuple[int, ...] = ()
+    scores: tuple[float, ...] = ()
+    weights: tuple[float, ...] = field(default=())
