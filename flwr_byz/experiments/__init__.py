@@ -1,0 +1,1 @@
+"""Experiments: run configuration, result store, benchmarks, grid runner and CLI."""
