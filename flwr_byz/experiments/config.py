@@ -1,0 +1,238 @@
+"""The app's run configuration: every key, its default, and its validation.
+
+Flower hands the ServerApp and ClientApp a flat ``run_config`` of kebab-case keys
+(``[tool.flwr.app.config]`` in ``pyproject.toml``, overridden with
+``flwr run . --run-config "k=v"``). Everything is checked here, before the first
+round, so that a wrong value stops the run with one message naming the key, the
+value and what is allowed — instead of surfacing as a crash in round 7.
+
+The data and attack layers own their keys (``DATA_DEFAULTS``, ``ATTACK_DEFAULTS``)
+and their checks; this module owns the server, strategy and client-training keys and
+puts the three together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flwr_byz.aggregation import min_nodes
+from flwr_byz.attacks import ATTACK_DEFAULTS, check_attack_config
+from flwr_byz.data import DATA_DEFAULTS, check_data_config
+from flwr_byz.models import MODELS
+
+
+class RunConfigError(ValueError):
+    """A run-config value that cannot work; the message says what to change."""
+
+
+STRATEGY_NAMES = (
+    "gaa",
+    "faba",
+    "krum",
+    "multikrum",
+    "bulyan",
+    "geomed",
+    "median",
+    "trimmed-mean",
+    "brute-force",
+    "mean",
+)
+
+# Rules that are not a robust defence by themselves still get an f: it only enters
+# their bound check, which is trivially met.
+_RULE_OF_STRATEGY = {name: name for name in STRATEGY_NAMES if name != "gaa"}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One server-side run-config key: its default, meaning and check."""
+
+    default: Any
+    help: str
+    check: Callable[[Any], str | None]
+
+
+def _int_at_least(low: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            return f"an integer >= {low}"
+        return None
+
+    return check
+
+
+def _float_in(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[Any], str | None]:
+    left, right = ("(" if low_open else "["), (")" if high_open else "]")
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"a number in {left}{low}, {high}{right}"
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if too_low or too_high or value != value:
+            return f"a number in {left}{low}, {high}{right}"
+        return None
+
+    return check
+
+
+def _one_of(*choices: Any) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value not in choices:
+            return "one of " + ", ".join(repr(c) for c in choices)
+        return None
+
+    return check
+
+
+def _is_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _is_str(value: Any) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+SERVER_KEYS: dict[str, Key] = {
+    "num-server-rounds": Key(20, "federated rounds", _int_at_least(1)),
+    "strategy": Key("gaa", "the defence", _one_of(*STRATEGY_NAMES)),
+    "assumed-byzantine-fraction": Key(
+        0.3,
+        "the defence's α: it tolerates f = floor(α·n) Byzantine replies "
+        "(FABA, Krum, MultiKrum, Bulyan, GeoMed, brute force; trimmed mean drops f "
+        "per side)",
+        _float_in(0.0, 0.5, high_open=True),
+    ),
+    "fraction-train": Key(
+        1.0, "share of nodes sampled each round", _float_in(0.0, 1.0, low_open=True)
+    ),
+    "server-learning-rate": Key(
+        1.0, "η_server in w ← w + η·A(Δ)", _float_in(0.0, 1e6, low_open=True)
+    ),
+    "geomed-method": Key(
+        "medoid", "GeoMed variant", _one_of("medoid", "weiszfeld")
+    ),
+    "gaa-policy": Key("evidence", "GAA policy", _one_of("evidence", "paper")),
+    "gaa-window": Key(5, "GAA window length T (rounds)", _int_at_least(1)),
+    "gaa-gamma": Key(0.9, "GAA discount γ", _float_in(0.0, 1.0)),
+    "gaa-policy-lr": Key(
+        0.01, "GAA policy learning rate", _float_in(0.0, 1e3, low_open=True)
+    ),
+    "gaa-backprop": Key(
+        "exact", "GAA window gradient", _one_of("exact", "truncated")
+    ),
+    "gaa-trusted-worker": Key(
+        False, "GAA: add the server's own update from its QV data", _is_bool
+    ),
+    "detection-k": Key(
+        0,
+        "GAA+ detection reports the k lowest-credit nodes; 0 = the true number of "
+        "Byzantine nodes (as in the paper's Table 4)",
+        _int_at_least(0),
+    ),
+    "model": Key("auto", "the model", _one_of(*MODELS)),
+    "local-steps": Key(
+        1, "local SGD steps per round (1 with full batch = FedSGD)", _int_at_least(1)
+    ),
+    "learning-rate": Key(
+        0.5, "client SGD learning rate λ", _float_in(0.0, 1e3, low_open=True)
+    ),
+    "batch-size": Key(0, "client batch size; 0 = full batch", _int_at_least(0)),
+    "seed": Key(0, "seed of everything", _int_at_least(0)),
+    "device": Key("auto", "where torch runs", _one_of("auto", "cpu", "cuda")),
+    "output-dir": Key(
+        "results",
+        "where results.json goes (relative paths resolve against the ServerApp's "
+        "working directory, printed at the end of the run)",
+        _is_str,
+    ),
+}
+
+
+def app_defaults() -> dict[str, Any]:
+    """Every run-config key of the app with its default value."""
+    merged: dict[str, Any] = {}
+    for part in (
+        {k: key.default for k, key in SERVER_KEYS.items()},
+        DATA_DEFAULTS,
+        ATTACK_DEFAULTS,
+    ):
+        for name, value in part.items():
+            if name in merged and merged[name] != value:
+                raise AssertionError(f"run-config key {name!r} has two defaults")
+            merged[name] = value
+    return merged
+
+
+def with_defaults(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config completed with the defaults of every missing key."""
+    cfg = app_defaults()
+    cfg.update(run_config)
+    return cfg
+
+
+def check_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a run config and return it completed with defaults.
+
+    Raises
+    ------
+    RunConfigError
+        Naming the key, the value given and what is allowed, for the first key
+        that cannot work.
+    """
+    cfg = with_defaults(run_config)
+    unknown = sorted(set(cfg) - set(app_defaults()))
+    if unknown:
+        raise RunConfigError(
+            f"unknown run-config key(s) {', '.join(map(repr, unknown))}; "
+            f"known keys: {', '.join(sorted(app_defaults()))}"
+        )
+    for name, key in SERVER_KEYS.items():
+        expected = key.check(cfg[name])
+        if expected is not None:
+            raise RunConfigError(
+                f"run-config key {name!r} = {cfg[name]!r} is invalid: expected "
+                f"{expected} ({key.help})"
+            )
+    for component_check in (check_data_config, check_attack_config):
+        try:
+            component_check(cfg)
+        except ValueError as err:
+            raise RunConfigError(str(err)) from err
+    return cfg
+
+
+def assumed_f(cfg: Mapping[str, Any], num_nodes: int) -> int:
+    """The Byzantine budget f the defence is built with for ``num_nodes`` replies."""
+    return int(float(cfg["assumed-byzantine-fraction"]) * num_nodes)
+
+
+def check_against_nodes(cfg: Mapping[str, Any], num_nodes: int) -> None:
+    """Check that the chosen rule's bound can hold for the federation's size.
+
+    Raises
+    ------
+    RunConfigError
+        When even a round in which every sampled node answers could not satisfy
+        the rule's precondition (e.g. Bulyan needs n >= 4f + 3).
+    """
+    sampled = max(1, int(num_nodes * float(cfg["fraction-train"])))
+    rule = _RULE_OF_STRATEGY.get(cfg["strategy"])
+    if rule is None:
+        return
+    f = assumed_f(cfg, sampled)
+    needed = min_nodes(rule, f)
+    if sampled < needed:
+        raise RunConfigError(
+            f"run-config key 'strategy' = {cfg['strategy']!r} needs at least "
+            f"{needed} replies per round for f = {f} "
+            f"('assumed-byzantine-fraction' = {cfg['assumed-byzantine-fraction']}), "
+            f"but only {sampled} of {num_nodes} nodes are sampled "
+            f"('fraction-train' = {cfg['fraction-train']}); lower "
+            "'assumed-byzantine-fraction', raise 'fraction-train', add nodes, or pick "
+            "another strategy"
+        )

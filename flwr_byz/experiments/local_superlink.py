@@ -1,0 +1,171 @@
+"""A private SuperLink in simulation mode, owned by the caller, on free ports.
+
+``flwr run .`` against the default ``:local:`` connection starts a detached
+SuperLink on fixed ports that outlives the command. Tests and the experiment grid
+need the opposite: their own SuperLink, on ports nobody else uses, in their own
+``FLWR_HOME``, started and stopped by PID. ``flwr run`` finds it through the same
+environment variables it uses for its managed local SuperLink.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_config_arg(overrides: Mapping[str, Any]) -> str:
+    """``--run-config`` value for ``overrides`` (TOML values, space separated)."""
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
+
+
+class LocalSuperLink:
+    """A SuperLink subprocess in simulation mode; use as a context manager.
+
+    Parameters
+    ----------
+    flwr_home : str | Path | None
+        Flower's home directory for this SuperLink and the ``flwr`` CLI calls made
+        through :meth:`run`; a fresh temporary directory when ``None``.
+    """
+
+    def __init__(self, flwr_home: str | Path | None = None) -> None:
+        self._own_home = flwr_home is None
+        self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="flwr-home-"))
+        self.http_port = free_port()
+        self.control_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "FLWR_HOME": str(self.flwr_home),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.http_port),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(self.control_port),
+            # Use the installed environment, not a per-run `uv sync` of the app.
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        }
+
+    def start(self, timeout: float = 60.0) -> LocalSuperLink:
+        """Start the SuperLink and wait until its HTTP endpoint answers."""
+        log_file = self.flwr_home / "superlink.log"
+        command = [
+            str(Path(sys.executable).parent / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--disable-runtime-dependency-installation",
+            "--control-api-address",
+            f"127.0.0.1:{self.control_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.http_port),
+            "--log-file",
+            str(log_file),
+            "--database",
+            str(self.flwr_home / "state.db"),
+        ]
+        self.process = subprocess.Popen(
+            command,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Its own process group, so stop() also ends the ServerApp and
+            # SuperNode processes it spawns.
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"flower-superlink exited with code {self.process.returncode}; "
+                    f"see {log_file}"
+                )
+            try:
+                if httpx.get(
+                    f"http://127.0.0.1:{self.http_port}/health", timeout=0.5
+                ).is_success:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"flower-superlink did not start within {timeout:.0f} s")
+
+    def run(
+        self,
+        app_dir: str | Path,
+        run_config: Mapping[str, Any] | None = None,
+        num_supernodes: int = 10,
+        timeout: float = 900.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr run <app_dir> --stream`` against this SuperLink; wait for the end."""
+        command = [
+            str(Path(sys.executable).parent / "flwr"),
+            "run",
+            str(app_dir),
+            "--stream",
+            "--federation-config",
+            f"num-supernodes={num_supernodes}",
+        ]
+        if run_config:
+            command += ["--run-config", run_config_arg(run_config)]
+        return subprocess.run(
+            command,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def stop(self) -> None:
+        """Stop the SuperLink and everything it started."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=15)
+        self.process = None
+        if self._own_home:
+            shutil.rmtree(self.flwr_home, ignore_errors=True)
+
+    def __enter__(self) -> LocalSuperLink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

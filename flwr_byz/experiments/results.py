@@ -1,0 +1,101 @@
+"""``results.json``: one run's configuration, ground truth and per-round record.
+
+The file is rewritten atomically after every round, so an interrupted run keeps
+every round it finished and a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of what produced the numbers (for the record, not for checks)."""
+    versions = {"python": platform.python_version()}
+    for dist in ("flwr-byz", "flwr", "torch", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+class ResultsFile:
+    """The ``results.json`` of one run, flushed after every round.
+
+    Parameters
+    ----------
+    output_dir : str | Path
+        Directory to write ``results.json`` into (created if missing).
+    config : dict
+        The full, validated run config.
+    ground_truth : dict
+        Which partition ids and node ids were Byzantine, and the node → partition
+        map; the defence never reads this.
+    """
+
+    def __init__(
+        self, output_dir: str | Path, config: dict[str, Any], ground_truth: dict
+    ) -> None:
+        self.path = Path(output_dir).resolve() / "results.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.data: dict[str, Any] = {
+            "config": dict(config),
+            "versions": package_versions(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "ground-truth": ground_truth,
+            "rounds": [],
+            "summary": None,
+        }
+        self.flush()
+
+    def add_round(self, entry: dict[str, Any]) -> None:
+        """Append one round's entry and flush."""
+        self.data["rounds"].append(entry)
+        self.flush()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Store the run's summary and flush."""
+        self.data["summary"] = summary
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the whole file atomically (temporary file + rename)."""
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.data, handle, indent=1, allow_nan=False)
+        os.replace(tmp, self.path)
+
+
+def without_timings(results: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a results dict with wall-clock fields removed.
+
+    Two runs with the same seed must agree on everything this returns.
+    """
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: strip(v)
+                for k, v in value.items()
+                if not (k.endswith("-time-s") or k in ("started", "node-ids-seen"))
+            }
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    out = strip(results)
+    # Node ids are drawn afresh by every simulation; partition ids are what repeats.
+    out.pop("ground-truth", None)
+    for entry in out.get("rounds", []):
+        for key in list(entry):
+            if key.endswith("node-ids") or key == "credits-by-node":
+                entry.pop(key)
+    return out

@@ -1,0 +1,72 @@
+"""Run config → a configured flwr-byz strategy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from flwr.serverapp.strategy import Strategy
+
+from flwr_byz.data import ServerData
+
+
+def build_strategy(
+    cfg: Mapping[str, Any],
+    num_nodes: int,
+    server_data: ServerData,
+    model_factory: Callable[[], torch.nn.Module],
+    device: str,
+) -> Strategy:
+    """The strategy named by ``cfg['strategy']``, with the run's settings.
+
+    The Byzantine budget is given as a fraction, so ``f = floor(α·n)`` follows the
+    number of valid replies of each round (DESIGN §3).
+    """
+    from flwr_byz import strategy as strategies
+
+    name = cfg["strategy"]
+    common: dict[str, Any] = {
+        "fraction_train": float(cfg["fraction-train"]),
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": max(1, int(num_nodes * float(cfg["fraction-train"]))),
+        "min_available_nodes": num_nodes,
+        "server_learning_rate": float(cfg["server-learning-rate"]),
+        "device": device,
+    }
+    alpha = float(cfg["assumed-byzantine-fraction"])
+    if name == "gaa":
+        return strategies.GAA(
+            model_factory=model_factory,
+            qv_set=(server_data.qv.features, server_data.qv.labels),
+            gamma=float(cfg["gaa-gamma"]),
+            window=int(cfg["gaa-window"]),
+            policy=str(cfg["gaa-policy"]),
+            policy_lr=float(cfg["gaa-policy-lr"]),
+            backprop=str(cfg["gaa-backprop"]),
+            trusted_data=(
+                (server_data.qv.features, server_data.qv.labels)
+                if cfg["gaa-trusted-worker"]
+                else None
+            ),
+            seed=int(cfg["seed"]),
+            **common,
+        )
+    if name == "mean":
+        return strategies.Mean(**common)
+    if name == "median":
+        return strategies.Median(**common)
+    if name == "trimmed-mean":
+        return strategies.TrimmedMean(beta=alpha, **common)
+    if name == "geomed":
+        return strategies.GeoMed(
+            malicious_fraction=alpha, method=str(cfg["geomed-method"]), **common
+        )
+    by_name = {
+        "faba": strategies.FABA,
+        "krum": strategies.Krum,
+        "multikrum": strategies.MultiKrum,
+        "bulyan": strategies.Bulyan,
+        "brute-force": strategies.BruteForce,
+    }
+    return by_name[name](malicious_fraction=alpha, **common)

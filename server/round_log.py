@@ -1,0 +1,172 @@
+"""Turn each round's strategy diagnostics into ``results.json`` entries.
+
+The strategy reports by node id (that is all a defence knows); the experiment also
+knows each node's partition id and whether it was Byzantine, and records both, so
+that runs can be compared across simulations (node ids are drawn afresh each run).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import MetricRecord
+
+from flwr_byz.experiments.detection import flagged_by_removals, precision_recall
+from flwr_byz.experiments.results import ResultsFile
+
+
+def _reason_name(code: int) -> str:
+    from flwr_byz.strategy import RejectReason
+
+    try:
+        return RejectReason(code).name.lower().replace("_", "-")
+    except ValueError:
+        return f"code-{code}"
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class RoundLog:
+    """Collects one entry per round and flushes it to ``results.json``.
+
+    Parameters
+    ----------
+    results : ResultsFile
+        Where entries go.
+    identities : dict[int, int]
+        Node id → partition id.
+    byzantine_node_ids : list[int]
+        Ground truth, for the summary only.
+    """
+
+    def __init__(
+        self,
+        results: ResultsFile,
+        identities: dict[int, int],
+        byzantine_node_ids: list[int],
+    ) -> None:
+        self.results = results
+        self.identities = identities
+        self.byzantine = set(byzantine_node_ids)
+        self._pending: dict[str, Any] = {}
+        self._last_eval = time.perf_counter()
+        self._removed: list[list[int]] = []
+        self._seen: list[list[int]] = []
+        self._credits: dict[int, float] = {}
+
+    def _partitions(self, node_ids: list[int]) -> list[int]:
+        return [self.identities.get(int(n), -1) for n in node_ids]
+
+    def on_train(
+        self, server_round: int, metrics: MetricRecord | None, seconds: float
+    ) -> None:
+        """Record what the strategy decided this round."""
+        m = dict(metrics or {})
+        node_ids = [int(n) for n in m.get("node-ids", [])]
+        removed = [int(n) for n in m.get("removed-node-ids", [])]
+        selected = [int(n) for n in m.get("selected-node-ids", [])]
+        rejected = [int(n) for n in m.get("rejected-node-ids", [])]
+        reasons = [int(r) for r in m.get("rejected-reasons", [])]
+        entry: dict[str, Any] = {
+            "round": server_round,
+            "node-ids": node_ids,
+            "partitions": self._partitions(node_ids),
+            "f": m.get("f"),
+            "rejected": [
+                {
+                    "node-id": n,
+                    "partition-id": self.identities.get(n, -1),
+                    "reason": _reason_name(r),
+                }
+                for n, r in zip(rejected, reasons, strict=False)
+            ],
+            "removed-node-ids": removed,
+            "removed-partitions": self._partitions(removed),
+            "selected-node-ids": selected,
+            "selected-partitions": self._partitions(selected),
+            "scores": [float(s) for s in m.get("scores", [])],
+            "weights": [float(w) for w in m.get("weights", [])],
+            "train-time-s": round(seconds, 4),
+        }
+        if "status" in m:
+            entry["status"] = m["status"]
+        if "credits" in m:
+            credit_ids = [int(n) for n in m.get("credit-node-ids", [])]
+            credits = [float(c) for c in m["credits"]]
+            self._credits = dict(zip(credit_ids, credits, strict=False))
+            entry["credit-node-ids"] = credit_ids
+            entry["credit-partitions"] = self._partitions(credit_ids)
+            entry["credits"] = credits
+        self._removed.append(removed)
+        self._seen.append(node_ids)
+        self._pending = entry
+
+    def on_evaluate(self, server_round: int, metrics: MetricRecord) -> None:
+        """Complete the round's entry with the global evaluation and flush it."""
+        now = time.perf_counter()
+        entry = self._pending if server_round > 0 else {"round": 0}
+        entry["accuracy"] = _finite(float(metrics["accuracy"]))
+        entry["loss"] = _finite(float(metrics["loss"]))
+        entry["round-time-s"] = round(now - self._last_eval, 4)
+        self._last_eval = now
+        self._pending = {}
+        self.results.add_round(entry)
+
+    def summary(
+        self, strategy: object, detection_k: int, total_time: float
+    ) -> dict[str, Any]:
+        """Final accuracy and who the defence flagged, scored against the truth."""
+        rounds = self.results.data["rounds"]
+        inner = strategy
+        while not hasattr(inner, "detect") and hasattr(inner, "strategy"):
+            inner = inner.strategy
+        if hasattr(inner, "detect") and self._credits:
+            flagged = [int(n) for n in inner.detect(detection_k)]
+            method = f"GAA+ (the {detection_k} lowest credits)"
+        else:
+            flagged = flagged_by_removals(self._removed, self._seen)
+            method = "removed in more than half of the rounds it took part in"
+        precision, recall = precision_recall(flagged, self.byzantine)
+        return {
+            "final-accuracy": rounds[-1].get("accuracy") if rounds else None,
+            "initial-accuracy": rounds[0].get("accuracy") if rounds else None,
+            "detection-method": method,
+            "detected-node-ids": sorted(flagged),
+            "detected-partitions": sorted(self._partitions(flagged)),
+            "byzantine-partitions": sorted(self._partitions(sorted(self.byzantine))),
+            "detection-precision": precision,
+            "detection-recall": recall,
+            "detection-correct": set(flagged) == self.byzantine,
+            "total-time-s": round(total_time, 2),
+        }
+
+    def summary_lines(self, summary: dict[str, Any], path: Path) -> list[str]:
+        """A few lines a person reads at the end of the run."""
+        cfg = self.results.data["config"]
+        acc = summary["final-accuracy"]
+        acc0 = summary["initial-accuracy"]
+        verdict = "correct" if summary["detection-correct"] else "NOT correct"
+        return [
+            "",
+            "=" * 72,
+            f"flwr-byz: strategy={cfg['strategy']}  attack={cfg['attack']} "
+            f"({cfg['attack-pattern']}, byzantine-fraction={cfg['byzantine-fraction']})",
+            f"  global test accuracy: {_pct(acc0)} before round 1 -> {_pct(acc)} after "
+            f"round {cfg['num-server-rounds']}",
+            f"  Byzantine partitions (truth): {summary['byzantine-partitions']}",
+            f"  detected ({summary['detection-method']}): "
+            f"{summary['detected-partitions']} -> {verdict} "
+            f"(precision {summary['detection-precision']:.2f}, "
+            f"recall {summary['detection-recall']:.2f})",
+            f"  results: {path}",
+            "=" * 72,
+        ]
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"

@@ -1,0 +1,131 @@
+"""This repository's ServerApp: run config → data, model, strategy → rounds → results.
+
+``flwr run .`` starts it. Every run-config key is checked before round 1; a bad
+value stops the run with one message that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from logging import ERROR, INFO
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from flwr_byz.attacks import SERVER_SIDE_ATTACKS, ServerSideAttack, byzantine_partitions
+from flwr_byz.data import dataset_shape, load_server_data
+from flwr_byz.experiments.central_evaluation import make_evaluate_fn
+from flwr_byz.experiments.config import (
+    RunConfigError,
+    check_against_nodes,
+    check_run_config,
+)
+from flwr_byz.experiments.observed_strategy import ObservedStrategy
+from flwr_byz.experiments.results import ResultsFile
+from flwr_byz.experiments.strategy_factory import build_strategy
+from flwr_byz.models import build_model
+from server.federation import discover_nodes
+from server.round_log import RoundLog
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Validate the run config, run the rounds, write results, print a summary."""
+    try:
+        cfg = check_run_config(context.run_config)
+    except RunConfigError as err:
+        log(ERROR, "Invalid run configuration: %s", err)
+        raise
+    run(grid, cfg)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is present, else ``cpu``."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunConfigError(
+            "run-config key 'device' = 'cuda' but no CUDA device is available; "
+            "use 'auto' or 'cpu'"
+        )
+    return name
+
+
+def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run one configured experiment on ``grid``; return the results dict."""
+    seed = int(cfg["seed"])
+    # Flower samples nodes with Python's `random`; seed it so sampling repeats.
+    random.seed(seed)
+    torch.manual_seed(seed)
+    device = resolve_device(str(cfg["device"]))
+
+    identities = discover_nodes(grid, min_nodes=2)
+    num_nodes = len(identities)
+    check_against_nodes(cfg, num_nodes)
+
+    byz_partitions = set(byzantine_partitions(cfg, num_nodes))
+    byz_nodes = sorted(n for n, p in identities.items() if p in byz_partitions)
+    ground_truth = {
+        "byzantine-partition-ids": sorted(byz_partitions),
+        "byzantine-node-ids": byz_nodes,
+        "node-partitions": {str(n): p for n, p in sorted(identities.items())},
+    }
+
+    num_features, num_classes = dataset_shape(cfg)
+    server_data = load_server_data(cfg, num_nodes)
+
+    def model_factory() -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_model(str(cfg["model"]), num_features, num_classes)
+
+    model = model_factory()
+    initial_arrays = ArrayRecord(model.state_dict())
+    eval_model = model_factory().to(device)
+    evaluate = make_evaluate_fn(
+        eval_model, server_data.test.features, server_data.test.labels
+    )
+
+    strategy = build_strategy(cfg, num_nodes, server_data, model_factory, device)
+    if cfg["attack"] in SERVER_SIDE_ATTACKS and byz_nodes:
+        strategy = ServerSideAttack(
+            strategy, attack=str(cfg["attack"]), byzantine_node_ids=byz_nodes, seed=seed
+        )
+
+    results = ResultsFile(cfg["output-dir"], cfg, ground_truth)
+    round_log = RoundLog(results, identities, byz_nodes)
+    observed = ObservedStrategy(
+        strategy,
+        on_train=round_log.on_train,
+        order_key=lambda nid: (identities.get(nid, -1), nid),
+    )
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        metrics = evaluate(server_round, arrays)
+        round_log.on_evaluate(server_round, metrics)
+        return metrics
+
+    started = time.perf_counter()
+    result = observed.start(
+        grid=grid,
+        initial_arrays=initial_arrays,
+        num_rounds=int(cfg["num-server-rounds"]),
+        train_config=ConfigRecord({"seed": seed}),
+        evaluate_fn=evaluate_fn,
+    )
+    summary = round_log.summary(
+        strategy=strategy,
+        detection_k=int(cfg["detection-k"]) or len(byz_nodes),
+        total_time=time.perf_counter() - started,
+    )
+    results.finish(summary)
+    del result
+    for line in round_log.summary_lines(summary, Path(results.path)):
+        log(INFO, "%s", line)
+    return results.data
