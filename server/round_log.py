@@ -155,7 +155,8 @@ class RoundLog:
             "",
             "=" * 72,
             f"flwr-byz: strategy={cfg['strategy']}  attack={cfg['attack']} "
-            f"({cfg['attack-pattern']}, byzantine-fraction={cfg['byzantine-fraction']})",
+            f"({cfg['attack-pattern']}, "
+            f"byzantine-fraction={cfg['byzantine-fraction']})",
             f"  global test accuracy: {_pct(acc0)} before round 1 -> {_pct(acc)} after "
             f"round {cfg['num-server-rounds']}",
             f"  Byzantine partitions (truth): {summary['byzantine-partitions']}",

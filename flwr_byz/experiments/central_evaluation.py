@@ -23,9 +23,7 @@ def evaluate_model(
         x = features[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
         logits = model(x)
-        loss_sum += float(
-            torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-        )
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(dim=1) == y).sum())
     n = max(1, len(labels))
     return correct / n, loss_sum / n

@@ -9,6 +9,7 @@ environment variables it uses for its managed local SuperLink.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -155,10 +156,8 @@ class LocalSuperLink:
                 os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout=15)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.process.wait(timeout=15)
         self.process = None
         if self._own_home:

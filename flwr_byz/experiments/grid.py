@@ -1,0 +1,106 @@
+"""The experiment grid: defences × attacks × Byzantine fractions × seeds.
+
+Every cell is one ordinary run of this repository's Flower app through Flower's
+simulation engine (``flwr run`` against a private SuperLink), with the cell's
+values as run-config overrides; each writes its own ``results.json``. A cell whose
+``results.json`` is already complete is skipped, so an interrupted grid resumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr_byz.experiments.config import check_run_config
+from flwr_byz.experiments.local_superlink import LocalSuperLink
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """What to run: the axes of the grid and the settings shared by every cell."""
+
+    strategies: Sequence[str]
+    attacks: Sequence[str]
+    byzantine_fractions: Sequence[float]
+    seeds: Sequence[int]
+    num_supernodes: int = 10
+    base_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> Iterator[dict[str, Any]]:
+        """Run-config overrides of every cell, in a fixed order."""
+        for strategy, attack, fraction, seed in itertools.product(
+            self.strategies, self.attacks, self.byzantine_fractions, self.seeds
+        ):
+            # "No attack" needs only one fraction: 0.
+            if (attack == "none") != (fraction == 0):
+                continue
+            yield {
+                **self.base_config,
+                "strategy": strategy,
+                "attack": attack,
+                "byzantine-fraction": fraction,
+                "seed": seed,
+            }
+
+
+def cell_name(cell: Mapping[str, Any]) -> str:
+    """A directory name that identifies a cell."""
+    return (
+        f"{cell['strategy']}__{cell['attack']}__b{cell['byzantine-fraction']}"
+        f"__s{cell['seed']}"
+    )
+
+
+def check_grid(spec: GridSpec) -> list[dict[str, Any]]:
+    """Validate every cell's run config before running any; return the cells."""
+    cells = list(spec.cells())
+    if not cells:
+        raise ValueError(
+            "the grid is empty: attack 'none' pairs only with byzantine fraction 0, "
+            "and every other attack needs a fraction > 0"
+        )
+    for cell in cells:
+        check_run_config(cell)
+    return cells
+
+
+def run_grid(
+    spec: GridSpec, app_dir: str | Path, out_dir: str | Path, echo: bool = True
+) -> list[Path]:
+    """Run every cell (skipping finished ones); return their ``results.json`` paths."""
+    out_dir = Path(out_dir).resolve()
+    cells = check_grid(spec)
+    paths = []
+    with LocalSuperLink() as superlink:
+        for number, cell in enumerate(cells, start=1):
+            path = out_dir / cell_name(cell) / "results.json"
+            paths.append(path)
+            if _finished(path):
+                continue
+            overrides = {**cell, "output-dir": str(path.parent)}
+            if echo:
+                print(f"[{number}/{len(cells)}] {cell_name(cell)}", flush=True)
+            completed = superlink.run(
+                app_dir, overrides, num_supernodes=spec.num_supernodes
+            )
+            if completed.returncode != 0 or not _finished(path):
+                (path.parent / "flwr-run.log").write_text(
+                    completed.stdout + completed.stderr
+                )
+                raise RuntimeError(
+                    f"cell {cell_name(cell)} failed; log in {path.parent}/flwr-run.log"
+                )
+    return paths
+
+
+def _finished(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("summary") is not None
+    except json.JSONDecodeError:
+        return False

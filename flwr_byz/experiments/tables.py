@@ -1,0 +1,96 @@
+"""Tables of a finished grid: final accuracy and detection per cell, over seeds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every finished ``results.json`` among ``paths``."""
+    runs = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if data.get("summary") is not None:
+            runs.append(data)
+    return runs
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (strategy, attack, byzantine fraction), aggregated over seeds."""
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        cfg = run["config"]
+        key = (cfg["strategy"], cfg["attack"], float(cfg["byzantine-fraction"]))
+        groups[key].append(run)
+    rows = []
+    for (strategy, attack, fraction), group in sorted(groups.items()):
+        summaries = [r["summary"] for r in group]
+        accs = [
+            s["final-accuracy"] for s in summaries if s["final-accuracy"] is not None
+        ]
+        rows.append(
+            {
+                "strategy": strategy,
+                "attack": attack,
+                "byzantine-fraction": fraction,
+                "seeds": len(group),
+                "final-accuracy": _mean_std(accs),
+                "detection-precision": _mean_std(
+                    [s["detection-precision"] for s in summaries]
+                ),
+                "detection-recall": _mean_std(
+                    [s["detection-recall"] for s in summaries]
+                ),
+                "mean-round-time-s": round(
+                    statistics.mean(
+                        e["round-time-s"] for r in group for e in r["rounds"][1:]
+                    ),
+                    3,
+                )
+                if any(len(r["rounds"]) > 1 for r in group)
+                else None,
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as a Markdown table (accuracy and detection in %)."""
+    if not rows:
+        return "(no finished runs)\n"
+    headers = list(rows[0])
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines += ["| " + " | ".join(str(row[h]) for h in headers) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(runs: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Write ``summary.md`` and ``summary.csv`` into ``out_dir``; return the .md."""
+    import csv
+
+    rows = summarise(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "summary.md"
+    md.write_text(markdown_table(rows))
+    with (out_dir / "summary.csv").open("w", newline="") as handle:
+        if rows:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return md
