@@ -1,0 +1,1 @@
+"""This repository's ClientApp (``clients.client_app:app``) and its local training."""

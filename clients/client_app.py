@@ -1,0 +1,284 @@
+"""This repository's ClientApp: node config -> data, model, behaviour -> train/evaluate.
+
+Simulation: the node config carries ``partition-id`` / ``num-partitions`` (Flower
+sets them) and the node loads its partition of the run config's ``dataset``.
+Deployment: ``flower-supernode --node-config "data-path='/data/site.parquet'"``
+makes the node load its own file (``dataset = "files"``, one partition), and
+``byzantine=true`` in the same node config turns that node malicious.
+
+Every train message goes through :func:`flwr_byz.attacks.byzantine_mod`: honest nodes
+reply exactly what they trained; Byzantine nodes tamper the update (random fault,
+uniform noise, sign flip, scaling) or, for the data attacks, train on flipped labels
+or on the adaptive-fault objective (read from
+:func:`flwr_byz.attacks.active_attack` below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+
+from clients.training import adaptive_fault_steps, evaluate, sgd_steps
+from flwr_byz.attacks import DEFAULT_LEARNING_RATE, active_attack, byzantine_mod
+from flwr_byz.attacks import label_flip as flip_labels
+from flwr_byz.models import MODELS, build_model
+
+# Run-config keys this app reads, with their defaults (the lead wires them into
+# pyproject.toml; the data and attack keys have their own defaults).
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "model": "auto",
+    "local-steps": 1,
+    "learning-rate": DEFAULT_LEARNING_RATE,
+    "batch-size": 0,
+    "seed": 0,
+    "device": "auto",
+}
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+# How many samples of the QV distribution the adaptive-fault attacker is assumed to
+# know (GAA §6.3.1, case A: D0 = the full 1k-sample QV pool, not the server's few).
+ADAPTIVE_D0_SIZE = 1000
+_TAG_BATCHES = 0x42415443  # "BATC"
+
+
+def client_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The client-training keys of ``run_config`` over :data:`CLIENT_DEFAULTS`.
+
+    Raises
+    ------
+    ValueError
+        Naming the key, the bad value and the valid values.
+    """
+    cfg = {k: run_config.get(k, v) for k, v in CLIENT_DEFAULTS.items()}
+    if cfg["model"] not in MODELS:
+        raise ValueError(
+            f"model={cfg['model']!r} is not valid; valid values: {', '.join(MODELS)}"
+        )
+    for key, low in (("local-steps", 1), ("batch-size", 0), ("seed", 0)):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(
+                f"{key}={value!r} is not valid; valid values: integers >= {low}"
+            )
+    lr = cfg["learning-rate"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(
+            f"learning-rate={lr!r} is not valid; valid values: finite floats > 0"
+        )
+    if cfg["device"] not in DEVICES:
+        raise ValueError(
+            f"device={cfg['device']!r} is not valid; valid values: {', '.join(DEVICES)}"
+        )
+    return cfg
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device='cuda' but no CUDA device is available; valid: auto, cpu"
+        )
+    return torch.device(name)
+
+
+def load_client_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]):
+    """This node's ``ClientData`` (train and local test split).
+
+    Simulation: partition ``partition-id`` of ``num-partitions`` of the run config's
+    dataset. Deployment: ``data-path`` in the node config points at the node's own
+    file, loaded as the single partition of a ``files`` dataset.
+    """
+    from flwr_byz.data import load_partition
+
+    if "data-path" in node_config:
+        cfg = {**run_config, "dataset": "files", "data-path": node_config["data-path"]}
+        return load_partition(cfg, 0, 1)
+    if "partition-id" not in node_config or "num-partitions" not in node_config:
+        raise ValueError(
+            "node config needs partition-id and num-partitions (simulation) or "
+            "data-path (deployment); got keys " + ", ".join(sorted(node_config))
+        )
+    return load_partition(
+        run_config, int(node_config["partition-id"]), int(node_config["num-partitions"])
+    )
+
+
+def load_adaptive_d0(run_config: Mapping[str, Any], num_partitions: int):
+    """The adaptive-fault attacker's guess of the QV set (its distribution)."""
+    from flwr_byz.data import load_server_data
+
+    cfg = {**run_config, "qv-size": ADAPTIVE_D0_SIZE}
+    return load_server_data(cfg, max(num_partitions, 1)).qv
+
+
+@dataclass
+class _Node:
+    """What a node keeps between rounds in one process: its data and model."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    model: torch.nn.Module
+    device: torch.device
+
+
+# One entry per (config, node) in this process: Ray actors and SuperNode processes
+# serve many rounds (and, in simulation, many partitions) without reloading.
+_NODES: dict[tuple, _Node] = {}
+_D0: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _freeze(mapping: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in mapping.items()))
+
+
+def _node(context: Context) -> _Node:
+    key = (_freeze(context.run_config), _freeze(context.node_config))
+    node = _NODES.get(key)
+    if node is None:
+        cfg = client_config(context.run_config)
+        data = load_client_data(context.run_config, context.node_config)
+        device = resolve_device(str(cfg["device"]))
+        num_features = int(data.train.features.shape[1])
+        num_classes = _num_classes(context.run_config, data)
+        model = build_model(str(cfg["model"]), num_features, num_classes, seed=0)
+        node = _Node(
+            data.train.features.to(device),
+            data.train.labels.to(device),
+            data.test.features.to(device),
+            data.test.labels.to(device),
+            num_classes,
+            model.to(device),
+            device,
+        )
+        if len(_NODES) >= 16:  # a simulation actor may serve many partitions
+            _NODES.pop(next(iter(_NODES)))
+        _NODES[key] = node
+    return node
+
+
+def _num_classes(run_config: Mapping[str, Any], data: Any) -> int:
+    from flwr_byz.data import dataset_shape
+
+    try:
+        return int(dataset_shape(run_config)[1])
+    except (ValueError, KeyError, OSError):
+        labels = torch.cat([data.train.labels, data.test.labels])
+        return int(labels.max()) + 1 if labels.numel() else 2
+
+
+def _d0(context: Context, node: _Node) -> tuple[torch.Tensor, torch.Tensor]:
+    num = int(context.node_config.get("num-partitions", 1))
+    key = (_freeze(context.run_config), num)
+    if key not in _D0:
+        qv = load_adaptive_d0(context.run_config, num)
+        _D0[key] = (qv.features, qv.labels)
+    x, y = _D0[key]
+    return x.to(node.device), y.to(node.device)
+
+
+def _round(msg: Message) -> int:
+    for record in msg.content.config_records.values():
+        if "server-round" in record:
+            return int(record["server-round"])  # type: ignore[arg-type]
+    return 0
+
+
+def _generator(seed: int, context: Context, server_round: int) -> torch.Generator:
+    pid = int(context.node_config.get("partition-id", context.node_id))
+    state = np.random.SeedSequence(
+        [seed, pid % 2**64, server_round, _TAG_BATCHES]
+    ).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)
+
+
+def _load_weights(node: _Node, msg: Message) -> None:
+    record = next(iter(msg.content.array_records.values()))
+    state = record.to_torch_state_dict()
+    node.model.load_state_dict(state, strict=True)
+
+
+app = ClientApp(mods=[byzantine_mod])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Load the global weights, train locally, reply the new weights."""
+    cfg = client_config(context.run_config)
+    node = _node(context)
+    _load_weights(node, msg)
+    generator = _generator(int(cfg["seed"]), context, _round(msg))
+    steps, lr, batch = (
+        int(cfg["local-steps"]),
+        float(cfg["learning-rate"]),
+        int(cfg["batch-size"]),
+    )
+    labels = node.train_y
+    attack = active_attack()
+    if attack is not None and attack.name == "adaptive-fault":
+        loss = adaptive_fault_steps(
+            node.model,
+            _d0(context, node),
+            (node.train_x, labels),
+            float(attack.config["adaptive-alpha"]),
+            steps,
+            lr,
+            batch,
+            generator,
+        )
+        attack.claim()
+    else:
+        if attack is not None and attack.name == "label-flip":
+            labels = flip_labels(labels, node.num_classes)
+            attack.claim()
+        loss = sgd_steps(node.model, node.train_x, labels, steps, lr, batch, generator)
+    state = {k: v.detach().cpu() for k, v in node.model.state_dict().items()}
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(state),
+            "metrics": MetricRecord(
+                {"num-examples": int(node.train_y.shape[0]), "train-loss": loss}
+            ),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_fn(msg: Message, context: Context) -> Message:
+    """Evaluate the received weights on the node's local test split."""
+    node = _node(context)
+    _load_weights(node, msg)
+    loss, acc = evaluate(node.model, node.test_x, node.test_y)
+    metrics = MetricRecord(
+        {"num-examples": int(node.test_y.shape[0]), "eval-loss": loss, "eval-acc": acc}
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (experiment bookkeeping)."""
+    identity: dict[str, int] = {
+        "partition-id": int(context.node_config.get("partition-id", -1))
+    }
+    if "num-partitions" in context.node_config:
+        identity["num-partitions"] = int(context.node_config["num-partitions"])
+    return Message(RecordDict({"identity": ConfigRecord(identity)}), reply_to=msg)

@@ -1,0 +1,71 @@
+"""Byzantine behaviours: role schedule × tampering algorithm (DESIGN.md §6).
+
+Two places to run them:
+
+- :func:`byzantine_mod`, a Flower client mod that turns any ClientApp malicious
+  (each attacker sees only itself: real deployments and simulations);
+- :class:`ServerSideAttack`, a Strategy wrapper for colluding, omniscient attackers
+  (ALIE, IPM, min-max, min-sum) in simulations.
+"""
+
+from .active import ActiveAttack, active_attack
+from .adaptive import adaptive_fault_gradient
+from .behaviour import attack_generator, tamper_update
+from .config import (
+    ATTACK_DEFAULTS,
+    ATTACKS,
+    DATA_ATTACKS,
+    DEFAULT_LEARNING_RATE,
+    OMNISCIENT_ATTACKS,
+    PATTERNS,
+    SIDES,
+    UPDATE_ATTACKS,
+    byzantine_partitions,
+    check_attack_config,
+    resolve_side,
+    role_for,
+)
+from .mod import byzantine_mod, is_compromised, node_key
+from .omniscient import PERTURBATIONS, alie, alie_z, ipm, min_max, min_sum
+from .roles import PretenseRole, RandomizedRole, StaticRole
+from .server_side import SERVER_SIDE_ATTACKS, ServerSideAttack
+from .tampering import label_flip, random_fault, scaling, sign_flip, uniform_noise
+
+__all__ = [
+    "ATTACKS",
+    "ATTACK_DEFAULTS",
+    "DATA_ATTACKS",
+    "DEFAULT_LEARNING_RATE",
+    "OMNISCIENT_ATTACKS",
+    "PATTERNS",
+    "PERTURBATIONS",
+    "SERVER_SIDE_ATTACKS",
+    "SIDES",
+    "UPDATE_ATTACKS",
+    "ActiveAttack",
+    "PretenseRole",
+    "RandomizedRole",
+    "ServerSideAttack",
+    "StaticRole",
+    "active_attack",
+    "adaptive_fault_gradient",
+    "alie",
+    "alie_z",
+    "attack_generator",
+    "byzantine_mod",
+    "byzantine_partitions",
+    "check_attack_config",
+    "ipm",
+    "is_compromised",
+    "label_flip",
+    "min_max",
+    "min_sum",
+    "node_key",
+    "random_fault",
+    "resolve_side",
+    "role_for",
+    "scaling",
+    "sign_flip",
+    "tamper_update",
+    "uniform_noise",
+]

@@ -1,0 +1,237 @@
+"""``ServerSideAttack``: colluding, omniscient attackers in front of a strategy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from logging import INFO
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from ._flat import ArrayMismatchError, as_numpy, check_same_layout, flat_update
+from ._flat import apply_update as _apply_update
+from ._flat import float_keys as _float_keys
+from .behaviour import attack_generator, tamper_update
+from .config import (
+    DATA_ATTACKS,
+    DEFAULT_LEARNING_RATE,
+    OMNISCIENT_ATTACKS,
+    UPDATE_ATTACKS,
+    check_attack_config,
+    merged,
+    role_for,
+)
+from .omniscient import alie, alie_z, ipm, min_max, min_sum
+
+SERVER_SIDE_ATTACKS: tuple[str, ...] = UPDATE_ATTACKS + OMNISCIENT_ATTACKS
+
+
+class ServerSideAttack(Strategy):
+    """Wrap any Strategy; replace chosen nodes' train replies before it aggregates.
+
+    Simulates colluding attackers that see every honest update of the round (ALIE,
+    IPM, min-max, min-sum) and, for comparison, the update-only attacks
+    (random-fault, uniform-noise, sign-flip, scaling) applied to a node's own reply.
+    The wrapped strategy never learns who was tampered: it receives ordinary
+    replies whose arrays changed.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The defence (or FedAvg) to attack; configure_*, aggregate_evaluate and
+        summary are delegated, and so is any other attribute (e.g. ``history``).
+    attack : str
+        One of :data:`SERVER_SIDE_ATTACKS`.
+    byzantine_node_ids : Iterable[int]
+        Flower node ids of the compromised nodes.
+    seed : int (default: 0)
+        Seeds the role schedules and the noise.
+    config : Mapping, optional
+        Further run-config keys (``ATTACK_DEFAULTS``): ``attack-pattern``,
+        ``pretense-rounds``, ``flip-period``, ``flip-probability``, ``noise-*``,
+        ``scale-factor``, ``ipm-epsilon``, ``alie-z``, ``perturbation``.
+    node_keys : Mapping[int, int], optional
+        node id -> key seeding that node's role and noise (pass partition ids to
+        replay exactly what :func:`byzantine_mod` would do); default the node id.
+    learning_rate : float
+        The clients' learning rate (noise attacks send ``−λ·g_noise``).
+
+    Notes
+    -----
+    Honest updates are ``Δ_i = reply_i − sent_i`` over the float arrays, taken from
+    the replies of nodes that are not Byzantine this round and parse cleanly
+    (one ArrayRecord with the sent keys/shapes/dtypes, finite values). Replies that
+    do not parse are passed through untouched, for the defence to reject. If no
+    honest reply is available the attackers fall back to their own true updates.
+    ALIE's z defaults to Baruch et al.'s value for n parsed replies and f Byzantine
+    ones (``alie-z = "auto"``).
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        attack: str,
+        byzantine_node_ids: Iterable[int],
+        seed: int = 0,
+        *,
+        config: Mapping[str, Any] | None = None,
+        node_keys: Mapping[int, int] | None = None,
+        learning_rate: float = DEFAULT_LEARNING_RATE,
+    ) -> None:
+        if attack in DATA_ATTACKS or attack not in SERVER_SIDE_ATTACKS:
+            raise ValueError(
+                f"attack={attack!r} cannot run server-side; valid values: "
+                f"{', '.join(SERVER_SIDE_ATTACKS)}"
+            )
+        cfg = {**dict(config or {}), "attack": attack, "seed": seed}
+        cfg.setdefault("attack-side", "server")
+        check_attack_config(cfg)
+        self.strategy = strategy
+        self.attack = attack
+        self.byzantine_node_ids = sorted({int(i) for i in byzantine_node_ids})
+        self.seed = int(seed)
+        self.config = merged(cfg)
+        self.node_keys = dict(node_keys or {})
+        self.learning_rate = float(learning_rate)
+        self.tampered: dict[int, list[int]] = {}
+        self._sent: dict[int, dict[str, np.ndarray]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes this wrapper lacks: expose the defence's.
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
+
+    def _key(self, node_id: int) -> int:
+        return int(self.node_keys.get(node_id, node_id))
+
+    def byzantine_in_round(self, server_round: int) -> list[int]:
+        """Compromised node ids that play Byzantine in ``server_round``."""
+        return [
+            nid
+            for nid in self.byzantine_node_ids
+            if role_for(self.config, self._key(nid)).is_byzantine(server_round)
+        ]
+
+    def summary(self) -> None:
+        """Log the attack, then the wrapped strategy's summary."""
+        log(
+            INFO,
+            "\t├──> ServerSideAttack: %s on nodes %s (pattern %s)",
+            self.attack,
+            self.byzantine_node_ids,
+            self.config["attack-pattern"],
+        )
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate, remembering the arrays each node was sent."""
+        messages = list(
+            self.strategy.configure_train(server_round, arrays, config, grid)
+        )
+        self._sent = {}
+        converted: dict[int, dict[str, np.ndarray]] = {}
+        for msg in messages:
+            records = msg.content.array_records
+            if len(records) != 1:
+                continue
+            record = next(iter(records.values()))
+            if id(record) not in converted:
+                converted[id(record)] = as_numpy(record)
+            self._sent[msg.metadata.dst_node_id] = converted[id(record)]
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Tamper the Byzantine nodes' replies, then let the strategy aggregate."""
+        replies = list(replies)
+        byzantine = set(self.byzantine_in_round(server_round))
+        parsed: dict[int, tuple[Message, str, dict[str, np.ndarray], torch.Tensor]] = {}
+        for msg in replies:
+            item = self._parse(msg)
+            if item is not None:
+                parsed[msg.metadata.src_node_id] = (msg, *item)
+        targets = [nid for nid in parsed if nid in byzantine]
+        if targets:
+            crafted = self._craft(server_round, parsed, targets)
+            for nid in targets:
+                msg, out_key, local, _ = parsed[nid]
+                sent = self._sent[nid]
+                msg.content.array_records[out_key] = _apply_update(
+                    sent, local, _float_keys(sent), crafted[nid]
+                )
+        self.tampered[server_round] = sorted(targets)
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def _parse(
+        self, msg: Message
+    ) -> tuple[str, dict[str, np.ndarray], torch.Tensor] | None:
+        sent = self._sent.get(msg.metadata.src_node_id)
+        if sent is None or msg.has_error():
+            return None
+        try:
+            records = msg.content.array_records
+            if len(records) != 1:
+                return None
+            out_key, record = next(iter(records.items()))
+            local = as_numpy(record)
+            check_same_layout(sent, local)
+        except (ArrayMismatchError, TypeError, ValueError):
+            return None
+        delta = flat_update(sent, local, _float_keys(sent))
+        if not bool(torch.isfinite(delta).all()):
+            return None
+        return out_key, local, delta
+
+    def _craft(
+        self,
+        server_round: int,
+        parsed: Mapping[int, tuple[Message, str, dict[str, np.ndarray], torch.Tensor]],
+        targets: list[int],
+    ) -> dict[int, torch.Tensor]:
+        if self.attack in UPDATE_ATTACKS:
+            return {
+                nid: tamper_update(
+                    self.attack,
+                    parsed[nid][3],
+                    self.config,
+                    attack_generator(self.seed, self._key(nid), server_round),
+                    self.learning_rate,
+                )
+                for nid in targets
+            }
+        honest = [item[3] for nid, item in parsed.items() if nid not in targets]
+        if not honest:
+            honest = [parsed[nid][3] for nid in targets]
+        x = torch.stack(honest)
+        if self.attack == "alie":
+            z = self.config["alie-z"]
+            z = alie_z(len(parsed), len(targets)) if z == "auto" else float(z)
+            update = alie(x, z)
+        elif self.attack == "ipm":
+            update = ipm(x, float(self.config["ipm-epsilon"]))
+        elif self.attack == "min-max":
+            update = min_max(x, str(self.config["perturbation"]))
+        else:
+            update = min_sum(x, str(self.config["perturbation"]))
+        return dict.fromkeys(targets, update)
