@@ -110,6 +110,12 @@ SERVER_KEYS: dict[str, Key] = {
     "fraction-train": Key(
         1.0, "share of nodes sampled each round", _float_in(0.0, 1.0, low_open=True)
     ),
+    "fraction-evaluate": Key(
+        0.0,
+        "share of nodes asked for federated evaluation each round (the global "
+        "model is always evaluated on the server's test set)",
+        _float_in(0.0, 1.0),
+    ),
     "server-learning-rate": Key(
         1.0, "η_server in w ← w + η·A(Δ)", _float_in(0.0, 1e6, low_open=True)
     ),

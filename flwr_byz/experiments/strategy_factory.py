@@ -28,7 +28,7 @@ def build_strategy(
     name = cfg["strategy"]
     common: dict[str, Any] = {
         "fraction_train": float(cfg["fraction-train"]),
-        "fraction_evaluate": 0.0,
+        "fraction_evaluate": float(cfg["fraction-evaluate"]),
         "min_train_nodes": max(1, int(num_nodes * float(cfg["fraction-train"]))),
         "min_available_nodes": num_nodes,
         "server_learning_rate": float(cfg["server-learning-rate"]),
