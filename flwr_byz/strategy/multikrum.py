@@ -1,0 +1,59 @@
+"""MultiKrum [Blanchard et al., 2017] on updates, robust to malformed replies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from flwr_byz.aggregation.result import AggregationResult
+
+from .robust_strategy import RobustStrategy
+
+
+class MultiKrum(RobustStrategy):
+    """MultiKrum [Blanchard et al., 2017] strategy.
+
+    Moves the model by the mean of the ``num_nodes_to_select`` updates with
+    the lowest Krum scores. Needs ``n >= 2f + 3`` valid replies.
+
+    Parameters
+    ----------
+    num_nodes_to_select : Optional[int] (default: None)
+        Number ``m`` of updates averaged; ``None`` means ``n - f`` (the
+        paper's choice; Flower's default of 1 is plain Krum). Capped at the
+        number of valid replies.
+    **kwargs : Any
+        Every other argument of
+        :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy` (Flower's
+        ``fraction_train``, ``min_train_nodes``, ..., and
+        ``num_malicious_nodes`` / ``malicious_fraction``, ``weighted_by_key``,
+        ``server_learning_rate``, ``server_momentum``, ``device``).
+    """
+
+    rule_name = "multikrum"
+
+    def __init__(self, num_nodes_to_select: int | None = None, **kwargs: Any) -> None:
+        if num_nodes_to_select is not None and (
+                isinstance(num_nodes_to_select, bool)
+                or not isinstance(num_nodes_to_select, int)
+                or num_nodes_to_select < 1):
+            raise ValueError(f"num_nodes_to_select={num_nodes_to_select!r}: allowed "
+                             "values are None or integers >= 1")
+        super().__init__(**kwargs)
+        self.num_nodes_to_select = num_nodes_to_select
+
+    def _settings(self) -> list[tuple[str, object]]:
+        return [("Number of nodes to select",
+                 self.num_nodes_to_select or "n - f")]
+
+    def aggregate_updates(self, server_round: int, updates: torch.Tensor,
+                          node_ids: list[int], weights: torch.Tensor | None, f: int,
+                          global_flat: torch.Tensor) -> AggregationResult:
+        """Aggregate with :func:`flwr_byz.aggregation.multikrum`."""
+        from flwr_byz.aggregation import multikrum
+
+        m = self.num_nodes_to_select
+        if m is not None:
+            m = min(m, updates.shape[0])
+        return multikrum(updates, f, m, weights)

@@ -1,0 +1,217 @@
+"""Per-reply validation: every client reply is checked on its own.
+
+A reply that fails a check is excluded from the round and reported with its
+node id and a :class:`RejectReason`. MetricRecords cannot hold strings, so the
+round's MetricRecord carries the integer code (``"rejected-reasons"``) and the
+log and :class:`~flwr_byz.strategy.round_report.RoundReport` carry the name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from .model_layout import NUMPY_STYPE, ArrayLike, ModelLayout, parse_npy_header
+
+#: Largest ``num-examples`` accepted when weighting is on; beyond this a single
+#: client could dominate a weighted aggregate by what it claims about itself.
+MAX_NUM_EXAMPLES = 2**31
+
+# Δ is written and checked in blocks small enough to stay in cache, so the
+# finiteness check costs no extra pass over memory.
+_BLOCK = 1 << 17
+
+
+class RejectReason(IntEnum):
+    """Why a reply was excluded from a round (integer code in MetricRecords).
+
+    ====  ======================  ===============================================
+    code  name                    the reply ...
+    ====  ======================  ===============================================
+    1     ERROR_REPLY             carries an error instead of content
+    2     UNEXPECTED_NODE         comes from a node not sent to this round
+    3     DUPLICATE_NODE          shares its node id with another reply (all of
+                                  that node's replies are rejected)
+    4     WRONG_MESSAGE_TYPE      has a message type other than the one sent
+    5     MISSING_ARRAY_RECORD    has no ArrayRecord
+    6     EXTRA_ARRAY_RECORD      has more than one ArrayRecord
+    7     MISSING_METRIC_RECORD   has no MetricRecord
+    8     EXTRA_METRIC_RECORD     has more than one MetricRecord
+    9     MISSING_KEYS            lacks arrays the global model has
+    10    EXTRA_KEYS              has arrays the global model does not have
+    11    WRONG_STYPE             has an array not serialised as numpy.ndarray
+    12    WRONG_DTYPE             has an array whose dtype differs from the sent
+                                  one (declared or in the .npy header)
+    13    WRONG_SHAPE             has an array whose shape differs from the sent
+                                  one (declared or in the .npy header)
+    14    WRONG_BYTE_LENGTH       has an array whose bytes are not a well-formed
+                                  .npy payload of the declared size
+    15    NON_FINITE              has a NaN/inf value (or an update that
+                                  overflows float32)
+    16    MISSING_NUM_EXAMPLES    lacks the weighting key (weighting on only)
+    17    INVALID_NUM_EXAMPLES    has a weighting value that is a list, not
+                                  positive, not finite or above
+                                  ``MAX_NUM_EXAMPLES`` (weighting on only)
+    18    MALFORMED               failed in a way no other code describes
+    ====  ======================  ===============================================
+    """
+
+    ERROR_REPLY = 1
+    UNEXPECTED_NODE = 2
+    DUPLICATE_NODE = 3
+    WRONG_MESSAGE_TYPE = 4
+    MISSING_ARRAY_RECORD = 5
+    EXTRA_ARRAY_RECORD = 6
+    MISSING_METRIC_RECORD = 7
+    EXTRA_METRIC_RECORD = 8
+    MISSING_KEYS = 9
+    EXTRA_KEYS = 10
+    WRONG_STYPE = 11
+    WRONG_DTYPE = 12
+    WRONG_SHAPE = 13
+    WRONG_BYTE_LENGTH = 14
+    NON_FINITE = 15
+    MISSING_NUM_EXAMPLES = 16
+    INVALID_NUM_EXAMPLES = 17
+    MALFORMED = 18
+
+
+def check_num_examples(metrics: Mapping[str, Any] | None, key: str
+                       ) -> tuple[RejectReason | None, float]:
+    """Check the self-reported weight of a reply.
+
+    Parameters
+    ----------
+    metrics : Mapping[str, Any] or None
+        The reply's metrics.
+    key : str
+        The weighting key (``weighted_by_key``).
+
+    Returns
+    -------
+    tuple[RejectReason or None, float]
+        ``(None, value)`` when acceptable, else the reason and ``nan``.
+    """
+    if metrics is None or key not in metrics:
+        return RejectReason.MISSING_NUM_EXAMPLES, math.nan
+    value = metrics[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return RejectReason.INVALID_NUM_EXAMPLES, math.nan
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 < value <= MAX_NUM_EXAMPLES):
+        return RejectReason.INVALID_NUM_EXAMPLES, math.nan
+    return None, value
+
+
+def check_array_structure(arrays: Mapping[str, ArrayLike], layout: ModelLayout
+                          ) -> RejectReason | None:
+    """Check keys, stype, declared dtype and declared shape against the sent model.
+
+    Parameters
+    ----------
+    arrays : Mapping[str, ArrayLike]
+        The reply's arrays (an ArrayRecord).
+    layout : ModelLayout
+        Layout of the model sent this round.
+
+    Returns
+    -------
+    RejectReason or None
+        The first problem found, or ``None``.
+    """
+    reply_keys = set(arrays.keys())
+    expected = set(layout.keys)
+    if expected - reply_keys:
+        return RejectReason.MISSING_KEYS
+    if reply_keys - expected:
+        return RejectReason.EXTRA_KEYS
+    for key, shape, dtype in zip(layout.keys, layout.shapes, layout.dtypes,
+                                 strict=True):
+        array = arrays[key]
+        if array.stype != NUMPY_STYPE:
+            return RejectReason.WRONG_STYPE
+        if array.dtype != str(dtype):
+            return RejectReason.WRONG_DTYPE
+        if not isinstance(array.shape, tuple | list) or tuple(array.shape) != shape:
+            return RejectReason.WRONG_SHAPE
+        if not isinstance(array.data, bytes | bytearray | memoryview):
+            return RejectReason.WRONG_BYTE_LENGTH
+    return None
+
+
+def _payload(array: ArrayLike, shape: tuple[int, ...], dtype: np.dtype
+             ) -> tuple[RejectReason | None, np.ndarray | None]:
+    """Zero-copy view of an array's values, checked against the sent dtype/shape."""
+    try:
+        header = parse_npy_header(array.data)
+    except (ValueError, TypeError, SyntaxError, EOFError, OverflowError):
+        return RejectReason.WRONG_BYTE_LENGTH, None
+    if header.dtype != dtype:
+        return RejectReason.WRONG_DTYPE, None
+    if header.shape != shape:
+        return RejectReason.WRONG_SHAPE, None
+    count = math.prod(shape)
+    if len(array.data) != header.offset + count * dtype.itemsize:
+        return RejectReason.WRONG_BYTE_LENGTH, None
+    flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=header.offset)
+    if header.fortran_order and len(shape) > 1:
+        # Column-major bytes: re-read them in C order (a copy, rare in practice).
+        flat = np.ascontiguousarray(flat.reshape(shape, order="F")).reshape(-1)
+    return None, flat
+
+
+def decode_update_into(arrays: Mapping[str, ArrayLike], layout: ModelLayout,
+                       theta: Mapping[str, np.ndarray], out: np.ndarray
+                       ) -> RejectReason | None:
+    """Validate a reply's arrays and write its update ``w - theta`` into ``out``.
+
+    Reads every array through a zero-copy view of its ``.npy`` bytes; the only
+    pass over the values is the subtraction, and finiteness is checked block by
+    block while the block is in cache.
+
+    Parameters
+    ----------
+    arrays : Mapping[str, ArrayLike]
+        The reply's ArrayRecord.
+    layout : ModelLayout
+        Layout of the model sent this round.
+    theta : Mapping[str, numpy.ndarray]
+        The arrays sent this round, flattened (1-D, original dtype), so an
+        update of a float64 model is exact before its cast to float32.
+    out : numpy.ndarray
+        ``(d,)`` float32 row to fill with the update (garbage if rejected).
+
+    Returns
+    -------
+    RejectReason or None
+        Why the reply is rejected, or ``None`` if ``out`` now holds its update.
+    """
+    reason = check_array_structure(arrays, layout)
+    if reason is not None:
+        return reason
+    # Integer arrays are not aggregated, but a malformed one still marks the
+    # reply as malformed.
+    for i, key in enumerate(layout.keys):
+        if layout.offsets[i] < 0:
+            reason, _ = _payload(arrays[key], layout.shapes[i], layout.dtypes[i])
+            if reason is not None:
+                return reason
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, key, start, stop in layout.segments():
+            reason, src = _payload(arrays[key], layout.shapes[i], layout.dtypes[i])
+            if reason is not None:
+                return reason
+            sent = theta[key]
+            for a in range(0, stop - start, _BLOCK):
+                b = min(a + _BLOCK, stop - start)
+                block = out[start + a:start + b]
+                np.subtract(src[a:b], sent[a:b], out=block, casting="same_kind")
+                # A sum is NaN/inf iff a value is (or the block overflows,
+                # which no sane update does): one cheap reduction, no mask.
+                if not math.isfinite(float(np.add.reduce(block, dtype=np.float32))):
+                    return RejectReason.NON_FINITE
+    return None

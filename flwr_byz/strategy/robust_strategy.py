@@ -1,0 +1,480 @@
+"""Shared base of every flwr-byz Message-API strategy."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from logging import INFO
+
+import numpy as np
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from flwr_byz.aggregation.result import AggregationResult
+
+from .client_metrics import mean_client_metrics
+from .reply_validation import RejectReason
+from .round_core import Candidate, SentModel, run_robust_round
+from .round_report import RoundReport
+
+_DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"auto"`` to a torch device.
+
+    Raises
+    ------
+    ValueError
+        For any other value, or ``"cuda"`` without a CUDA device.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available; "
+                             f"allowed values: {_DEVICES}")
+        return torch.device(device)
+    raise ValueError(f"device={device!r} is not one of {_DEVICES} (or 'cuda:N')")
+
+
+def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
+    """Reduce a reply Message to a :class:`Candidate`, checking its structure.
+
+    Parameters
+    ----------
+    msg : Message
+        A train reply.
+    sent : SentModel
+        What was sent this round (for the expected message type).
+
+    Returns
+    -------
+    Candidate
+        With ``reason`` set when the reply is an error or malformed.
+    """
+    node_id = int(msg.metadata.src_node_id)
+    if msg.has_error() or not msg.has_content():
+        return Candidate(node_id, None, None, RejectReason.ERROR_REPLY)
+    expected_type = sent.message_types.get(node_id)
+    if expected_type is not None and msg.metadata.message_type != expected_type:
+        return Candidate(node_id, None, None, RejectReason.WRONG_MESSAGE_TYPE)
+    content = msg.content
+    array_records = list(content.array_records.values())
+    metric_records = list(content.metric_records.values())
+    reason = None
+    if not array_records:
+        reason = RejectReason.MISSING_ARRAY_RECORD
+    elif len(array_records) > 1:
+        reason = RejectReason.EXTRA_ARRAY_RECORD
+    elif not metric_records:
+        reason = RejectReason.MISSING_METRIC_RECORD
+    elif len(metric_records) > 1:
+        reason = RejectReason.EXTRA_METRIC_RECORD
+    if reason is not None:
+        return Candidate(node_id, None, None, reason)
+    return Candidate(node_id, array_records[0], metric_records[0])
+
+
+# pylint: disable=too-many-instance-attributes
+class RobustStrategy(FedAvg):
+    """Byzantine-robust FedAvg: validates every reply, aggregates updates robustly.
+
+    Sampling, configuration and federated evaluation behave as in Flower's
+    :class:`~flwr.serverapp.strategy.FedAvg`. Training differs:
+
+    * ``configure_train`` remembers the model and the nodes of each round;
+    * ``aggregate_train`` validates every reply on its own (see
+      :class:`~flwr_byz.strategy.reply_validation.RejectReason`), builds the
+      ``(n, d)`` float32 matrix of updates ``Δ_i = w_i - θ_t`` (zero-copy reads
+      of the reply bytes), asks :meth:`aggregate_updates` for the aggregate
+      and sets ``θ_{t+1} = θ_t + server_learning_rate · aggregate``.
+
+    Invalid replies are excluded and reported; if fewer valid replies remain
+    than :meth:`min_nodes` needs, the model is returned unchanged. The round's
+    MetricRecord carries the diagnostics (node ids in row order, selected,
+    removed in removal order, scores, weights, rejected ids and reason codes,
+    ``status``), followed by the clients' own metrics (mean over valid
+    replies); :attr:`history` holds one :class:`RoundReport` per round.
+
+    Parameters
+    ----------
+    fraction_train : float (default: 1.0)
+        Fraction of nodes used during training. In case `min_train_nodes`
+        is larger than `fraction_train * total_connected_nodes`, `min_train_nodes`
+        will still be sampled.
+    fraction_evaluate : float (default: 1.0)
+        Fraction of nodes used during validation. In case `min_evaluate_nodes`
+        is larger than `fraction_evaluate * total_connected_nodes`,
+        `min_evaluate_nodes` will still be sampled.
+    min_train_nodes : int (default: 2)
+        Minimum number of nodes used during training.
+    min_evaluate_nodes : int (default: 2)
+        Minimum number of nodes used during validation.
+    min_available_nodes : int (default: 2)
+        Minimum number of total nodes in the system.
+    num_malicious_nodes : Optional[int] (default: None)
+        Number ``f`` of Byzantine updates the rule must tolerate. At most one
+        of `num_malicious_nodes` and `malicious_fraction` may be given; with
+        neither, ``f = 0``.
+    malicious_fraction : Optional[float] (default: None)
+        Byzantine budget as a fraction in ``[0, 0.5)``: each round
+        ``f = floor(malicious_fraction * num_valid_replies)``.
+    weighted_by_key : str (default: "num-examples")
+        Key of the MetricRecord value used as weight when
+        `weighted_aggregation` is on (and for federated evaluation metrics).
+    weighted_aggregation : bool (default: False)
+        Weight updates by the clients' self-reported `weighted_by_key`. Off by
+        default: a Byzantine client can claim any size.
+    server_learning_rate : float (default: 1.0)
+        Server step size ``η`` in ``θ_{t+1} = θ_t + η · aggregate``.
+    server_momentum : float (default: 0.0)
+        Server momentum ``μ`` in ``[0, 1)``: ``v = μ v + aggregate``,
+        ``θ_{t+1} = θ_t + η v``.
+    device : str (default: "cpu")
+        Where the rule runs: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    arrayrecord_key : str (default: "arrays")
+        Key used to store the ArrayRecord when constructing Messages.
+    configrecord_key : str (default: "config")
+        Key used to store the ConfigRecord when constructing Messages.
+    train_metrics_aggr_fn : Optional[callable] (default: None)
+        Function with signature (list[RecordDict], str) -> MetricRecord applied
+        to the valid replies' contents. If `None`, the clients' numeric metrics
+        are averaged (unweighted unless `weighted_aggregation`), skipping
+        non-finite values.
+    evaluate_metrics_aggr_fn : Optional[callable] (default: None)
+        Function with signature (list[RecordDict], str) -> MetricRecord for
+        evaluation replies. If `None`, numeric metrics are averaged weighted by
+        `weighted_by_key` where present and valid, skipping bad replies.
+    """
+
+    #: Name of the rule in :data:`flwr_byz.aggregation.RULES` (for the bound).
+    rule_name: str = "mean"
+    #: Whether the rule accepts per-update weights.
+    supports_weights: bool = True
+    #: Whether ``f`` changes what the rule does (a warning if it is left at 0).
+    uses_f: bool = True
+
+    # pylint: disable=too-many-arguments,too-many-positional-arguments,too-many-locals
+    def __init__(
+        self,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        num_malicious_nodes: int | None = None,
+        malicious_fraction: float | None = None,
+        weighted_by_key: str = "num-examples",
+        weighted_aggregation: bool = False,
+        server_learning_rate: float = 1.0,
+        server_momentum: float = 0.0,
+        device: str = "cpu",
+        arrayrecord_key: str = "arrays",
+        configrecord_key: str = "config",
+        train_metrics_aggr_fn: (
+            Callable[[list[RecordDict], str], MetricRecord] | None
+        ) = None,
+        evaluate_metrics_aggr_fn: (
+            Callable[[list[RecordDict], str], MetricRecord] | None
+        ) = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=weighted_by_key,
+            arrayrecord_key=arrayrecord_key,
+            configrecord_key=configrecord_key,
+            train_metrics_aggr_fn=train_metrics_aggr_fn,
+            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+        )
+        _check_fraction("fraction_train", fraction_train)
+        _check_fraction("fraction_evaluate", fraction_evaluate)
+        if num_malicious_nodes is not None and malicious_fraction is not None:
+            raise ValueError(
+                "give at most one of num_malicious_nodes and malicious_fraction, "
+                f"got num_malicious_nodes={num_malicious_nodes!r} and "
+                f"malicious_fraction={malicious_fraction!r}")
+        if num_malicious_nodes is not None and (
+                isinstance(num_malicious_nodes, bool)
+                or not isinstance(num_malicious_nodes, int | np.integer)
+                or num_malicious_nodes < 0):
+            raise ValueError(f"num_malicious_nodes={num_malicious_nodes!r}: allowed "
+                             "values are integers >= 0")
+        if malicious_fraction is not None and (
+                isinstance(malicious_fraction, bool)
+                or not isinstance(malicious_fraction, int | float)
+                or not 0.0 <= malicious_fraction < 0.5):
+            raise ValueError(f"malicious_fraction={malicious_fraction!r}: allowed "
+                             "values are numbers in [0, 0.5)")
+        if (isinstance(server_learning_rate, bool)
+                or not isinstance(server_learning_rate, int | float)
+                or not math.isfinite(server_learning_rate)
+                or server_learning_rate <= 0):
+            raise ValueError(f"server_learning_rate={server_learning_rate!r}: "
+                             "allowed values are finite numbers > 0")
+        if (isinstance(server_momentum, bool)
+                or not isinstance(server_momentum, int | float)
+                or not 0.0 <= server_momentum < 1.0):
+            raise ValueError(f"server_momentum={server_momentum!r}: allowed values "
+                             "are numbers in [0, 1)")
+        if not isinstance(weighted_aggregation, bool):
+            raise ValueError(f"weighted_aggregation={weighted_aggregation!r}: "
+                             "allowed values are True, False")
+        if weighted_aggregation and not self.supports_weights:
+            raise ValueError(
+                f"weighted_aggregation=True is not supported by "
+                f"{type(self).__name__} (its rule does not weight updates); "
+                "allowed value: False")
+        self.num_malicious_nodes = (None if num_malicious_nodes is None
+                                    else int(num_malicious_nodes))
+        self.malicious_fraction = (None if malicious_fraction is None
+                                   else float(malicious_fraction))
+        self.weighted_aggregation = weighted_aggregation
+        self.server_learning_rate = float(server_learning_rate)
+        self.server_momentum = float(server_momentum)
+        self.device = device
+        self.torch_device = resolve_device(device)
+        self._user_train_metrics_aggr_fn = train_metrics_aggr_fn
+        self._user_evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
+        self.history: list[RoundReport] = []
+        self._sent: SentModel | None = None
+        self._momentum: np.ndarray | None = None
+        if self.uses_f and num_malicious_nodes is None and malicious_fraction is None:
+            log(logging.WARNING, "%s: neither num_malicious_nodes nor "
+                "malicious_fraction given; f = 0 tolerates no Byzantine node",
+                type(self).__name__)
+
+    # ------------------------------------------------------------------ hooks
+    def min_nodes(self, f: int) -> int:
+        """Smallest number of valid replies the rule accepts for budget ``f``."""
+        from flwr_byz.aggregation import min_nodes
+
+        return int(min_nodes(self.rule_name, f))
+
+    def aggregate_updates(
+        self,
+        server_round: int,
+        updates: torch.Tensor,
+        node_ids: list[int],
+        weights: torch.Tensor | None,
+        f: int,
+        global_flat: torch.Tensor,
+    ) -> AggregationResult:
+        """Aggregate the ``(n, d)`` float32 updates of the valid replies.
+
+        Parameters
+        ----------
+        server_round : int
+            The round.
+        updates : torch.Tensor
+            ``(n, d)`` float32 updates ``w_i - θ_t`` on :attr:`torch_device`,
+            one row per valid reply, in the order of `node_ids`. Only valid
+            during the call (clone to keep).
+        node_ids : list[int]
+            Flower node id of each row.
+        weights : torch.Tensor or None
+            ``(n,)`` validated ``num-examples`` when `weighted_aggregation`,
+            else ``None``.
+        f : int
+            Byzantine budget this round.
+        global_flat : torch.Tensor
+            ``(d,)`` float32 flat model ``θ_t`` (float arrays, key order; see
+            :attr:`layout` to unflatten).
+
+        Returns
+        -------
+        AggregationResult
+            Aggregate and decisions (row indices).
+        """
+        from flwr_byz.aggregation import mean
+
+        return mean(updates, weights)
+
+    def extra_round_metrics(
+        self, server_round: int
+    ) -> dict[str, int | float | list[int] | list[float]]:
+        """Rule-specific values added to the round's MetricRecord (default none)."""
+        return {}
+
+    # --------------------------------------------------------------- helpers
+    def resolve_f(self, num_valid: int) -> int:
+        """Byzantine budget ``f`` for a round with ``num_valid`` valid replies."""
+        if self.malicious_fraction is not None:
+            # The epsilon keeps e.g. 0.29 * 100 at 29 despite binary rounding.
+            return math.floor(self.malicious_fraction * num_valid + 1e-9)
+        return self.num_malicious_nodes or 0
+
+    @property
+    def layout(self):  # -> ModelLayout | None
+        """Layout (keys, shapes, flat offsets) of the model sent last round."""
+        return None if self._sent is None else self._sent.layout
+
+    def _settings(self) -> list[tuple[str, object]]:
+        """Rule-specific settings shown by :meth:`summary`."""
+        return []
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        log(INFO, "\t├──> %s settings:", type(self).__name__)
+        budget = (f"floor({self.malicious_fraction} * num-valid)"
+                  if self.malicious_fraction is not None
+                  else str(self.num_malicious_nodes or 0))
+        rows: list[tuple[str, object]] = [("Byzantine budget f", budget),
+                                          *self._settings(),
+                                          ("Weighted aggregation",
+                                           self.weighted_aggregation),
+                                          ("Server learning rate",
+                                           self.server_learning_rate),
+                                          ("Server momentum", self.server_momentum),
+                                          ("Device", str(self.torch_device))]
+        for i, (name, value) in enumerate(rows):
+            branch = "└──" if i == len(rows) - 1 else "├──"
+            log(INFO, "\t│\t%s %s: %s", branch, name, value)
+        super().summary()
+
+    # ---------------------------------------------------------------- train
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Configure the next round of training and remember what is sent."""
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.remember_sent(server_round, arrays,
+                           {m.metadata.dst_node_id: m.metadata.message_type
+                            for m in messages})
+        return messages
+
+    def remember_sent(self, server_round: int, arrays: ArrayRecord,
+                      message_types: dict[int, str]) -> None:
+        """Record the model and recipients (node id -> message type) of a round."""
+        self._sent = SentModel.from_record(server_round, arrays,
+                                           list(message_types), message_types)
+
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate, robustly aggregate and apply the replies of a round.
+
+        Returns the new model, or the unchanged model when the round cannot
+        update it (too few valid replies, rule failure, non-finite result),
+        and a MetricRecord with the round's diagnostics.
+        """
+        sent = self._sent
+        if sent is None or sent.server_round != server_round:
+            raise RuntimeError(
+                f"aggregate_train(server_round={server_round}) without a matching "
+                "configure_train: the strategy needs the model it sent")
+        candidates = []
+        for msg in replies:
+            try:
+                candidates.append(message_to_candidate(msg, sent))
+            except Exception:  # a reply object we cannot even read
+                node = getattr(getattr(msg, "metadata", None), "src_node_id", -1)
+                candidates.append(Candidate(int(node) if isinstance(node, int) else -1,
+                                            None, None, RejectReason.MALFORMED))
+        log(INFO, "aggregate_train: received %d replies from %d nodes sent to",
+            len(candidates), len(sent.node_ids))
+        outcome = run_robust_round(self, server_round, sent, candidates,
+                                   self._momentum)
+        report = outcome.report
+        self.history.append(report)
+        if outcome.arrays is None:
+            arrays = sent.record
+        else:
+            self._momentum = (outcome.momentum if outcome.momentum is not None
+                              else self._momentum)
+            arrays = ArrayRecord({
+                key: (sent.record[key] if offset < 0 else Array(outcome.arrays[key]))
+                for key, offset in zip(sent.layout.keys, sent.layout.offsets,
+                                       strict=True)})
+        metrics = MetricRecord(self._client_train_metrics(outcome))
+        for key, value in report.to_metrics().items():
+            metrics[key] = value
+        log(INFO, "aggregate_train: %s", _report_line(report))
+        return arrays, metrics
+
+    def _client_train_metrics(self, outcome) -> dict:
+        """The clients' own metrics, aggregated over the valid replies."""
+        if self._user_train_metrics_aggr_fn is None:
+            return mean_client_metrics(outcome.metrics, outcome.weights,
+                                       exclude=(self.weighted_by_key,))
+        contents = [RecordDict({"metrics": MetricRecord(dict(m))})
+                    for m in outcome.metrics]
+        try:
+            return dict(self._user_train_metrics_aggr_fn(contents,
+                                                         self.weighted_by_key))
+        except Exception:  # user aggregation on client values: log, carry on
+            log(logging.WARNING, "train_metrics_aggr_fn failed", exc_info=True)
+            return {}
+
+    # ------------------------------------------------------------- evaluate
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> MetricRecord | None:
+        """Aggregate evaluation metrics, skipping error and malformed replies."""
+        records: list[MetricRecord] = []
+        weights: list[float] = []
+        for msg in replies:
+            try:
+                if msg.has_error() or not msg.has_content():
+                    continue
+                found = list(msg.content.metric_records.values())
+                if len(found) != 1:
+                    continue
+                value = found[0].get(self.weighted_by_key, 1.0)
+                weight = (float(value) if isinstance(value, int | float)
+                          and not isinstance(value, bool) else math.nan)
+                if not (math.isfinite(weight) and weight > 0):
+                    continue
+                records.append(found[0])
+                weights.append(weight)
+            except Exception:  # pylint: disable=broad-except
+                continue
+        if not records:
+            return None
+        if self._user_evaluate_metrics_aggr_fn is not None:
+            try:
+                return self._user_evaluate_metrics_aggr_fn(
+                    [RecordDict({"metrics": r}) for r in records],
+                    self.weighted_by_key)
+            except Exception:  # pylint: disable=broad-except
+                log(logging.WARNING, "evaluate_metrics_aggr_fn failed", exc_info=True)
+                return None
+        return MetricRecord(mean_client_metrics(records, weights,
+                                                exclude=(self.weighted_by_key,)))
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not 0.0 <= value <= 1.0):
+        raise ValueError(f"{name}={value!r}: allowed values are numbers in [0, 1]")
+
+
+def _report_line(report: RoundReport) -> str:
+    parts = [f"status={report.status.name}", f"valid={report.num_valid}",
+             f"f={report.f}", f"removed={report.removed}"]
+    if report.rejected:
+        parts.append(f"rejected={report.rejected}")
+    if report.missing:
+        parts.append(f"missing={report.missing}")
+    return " ".join(parts)
