@@ -8,12 +8,6 @@ import logging
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-
-from flwr_byz.aggregation.result import AggregationResult
-from flwr_byz.strategy import RejectReason, RoundStatus
-from flwr_byz.strategy.model_layout import npy_view, parse_npy_header
-from flwr_byz.strategy.reply_validation import MAX_NUM_EXAMPLES
-
 from strategy_helpers import (
     LocalMean,
     StaticGrid,
@@ -27,6 +21,11 @@ from strategy_helpers import (
     shifted,
     to_record,
 )
+
+from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.strategy import RejectReason, RoundStatus
+from flwr_byz.strategy.model_layout import npy_view, parse_npy_header
+from flwr_byz.strategy.reply_validation import MAX_NUM_EXAMPLES
 
 R = RejectReason
 
@@ -171,7 +170,7 @@ def test_every_malformed_reply_is_rejected_with_its_reason(caplog):
     theta = model_arrays(1)
     strategy = LocalMean(num_malicious_nodes=1)
     good_nodes = [1, 2, 3]
-    bad_nodes = list(range(101, 123)) + [124]
+    bad_nodes = [*range(101, 123), 124]
     msgs = instructions(strategy, 3, theta, good_nodes + bad_nodes)
     by_node = {m.metadata.dst_node_id: m for m in msgs}
     # Node 102 answers an "evaluate" instruction: wrong message type.
@@ -180,8 +179,8 @@ def test_every_malformed_reply_is_rejected_with_its_reason(caplog):
     cases, fortran = _malformed_cases(theta, by_node, stranger)
     good = [reply(by_node[n], _good(theta, s), {"num-examples": 5})
             for n, s in zip(good_nodes, [1.0, 2.0, 3.0], strict=True)]
-    replies = [good[0], *[c[1] for c in cases[:10]], good[1], *[c[1] for c in cases[10:]],
-               fortran, good[2]]
+    bad = [c[1] for c in cases]
+    replies = [good[0], *bad[:10], good[1], *bad[10:], fortran, good[2]]
     with caplog.at_level(logging.WARNING):
         arrays, metrics = strategy.aggregate_train(3, replies)
     # The Fortran-ordered reply is θ + 1 like good[0]: mean of 1, 2, 3, 1.
