@@ -1,0 +1,55 @@
+"""Byzantine-robust aggregation rules as pure functions of an ``(n, d)`` torch tensor.
+
+Each rule takes the matrix of the ``n`` valid updates (rows) on any device and returns
+an :class:`AggregationResult`: the aggregate (same dtype and device) and what the rule
+decided, by row index. No Flower import: the strategy layer maps rows to node ids.
+
+Rules needing pairwise distances compute them from one centred Gram product
+(:func:`pairwise_sq_distances`); FABA and the geometric median then run entirely on the
+``n × n`` Gram matrix and read the update matrix only once more, to form the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr_byz.aggregation.bounds import min_nodes
+from flwr_byz.aggregation.brute_force import brute_force
+from flwr_byz.aggregation.bulyan import bulyan
+from flwr_byz.aggregation.coordinatewise import coordinate_median, trimmed_mean
+from flwr_byz.aggregation.distances import pairwise_sq_distances
+from flwr_byz.aggregation.faba import faba
+from flwr_byz.aggregation.geomed import geomed_medoid, geometric_median
+from flwr_byz.aggregation.krum import krum, multikrum
+from flwr_byz.aggregation.mean import mean
+from flwr_byz.aggregation.result import AggregationResult
+
+RULES: dict[str, Callable[..., AggregationResult]] = {
+    "mean": mean,
+    "faba": faba,
+    "krum": krum,
+    "multikrum": multikrum,
+    "bulyan": bulyan,
+    "geomed": geomed_medoid,
+    "median": coordinate_median,
+    "trimmed-mean": trimmed_mean,
+    "brute-force": brute_force,
+}
+"""Run-config rule name -> function. Signatures differ (see each function)."""
+
+__all__ = [
+    "RULES",
+    "AggregationResult",
+    "brute_force",
+    "bulyan",
+    "coordinate_median",
+    "faba",
+    "geomed_medoid",
+    "geometric_median",
+    "krum",
+    "mean",
+    "min_nodes",
+    "multikrum",
+    "pairwise_sq_distances",
+    "trimmed_mean",
+]

@@ -1,0 +1,56 @@
+"""How many rows each rule needs to tolerate ``f`` Byzantine rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+# rule name -> (smallest n as a function of f, the bound as text for messages)
+_BOUNDS: dict[str, tuple[Callable[[int], int], str]] = {
+    "mean": (lambda f: 1, "1"),
+    "faba": (lambda f: 2 * f + 1, "2f+1"),
+    "krum": (lambda f: 2 * f + 3, "2f+3"),
+    "multikrum": (lambda f: 2 * f + 3, "2f+3"),
+    "bulyan": (lambda f: 4 * f + 3, "4f+3"),
+    "geomed": (lambda f: 2 * f + 1, "2f+1"),
+    # Coordinate-wise rules accept any n >= 1 as functions, but only tolerate f
+    # corrupted values per coordinate when f < n/2 (breakdown point 1/2).
+    "median": (lambda f: 2 * f + 1, "2f+1"),
+    "trimmed-mean": (lambda f: 2 * f + 1, "2f+1"),
+    "brute-force": (lambda f: 2 * f + 1, "2f+1"),
+}
+
+
+def min_nodes(rule: str, f: int) -> int:
+    """Smallest number of rows ``n`` with which ``rule`` tolerates ``f`` Byzantine rows.
+
+    Parameters
+    ----------
+    rule : str
+        A key of ``RULES``: "mean", "faba", "krum", "multikrum", "bulyan", "geomed",
+        "median", "trimmed-mean" or "brute-force".
+    f : int
+        Number of Byzantine rows, >= 0.
+
+    Returns
+    -------
+    int
+        ``1`` for mean, ``2f+1`` for FABA (n > 2f), GeoMed, median, trimmed mean and
+        brute force, ``2f+3`` for Krum and MultiKrum, ``4f+3`` for Bulyan.
+    """
+    if rule not in _BOUNDS:
+        raise ValueError(
+            f"min_nodes: unknown rule {rule!r}; allowed: {', '.join(sorted(_BOUNDS))}"
+        )
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"min_nodes: f must be an integer >= 0, got {f!r}")
+    return _BOUNDS[rule][0](f)
+
+
+def require_rows(rule: str, n: int, f: int) -> None:
+    """Raise ``ValueError`` naming n, f and the bound when ``n`` is too small."""
+    needed = min_nodes(rule, f)
+    if n < needed:
+        raise ValueError(
+            f"{rule} needs n >= {_BOUNDS[rule][1]} = {needed} rows to tolerate "
+            f"f = {f} Byzantine rows, got n = {n}"
+        )

@@ -1,0 +1,79 @@
+"""Brute force: the subset of ``n − f`` rows with the smallest diameter."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from flwr_byz.aggregation.bounds import require_rows
+from flwr_byz.aggregation.distances import pairwise_sq_distances
+from flwr_byz.aggregation.mean import combine_rows
+from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.validation import check_f, check_updates
+
+_BATCH = 4096
+
+
+def brute_force(
+    x: torch.Tensor, f: int, max_subsets: int = 200_000
+) -> AggregationResult:
+    """Mean of the ``n − f`` rows whose largest pairwise distance is smallest.
+
+    All ``C(n, f)`` subsets are examined in lexicographic order of their row indices;
+    among subsets with the same diameter the first (lowest indices) wins.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(n, d)`` floating tensor of updates, any device; ``n >= 2f + 1``.
+    f : int
+        Number of rows left out.
+    max_subsets : int
+        Refuse (``ValueError``) when ``C(n, f)`` exceeds this.
+
+    Returns
+    -------
+    AggregationResult
+        ``selected`` the subset; ``removed`` the others ascending; ``scores`` each
+        row's largest distance to another row of the chosen subset (subset rows) or
+        its smallest such distance (left-out rows).
+    """
+    n, _ = check_updates(x, "brute-force")
+    f = check_f(f, "brute-force")
+    require_rows("brute-force", n, f)
+    count = math.comb(n, f)
+    if count > max_subsets:
+        raise ValueError(
+            f"brute-force would examine C(n, f) = C({n}, {f}) = {count} subsets, more "
+            f"than max_subsets = {max_subsets}; raise max_subsets or use another rule"
+        )
+    sq = pairwise_sq_distances(x).cpu()
+    size = n - f
+    combos = itertools.combinations(range(n), size)
+    best_value = math.inf
+    best: tuple[int, ...] = tuple(range(size))
+    while batch := list(itertools.islice(combos, _BATCH)):
+        idx = torch.tensor(batch, dtype=torch.long)
+        diam = sq[idx[:, :, None], idx[:, None, :]].flatten(1).amax(dim=1)
+        value = float(diam.min())
+        if value < best_value:  # strict: earlier batches win ties
+            best_value = value
+            best = batch[int(torch.nonzero(diam == value)[0])]
+    keep = torch.zeros(n, dtype=torch.float64)
+    keep[list(best)] = 1.0
+    inside = sq[:, list(best)].clone()
+    for pos, i in enumerate(best):
+        inside[i, pos] = math.nan  # a row's distance to itself does not count
+    far = inside.nan_to_num(nan=-math.inf).amax(dim=1).clamp(min=0.0).sqrt()
+    near = inside.nan_to_num(nan=math.inf).amin(dim=1).sqrt()
+    scores = [float(far[i]) if keep[i] else float(near[i]) for i in range(n)]
+    coeffs = keep / keep.sum()
+    return AggregationResult(
+        aggregate=combine_rows(x, coeffs),
+        selected=tuple(best),
+        removed=tuple(i for i in range(n) if keep[i] == 0),
+        scores=tuple(scores),
+        weights=tuple(coeffs.tolist()),
+    )

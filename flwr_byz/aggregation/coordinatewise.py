@@ -1,0 +1,98 @@
+"""Coordinate-wise rules: median (numpy semantics) and trimmed mean.
+
+Both sort each column; they work on column chunks upcast to float64, so the extra
+memory is a few chunk-sized buffers, and even-n medians are exact midpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.validation import check_updates
+
+_CPU_CHUNK = 65_536
+_CUDA_CHUNK = 1 << 20
+
+
+def column_chunks(
+    x: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply ``reduce`` ((r, c) float64 -> (c,) float64) per column chunk.
+
+    The result has x's dtype and device.
+
+    ``rows`` (an index tensor on x's device) restricts every chunk to those rows.
+    """
+    d = x.shape[1]
+    chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
+    out = torch.empty(d, dtype=x.dtype, device=x.device)
+    for start in range(0, d, chunk):
+        stop = min(start + chunk, d)
+        cols = x[:, start:stop]
+        if rows is not None:
+            cols = cols.index_select(0, rows)
+        out[start:stop] = reduce(cols.to(torch.float64))
+    return out
+
+
+def sorted_median(sorted_cols: torch.Tensor) -> torch.Tensor:
+    """Median of each column of sorted columns; mean of the two middle for even r."""
+    r = sorted_cols.shape[0]
+    if r % 2 == 1:
+        return sorted_cols[r // 2]
+    return (sorted_cols[r // 2 - 1] + sorted_cols[r // 2]) / 2
+
+
+def coordinate_median(x: torch.Tensor) -> AggregationResult:
+    """Coordinate-wise median; for even n the mean of the two middle values (numpy's).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(n, d)`` floating tensor of updates, any device.
+
+    Returns
+    -------
+    AggregationResult
+        Every row is ``selected`` (each may contribute to some coordinate).
+    """
+    n, _ = check_updates(x, "median")
+    agg = column_chunks(x, lambda c: sorted_median(torch.sort(c, dim=0).values))
+    return AggregationResult(aggregate=agg, selected=tuple(range(n)))
+
+
+def trimmed_mean(x: torch.Tensor, beta: float) -> AggregationResult:
+    """Per coordinate, drop the ``floor(beta·n)`` largest and smallest; average rest.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(n, d)`` floating tensor of updates, any device.
+    beta : float
+        Fraction trimmed on each side, ``0 <= beta < 0.5``.
+
+    Returns
+    -------
+    AggregationResult
+        Every row is ``selected``.
+    """
+    n, _ = check_updates(x, "trimmed-mean")
+    if (
+        isinstance(beta, bool)
+        or not isinstance(beta, (int, float))
+        or not (0.0 <= beta < 0.5)
+    ):
+        raise ValueError(
+            f"trimmed-mean: beta must be a number in [0, 0.5), got {beta!r}"
+        )
+    cut = math.floor(beta * n)
+    agg = column_chunks(
+        x, lambda c: torch.sort(c, dim=0).values[cut : n - cut].mean(dim=0)
+    )
+    return AggregationResult(aggregate=agg, selected=tuple(range(n)))

@@ -1,0 +1,85 @@
+"""FABA: repeatedly delete the row farthest from the mean (Xia et al., IJCAI 2019)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from flwr_byz.aggregation.bounds import require_rows
+from flwr_byz.aggregation.distances import centred_gram
+from flwr_byz.aggregation.mean import combine_rows
+from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.validation import (
+    check_f,
+    check_updates,
+    check_weights,
+    normalised,
+)
+
+
+def faba(
+    x: torch.Tensor, f: int, weights: torch.Tensor | None = None
+) -> AggregationResult:
+    """FABA: delete the row farthest (L2) from the mean, ``f`` times; average the rest.
+
+    Computed from one Gram product: with ``s`` the 0/1 indicator of the ``k`` remaining
+    rows, ``k² ‖x_i − m‖² = k² G_ii − 2k (G s)_i + sᵀ G s``, and deleting row ``j``
+    updates ``G s`` and ``sᵀ G s`` in O(n) — no re-scan of the matrix. Working with
+    ``k²``-scaled distances keeps integer-valued inputs exact, so exact ties stay ties
+    (broken by lowest index).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(n, d)`` floating tensor of updates, any device.
+    f : int
+        Number of rows to delete; requires ``n > 2f``.
+    weights : torch.Tensor, optional
+        ``(n,)`` non-negative weights for the *final* mean of the kept rows. Deletion
+        always uses the unweighted mean, as in the paper, so self-reported sizes cannot
+        steer which rows are deleted.
+
+    Returns
+    -------
+    AggregationResult
+        ``removed`` in deletion order; ``selected`` the kept rows; ``scores[i]`` is the
+        L2 distance of row ``i`` to the mean it was deleted from, or, for kept rows, to
+        the mean of the kept rows; ``weights`` the final mean's coefficients.
+    """
+    n, _ = check_updates(x, "faba")
+    f = check_f(f, "faba")
+    require_rows("faba", n, f)
+    w = check_weights(weights, n, "faba")
+    gram = centred_gram(x).cpu()
+    diag = gram.diagonal()
+    keep = torch.ones(n, dtype=torch.float64)
+    g_keep = gram @ keep
+    quad = float(keep @ g_keep)
+    k = n
+    scores = [0.0] * n
+    removed: list[int] = []
+    for _ in range(f):
+        scaled = (k * k) * diag - (2 * k) * g_keep + quad
+        scaled[keep == 0] = -math.inf
+        worst = float(scaled.max())
+        j = int(torch.nonzero(scaled == worst)[0])  # lowest index among ties
+        scores[j] = math.sqrt(max(worst, 0.0)) / k
+        removed.append(j)
+        quad = quad - 2.0 * float(g_keep[j]) + float(gram[j, j])
+        g_keep -= gram[:, j]
+        keep[j] = 0.0
+        k -= 1
+    final = ((k * k) * diag - (2 * k) * g_keep + quad).clamp(min=0.0).sqrt() / k
+    selected = tuple(i for i in range(n) if keep[i] > 0)
+    for i in selected:
+        scores[i] = float(final[i])
+    coeffs = keep if w is None else keep * w
+    coeffs = normalised(coeffs, "faba", "kept")
+    return AggregationResult(
+        aggregate=combine_rows(x, coeffs),
+        selected=selected,
+        removed=tuple(removed),
+        scores=tuple(scores),
+        weights=tuple(coeffs.tolist()),
+    )

@@ -1,0 +1,121 @@
+"""Krum and MultiKrum (Blanchard et al., NeurIPS 2017)."""
+
+from __future__ import annotations
+
+import torch
+
+from flwr_byz.aggregation.bounds import require_rows
+from flwr_byz.aggregation.distances import pairwise_sq_distances
+from flwr_byz.aggregation.mean import combine_rows
+from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.validation import (
+    check_f,
+    check_updates,
+    check_weights,
+    normalised,
+)
+
+
+def krum_scores(sq_dist: torch.Tensor, f: int) -> list[float]:
+    """Krum score of each row: sum of squared distances to its ``n − f − 2`` nearest.
+
+    Parameters
+    ----------
+    sq_dist : torch.Tensor
+        ``(n, n)`` squared distances (zero diagonal), ``n >= f + 3``.
+    f : int
+        Number of Byzantine rows.
+    """
+    n = sq_dist.shape[0]
+    others = sq_dist.to(device="cpu", dtype=torch.float64).clone()
+    others.fill_diagonal_(float("inf"))
+    nearest = torch.sort(others, dim=1).values[:, : n - f - 2]
+    return nearest.sum(dim=1).tolist()
+
+
+def _ranked(scores: list[float]) -> list[int]:
+    # Lowest score first; equal scores by lowest index.
+    return sorted(range(len(scores)), key=lambda i: (scores[i], i))
+
+
+def krum(x: torch.Tensor, f: int) -> AggregationResult:
+    """Krum: the row with the lowest Krum score.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(n, d)`` floating tensor of updates, any device; ``n >= 2f + 3``.
+    f : int
+        Number of Byzantine rows to tolerate.
+
+    Returns
+    -------
+    AggregationResult
+        ``aggregate`` a copy of the chosen row; ``selected`` that row; ``removed`` all
+        others ascending; ``scores`` every row's Krum score.
+    """
+    n, _ = check_updates(x, "krum")
+    f = check_f(f, "krum")
+    require_rows("krum", n, f)
+    scores = krum_scores(pairwise_sq_distances(x), f)
+    best = _ranked(scores)[0]
+    coeffs = torch.zeros(n, dtype=torch.float64)
+    coeffs[best] = 1.0
+    return AggregationResult(
+        aggregate=combine_rows(x, coeffs),
+        selected=(best,),
+        removed=tuple(i for i in range(n) if i != best),
+        scores=tuple(scores),
+        weights=tuple(coeffs.tolist()),
+    )
+
+
+def multikrum(
+    x: torch.Tensor,
+    f: int,
+    m: int | None = None,
+    weights: torch.Tensor | None = None,
+) -> AggregationResult:
+    """MultiKrum: the mean of the ``m`` rows with the lowest Krum scores.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(n, d)`` floating tensor of updates, any device; ``n >= 2f + 3``.
+    f : int
+        Number of Byzantine rows to tolerate.
+    m : int, optional
+        Rows to average, ``1 <= m <= n``; default ``n − f``.
+    weights : torch.Tensor, optional
+        ``(n,)`` non-negative weights for the final mean of the selected rows (the
+        selection itself is unweighted).
+
+    Returns
+    -------
+    AggregationResult
+        ``selected`` the ``m`` rows ascending; ``removed`` the others ascending;
+        ``scores`` every row's Krum score; ``weights`` the final mean's coefficients.
+    """
+    n, _ = check_updates(x, "multikrum")
+    f = check_f(f, "multikrum")
+    require_rows("multikrum", n, f)
+    if m is None:
+        m = n - f
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
+        raise ValueError(
+            f"multikrum: m (rows to average) must be an integer in [1, n = {n}], "
+            f"got {m!r}"
+        )
+    w = check_weights(weights, n, "multikrum")
+    scores = krum_scores(pairwise_sq_distances(x), f)
+    chosen = sorted(_ranked(scores)[:m])
+    keep = torch.zeros(n, dtype=torch.float64)
+    keep[chosen] = 1.0
+    coeffs = normalised(keep if w is None else keep * w, "multikrum", "selected")
+    return AggregationResult(
+        aggregate=combine_rows(x, coeffs),
+        selected=tuple(chosen),
+        removed=tuple(i for i in range(n) if keep[i] == 0),
+        scores=tuple(scores),
+        weights=tuple(coeffs.tolist()),
+    )

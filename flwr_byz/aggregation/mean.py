@@ -1,0 +1,46 @@
+"""Plain (optionally weighted) mean of the rows, and the row-combination helper."""
+
+from __future__ import annotations
+
+import torch
+
+from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.validation import check_updates, check_weights, normalised
+
+
+def combine_rows(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """``Σ_i coeffs[i] · x[i]`` in ``x``'s dtype and device: one read of the matrix.
+
+    A single non-zero coefficient of 1 returns a copy of that row (no arithmetic).
+    """
+    nonzero = torch.nonzero(coeffs).flatten().tolist()
+    if len(nonzero) == 1 and float(coeffs[nonzero[0]]) == 1.0:
+        return x[nonzero[0]].clone()
+    return coeffs.to(device=x.device, dtype=x.dtype) @ x
+
+
+def mean(x: torch.Tensor, weights: torch.Tensor | None = None) -> AggregationResult:
+    """Average of the rows (FedAvg); no robustness.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(n, d)`` floating tensor of updates.
+    weights : torch.Tensor, optional
+        ``(n,)`` non-negative weights (e.g. opted-in ``num-examples``); uniform if None.
+
+    Returns
+    -------
+    AggregationResult
+        ``selected``: rows with a positive weight; ``weights``: normalised weights.
+    """
+    n, _ = check_updates(x, "mean")
+    w = check_weights(weights, n, "mean")
+    coeffs = torch.full((n,), 1.0 / n, dtype=torch.float64) if w is None else w
+    coeffs = normalised(coeffs, "mean", "selected")
+    selected = tuple(i for i in range(n) if float(coeffs[i]) > 0.0)
+    return AggregationResult(
+        aggregate=combine_rows(x, coeffs),
+        selected=selected,
+        weights=tuple(coeffs.tolist()),
+    )
