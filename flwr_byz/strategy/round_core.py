@@ -165,11 +165,14 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
 
     pending: list[tuple[Candidate, float]] = []
     for cand in candidates:
-        reason = cand.reason
-        if reason is None and counts[cand.node_id] > 1:
+        # Who sent it is judged first: a stranger's reply is UNEXPECTED_NODE
+        # whatever it holds.
+        if counts[cand.node_id] > 1:
             reason = RejectReason.DUPLICATE_NODE
-        if reason is None and cand.node_id not in sent_ids:
+        elif cand.node_id not in sent_ids:
             reason = RejectReason.UNEXPECTED_NODE
+        else:
+            reason = cand.reason
         weight = 1.0
         if reason is None and strategy.weighted_aggregation:
             reason, weight = check_num_examples(cand.metrics, strategy.weighted_by_key)

@@ -1,0 +1,212 @@
+"""The flwr-byz rules for apps still on Flower's legacy strategy API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Array, ArrayRecord
+from flwr.common import (
+    Code,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarray_to_bytes,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.supercore import log
+
+from ..client_metrics import mean_client_metrics
+from ..model_layout import NUMPY_STYPE, parse_npy_header
+from ..reply_validation import RejectReason
+from ..robust_strategy import RobustStrategy
+from ..round_core import Candidate, SentModel, run_robust_round
+
+
+@dataclass(frozen=True)
+class _RawArray:
+    """A legacy tensor seen through the Array fields the validator reads."""
+
+    stype: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: Any
+
+
+def _node_id(proxy: ClientProxy) -> int:
+    """Flower node id of a legacy client proxy (its cid when it has none)."""
+    node_id = getattr(proxy, "node_id", None)
+    if isinstance(node_id, int) and not isinstance(node_id, bool):
+        return node_id
+    cid = str(getattr(proxy, "cid", ""))
+    # Deterministic id for non-numeric cids, so duplicates are still detected.
+    return int(cid) if cid.isdigit() else zlib.crc32(cid.encode())
+
+
+def parameters_to_record(parameters: Parameters) -> ArrayRecord:
+    """View legacy Parameters as an ArrayRecord keyed "0", "1", ... (no copy)."""
+    if parameters.tensor_type != NUMPY_STYPE:
+        raise ValueError(f"tensor_type={parameters.tensor_type!r}: only "
+                         f"{NUMPY_STYPE!r} is supported")
+    arrays = {}
+    for i, tensor in enumerate(parameters.tensors):
+        header = parse_npy_header(tensor)
+        arrays[str(i)] = Array(dtype=str(header.dtype), shape=header.shape,
+                               stype=NUMPY_STYPE, data=bytes(tensor))
+    return ArrayRecord(arrays)
+
+
+def _as_legacy_scalar(value: Any) -> Scalar:
+    # Legacy metric dicts hold no lists: lists travel as JSON strings.
+    return json.dumps(value) if isinstance(value, list) else value
+
+
+class LegacyRobust(LegacyFedAvg):
+    """A flwr-byz strategy behind Flower's legacy ``aggregate_fit`` API.
+
+    Wraps any Message-API :class:`~flwr_byz.strategy.RobustStrategy` (FABA,
+    Krum, ...) and runs its rule through the same validation + update core; the
+    legacy sampling and evaluation of ``flwr.server.strategy.FedAvg`` are kept.
+
+    Parameters
+    ----------
+    strategy : RobustStrategy
+        The configured rule, e.g. ``FABA(num_malicious_nodes=3)``: its budget,
+        weighting, server learning rate, momentum and device are used, and its
+        :attr:`~RobustStrategy.history` receives the round reports.
+    **kwargs : Any
+        Arguments of ``flwr.server.strategy.FedAvg`` (``fraction_fit``,
+        ``min_fit_clients``, ``initial_parameters``, ``on_fit_config_fn``,
+        ``fit_metrics_aggregation_fn``, ...).
+
+    Notes
+    -----
+    The weight of a reply is ``FitRes.num_examples`` (used only when the wrapped
+    strategy has ``weighted_aggregation=True``). Legacy metrics cannot hold
+    lists, so the diagnostics lists (``"node-ids"``, ``"removed-node-ids"``,
+    ``"rejected-node-ids"``, ...) are JSON strings; rejected replies of failed
+    clients that raised (no FitRes) are counted in ``"num-failures"``.
+
+    Examples
+    --------
+    ::
+
+        strategy = LegacyRobust(FABA(num_malicious_nodes=3), min_fit_clients=10)
+        fl.simulation.start_simulation(client_fn=..., strategy=strategy, ...)
+    """
+
+    def __init__(self, strategy: RobustStrategy, **kwargs: Any) -> None:
+        if not isinstance(strategy, RobustStrategy):
+            raise ValueError(f"strategy={strategy!r}: allowed values are "
+                             "flwr_byz.strategy.RobustStrategy instances")
+        super().__init__(**kwargs)
+        self.strategy = strategy
+        self._sent: SentModel | None = None
+        self._sent_parameters: Parameters | None = None
+
+    def __repr__(self) -> str:
+        return f"LegacyRobust({type(self.strategy).__name__})"
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """Configure the round as legacy FedAvg and remember what is sent."""
+        pairs = super().configure_fit(server_round, parameters, client_manager)
+        self.remember_sent(server_round, parameters, [p for p, _ in pairs])
+        return pairs
+
+    def remember_sent(self, server_round: int, parameters: Parameters,
+                      clients: list[ClientProxy]) -> None:
+        """Record the parameters and recipients of a round."""
+        self._sent = SentModel.from_record(server_round,
+                                           parameters_to_record(parameters),
+                                           [_node_id(c) for c in clients])
+        self._sent_parameters = parameters
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Validate, robustly aggregate and apply the fit results of a round."""
+        sent = self._sent
+        if sent is None or sent.server_round != server_round:
+            raise RuntimeError(
+                f"aggregate_fit(server_round={server_round}) without a matching "
+                "configure_fit: the strategy needs the parameters it sent")
+        key = self.strategy.weighted_by_key
+        candidates: list[Candidate] = []
+        num_failures = 0
+        for item in [*results, *failures]:
+            if isinstance(item, BaseException) or not isinstance(item, tuple):
+                num_failures += 1
+                continue
+            try:
+                candidates.append(self._candidate(item, sent, key))
+            except Exception:  # a result object we cannot even read
+                candidates.append(Candidate(-1, None, None, RejectReason.MALFORMED))
+        inner = self.strategy
+        outcome = run_robust_round(inner, server_round, sent, candidates,
+                                   inner._momentum)
+        inner.history.append(outcome.report)
+        if outcome.arrays is None:
+            parameters = self._sent_parameters
+        else:
+            inner._momentum = (outcome.momentum if outcome.momentum is not None
+                               else inner._momentum)
+            tensors = [old if offset < 0 else ndarray_to_bytes(outcome.arrays[k])
+                       for k, offset, old in zip(sent.layout.keys, sent.layout.offsets,
+                                                 self._sent_parameters.tensors,
+                                                 strict=True)]
+            parameters = Parameters(tensors=tensors, tensor_type=NUMPY_STYPE)
+        metrics: dict[str, Scalar] = {}
+        if self.fit_metrics_aggregation_fn is not None:
+            pairs = [(int(m.get(key, 0)), {k: v for k, v in m.items() if k != key})
+                     for m in outcome.metrics]
+            try:
+                metrics.update(self.fit_metrics_aggregation_fn(pairs))
+            except Exception:  # user code on client values: log, carry on
+                log(logging.WARNING, "fit_metrics_aggregation_fn failed",
+                    exc_info=True)
+        else:
+            metrics.update(mean_client_metrics(outcome.metrics, outcome.weights,
+                                               exclude=(key,)))
+        for name, value in outcome.report.to_metrics().items():
+            metrics[name] = _as_legacy_scalar(value)
+        metrics["num-failures"] = num_failures
+        return parameters, metrics
+
+    @staticmethod
+    def _candidate(item: tuple[ClientProxy, FitRes], sent: SentModel,
+                   key: str) -> Candidate:
+        proxy, res = item
+        node_id = _node_id(proxy)
+        if not isinstance(res, FitRes) or res.status.code != Code.OK:
+            return Candidate(node_id, None, None, RejectReason.ERROR_REPLY)
+        metrics = dict(res.metrics or {})
+        metrics[key] = res.num_examples
+        params = res.parameters
+        if params.tensor_type != NUMPY_STYPE:
+            return Candidate(node_id, None, metrics, RejectReason.WRONG_STYPE)
+        layout = sent.layout
+        num = len(params.tensors)
+        if num != len(layout.keys):
+            reason = (RejectReason.MISSING_KEYS if num < len(layout.keys)
+                      else RejectReason.EXTRA_KEYS)
+            return Candidate(node_id, None, metrics, reason)
+        arrays = {k: _RawArray(NUMPY_STYPE, str(dtype), shape, tensor)
+                  for k, dtype, shape, tensor in zip(layout.keys, layout.dtypes,
+                                                     layout.shapes, params.tensors,
+                                                     strict=True)}
+        return Candidate(node_id, arrays, metrics)
+
+
+__all__ = ["LegacyRobust", "parameters_to_record"]
+
