@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters
+from flwr.common import (
+    Code,
+    FitRes,
+    Parameters,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.server.client_proxy import ClientProxy
 from flwr.serverapp import strategy as flwr_strategies
 from strategy_helpers import (
@@ -243,8 +250,9 @@ def test_legacy_gives_the_same_aggregate_as_the_message_api(make):
     models = {m.metadata.dst_node_id: shifted(theta, steps.get(m.metadata.dst_node_id,
                                                                np.float32(100)))
               for m in msgs}
-    arrays, metrics = modern.aggregate_train(
-        1, [reply(m, models[m.metadata.dst_node_id], {"num-examples": 3}) for m in msgs])
+    replies = [reply(m, models[m.metadata.dst_node_id], {"num-examples": 3})
+               for m in msgs]
+    arrays, metrics = modern.aggregate_train(1, replies)
 
     legacy = LegacyRobust(make())
     sent = ndarrays_to_parameters([theta[k] for k in keys])
@@ -256,9 +264,9 @@ def test_legacy_gives_the_same_aggregate_as_the_message_api(make):
                                                       for k in keys]), 3, {}))
                for c in clients]
     bad_proxy = _Proxy(999)
-    results.append((bad_proxy, FitRes(ok, Parameters([b"junk"], "numpy.ndarray"), 3, {})))
+    junk = Parameters([b"junk"], "numpy.ndarray")
+    results.append((bad_proxy, FitRes(ok, junk, 3, {})))
     params, legacy_metrics = legacy.aggregate_fit(1, results, [RuntimeError("lost")])
-    from flwr.common import parameters_to_ndarrays
     got = parameters_to_ndarrays(params)
     for i, key in enumerate(keys):
         np.testing.assert_array_equal(got[i], arrays[key].numpy())
