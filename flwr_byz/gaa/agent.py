@@ -1,0 +1,444 @@
+"""The GAA agent: credits, the per-round step, window loss and policy updates."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .evidence_policy import EvidencePolicy
+from .features import evidence_features
+from .observation import Observation
+from .paper_policy import PaperPolicy
+from .qv import QVObjective
+from .trusted import TrustedWorker
+
+TRUSTED_NODE_ID = -1
+POLICIES = ("evidence", "paper")
+BACKPROP = ("exact", "truncated")
+OPTIMIZERS = ("adam", "sgd")
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one GAA round decided.
+
+    Attributes
+    ----------
+    aggregate : torch.Tensor
+        ``(d,)`` credit-weighted update ``Σ α_i Δ_i`` (trusted row included).
+    node_ids : tuple[int, ...]
+        Node ids of the rows given to :meth:`GAAAgent.step`.
+    weights : tuple[float, ...]
+        Credit of each of those rows this round (0 for refused rows).
+    trusted_credit : float or None
+        Credit of the server's trusted worker, if there is one.
+    qv_loss_before, qv_loss_after : float
+        ``f_B(θ_t)`` and ``f_B(θ_t + η·aggregate)``.
+    reward : float
+        ``qv_loss_before − qv_loss_after``.
+    policy_updated : bool
+        Whether ψ took a gradient step at the end of this round.
+    refused : tuple[int, ...]
+        Node ids the policy could not score (``paper`` policy out of slots).
+    """
+
+    aggregate: torch.Tensor
+    node_ids: tuple[int, ...]
+    weights: tuple[float, ...]
+    trusted_credit: float | None
+    qv_loss_before: float
+    qv_loss_after: float
+    reward: float
+    policy_updated: bool
+    refused: tuple[int, ...] = ()
+
+
+def _prev_logits(ids: Sequence[int], logits: dict[int, torch.Tensor],
+                 device: torch.device) -> torch.Tensor:
+    """Previous log-credits of ``ids``; a new id starts at the mean credit.
+
+    "Mean credit" is the mean credit of the known nodes present this round,
+    i.e. ``log(mean(exp(logit)))`` of theirs; all-new rounds start uniform.
+    """
+    known = [logits[i] for i in ids if i in logits]
+    if known:
+        k = torch.stack(known)
+        start = torch.logsumexp(k, 0) - math.log(len(known))
+    else:
+        start = torch.zeros((), device=device)
+    return torch.stack([logits.get(i, start) for i in ids])
+
+
+class GAAAgent:
+    """The gradient aggregation agent of papers/002 (no Flower dependency).
+
+    Each round: credits ``α_t = h_ψ(s_t, α_{t−1})`` on the simplex over the
+    present rows, aggregate ``Σ α_t,i Δ_i``, QV loss before and after the step
+    ``θ_t + η·aggregate``, window loss ``ℓ += γ^k (f_B(θ_{t+1}) − f_B(θ_t))``.
+    Every ``window`` rounds ψ takes one optimiser step on ℓ, back-propagated
+    through α and θ over the whole window (``"exact"``: the window's inputs are
+    kept, ``window·n·d`` floats, and replayed with autograd at its end) or
+    through each round alone (``"truncated"``: previous credit and θ_t
+    detached, the gradient accumulated round by round; ``n·d`` floats).
+    Credits carry over windows detached.
+
+    Credits are kept per node id as log-credits: nodes absent from a round are
+    left out and the present ones renormalised; a node seen for the first time
+    starts at the mean credit of the present known nodes.
+
+    Parameters
+    ----------
+    objective : QVObjective
+        ``f_B`` on the server's QV set.
+    policy : {"evidence", "paper"} or torch.nn.Module
+        The default :class:`EvidencePolicy`, the paper's :class:`PaperPolicy`,
+        or a module with the same ``forward(obs, prev_logits)`` interface.
+    gamma : float
+        Discount γ within a window.
+    window : int
+        Window (episode) length T.
+    policy_lr : float
+        Learning rate of ψ's optimiser.
+    optimizer : {"adam", "sgd"} or callable
+        Optimiser of ψ, or a factory ``params -> torch.optim.Optimizer``.
+    backprop : {"exact", "truncated"}
+        Gradient through the whole window or through each round only.
+    step_size : float
+        η, the server learning rate the strategy applies to the aggregate.
+    trusted : TrustedWorker or None
+        Optional server-side honest worker, an extra row with id
+        ``TRUSTED_NODE_ID`` (−1) and its own credit.
+    max_paper_policy_params : int
+        Refusal limit for ``policy="paper"``.
+    log_credit_gap : float
+        No credit falls below ``exp(−log_credit_gap)`` times the largest one
+        in a round, so a node can earn trust back.
+    seed : int
+        Seeds the paper policy's initialisation and the trusted worker's batches.
+    """
+
+    def __init__(
+        self,
+        objective: QVObjective,
+        policy: str | nn.Module = "evidence",
+        *,
+        gamma: float = 0.9,
+        window: int = 5,
+        policy_lr: float = 0.05,
+        optimizer: str | OptimizerFactory = "adam",
+        backprop: str = "exact",
+        step_size: float = 1.0,
+        trusted: TrustedWorker | None = None,
+        max_paper_policy_params: int = 20_000_000,
+        log_credit_gap: float = 100.0,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(policy, str) and policy not in POLICIES:
+            raise ValueError(f"policy: got {policy!r}; allowed: {POLICIES}")
+        if backprop not in BACKPROP:
+            raise ValueError(f"backprop: got {backprop!r}; allowed: {BACKPROP}")
+        if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer: got {optimizer!r}; allowed: {OPTIMIZERS} or a callable"
+            )
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma: got {gamma}; allowed: 0 < gamma <= 1")
+        if window < 1:
+            raise ValueError(f"window: got {window}; allowed: an integer >= 1")
+        if policy_lr < 0:
+            raise ValueError(f"policy_lr: got {policy_lr}; allowed: >= 0")
+        self.objective = objective
+        self.device = objective.device
+        if policy == "evidence":
+            self.policy: nn.Module = EvidencePolicy()
+        elif policy == "paper":
+            self.policy = PaperPolicy(max_paper_policy_params, seed)
+        else:
+            self.policy = policy
+        self.policy.to(self.device)
+        self.gamma, self.window, self.policy_lr = gamma, window, policy_lr
+        self.optimizer_spec = optimizer
+        self.backprop, self.step_size = backprop, step_size
+        self.trusted = trusted
+        self.log_credit_gap = log_credit_gap
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.logits: dict[int, torch.Tensor] = {}
+        self.window_start: dict[int, torch.Tensor] = {}
+        self.buffer: list[dict[str, Any]] = []
+        self.grad_acc: list[torch.Tensor] | None = None
+        self.position = 0  # k, the round's position in the window
+        self.rounds = 0
+        self.last_gradient: dict[str, torch.Tensor] | None = None
+        if isinstance(self.policy, nn.Module) and any(
+            True for _ in self.policy.parameters()
+        ):
+            self._make_optimizer()
+
+    # ------------------------------------------------------------------ credits
+    def credits(self) -> dict[int, float]:
+        """Credit of every node ever seen: softmax over all stored log-credits."""
+        if not self.logits:
+            return {}
+        ids = sorted(self.logits)
+        c = torch.softmax(torch.stack([self.logits[i] for i in ids]).double(), 0)
+        return {i: float(v) for i, v in zip(ids, c, strict=True)}
+
+    def detect(self, k: int) -> list[int]:
+        """GAA+ (papers/002 Procedure 2): the k node ids with the lowest credit.
+
+        The trusted server worker is never reported; ties break by lowest id.
+        """
+        if k < 0:
+            raise ValueError(f"k: got {k}; allowed: k >= 0")
+        cred = {i: c for i, c in self.credits().items() if i != TRUSTED_NODE_ID}
+        return sorted(cred, key=lambda i: (cred[i], i))[:k]
+
+    # --------------------------------------------------------------- the round
+    def step(
+        self, theta: torch.Tensor, updates: torch.Tensor, node_ids: Sequence[int]
+    ) -> StepResult:
+        """One GAA round on the valid updates of ``node_ids``.
+
+        Parameters
+        ----------
+        theta : torch.Tensor
+            ``(d,)`` global parameters θ_t the updates were computed from.
+        updates : torch.Tensor
+            ``(n, d)`` updates Δ_i, one row per entry of ``node_ids``.
+        node_ids : Sequence[int]
+            Node id of each row (distinct; ``TRUSTED_NODE_ID`` is reserved).
+        """
+        ids = [int(i) for i in node_ids]
+        if len(set(ids)) != len(ids) or TRUSTED_NODE_ID in ids:
+            raise ValueError(
+                f"node_ids: must be distinct and not {TRUSTED_NODE_ID}, got {ids}"
+            )
+        theta = theta.detach().to(self.device, torch.float32)
+        u_all = updates.detach().to(self.device, torch.float32)
+        if u_all.shape != (len(ids), self.objective.dim):
+            raise ValueError(
+                f"updates: expected shape ({len(ids)}, {self.objective.dim}), got "
+                f"{tuple(u_all.shape)}"
+            )
+        rows_ids, rows_u = list(ids), u_all
+        if self.trusted is not None:
+            t_update = self.trusted.update(theta, self.generator).to(self.device)
+            rows_ids.append(TRUSTED_NODE_ID)
+            rows_u = torch.cat([u_all, t_update.unsqueeze(0)])
+        keep = [True] * len(rows_ids)
+        if isinstance(self.policy, PaperPolicy) and rows_ids:
+            fresh = self.policy.linear is None
+            keep = self.policy.accept(rows_ids, self.objective.dim)
+            if fresh:
+                self._make_optimizer()
+        used = [i for i, k in enumerate(keep) if k]
+        used_ids = tuple(rows_ids[i] for i in used)
+        refused = tuple(rows_ids[i] for i, k in enumerate(keep) if not k)
+        u = rows_u[used] if len(used) < len(rows_ids) else rows_u
+
+        obs = self._observe(theta, u, used_ids)
+        if self.position == 0:
+            self.window_start = dict(self.logits)
+        if self.backprop == "truncated":
+            new_logits, alpha, after_loss = self._truncated_round(obs)
+        else:
+            with torch.no_grad():
+                new_logits, alpha = self._credit_step(obs, self.logits)
+                after_loss = self.objective(theta + self.step_size * alpha @ u)
+            self.buffer.append({"obs": obs})
+        for nid, v in zip(used_ids, new_logits.detach(), strict=True):
+            self.logits[nid] = v.clone()
+        aggregate = alpha.detach() @ u
+        self.position += 1
+        self.rounds += 1
+        updated = False
+        if self.position == self.window:
+            self._update_policy()
+            updated = True
+        w_row = dict(zip(used_ids, alpha.detach().tolist(), strict=True))
+        before, after = float(obs.qv_loss), float(after_loss)
+        return StepResult(
+            aggregate=aggregate,
+            node_ids=tuple(ids),
+            weights=tuple(float(w_row.get(i, 0.0)) for i in ids),
+            trusted_credit=w_row.get(TRUSTED_NODE_ID),
+            qv_loss_before=before,
+            qv_loss_after=after,
+            reward=before - after,
+            policy_updated=updated,
+            refused=refused,
+        )
+
+    def _observe(
+        self, theta: torch.Tensor, u: torch.Tensor, ids: tuple[int, ...]
+    ) -> Observation:
+        needs = getattr(self.policy, "needs_features", True)
+        if needs:
+            f0, grad = self.objective.value_and_grad(theta)
+            with torch.no_grad():
+                solo = self.objective.batch(theta.unsqueeze(0) + self.step_size * u)
+            feats = evidence_features(u, f0, grad, solo)
+        else:
+            with torch.no_grad():
+                f0 = self.objective(theta)
+            feats = None
+        return Observation(ids, u, theta, f0.detach(), feats)
+
+    def _credit_step(
+        self, obs: Observation, logits: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """New log-credits and credits of the rows of ``obs`` (differentiable)."""
+        prev = _prev_logits(obs.node_ids, logits, self.device)
+        new = self.policy(obs, prev)
+        # A floor relative to the best node (constant within the round) keeps
+        # every node able to earn trust back, and logits finite.
+        new = torch.maximum(new, new.max().detach() - self.log_credit_gap)
+        return new, torch.softmax(new, dim=0)
+
+    def _truncated_round(
+        self, obs: Observation
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        detached = {i: v.detach() for i, v in self.logits.items()}
+        with torch.enable_grad():
+            new, alpha = self._credit_step(obs, detached)
+            after = self.objective(obs.theta + self.step_size * alpha @ obs.updates)
+            term = self.gamma**self.position * (after - obs.qv_loss)
+            grads = torch.autograd.grad(term, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in
+                 zip(grads, params, strict=True)]
+        if self.grad_acc is None:
+            self.grad_acc = grads
+        else:
+            self.grad_acc = [a + g for a, g in zip(self.grad_acc, grads, strict=True)]
+        return new.detach(), alpha.detach(), after.detach()
+
+    # ------------------------------------------------------------- the window
+    def window_loss(self) -> torch.Tensor:
+        """ℓ of the buffered window, replayed with autograd (``"exact"`` mode).
+
+        θ̂_k has the value of the real θ_k (so server momentum, dropouts or a
+        changed node set do not falsify it) and the gradient of the recursion
+        θ_{k+1} = θ_k + η Σ α_k,i Δ_k,i from the window start.
+        """
+        logits = {i: v.detach() for i, v in self.window_start.items()}
+        offset: torch.Tensor | None = None
+        loss = torch.zeros((), device=self.device)
+        for k, rec in enumerate(self.buffer):
+            obs: Observation = rec["obs"]
+            new, alpha = self._credit_step(obs, logits)
+            for nid, v in zip(obs.node_ids, new, strict=True):
+                logits[nid] = v
+            theta_hat = obs.theta if offset is None else (
+                obs.theta + (offset - offset.detach())
+            )
+            step = self.step_size * alpha @ obs.updates
+            before = obs.qv_loss if offset is None else self.objective(theta_hat)
+            loss = loss + self.gamma**k * (self.objective(theta_hat + step) - before)
+            offset = step if offset is None else offset + step
+        return loss
+
+    def _update_policy(self) -> None:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self.backprop == "exact":
+            with torch.enable_grad():
+                loss = self.window_loss()
+                grads = torch.autograd.grad(loss, params, allow_unused=True) if (
+                    loss.requires_grad) else [None] * len(params)
+            grads = [torch.zeros_like(p) if g is None else g for g, p in
+                     zip(grads, params, strict=True)]
+        else:
+            grads = self.grad_acc or [torch.zeros_like(p) for p in params]
+        names = [n for n, p in self.policy.named_parameters() if p.requires_grad]
+        self.last_gradient = {
+            n: g.detach().clone() for n, g in zip(names, grads, strict=True)
+        }
+        if self.optimizer is not None and params:
+            self.optimizer.zero_grad(set_to_none=True)
+            for p, g in zip(params, grads, strict=True):
+                # Client input can make a gradient non-finite; never let it into ψ.
+                p.grad = torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0,
+                                          neginf=0.0)
+            self.optimizer.step()
+        self.buffer, self.grad_acc, self.position = [], None, 0
+        if self.logits:  # a global shift: changes no credit, keeps logits small
+            top = torch.stack(list(self.logits.values())).max()
+            self.logits = {i: v - top for i, v in self.logits.items()}
+
+    def _make_optimizer(self) -> None:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not params:
+            return
+        if callable(self.optimizer_spec):
+            self.optimizer = self.optimizer_spec(params)
+        elif self.optimizer_spec == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=self.policy_lr)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=self.policy_lr)
+
+    # ---------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: ψ, optimiser, credits, window, RNG."""
+
+        def obs_state(o: Observation) -> dict[str, Any]:
+            return {"node_ids": list(o.node_ids), "updates": o.updates.cpu(),
+                    "theta": o.theta.cpu(), "qv_loss": o.qv_loss.cpu(),
+                    "features": None if o.features is None else o.features.cpu()}
+
+        return {
+            "version": 1,
+            "policy": {k: v.cpu() for k, v in self.policy.state_dict().items()},
+            "policy_layout": self.policy.layout()
+            if isinstance(self.policy, PaperPolicy) else None,
+            "optimizer": None if self.optimizer is None
+            else self.optimizer.state_dict(),
+            "logits": {i: v.cpu() for i, v in self.logits.items()},
+            "window_start": {i: v.cpu() for i, v in self.window_start.items()},
+            "buffer": [obs_state(r["obs"]) for r in self.buffer],
+            "grad_acc": None if self.grad_acc is None
+            else [g.cpu() for g in self.grad_acc],
+            "position": self.position,
+            "rounds": self.rounds,
+            "rng": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (agent built with the same arguments)."""
+        dev = self.device
+        if state.get("policy_layout") is not None:
+            if not isinstance(self.policy, PaperPolicy):
+                raise ValueError("state: saved from policy='paper', loading into "
+                                 f"{type(self.policy).__name__}")
+            self.policy.restore_layout(state["policy_layout"])
+            self.policy.to(dev)
+            self._make_optimizer()
+        self.policy.load_state_dict(state["policy"])
+        if state["optimizer"] is not None:
+            if self.optimizer is None:
+                self._make_optimizer()
+            assert self.optimizer is not None
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.logits = {int(i): v.to(dev) for i, v in state["logits"].items()}
+        self.window_start = {
+            int(i): v.to(dev) for i, v in state["window_start"].items()
+        }
+        self.buffer = [
+            {"obs": Observation(
+                tuple(r["node_ids"]), r["updates"].to(dev), r["theta"].to(dev),
+                r["qv_loss"].to(dev),
+                None if r["features"] is None else r["features"].to(dev))}
+            for r in state["buffer"]
+        ]
+        self.grad_acc = None if state["grad_acc"] is None else [
+            g.to(dev) for g in state["grad_acc"]]
+        self.position = int(state["position"])
+        self.rounds = int(state["rounds"])
+        self.generator.set_state(state["rng"])

@@ -1,0 +1,76 @@
+"""A worker the server runs itself on data it holds (papers/002 §7, Assumption 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .qv import LossFn, QVObjective, qv_tensors
+
+
+class TrustedWorker:
+    """An always-honest update computed by the server from its own data.
+
+    It gives GAA one worker that can never be Byzantine, so credit always has
+    somewhere safe to go (the paper's Assumption 2). Its update is
+    ``Δ_s = θ' − θ_t`` after ``steps`` plain SGD steps of size ``lr`` on
+    mini-batches of the trusted data — set them like the clients' local
+    training so that Δ_s is on the same scale as the clients' updates.
+
+    Parameters
+    ----------
+    model_factory : Callable[[], torch.nn.Module]
+        Same factory as the QV objective's.
+    data : see :func:`flwr_byz.gaa.qv.qv_tensors`
+        The server's own labelled data.
+    lr : float
+        Local learning rate.
+    steps : int
+        Local SGD steps per round.
+    batch_size : int or None
+        Mini-batch size (drawn with the agent's generator); ``None`` = all data.
+    loss : callable or None
+        Training loss; cross-entropy when ``None``.
+    device : str or torch.device
+        Where it trains.
+    """
+
+    def __init__(
+        self,
+        model_factory: Callable[[], nn.Module],
+        data: Any,
+        lr: float = 0.05,
+        steps: int = 1,
+        batch_size: int | None = None,
+        loss: LossFn | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if lr <= 0 or steps < 1:
+            raise ValueError(
+                f"trusted worker: need trusted_lr > 0 and trusted_steps >= 1, got "
+                f"lr={lr}, steps={steps}"
+            )
+        self.x, self.y = qv_tensors(data)
+        self.objective = QVObjective(model_factory, (self.x, self.y), loss, device)
+        self.lr, self.steps, self.batch_size = lr, steps, batch_size
+
+    def update(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The trusted update Δ_s from θ_t (``(d,)``, detached)."""
+        obj = self.objective
+        w = theta.detach().clone()
+        m = obj.x.shape[0]
+        for _ in range(self.steps):
+            if self.batch_size is None or self.batch_size >= m:
+                x, y = obj.x, obj.y
+            else:
+                idx = torch.randperm(m, generator=generator)[: self.batch_size]
+                idx = idx.to(obj.x.device)
+                x, y = obj.x[idx], obj.y[idx]
+            w = w.requires_grad_(True)
+            out = torch.func.functional_call(obj.model, obj.unflatten(w), (x,))
+            (g,) = torch.autograd.grad(obj.loss_fn(out, y), w)
+            w = (w - self.lr * g).detach()
+        return w - theta.detach()
