@@ -21,8 +21,10 @@ def brute_force(
 ) -> AggregationResult:
     """Mean of the ``n − f`` rows whose largest pairwise distance is smallest.
 
-    All ``C(n, f)`` subsets are examined in lexicographic order of their row indices;
-    among subsets with the same diameter the first (lowest indices) wins.
+    All ``C(n, f)`` subsets are examined. Equal diameters are common (two subsets
+    sharing the farthest pair), so they are compared next by the sum of their squared
+    pairwise distances — which keeps the choice independent of the row order except
+    on exact ties of both — and then by lowest row indices (lexicographic).
 
     Parameters
     ----------
@@ -52,15 +54,21 @@ def brute_force(
     sq = pairwise_sq_distances(x).cpu()
     size = n - f
     combos = itertools.combinations(range(n), size)
-    best_value = math.inf
+    best: tuple[int, ...] = tuple(range(size))
+    best_key = (math.inf, math.inf)
     best: tuple[int, ...] = tuple(range(size))
     while batch := list(itertools.islice(combos, _BATCH)):
         idx = torch.tensor(batch, dtype=torch.long)
-        diam = sq[idx[:, :, None], idx[:, None, :]].flatten(1).amax(dim=1)
-        value = float(diam.min())
-        if value < best_value:  # strict: earlier batches win ties
-            best_value = value
-            best = batch[int(torch.nonzero(diam == value)[0])]
+        within = sq[idx[:, :, None], idx[:, None, :]].flatten(1)
+        diam = within.amax(dim=1)
+        spread = within.sum(dim=1)
+        low = float(diam.min())
+        tied = torch.nonzero(diam == low).flatten()
+        low_spread = float(spread[tied].min())
+        pick = int(tied[spread[tied] == low_spread][0])
+        if (low, low_spread) < best_key:  # strict: earlier batches win ties
+            best_key = (low, low_spread)
+            best = batch[pick]
     keep = torch.zeros(n, dtype=torch.float64)
     keep[list(best)] = 1.0
     inside = sq[:, list(best)].clone()

@@ -96,7 +96,41 @@ def centred_gram(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         torch.mm(y, y.T, out=part)
         gram += part
     # BLAS may round G[i, j] and G[j, i] differently; make it exactly symmetric.
-    return (gram + gram.T) / 2
+    gram = (gram + gram.T) / 2
+    return _tie_duplicates(x, gram, 1e-5 if work == torch.float32 else 1e-12)
+
+
+def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Tensor:
+    """Give bit-identical rows bit-identical Gram rows, so their ties stay exact.
+
+    BLAS rounds entries differently depending on where they sit in the output tile,
+    so two copies of one update (a classic Byzantine move) could get distances that
+    differ in the last bit and break "ties by lowest index". Pairs whose computed
+    distance is within rounding of zero are compared exactly (each row against the
+    first row of its group only, so at most one extra read of the matrix, and none
+    when there are no near-duplicates), and confirmed copies get the Gram row and
+    column of their group's first row.
+    """
+    n = gram.shape[0]
+    diag = gram.diagonal()
+    sq = diag[:, None] + diag[None, :] - 2.0 * gram
+    near = (sq <= rel * (diag[:, None] + diag[None, :])).cpu()
+    if int(near.sum()) == n:  # only the diagonal
+        return gram
+    first = list(range(n))
+    for i in range(1, n):
+        for r in torch.nonzero(near[i, :i]).flatten().tolist():
+            if first[r] == r and torch.equal(x[i], x[r]):
+                first[i] = r
+                break
+    if first == list(range(n)):
+        return gram
+    gram = gram.clone()
+    for i, r in enumerate(first):
+        if r != i:
+            gram[i, :] = gram[r, :]
+            gram[:, i] = gram[:, r]
+    return gram
 
 
 def sq_distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
