@@ -157,7 +157,7 @@ class GAAAgent:
         self.objective = objective
         self.device = objective.device
         if policy == "evidence":
-            self.policy: nn.Module = EvidencePolicy()
+            self.policy: nn.Module = EvidencePolicy(seed=seed)
         elif policy == "paper":
             self.policy = PaperPolicy(max_paper_policy_params, seed)
         else:
@@ -222,7 +222,8 @@ class GAAAgent:
                 f"node_ids: must be distinct and not {TRUSTED_NODE_ID}, got {ids}"
             )
         theta = theta.detach().to(self.device, torch.float32)
-        u_all = updates.detach().to(self.device, torch.float32)
+        # A copy: the caller may reuse its buffer, and the window keeps the rows.
+        u_all = updates.detach().to(self.device, torch.float32, copy=True)
         if u_all.shape != (len(ids), self.objective.dim):
             raise ValueError(
                 f"updates: expected shape ({len(ids)}, {self.objective.dim}), got "
@@ -235,9 +236,8 @@ class GAAAgent:
             rows_u = torch.cat([u_all, t_update.unsqueeze(0)])
         keep = [True] * len(rows_ids)
         if isinstance(self.policy, PaperPolicy) and rows_ids:
-            fresh = self.policy.linear is None
             keep = self.policy.accept(rows_ids, self.objective.dim)
-            if fresh:
+            if self.optimizer is None:  # the layer exists from its first use on
                 self._make_optimizer()
         used = [i for i, k in enumerate(keep) if k]
         used_ids = tuple(rows_ids[i] for i in used)

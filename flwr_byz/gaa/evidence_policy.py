@@ -73,6 +73,8 @@ class EvidencePolicy(nn.Module):
         Initial weights (nats per unit of the input) of the three read-outs.
     hidden : int
         Width of the residual MLP (0 disables it).
+    seed : int
+        Seed of the residual MLP's (hidden layer) initialisation.
     """
 
     needs_features = True
@@ -83,6 +85,7 @@ class EvidencePolicy(nn.Module):
         descent_weight: float = 10.0,
         norm_weight: float = 5.0,
         hidden: int = 16,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         num_in = len(INPUT_NAMES)
@@ -97,6 +100,11 @@ class EvidencePolicy(nn.Module):
             self.residual = nn.Sequential(
                 nn.Linear(num_in, hidden), nn.Tanh(), nn.Linear(hidden, 1)
             )
+            gen = torch.Generator().manual_seed(seed)
+            bound = 1.0 / math.sqrt(num_in)
+            with torch.no_grad():
+                for p in (self.residual[0].weight, self.residual[0].bias):
+                    p.uniform_(-bound, bound, generator=gen)
             # Zero output at start: the prior behaviour is the linear head alone.
             nn.init.zeros_(self.residual[2].weight)
             nn.init.zeros_(self.residual[2].bias)

@@ -1,0 +1,235 @@
+"""GAA: the gradient aggregation agent of Justinian's GAAvernor (papers/002)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.gaa import (
+    TRUSTED_NODE_ID,
+    GAAAgent,
+    PaperPolicy,
+    QVObjective,
+    StepResult,
+    TrustedWorker,
+)
+from flwr_byz.gaa.qv import LossFn
+
+from .robust_strategy import RobustStrategy
+
+
+class GAA(RobustStrategy):
+    """GAA [Pan et al., 2020] strategy: credits learnt against a server-held QV set.
+
+    Each round the agent (:class:`flwr_byz.gaa.GAAAgent`) puts a credit
+    ``α_t,i`` on the simplex over the valid replies, the model moves by
+    ``η Σ α_t,i Δ_i``, and the reward is the decrease of the loss on the
+    quasi-validation (QV) set B. Every ``window`` rounds the policy takes one
+    gradient step on the discounted window loss. No Byzantine budget ``f`` is
+    needed: GAA tolerates any share of attackers as long as the QV set is
+    informative (papers/002 Assumptions 2 and 4).
+
+    Every round's MetricRecord carries, besides the common diagnostics
+    (``weights`` = this round's credits of the valid replies):
+    ``credit-node-ids`` / ``credits`` (every node seen so far, softmax over all
+    stored log-credits: the GAA+ trace), ``qv-loss-before``, ``qv-loss-after``,
+    ``reward``, ``policy-updated`` (0/1), and ``trusted-credit`` when a trusted
+    server worker is used.
+
+    Parameters
+    ----------
+    model_factory : Callable[[], torch.nn.Module]
+        Builds the model; its ``state_dict`` must match the ArrayRecord (same
+        keys in the same order).
+    qv_set : tuple[Tensor, Tensor] | Dataset | DataLoader | LabeledData
+        The QV set B, any size >= 1 (the paper uses < 10 samples).
+    loss : Callable[[logits, targets], Tensor] or None
+        Mean loss on B; cross-entropy when ``None``.
+    gamma : float
+        Discount γ within a window (paper: 0.9).
+    window : int
+        Window length T in rounds (paper: 5).
+    policy : {"evidence", "paper"}
+        ``"evidence"`` (default): permutation-equivariant additive log-credit
+        recurrence with a parameter count independent of n and d.
+        ``"paper"``: papers/002 §5.1.4, one linear layer + softmax over the
+        concatenated state (n·d + d + 1 + n inputs).
+    policy_lr : float
+        Learning rate of the policy optimiser.
+    optimizer : {"adam", "sgd"} or callable
+        Policy optimiser, or a factory ``params -> torch.optim.Optimizer``.
+    backprop : {"exact", "truncated"}
+        Back-propagation through the whole window (memory window·n·d) or
+        through each round only (memory n·d).
+    trusted_data : same types as ``qv_set``, or None
+        Data of an optional trusted server-side worker (papers/002 §7): the
+        server adds its own honest update as an extra row with its own credit.
+    trusted_lr, trusted_steps, trusted_batch_size : float, int, int or None
+        Local SGD of the trusted worker; match the clients' training.
+    max_paper_policy_params : int
+        ``policy="paper"`` refuses (ValueError) when it would need more
+        parameters than this.
+    seed : int
+        Seed of the agent (paper-policy initialisation, trusted batches).
+    **kwargs : Any
+        Every argument of :class:`RobustStrategy` (``fraction_train``,
+        ``min_train_nodes``, ``server_learning_rate``, ``device``, ...).
+        ``num_malicious_nodes`` / ``malicious_fraction`` are accepted and
+        ignored; ``weighted_aggregation`` is not supported.
+
+    Examples
+    --------
+    >>> strategy = GAA(model_factory=lambda: build_model("mlp-yelp", 1024, 2),
+    ...                qv_set=(x_qv, y_qv))
+    >>> result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=20)
+    >>> strategy.detect(3)   # GAA+: the 3 node ids with the lowest credit
+    """
+
+    rule_name = "mean"
+    supports_weights = False
+    uses_f = False
+
+    def __init__(
+        self,
+        model_factory: Callable[[], nn.Module],
+        qv_set: Any,
+        loss: LossFn | None = None,
+        gamma: float = 0.9,
+        window: int = 5,
+        policy: str = "evidence",
+        policy_lr: float = 0.01,
+        optimizer: str | Callable[[list[nn.Parameter]], torch.optim.Optimizer] = "adam",
+        backprop: str = "exact",
+        trusted_data: Any = None,
+        trusted_lr: float = 0.1,
+        trusted_steps: int = 1,
+        trusted_batch_size: int | None = None,
+        max_paper_policy_params: int = 20_000_000,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not callable(model_factory):
+            raise ValueError(
+                f"model_factory: got {type(model_factory).__name__}; allowed: a "
+                "callable returning a torch.nn.Module"
+            )
+        objective = QVObjective(model_factory, qv_set, loss, self.torch_device)
+        trusted = None
+        if trusted_data is not None:
+            trusted = TrustedWorker(model_factory, trusted_data, trusted_lr,
+                                    trusted_steps, trusted_batch_size, loss,
+                                    self.torch_device)
+        if policy == "paper":
+            n_min = max(1, self.min_train_nodes) + (trusted is not None)
+            count = PaperPolicy.param_count(n_min, objective.dim)
+            if count > max_paper_policy_params:
+                raise ValueError(
+                    f"policy='paper' needs at least {count:,} parameters for "
+                    f"n={n_min} and d={objective.dim:,}, above "
+                    f"max_paper_policy_params={max_paper_policy_params:,}; raise "
+                    "max_paper_policy_params or use policy='evidence'"
+                )
+        self.agent = GAAAgent(
+            objective,
+            policy,
+            gamma=gamma,
+            window=window,
+            policy_lr=policy_lr,
+            optimizer=optimizer,
+            backprop=backprop,
+            step_size=self.server_learning_rate,
+            trusted=trusted,
+            max_paper_policy_params=max_paper_policy_params,
+            seed=seed,
+        )
+        self.policy_name = policy if isinstance(policy, str) else type(policy).__name__
+        self._last: tuple[int, StepResult] | None = None
+
+    # ------------------------------------------------------------------ hooks
+    def min_nodes(self, f: int) -> int:
+        """GAA needs one valid reply, whatever ``f``."""
+        return 1
+
+    def aggregate_updates(
+        self,
+        server_round: int,
+        updates: torch.Tensor,
+        node_ids: list[int],
+        weights: torch.Tensor | None,
+        f: int,
+        global_flat: torch.Tensor,
+    ) -> AggregationResult:
+        """Credit-weighted mean of the updates, credits from the agent."""
+        layout = self.layout
+        objective = self.agent.objective
+        if layout is not None:
+            float_keys = [k for k, o in zip(layout.keys, layout.offsets, strict=True)
+                          if o >= 0]
+            if float_keys != objective.keys:
+                raise ValueError(
+                    "model_factory: its state_dict float keys "
+                    f"{objective.keys[:3]}... do not match the ArrayRecord's "
+                    f"{float_keys[:3]}... (same keys in the same order needed)"
+                )
+        res = self.agent.step(global_flat, updates, node_ids)
+        self._last = (server_round, res)
+        refused = set(res.refused)
+        return AggregationResult(
+            aggregate=res.aggregate.to(updates.device, updates.dtype),
+            selected=tuple(r for r, i in enumerate(node_ids) if i not in refused),
+            removed=tuple(r for r, i in enumerate(node_ids) if i in refused),
+            weights=res.weights,
+        )
+
+    def extra_round_metrics(
+        self, server_round: int
+    ) -> dict[str, int | float | list[int] | list[float]]:
+        """Credits of every known node, QV losses, reward, policy update flag."""
+        if self._last is None or self._last[0] != server_round:
+            return {}
+        res = self._last[1]
+        credits = self.agent.credits()
+        ids = [i for i in credits if i != TRUSTED_NODE_ID]
+        out: dict[str, int | float | list[int] | list[float]] = {
+            "credit-node-ids": ids,
+            "credits": [credits[i] for i in ids],
+            "qv-loss-before": res.qv_loss_before,
+            "qv-loss-after": res.qv_loss_after,
+            "reward": res.reward,
+            "policy-updated": int(res.policy_updated),
+        }
+        if res.trusted_credit is not None:
+            out["trusted-credit"] = res.trusted_credit
+        return out
+
+    # ---------------------------------------------------------------- GAA+
+    def detect(self, k: int) -> list[int]:
+        """GAA+ (papers/002 §4.5.1): the k node ids with the lowest credit."""
+        return self.agent.detect(k)
+
+    def credits(self) -> dict[int, float]:
+        """Current credit of every node seen so far (trusted worker: id -1)."""
+        return self.agent.credits()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The agent's full state (see :meth:`GAAAgent.state_dict`)."""
+        return self.agent.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` output."""
+        self.agent.load_state_dict(state)
+
+    def _settings(self) -> list[tuple[str, object]]:
+        a = self.agent
+        return [
+            ("Policy", self.policy_name),
+            ("Window T / gamma", f"{a.window} / {a.gamma}"),
+            ("Backprop", a.backprop),
+            ("QV samples", int(a.objective.x.shape[0])),
+            ("Trusted worker", a.trusted is not None),
+        ]

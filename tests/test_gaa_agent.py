@@ -1,0 +1,323 @@
+"""The GAA agent (flwr_byz.gaa): gradients, credits, persistence, learning."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from flwr_byz.gaa import (
+    TRUSTED_NODE_ID,
+    EvidencePolicy,
+    GAAAgent,
+    Observation,
+    PaperPolicy,
+    QVObjective,
+    TrustedWorker,
+    evidence_features,
+    qv_tensors,
+)
+
+F, C, H = 6, 3, 4
+
+
+def factory() -> nn.Module:
+    return nn.Sequential(nn.Linear(F, H), nn.Sigmoid(), nn.Linear(H, C))
+
+
+def flat_init(seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.cat([v.reshape(-1) for v in factory().state_dict().values()])
+
+
+def qv(m: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, F, generator=g)
+    return x, (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+
+
+def round_updates(r: int, n: int, d: int, scale: float = 0.1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 + r)
+    return scale * torch.randn(n, d, generator=g)
+
+
+# ---------------------------------------------------------------- reference
+def reference_gradient(policy: nn.Module, objective: QVObjective,
+                       theta0: torch.Tensor, rounds: list[torch.Tensor],
+                       ids: list[int], gamma: float, exact: bool,
+                       ) -> dict[str, torch.Tensor]:
+    """Unroll the window by hand with autograd (same policy, fresh logits)."""
+    params = dict(policy.named_parameters())
+    logits = torch.zeros(len(ids))
+    theta = theta0.clone()
+    loss = torch.zeros(())
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    for k, u in enumerate(rounds):
+        th_obs = theta.detach()
+        f0, grad = objective.value_and_grad(th_obs)
+        with torch.no_grad():
+            solo = torch.stack([objective(th_obs + row) for row in u])
+        feats = evidence_features(u, f0, grad, solo) if getattr(
+            policy, "needs_features", True) else None
+        obs = Observation(tuple(ids), u, th_obs, f0, feats)
+        prev = logits.detach() if not exact else logits
+        new = policy(obs, prev)
+        new = torch.maximum(new, new.max().detach() - 100.0)
+        alpha = torch.softmax(new, 0)
+        th_in = theta if exact else theta.detach()
+        nxt = th_in + alpha @ u
+        term = gamma**k * (objective(nxt) - objective(th_in))
+        if exact:
+            loss = loss + term
+        else:
+            gs = torch.autograd.grad(term, list(params.values()), allow_unused=True)
+            for key, g in zip(params, gs, strict=True):
+                if g is not None:
+                    total[key] += g
+        logits, theta = new, nxt
+    if exact:
+        gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        total = {key: torch.zeros_like(params[key]) if g is None else g
+                 for key, g in zip(params, gs, strict=True)}
+    return total
+
+
+def run_window(policy_name: str, backprop: str, window: int = 3, n: int = 4):
+    objective = QVObjective(factory, qv())
+    agent = GAAAgent(objective, policy_name, window=window, backprop=backprop,
+                     optimizer="sgd", policy_lr=0.0)
+    ids = [11, 22, 33, 44][:n]
+    if policy_name == "paper":
+        agent.policy.accept(ids, objective.dim)
+    if policy_name == "evidence":  # make the residual MLP matter too
+        torch.manual_seed(5)
+        with torch.no_grad():
+            agent.policy.residual[2].weight.normal_(0, 0.5)
+    policy0 = copy.deepcopy(agent.policy)
+    theta = flat_init()
+    theta0 = theta.clone()
+    rounds = [round_updates(r, n, objective.dim) for r in range(window)]
+    for u in rounds:
+        res = agent.step(theta, u, ids)
+        theta = theta + res.aggregate
+    assert res.policy_updated
+    return agent, policy0, objective, theta0, rounds, ids
+
+
+@pytest.mark.parametrize("policy_name", ["evidence", "paper"])
+@pytest.mark.parametrize("backprop", ["exact", "truncated"])
+def test_window_gradient_matches_hand_unrolled_reference(policy_name, backprop):
+    agent, policy0, objective, theta0, rounds, ids = run_window(policy_name, backprop)
+    ref = reference_gradient(policy0, objective, theta0, rounds, ids, agent.gamma,
+                             exact=backprop == "exact")
+    got = agent.last_gradient
+    assert got is not None and set(got) == set(ref)
+    scale = max(1.0, max(float(g.abs().max()) for g in ref.values()))
+    assert any(float(g.abs().max()) > 1e-6 for g in ref.values())
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_exact_and_truncated_gradients_differ():
+    """Exact BPTT sees the effect of early credits on later losses; truncated not."""
+    a_exact = run_window("evidence", "exact")[0].last_gradient
+    a_trunc = run_window("evidence", "truncated")[0].last_gradient
+    diff = max(float((a_exact[k] - a_trunc[k]).abs().max()) for k in a_exact)
+    assert diff > 1e-4
+
+
+# ---------------------------------------------------------------- credits
+@pytest.mark.parametrize("policy_name", ["evidence", "paper"])
+def test_credits_lie_on_the_simplex(policy_name):
+    objective = QVObjective(factory, qv())
+    agent = GAAAgent(objective, policy_name, window=2)
+    theta = flat_init()
+    ids = [3, 1, 2, 9, 7]
+    for r in range(5):
+        u = round_updates(r, len(ids), objective.dim, scale=0.1 * (r + 1))
+        u[0] *= 50.0  # one huge update
+        res = agent.step(theta, u, ids)
+        w = torch.tensor(res.weights)
+        assert (w >= 0).all() and math.isclose(float(w.sum()), 1.0, rel_tol=1e-5)
+        assert math.isclose(sum(agent.credits().values()), 1.0, rel_tol=1e-6)
+        theta = theta + res.aggregate
+
+
+def test_evidence_policy_is_permutation_equivariant():
+    objective = QVObjective(factory, qv())
+    policy = EvidencePolicy()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        policy.residual[2].weight.normal_(0, 0.5)
+    theta = flat_init()
+    u = round_updates(0, 6, objective.dim)
+    u[4] = 0.5  # a random-fault-like row
+    prev = torch.randn(6)
+    f0, g = objective.value_and_grad(theta)
+
+    def credits(perm):
+        up = u[perm]
+        solo = objective.batch(theta + up)
+        obs = Observation(tuple(perm.tolist()), up, theta, f0,
+                          evidence_features(up, f0, g, solo))
+        return torch.softmax(policy(obs, prev[perm]), 0)
+
+    base = credits(torch.arange(6))
+    for seed in range(4):
+        perm = torch.randperm(6, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(credits(perm), base[perm], rtol=1e-5, atol=1e-7)
+    n_params = sum(p.numel() for p in policy.parameters())
+    assert n_params == sum(p.numel() for p in EvidencePolicy().parameters())
+
+
+def test_absent_nodes_are_left_out_and_new_nodes_start_at_the_mean_credit():
+    objective = QVObjective(factory, qv())
+    agent = GAAAgent(objective, window=100)
+    theta = flat_init()
+    ids = [10, 20, 30, 40]
+    u = round_updates(0, 4, objective.dim)
+    u[3] = 5.0  # node 40 is a random fault
+    agent.step(theta, u, ids)
+    before = dict(agent.logits)
+    # Round 2: node 20 drops out, node 50 is new.
+    res = agent.step(theta, round_updates(1, 4, objective.dim), [10, 30, 40, 50])
+    assert 20 not in res.node_ids and math.isclose(sum(res.weights), 1.0, rel_tol=1e-6)
+    assert torch.equal(agent.logits[20], before[20])  # untouched while absent
+    # The new node's prior is the mean credit of the known present nodes.
+    known = torch.stack([before[i] for i in (10, 30, 40)])
+    expected = torch.logsumexp(known, 0) - math.log(3)
+    from flwr_byz.gaa.agent import _prev_logits
+    got = _prev_logits([10, 30, 40, 50], before, torch.device("cpu"))[-1]
+    torch.testing.assert_close(got, expected)
+    # Node 20 returns and is scored from its stored credit.
+    res = agent.step(theta, round_updates(2, 2, objective.dim), [20, 10])
+    assert len(res.weights) == 2 and math.isclose(sum(res.weights), 1.0, rel_tol=1e-6)
+    assert agent.detect(1) == [40]
+
+
+def test_detect_returns_lowest_credits_ties_by_lowest_id():
+    objective = QVObjective(factory, qv())
+    agent = GAAAgent(objective)
+    agent.logits = {5: torch.tensor(0.0), 3: torch.tensor(-2.0),
+                    4: torch.tensor(-2.0), TRUSTED_NODE_ID: torch.tensor(-9.0)}
+    assert agent.detect(2) == [3, 4]
+    assert agent.detect(10) == [3, 4, 5]
+    with pytest.raises(ValueError, match="k"):
+        agent.detect(-1)
+
+
+# ---------------------------------------------------------------- config
+def test_configuration_errors_name_the_argument():
+    objective = QVObjective(factory, qv())
+    for kwargs, key in [({"policy": "greedy"}, "policy"),
+                        ({"backprop": "full"}, "backprop"),
+                        ({"optimizer": "rmsprop"}, "optimizer"),
+                        ({"window": 0}, "window"), ({"gamma": 1.5}, "gamma")]:
+        with pytest.raises(ValueError, match=key):
+            GAAAgent(objective, **kwargs)
+
+
+def test_paper_policy_refuses_past_its_parameter_limit():
+    objective = QVObjective(factory, qv())
+    agent = GAAAgent(objective, "paper", max_paper_policy_params=500)
+    with pytest.raises(ValueError, match="max_paper_policy_params"):
+        agent.step(flat_init(), round_updates(0, 4, objective.dim), [1, 2, 3, 4])
+    assert PaperPolicy.param_count(4, objective.dim) > 500
+
+
+def test_paper_policy_fixed_slots_refuse_extra_nodes():
+    objective = QVObjective(factory, qv())
+    agent = GAAAgent(objective, "paper")
+    theta = flat_init()
+    agent.step(theta, round_updates(0, 3, objective.dim), [1, 2, 3])
+    res = agent.step(theta, round_updates(1, 3, objective.dim), [1, 3, 4])
+    assert res.refused == (4,) and res.weights[2] == 0.0
+    assert math.isclose(sum(res.weights), 1.0, rel_tol=1e-6)
+
+
+def test_qv_set_forms_and_one_sample():
+    x, y = qv(5)
+    ds = torch.utils.data.TensorDataset(x, y)
+    for form in [(x, y), ds, torch.utils.data.DataLoader(ds, batch_size=2)]:
+        xx, yy = qv_tensors(form)
+        assert torch.equal(xx, x) and torch.equal(yy, y)
+    with pytest.raises(ValueError, match="qv_set"):
+        qv_tensors([1, 2, 3])
+    with pytest.raises(ValueError, match="qv_set"):
+        qv_tensors((x[:0], y[:0]))
+    # A QV set of one sample is enough to run and to learn.
+    objective = QVObjective(factory, (x[:1], y[:1]))
+    agent = GAAAgent(objective, window=2)
+    theta = flat_init()
+    for r in range(4):
+        res = agent.step(theta, round_updates(r, 3, objective.dim), [1, 2, 3])
+        assert math.isfinite(res.reward)
+        theta = theta + res.aggregate
+    assert agent.last_gradient is not None
+
+
+# ---------------------------------------------------------------- persistence
+def _drive(agent: GAAAgent, theta, rounds, ids_of):
+    out = []
+    for r, u in rounds:
+        res = agent.step(theta, u, ids_of(r))
+        out.append((res.weights, agent.credits()))
+        theta = theta + res.aggregate
+    return out, theta
+
+
+@pytest.mark.parametrize("policy_name,backprop",
+                         [("evidence", "exact"), ("evidence", "truncated"),
+                          ("paper", "exact")])
+def test_save_load_continue_equals_uninterrupted(policy_name, backprop):
+    objective = QVObjective(factory, qv())
+    x, y = qv(20, seed=7)
+    trusted = TrustedWorker(factory, (x, y), lr=0.5, batch_size=4)
+
+    def ids_of(r: int) -> list[int]:
+        return [1, 2, 3, 4] if r % 3 else [1, 3, 4]  # node 2 drops out
+
+    def make():
+        return GAAAgent(objective, policy_name, window=3, backprop=backprop,
+                        trusted=trusted, seed=4, policy_lr=0.05)
+
+    rounds = [(r, round_updates(r, len(ids_of(r)), objective.dim)) for r in range(8)]
+    full, _ = _drive(make(), flat_init(), rounds, ids_of)
+    first = make()
+    part1, theta = _drive(first, flat_init(), rounds[:4], ids_of)  # mid-window
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    resumed = make()
+    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    part2, _ = _drive(resumed, theta, rounds[4:], ids_of)
+    assert part1 + part2 == full
+
+
+# ---------------------------------------------------------------- learning
+def test_credit_leaves_random_fault_majority_within_two_rounds():
+    """7 of 10 random-fault updates (Δ = −λ·N(0.5, 2e-6²)), in-process."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(F, C, generator=g)
+
+    def data(m, seed):
+        x = torch.randn(m, F, generator=torch.Generator().manual_seed(seed))
+        return x, (x @ w).argmax(1)
+
+    clients = [QVObjective(factory, data(64, 100 + k)) for k in range(3)]
+    objective = QVObjective(factory, data(10, 99))
+    agent = GAAAgent(objective)
+    theta, lr, ids = flat_init(), 0.5, list(range(10))
+    for r in range(6):
+        honest = [-lr * c.value_and_grad(theta)[1] for c in clients]
+        faults = [-lr * (0.5 + 2e-6 * torch.randn(objective.dim, generator=g))
+                  for _ in range(7)]
+        res = agent.step(theta, torch.stack(honest + faults), ids)
+        theta = theta + res.aggregate
+        if r >= 1:
+            assert sum(res.weights[:3]) >= 0.99, (r, res.weights)
+    assert sorted(agent.detect(7)) == list(range(3, 10))
