@@ -21,7 +21,7 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.supercore import log
 
-from .model_layout import ArrayLike, ModelLayout, decode_arrayrecord
+from .model_layout import ArrayLike, ModelLayout, decode_arrayrecord, parse_npy_header
 from .reply_validation import RejectReason, check_num_examples, decode_update_into
 from .round_report import RoundReport, RoundStatus
 
@@ -49,6 +49,8 @@ class SentModel:
         Nodes the instructions went to.
     message_types : dict[int, str]
         Message type sent to each node.
+    headers : dict[str, bytes]
+        ``.npy`` header bytes of each C-order sent array (validation fast path).
     """
 
     server_round: int
@@ -58,6 +60,7 @@ class SentModel:
     theta: np.ndarray
     node_ids: tuple[int, ...] = ()
     message_types: dict[int, str] = field(default_factory=dict)
+    headers: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, server_round: int, record: ArrayRecord,
@@ -65,8 +68,13 @@ class SentModel:
                     message_types: Mapping[int, str] | None = None) -> SentModel:
         """Decode (zero-copy) the model sent in ``server_round``."""
         layout, arrays = decode_arrayrecord(record)
+        headers = {}
+        for key, array in record.items():
+            header = parse_npy_header(array.data)
+            if not header.fortran_order:
+                headers[key] = bytes(array.data[:header.offset])
         return cls(server_round, record, layout, arrays, layout.flatten(arrays),
-                   tuple(node_ids), dict(message_types or {}))
+                   tuple(node_ids), dict(message_types or {}), headers)
 
 
 @dataclass
@@ -190,7 +198,7 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
     for cand, weight in pending:
         try:
             reason = decode_update_into(cand.arrays, layout, flat_sent,
-                                        matrix[len(valid)])
+                                        matrix[len(valid)], sent.headers)
         except Exception:  # client bytes must never crash the server
             log(logging.DEBUG, "decode failure", exc_info=True)
             reason = RejectReason.MALFORMED

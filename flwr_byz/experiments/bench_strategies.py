@@ -1,0 +1,268 @@
+"""Time aggregate_train of flwr-byz strategies against Flower's on identical replies.
+
+Run::
+
+    python -m flwr_byz.experiments.bench_strategies [--dims 1000000,11173962] [--n 50]
+
+For each model size, ``n`` reply Messages (``f`` of them Byzantine) are built once;
+every strategy then aggregates fresh Message objects over the same serialised bytes.
+Reported per rule: the best wall time over ``--repeats`` runs, Flower's time over ours,
+and the peak extra resident memory during the call. The *floor* is measured in the same
+run: one copy of the replies' bytes into an ``(n, d)`` float32 matrix plus one Gram
+product ``X @ X.T``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.supercore.task_identity import TaskIdentity
+
+from flwr_byz.strategy import FABA, Bulyan, Krum, Median, MultiKrum, TrimmedMean
+from flwr_byz.strategy.model_layout import parse_npy_header
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * _PAGE
+
+
+class _PeakRss:
+    """Peak resident memory above the starting level, sampled every 2 ms."""
+
+    def __enter__(self) -> _PeakRss:
+        self.base = _rss()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def _split(d: int, parts: int = 16) -> list[tuple[int, ...]]:
+    """Array shapes of a d-parameter model: a few large matrices and small vectors."""
+    sizes = [d // parts] * parts
+    sizes[0] += d - sum(sizes)
+    shapes = []
+    for i, size in enumerate(sizes):
+        if i % 2 == 0 and size % 64 == 0:
+            shapes.append((size // 64, 64))
+        else:
+            shapes.append((size,))
+    return shapes
+
+
+@dataclass
+class Fixture:
+    """The global model and the replies' serialised arrays."""
+
+    d: int
+    n: int
+    theta: ArrayRecord
+    reply_arrays: list[dict[str, Array]]
+    node_ids: list[int]
+
+
+def build_fixture(d: int, n: int, f: int, seed: int = 0) -> Fixture:
+    """``n`` replies: ``n - f`` honest (θ + small noise), ``f`` Byzantine (θ + 10)."""
+    rng = np.random.default_rng(seed)
+    shapes = _split(d)
+    theta_np = {f"layer{i}": rng.standard_normal(s, dtype=np.float32)
+                for i, s in enumerate(shapes)}
+    theta = ArrayRecord({k: Array(v) for k, v in theta_np.items()})
+    replies = []
+    for i in range(n):
+        shift = 10.0 if i >= n - f else 0.0
+        arrays = {}
+        for key, value in theta_np.items():
+            noise = rng.standard_normal(value.shape, dtype=np.float32)
+            noise *= 0.01
+            noise += value
+            noise += shift
+            arrays[key] = Array(noise)
+        replies.append(arrays)
+    return Fixture(d, n, theta, replies, list(range(1, n + 1)))
+
+
+def fresh_replies(fx: Fixture) -> list[Message]:
+    """New Message objects over the same Array bytes (Flower's median pops arrays)."""
+    out = []
+    for node, arrays in zip(fx.node_ids, fx.reply_arrays, strict=True):
+        instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
+        content = RecordDict({"arrays": ArrayRecord(dict(arrays)),
+                              "metrics": MetricRecord({"num-examples": 100})})
+        out.append(Message(content, reply_to=instruction))
+    return out
+
+
+def floor_seconds(fx: Fixture) -> tuple[float, float]:
+    """One copy of the replies' bytes into (n, d) float32 + one Gram product."""
+    with _PeakRss() as mem:
+        t0 = time.perf_counter()
+        x = np.empty((fx.n, fx.d), dtype=np.float32)
+        for row, arrays in zip(x, fx.reply_arrays, strict=True):
+            start = 0
+            for array in arrays.values():
+                header = parse_npy_header(array.data)
+                size = math.prod(header.shape)
+                row[start:start + size] = np.frombuffer(
+                    array.data, dtype=header.dtype, count=size, offset=header.offset)
+                start += size
+        xt = torch.from_numpy(x)
+        gram = xt @ xt.T
+        seconds = time.perf_counter() - t0
+    del x, xt, gram
+    return seconds, mem.extra_mb
+
+
+def time_call(fx: Fixture, make: Callable, ours: bool, repeats: int
+              ) -> tuple[float, float]:
+    """Best wall time (s) of aggregate_train and the peak extra RSS (MB)."""
+    best, peak = math.inf, 0.0
+    for _ in range(repeats):
+        strategy = make()
+        if ours:
+            strategy.remember_sent(1, fx.theta, dict.fromkeys(fx.node_ids, "train"))
+        replies = fresh_replies(fx)
+        gc.collect()
+        with _PeakRss() as mem:
+            t0 = time.perf_counter()
+            arrays, _ = strategy.aggregate_train(1, replies)
+            seconds = time.perf_counter() - t0
+        if arrays is None:
+            raise RuntimeError(f"{make} returned no arrays")
+        best = min(best, seconds)
+        peak = max(peak, mem.extra_mb)
+        del arrays, replies, strategy
+        gc.collect()
+    return best, peak
+
+
+def run(dims: list[int], n: int, f: int, bulyan_f: int, beta: float, repeats: int
+        ) -> list[dict]:
+    """Benchmark every pair at every size; returns one row per (size, rule)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    m = n - f
+    pairs: list[tuple[str, Callable | None, Callable | None]] = [
+        ("Krum", lambda: Krum(num_malicious_nodes=f),
+         lambda: flwr_strategies.Krum(num_malicious_nodes=f)),
+        ("MultiKrum", lambda: MultiKrum(num_malicious_nodes=f, num_nodes_to_select=m),
+         lambda: flwr_strategies.MultiKrum(num_malicious_nodes=f,
+                                           num_nodes_to_select=m)),
+        ("Bulyan", lambda: Bulyan(num_malicious_nodes=bulyan_f),
+         lambda: flwr_strategies.Bulyan(num_malicious_nodes=bulyan_f)),
+        ("Median", Median, flwr_strategies.FedMedian),
+        ("TrimmedMean", lambda: TrimmedMean(beta=beta),
+         lambda: flwr_strategies.FedTrimmedAvg(beta=beta)),
+        (f"FABA(f={f})", lambda: FABA(num_malicious_nodes=f), None),
+    ]
+    rows = []
+    for d in dims:
+        reps = repeats if d <= 2_000_000 else 1
+        fx = build_fixture(d, n, f)
+        floor, floor_mb = floor_seconds(fx)
+        floor = min(floor, floor_seconds(fx)[0]) if reps > 1 else floor
+        print(f"\n## d = {d:,}, n = {n}, f = {f} (Bulyan f = {bulyan_f}), "
+              f"best of {reps}; floor (copy + Gram) = {floor:.3f} s, "
+              f"+{floor_mb:.0f} MB", flush=True)
+        ours_krum = None
+        for name, ours, theirs in pairs:
+            t_ours, mb_ours = time_call(fx, ours, True, reps)
+            if name == "Krum":
+                ours_krum = t_ours
+            t_flwr, mb_flwr = (time_call(fx, theirs, False, reps) if theirs
+                               else (math.nan, math.nan))
+            row = {"d": d, "n": n, "rule": name, "ours_s": t_ours, "flower_s": t_flwr,
+                   "speedup": t_flwr / t_ours, "ours_over_krum": t_ours / ours_krum,
+                   "ours_over_floor": t_ours / floor, "floor_s": floor,
+                   "ours_peak_mb": mb_ours, "flower_peak_mb": mb_flwr}
+            rows.append(row)
+            print(f"  {name:12s} ours {t_ours:7.3f} s (+{mb_ours:6.0f} MB) | "
+                  f"Flower {t_flwr:7.3f} s (+{mb_flwr:6.0f} MB) | "
+                  f"Flower/ours {row['speedup']:5.2f}x | ours/floor "
+                  f"{row['ours_over_floor']:4.2f} | ours/our Krum "
+                  f"{row['ours_over_krum']:4.2f}", flush=True)
+        del fx
+        gc.collect()
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a README table."""
+    lines = ["| d | rule | ours (s) | Flower (s) | Flower / ours | ours / floor | "
+             "ours / our Krum | peak MB ours | peak MB Flower |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['d']:,} | {r['rule']} | {r['ours_s']:.3f} | {r['flower_s']:.3f} | "
+            f"{r['speedup']:.2f}× | {r['ours_over_floor']:.2f} | "
+            f"{r['ours_over_krum']:.2f} | {r['ours_peak_mb']:.0f} | "
+            f"{r['flower_peak_mb']:.0f} |")
+    floors = {r["d"]: r["floor_s"] for r in rows}
+    lines.append("")
+    lines += [f"Floor at d = {d:,}: {s:.3f} s (one copy into (n, d) + one Gram)."
+              for d, s in floors.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", default="1000000",
+                        help="comma-separated model sizes (default: 1000000)")
+    parser.add_argument("--n", type=int, default=50, help="replies (default: 50)")
+    parser.add_argument("--f", type=int, default=15,
+                        help="Byzantine replies and Krum/FABA budget (default: 15)")
+    parser.add_argument("--bulyan-f", type=int, default=None,
+                        help="Bulyan budget (default: largest with n >= 4f + 3)")
+    parser.add_argument("--beta", type=float, default=0.2, help="trimmed-mean beta")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per rule at d <= 2M (one run above)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--json", default=None, help="also write rows to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dims = [int(x) for x in args.dims.split(",") if x]
+    bulyan_f = args.bulyan_f if args.bulyan_f is not None else (args.n - 3) // 4
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"numpy {np.__version__}")
+    rows = run(dims, args.n, args.f, bulyan_f, args.beta, args.repeats)
+    print("\n" + markdown(rows))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump([asdict(r) if not isinstance(r, dict) else r for r in rows],
+                      handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
+
