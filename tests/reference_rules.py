@@ -88,10 +88,16 @@ def ref_faba(x: torch.Tensor, f: int, weights: torch.Tensor | None = None) -> Re
     return Ref(floats(agg), tuple(remaining), tuple(removed))
 
 
-def krum_scores(rows: list[Row], idx: list[int], f: int) -> dict[int, Fraction]:
+def all_sq_dists(rows: list[Row]) -> list[list[Fraction]]:
+    return [[sq_dist(a, b) for b in rows] for a in rows]
+
+
+def krum_scores(
+    dist: list[list[Fraction]], idx: list[int], f: int
+) -> dict[int, Fraction]:
     scores = {}
     for i in idx:
-        dists = sorted(sq_dist(rows[i], rows[j]) for j in idx if j != i)
+        dists = sorted(dist[i][j] for j in idx if j != i)
         scores[i] = sum(dists[: len(idx) - f - 2], Fraction(0))
     return scores
 
@@ -104,7 +110,7 @@ def lowest(scores: dict[int, Fraction]) -> int:
 def ref_krum(x: torch.Tensor, f: int) -> Ref:
     rows = rows_of(x)
     n = len(rows)
-    scores = krum_scores(rows, list(range(n)), f)
+    scores = krum_scores(all_sq_dists(rows), list(range(n)), f)
     best = lowest(scores)
     removed = tuple(i for i in range(n) if i != best)
     return Ref(
@@ -118,7 +124,7 @@ def ref_multikrum(
     rows = rows_of(x)
     n = len(rows)
     m = n - f if m is None else m
-    scores = krum_scores(rows, list(range(n)), f)
+    scores = krum_scores(all_sq_dists(rows), list(range(n)), f)
     left = dict(scores)
     chosen = []
     for _ in range(m):
@@ -142,10 +148,11 @@ def exact_median(values: list[Fraction]) -> Fraction:
 def ref_bulyan(x: torch.Tensor, f: int) -> Ref:
     rows = rows_of(x)
     n = len(rows)
+    dist = all_sq_dists(rows)
     remaining = list(range(n))
     chosen = []
     for _ in range(n - 2 * f):
-        best = lowest(krum_scores(rows, remaining, f))
+        best = lowest(krum_scores(dist, remaining, f))
         chosen.append(best)
         remaining.remove(best)
     chosen.sort()
