@@ -1,0 +1,28 @@
+"""Federated datasets: generated Yelp/Healthcare-style features, local files,
+Hugging Face datasets, and the server's quasi-validation (QV) set.
+
+See :mod:`flwr_byz.data.config` for the run-config keys and
+:class:`flwr_byz.data.spec.GeneratorSpec` for the generators' knobs.
+"""
+
+from flwr_byz.data.client_data import ClientData
+from flwr_byz.data.config import DATA_DEFAULTS, check_data_config
+from flwr_byz.data.labeled_data import LabeledData
+from flwr_byz.data.loaders import dataset_shape, load_partition, load_server_data
+from flwr_byz.data.server_data import ServerData
+from flwr_byz.data.spec import GENERATED, HEALTHCARE_STYLE, YELP_STYLE, GeneratorSpec
+
+__all__ = [
+    "DATA_DEFAULTS",
+    "GENERATED",
+    "HEALTHCARE_STYLE",
+    "YELP_STYLE",
+    "ClientData",
+    "GeneratorSpec",
+    "LabeledData",
+    "ServerData",
+    "check_data_config",
+    "dataset_shape",
+    "load_partition",
+    "load_server_data",
+]

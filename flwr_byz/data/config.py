@@ -1,0 +1,248 @@
+"""The data run-config keys: defaults, parsing and validation.
+
+Keys (Flower kebab-case, ``[tool.flwr.app.config]``); a missing key takes its value
+from :data:`DATA_DEFAULTS`:
+
+``dataset``
+    ``"yelp-style"`` | ``"healthcare-style"`` (generated, no download) | ``"files"``
+    (local Parquet/CSV/.npz at ``data-path``) | any other string = a Hugging Face
+    dataset name loaded through ``flwr_datasets.FederatedDataset`` (e.g. ``"mnist"``,
+    ``"uoft-cs/cifar10"``).
+``data-path``
+    ``files``: the data file (``.parquet``, ``.csv``, ``.npz``). Required for ``files``.
+``test-path``
+    Optional global test file (``files``); ``""`` = the union of every partition's
+    ``test-fraction`` (the papers' "removed a fraction of data samples from each
+    worker to form the test set").
+``label-column``
+    Integer label column (labels must be ``0..C-1``).
+``feature-columns``
+    Comma-separated feature columns; ``""`` = automatic: the one list/array or image
+    column if there is one, else every numeric column except label and region.
+``partition-by``
+    Region column for ``partitioning = "natural"`` (one partition per region value,
+    in sorted order, ``flwr_datasets`` ``NaturalIdPartitioner``).
+``partitioning``
+    ``"natural"`` | ``"iid"`` | ``"dirichlet"`` (``DirichletPartitioner`` on the label
+    column with ``dirichlet-alpha``). Generated datasets are always ``"natural"``:
+    region ``i`` is partition ``i``.
+``dirichlet-alpha``
+    Concentration for ``"dirichlet"`` (> 0; smaller = more label skew).
+``qv-source``
+    ``"held-out-region"`` (generated: the held-out region no client has; files/HF
+    with natural partitioning: the last region in sorted order is held out of the
+    federation) | ``"region:<value>"`` (that region is held out) |
+    ``"file:<path>"`` (a file with the same columns) | ``"partition:<id>"``
+    (``qv-size`` samples of that client's training data, the papers' MNIST/CIFAR
+    setting) | ``"split:<name>"`` (Hugging Face: a split such as ``validation``).
+``qv-size``
+    Working QV-set size (papers: < 10), drawn without replacement from the source.
+``test-fraction``
+    Share of each partition kept as that client's local test split (0 <= f < 1).
+``samples-per-region``
+    Generated datasets: samples per client region before the test split
+    (``0`` = the preset's: 500 Yelp-style, 400 Healthcare-style).
+``standardize``
+    ``"client"`` (per-feature mean/std of each party's own training data) |
+    ``"none"``.
+``seed``
+    Non-negative int; same seed, same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flwr_byz.data.spec import GENERATED
+
+DATA_DEFAULTS: dict[str, Any] = {
+    "dataset": "yelp-style",
+    "data-path": "",
+    "test-path": "",
+    "label-column": "label",
+    "feature-columns": "",
+    "partition-by": "region",
+    "partitioning": "natural",
+    "dirichlet-alpha": 0.5,
+    "qv-source": "held-out-region",
+    "qv-size": 10,
+    "test-fraction": 0.2,
+    "samples-per-region": 0,
+    "standardize": "client",
+    "seed": 0,
+}
+
+PARTITIONINGS = ("natural", "iid", "dirichlet")
+STANDARDIZE = ("client", "none")
+QV_SOURCES = (
+    "held-out-region",
+    "region:<value>",
+    "file:<path>",
+    "partition:<id>",
+    "split:<name>",
+)
+FILE_SUFFIXES = (".parquet", ".csv", ".npz")
+DATASET_KINDS = (*GENERATED, "files", "<hugging-face-name>")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data keys of a run config, parsed and validated (see module docstring)."""
+
+    dataset: str
+    data_path: str
+    test_path: str
+    label_column: str
+    feature_columns: tuple[str, ...]
+    partition_by: str
+    partitioning: str
+    dirichlet_alpha: float
+    qv_kind: str
+    qv_arg: str
+    qv_size: int
+    test_fraction: float
+    samples_per_region: int
+    standardize: str
+    seed: int
+
+    @property
+    def is_generated(self) -> bool:
+        """Whether ``dataset`` names a built-in generator."""
+        return self.dataset in GENERATED
+
+    @property
+    def is_files(self) -> bool:
+        """Whether ``dataset`` is ``"files"``."""
+        return self.dataset == "files"
+
+
+def _bad(key: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"run config '{key}' = {value!r} is invalid; allowed: {allowed}")
+
+
+def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = cfg.get(key, DATA_DEFAULTS[key])
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(key, value, f"an integer >= {minimum}")
+    return value
+
+
+def _float(cfg: Mapping[str, Any], key: str) -> float:
+    value = cfg.get(key, DATA_DEFAULTS[key])
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(key, value, "a number")
+    return float(value)
+
+
+def _str(cfg: Mapping[str, Any], key: str) -> str:
+    value = cfg.get(key, DATA_DEFAULTS[key])
+    if not isinstance(value, str):
+        raise _bad(key, value, "a string")
+    return value.strip()
+
+
+def _parse_qv(value: str, cfg_partitioning: str, dataset: str) -> tuple[str, str]:
+    allowed = " | ".join(f"'{s}'" for s in QV_SOURCES)
+    kind, sep, arg = value.partition(":")
+    if value == "held-out-region":
+        return kind, ""
+    if kind not in ("region", "file", "partition", "split") or not sep or not arg:
+        raise _bad("qv-source", value, allowed)
+    if kind == "partition" and not (arg.isdigit()):
+        raise _bad("qv-source", value, "'partition:<id>' with a non-negative int id")
+    if kind == "region" and (dataset in GENERATED or cfg_partitioning != "natural"):
+        raise _bad(
+            "qv-source",
+            value,
+            "'region:<value>' only for dataset 'files' or a Hugging Face name with "
+            "partitioning 'natural'",
+        )
+    if kind == "split" and (dataset in GENERATED or dataset == "files"):
+        raise _bad("qv-source", value, "'split:<name>' only for Hugging Face datasets")
+    return kind, arg
+
+
+def parse_data_config(cfg: Mapping[str, Any]) -> DataConfig:
+    """Parse and validate the data keys of ``cfg`` (missing keys take defaults).
+
+    Raises
+    ------
+    ValueError
+        Naming the key, the bad value and the allowed values.
+    """
+    dataset = _str(cfg, "dataset")
+    if not dataset:
+        raise _bad("dataset", dataset, " | ".join(f"'{d}'" for d in DATASET_KINDS))
+    partitioning = _str(cfg, "partitioning")
+    if partitioning not in PARTITIONINGS:
+        raise _bad("partitioning", partitioning, " | ".join(PARTITIONINGS))
+    if dataset in GENERATED and partitioning != "natural":
+        raise _bad(
+            "partitioning",
+            partitioning,
+            f"'natural' for the generated dataset '{dataset}' (region i = partition i)",
+        )
+    data_path = _str(cfg, "data-path")
+    test_path = _str(cfg, "test-path")
+    if dataset == "files":
+        if not data_path:
+            raise _bad(
+                "data-path", data_path, "a path ending in " + ", ".join(FILE_SUFFIXES)
+            )
+        for key, path in (("data-path", data_path), ("test-path", test_path)):
+            if path and not path.lower().endswith(FILE_SUFFIXES):
+                raise _bad(key, path, "a path ending in " + ", ".join(FILE_SUFFIXES))
+    alpha = _float(cfg, "dirichlet-alpha")
+    if not alpha > 0:
+        raise _bad("dirichlet-alpha", alpha, "a number > 0")
+    test_fraction = _float(cfg, "test-fraction")
+    if not 0.0 <= test_fraction < 1.0:
+        raise _bad("test-fraction", test_fraction, "a number in [0, 1)")
+    standardize = _str(cfg, "standardize")
+    if standardize not in STANDARDIZE:
+        raise _bad("standardize", standardize, " | ".join(STANDARDIZE))
+    qv_kind, qv_arg = _parse_qv(_str(cfg, "qv-source"), partitioning, dataset)
+    if (
+        qv_kind == "held-out-region"
+        and dataset not in GENERATED
+        and partitioning != "natural"
+    ):
+        raise _bad(
+            "qv-source",
+            "held-out-region",
+            "'file:<path>', 'partition:<id>' or 'split:<name>' when "
+            f"partitioning is '{partitioning}' (there are no regions to hold out)",
+        )
+    feature_columns = tuple(
+        c.strip() for c in _str(cfg, "feature-columns").split(",") if c.strip()
+    )
+    return DataConfig(
+        dataset=dataset,
+        data_path=data_path,
+        test_path=test_path,
+        label_column=_str(cfg, "label-column"),
+        feature_columns=feature_columns,
+        partition_by=_str(cfg, "partition-by"),
+        partitioning=partitioning,
+        dirichlet_alpha=alpha,
+        qv_kind=qv_kind,
+        qv_arg=qv_arg,
+        qv_size=_int(cfg, "qv-size", 1),
+        test_fraction=test_fraction,
+        samples_per_region=_int(cfg, "samples-per-region", 0),
+        standardize=standardize,
+        seed=_int(cfg, "seed", 0),
+    )
+
+
+def check_data_config(cfg: Mapping[str, Any]) -> None:
+    """Validate the data keys of a run config without loading any data.
+
+    Raises
+    ------
+    ValueError
+        Naming the key, the bad value and the allowed values.
+    """
+    parse_data_config(cfg)
