@@ -17,11 +17,10 @@ _TAG_FLIP = 0x524F4C45  # "ROLE"
 _TAG_INITIAL = 0x494E4954  # "INIT"
 
 
-def _uniform(seed: int, node: int, tag: int, index: int) -> float:
-    """One U[0, 1) draw, a pure function of its arguments (any process, any order)."""
+def _stream(seed: int, node: int, tag: int) -> np.random.Generator:
+    """A random stream that is a pure function of (seed, node, tag)."""
     # Node ids in deployments are unsigned 64-bit; negative keys are folded in.
-    entropy = [int(seed) % 2**63, int(node) % 2**64, tag, int(index)]
-    return float(np.random.default_rng(entropy).random())
+    return np.random.default_rng([int(seed) % 2**63, int(node) % 2**64, tag])
 
 
 @dataclass(frozen=True)
@@ -100,10 +99,12 @@ class RandomizedRole:
     def flips_up_to(self, server_round: int) -> int:
         """Number of flips that happened at flip points up to ``server_round``."""
         points = max(server_round - 1, 0) // self.period
-        return sum(
-            _uniform(self.seed, self.node, _TAG_FLIP, k) < self.probability
-            for k in range(1, points + 1)
-        )
+        if points == 0:
+            return 0
+        # Coin k is the k-th draw of the node's own stream: a prefix of the stream,
+        # so it does not depend on how many rounds are asked for.
+        coins = _stream(self.seed, self.node, _TAG_FLIP).random(points)
+        return int((coins < self.probability).sum())
 
     def is_byzantine(self, server_round: int) -> bool:
         """Whether the node plays Byzantine in ``server_round`` (1-based)."""
@@ -121,4 +122,4 @@ def initial_role(seed: int, node: int, probability: float) -> bool:
     """
     if probability >= 1.0:
         return True
-    return _uniform(seed, node, _TAG_INITIAL, 0) < probability
+    return float(_stream(seed, node, _TAG_INITIAL).random()) < probability
