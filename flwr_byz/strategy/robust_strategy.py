@@ -256,6 +256,8 @@ class RobustStrategy(FedAvg):
         self.history: list[RoundReport] = []
         self._sent: SentModel | None = None
         self._momentum: np.ndarray | None = None
+        # Storage of the (n, d) update matrix, reused from round to round.
+        self._buffer: np.ndarray | None = None
         if self.uses_f and num_malicious_nodes is None and malicious_fraction is None:
             log(logging.WARNING, "%s: neither num_malicious_nodes nor "
                 "malicious_fraction given; f = 0 tolerates no Byzantine node",
@@ -286,7 +288,8 @@ class RobustStrategy(FedAvg):
         updates : torch.Tensor
             ``(n, d)`` float32 updates ``w_i - θ_t`` on :attr:`torch_device`,
             one row per valid reply, in the order of `node_ids`. Only valid
-            during the call (clone to keep).
+            during the call: on CPU its storage is reused next round (clone
+            to keep).
         node_ids : list[int]
             Flower node id of each row.
         weights : torch.Tensor or None
@@ -393,7 +396,8 @@ class RobustStrategy(FedAvg):
         log(INFO, "aggregate_train: received %d replies from %d nodes sent to",
             len(candidates), len(sent.node_ids))
         outcome = run_robust_round(self, server_round, sent, candidates,
-                                   self._momentum)
+                                   self._momentum, self._buffer)
+        self._buffer = outcome.buffer
         report = outcome.report
         self.history.append(report)
         if outcome.arrays is None:

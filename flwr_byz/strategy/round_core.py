@@ -115,6 +115,8 @@ class RoundOutcome:
         Their validated weights when weighting is on.
     momentum : numpy.ndarray or None
         The new server momentum buffer (``None``: unchanged).
+    buffer : numpy.ndarray or None
+        The update matrix's storage, for the caller to pass to the next round.
     """
 
     arrays: dict[str, np.ndarray] | None
@@ -122,6 +124,7 @@ class RoundOutcome:
     metrics: list[Mapping[str, Any]]
     weights: list[float] | None
     momentum: np.ndarray | None = None
+    buffer: np.ndarray | None = None
 
 
 def _reject(report: RoundReport, node_id: int, reason: RejectReason) -> None:
@@ -137,7 +140,8 @@ def _row_ids(rows: Sequence[int], node_ids: Sequence[int]) -> list[int]:
 
 def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentModel,
                      candidates: Sequence[Candidate],
-                     momentum: np.ndarray | None = None) -> RoundOutcome:
+                     momentum: np.ndarray | None = None,
+                     buffer: np.ndarray | None = None) -> RoundOutcome:
     """Validate replies, aggregate their updates with ``strategy`` and step.
 
     Never raises because of reply content: every problem becomes a rejected
@@ -157,6 +161,10 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
         The replies.
     momentum : numpy.ndarray or None
         The server momentum buffer so far.
+    buffer : numpy.ndarray or None
+        A float32 matrix from an earlier round to write the updates into (reused
+        when it has room: a fresh ``n × d`` allocation costs page faults every
+        round). Its previous contents are overwritten.
 
     Returns
     -------
@@ -192,7 +200,11 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
             pending.append((cand, weight))
 
     # One preallocated matrix; a rejected reply's row is reused by the next.
-    matrix = np.empty((len(pending), layout.d), dtype=np.float32)
+    if (buffer is not None and buffer.dtype == np.float32 and buffer.ndim == 2
+            and buffer.shape[1] == layout.d and buffer.shape[0] >= len(pending)):
+        matrix = buffer
+    else:
+        matrix = np.empty((len(pending), layout.d), dtype=np.float32)
     flat_sent = {k: v.reshape(-1) for k, v in sent.arrays.items()}
     valid: list[tuple[Candidate, float]] = []
     for cand, weight in pending:
@@ -212,7 +224,7 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
     report.node_ids = node_ids
     metrics = [c.metrics if c.metrics is not None else {} for c, _ in valid]
     weight_list = [w for _, w in valid] if strategy.weighted_aggregation else None
-    outcome = RoundOutcome(None, report, metrics, weight_list)
+    outcome = RoundOutcome(None, report, metrics, weight_list, buffer=matrix)
     f = strategy.resolve_f(n)
     report.f = f
     report.min_nodes = max(1, int(strategy.min_nodes(f)))

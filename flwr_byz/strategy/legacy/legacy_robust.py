@@ -154,7 +154,8 @@ class LegacyRobust(LegacyFedAvg):
                 candidates.append(Candidate(-1, None, None, RejectReason.MALFORMED))
         inner = self.strategy
         outcome = run_robust_round(inner, server_round, sent, candidates,
-                                   inner._momentum)
+                                   inner._momentum, inner._buffer)
+        inner._buffer = outcome.buffer
         inner.history.append(outcome.report)
         if outcome.arrays is None:
             parameters = self._sent_parameters
