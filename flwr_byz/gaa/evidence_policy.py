@@ -18,34 +18,42 @@ INPUT_NAMES: tuple[str, ...] = (
     "cos-mean",
     "cos-median",
     "log-rel-norm",  # log ‖Δ_i‖ − median_j log ‖Δ_j‖
-    "excess-norm",  # max(0, log ‖Δ_i‖ − credit-weighted median − log NORM_SLACK)
+    "excess-norm",  # max(0, log ‖Δ_i‖ − log ref − log NORM_SLACK), see below
     "prev-log-credit",  # previous log-credit − the best one, ≥ −PREV_CLIP
 )
 PREV_CLIP = 50.0
 LOG_NORM_CLIP = 10.0
 #: Honest updates of heterogeneous clients differ in norm by a few times;
-#: only norms beyond NORM_SLACK × the trusted (credit-weighted) median count.
+#: only norms beyond NORM_SLACK × the reference norm count.
 NORM_SLACK = 4.0
+#: The reference norm is this credit-weighted quantile of the norms: with
+#: uniform credit it stays among honest norms up to 80 % of attackers sending
+#: larger updates; once credit has moved, the trusted workers set it.
+NORM_QUANTILE = 0.2
 
 
-def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Smallest value whose cumulative weight (ascending values) reaches half."""
+def weighted_quantile(values: torch.Tensor, weights: torch.Tensor,
+                      q: float) -> torch.Tensor:
+    """Smallest value whose cumulative weight (ascending values) reaches ``q``."""
     order = torch.argsort(values, stable=True)
     cum = torch.cumsum(weights[order], 0)
-    k = int(torch.searchsorted(cum, 0.5 * cum[-1]).clamp(max=len(values) - 1))
+    k = int(torch.searchsorted(cum, q * cum[-1]).clamp(max=len(values) - 1))
     return values[order[k]]
 
 
 class EvidencePolicy(nn.Module):
-    """``logits_t = logits_{t−1} + g_ψ(x_t) − mean(g_ψ(x_t))``; credits = softmax.
+    """``logits_t = ρ·logits_{t−1} − relu(max_j s_j − s_i − slack) + φ·(s_i − s̄)``.
 
-    ``g_ψ`` is one small network shared by all workers (a linear head plus a
-    zero-initialised MLP residual) applied to each worker's inputs
+    Credits are the softmax of the logits.
+
+    The score ``s_i = g_ψ(x_i)`` comes from one small network shared by all
+    workers (a linear head plus a zero-initialised MLP residual) applied to
+    each worker's inputs
     (:data:`INPUT_NAMES`). The parameter count depends on neither the number
     of workers n nor the model size d, and permuting the workers permutes the
     credits: every input is computed row-wise from symmetric statistics of
     the rows and the worker's own previous credit, the head is shared, the
-    centring is a mean.
+    reference is a maximum.
 
     Evidence accumulates, so one noisy round cannot undo many consistent ones
     (a greedy, per-round credit chases the attackers whenever one honest
@@ -73,6 +81,16 @@ class EvidencePolicy(nn.Module):
         Initial weights (nats per unit of the input) of the three read-outs.
     hidden : int
         Width of the residual MLP (0 disables it).
+    slack : float
+        Score shortfall (nats) behind the best worker that costs nothing.
+    decay : float
+        Factor on the previous log-credits (< 1: old evidence fades, so a
+        worker that turns honest can earn trust back; 1: pure accumulation).
+    fine_weight : float
+        Initial weight (a learnt parameter) of the plain centred score
+        ``s_i − mean(s)`` added to the evidence: how much differences inside
+        the slack count. It also keeps the window loss differentiable in ψ
+        when every worker is within the slack.
     seed : int
         Seed of the residual MLP's (hidden layer) initialisation.
     """
@@ -82,12 +100,22 @@ class EvidencePolicy(nn.Module):
     def __init__(
         self,
         gain_weight: float = 10.0,
-        descent_weight: float = 10.0,
+        descent_weight: float = 1.0,
         norm_weight: float = 5.0,
         hidden: int = 16,
+        slack: float = 3.0,
+        decay: float = 0.9,
+        fine_weight: float = 0.05,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if slack < 0 or not 0.0 < decay <= 1.0:
+            raise ValueError(
+                f"EvidencePolicy: need slack >= 0 and 0 < decay <= 1, got "
+                f"slack={slack}, decay={decay}"
+            )
+        self.slack, self.decay = slack, decay
+        self.fine = nn.Parameter(torch.tensor(float(fine_weight)))
         num_in = len(INPUT_NAMES)
         self.head = nn.Linear(num_in, 1, bias=False)
         with torch.no_grad():
@@ -117,7 +145,7 @@ class EvidencePolicy(nn.Module):
         log_norm = feats[:, FEATURE_NAMES.index("log-norm")]
         rel = log_norm - coordinate_median(log_norm.unsqueeze(1)).squeeze(0)
         trust = torch.softmax(prev_logits.detach(), 0)
-        ref = weighted_median(log_norm, trust)
+        ref = weighted_quantile(log_norm, trust, NORM_QUANTILE)
         excess = torch.relu(log_norm - ref - math.log(NORM_SLACK))
         prev_rel = (prev_logits - prev_logits.max().detach()).clamp(min=-PREV_CLIP)
         keep = [FEATURE_NAMES.index(n) for n in INPUT_NAMES[:4]]
@@ -137,4 +165,9 @@ class EvidencePolicy(nn.Module):
         g = self.head(x).squeeze(1)
         if self.residual is not None:
             g = g + self.residual(x).squeeze(1)
-        return prev_logits + (g - g.mean())
+        # Only a shortfall beyond `slack` nats behind the best worker counts:
+        # honest workers that differ a little on a tiny QV set keep equal
+        # credit instead of collapsing onto the one the QV set likes best.
+        # `fine` (learnt, small at start) is how much finer differences count.
+        evidence = -torch.relu(g.max() - g - self.slack) + self.fine * (g - g.mean())
+        return self.decay * prev_logits + evidence
