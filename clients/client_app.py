@@ -106,7 +106,12 @@ def load_client_data(run_config: Mapping[str, Any], node_config: Mapping[str, An
     from flwr_byz.data import load_partition
 
     if "data-path" in node_config:
-        cfg = {**run_config, "dataset": "files", "data-path": node_config["data-path"]}
+        cfg = {
+            **run_config,
+            "dataset": "files",
+            "data-path": node_config["data-path"],
+            "partitioning": "iid",  # the node's whole file is its one partition
+        }
         return load_partition(cfg, 0, 1)
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise ValueError(

@@ -46,7 +46,7 @@ def sgd_steps(
         with torch.no_grad():
             for p, g in zip(model.parameters(), grads, strict=True):
                 p.sub_(learning_rate * g)
-        total += float(loss)
+        total += float(loss.detach())
     return total / max(steps, 1)
 
 
@@ -72,7 +72,7 @@ def adaptive_fault_steps(
             )
             for p, g in zip(model.parameters(), grads, strict=True):
                 p.sub_(learning_rate * g)
-        total += float(objective)
+        total += float(objective.detach())
     return total / max(steps, 1)
 
 

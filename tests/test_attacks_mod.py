@@ -1,0 +1,324 @@
+"""byzantine_mod turns an unmodified ClientApp malicious; honest nodes stay untouched.
+
+The fast tests drive ClientApp's real call path (``app(message, context)``) with real
+Message/Context objects; the slow one runs the mod inside Flower's simulation engine.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+
+from flwr_byz.attacks import (
+    DEFAULT_LEARNING_RATE,
+    active_attack,
+    byzantine_mod,
+    byzantine_partitions,
+)
+
+STEP = 0.1
+
+
+def _user_app(mods: list) -> ClientApp:
+    """A user's ClientApp, written without any knowledge of flwr-byz."""
+    app = ClientApp(mods=mods)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        # One gradient step on ½‖w − t‖², t depending on the node's data (its id).
+        target = float(context.node_config.get("partition-id", 0)) + 1.0
+        out = {}
+        for key, arr in msg.content["arrays"].items():
+            w = arr.numpy()
+            if np.issubdtype(w.dtype, np.floating):
+                out[key] = (w - w.dtype.type(STEP) * (w - w.dtype.type(target))).astype(
+                    w.dtype
+                )
+            else:
+                out[key] = w + 1  # e.g. a step counter
+        metrics = MetricRecord({"num-examples": 10, "train-loss": 0.25})
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in out.items()}),
+                "metrics": metrics,
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        metrics = MetricRecord({"num-examples": 10, "eval-loss": 0.5})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def _arrays() -> ArrayRecord:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w": rng.standard_normal((4, 3)).astype(np.float32),
+        "b": rng.standard_normal(3).astype(np.float64),
+        "steps": np.array([5], dtype=np.int64),
+    }
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def _msg(server_round: int, message_type: str = MessageType.TRAIN) -> Message:
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"m{server_round}",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=message_type,
+    )
+    content = RecordDict(
+        {"arrays": _arrays(), "config": ConfigRecord({"server-round": server_round})}
+    )
+    return Message(content=content, metadata=metadata)
+
+
+def _ctx(run_config: dict, node_config: dict | None = None) -> Context:
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config=node_config
+        if node_config is not None
+        else {"partition-id": 1, "num-partitions": 4},
+        state=RecordDict(),
+        run_config=run_config,
+    )
+
+
+def _np(reply: Message) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in reply.content["arrays"].items()}
+
+
+def _same_reply(a: Message, b: Message) -> bool:
+    x, y = _np(a), _np(b)
+    return (
+        list(x) == list(y)
+        and all(
+            x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes() for k in x
+        )
+        and dict(a.content["metrics"]) == dict(b.content["metrics"])
+    )
+
+
+BYZ = {"attack": "sign-flip", "byzantine-partitions": "1"}
+
+
+def test_honest_node_reply_is_bit_identical() -> None:
+    plain, wrapped = _user_app([]), _user_app([byzantine_mod])
+    for cfg in (
+        {},
+        {**BYZ, "byzantine-partitions": "0,2"},
+        {"attack": "alie", "byzantine-partitions": "1"},
+    ):
+        assert _same_reply(wrapped(_msg(3), _ctx(cfg)), plain(_msg(3), _ctx(cfg)))
+
+
+def test_sign_flip_sends_minus_delta_with_same_layout() -> None:
+    plain, wrapped = _user_app([]), _user_app([byzantine_mod])
+    honest = _np(plain(_msg(1), _ctx(BYZ)))
+    reply = wrapped(_msg(1), _ctx(BYZ))
+    got, sent = _np(reply), {k: v.numpy() for k, v in _arrays().items()}
+    assert list(got) == list(sent)
+    for key in ("w", "b"):
+        assert got[key].dtype == sent[key].dtype
+        assert got[key].shape == sent[key].shape
+        expected = sent[key] - (honest[key] - sent[key])
+        np.testing.assert_allclose(got[key], expected, rtol=1e-6, atol=1e-6)
+    # Integer arrays are not part of the update: what the app sent is kept.
+    assert np.array_equal(got["steps"], honest["steps"])
+    assert dict(reply.content["metrics"]) == {"num-examples": 10, "train-loss": 0.25}
+
+
+def test_random_fault_update_is_minus_lr_times_gaussian() -> None:
+    cfg = {**BYZ, "attack": "random-fault", "learning-rate": 0.2}
+    got = _np(_user_app([byzantine_mod])(_msg(2), _ctx(cfg)))
+    sent = {k: v.numpy() for k, v in _arrays().items()}
+    delta = np.concatenate([(got[k] - sent[k]).ravel() for k in ("w", "b")])
+    np.testing.assert_allclose(delta, -0.2 * 0.5, atol=1e-5)
+    # Same seed, node and round: the same tampered reply, in any process.
+    again = _np(_user_app([byzantine_mod])(_msg(2), _ctx(cfg)))
+    assert all(again[k].tobytes() == got[k].tobytes() for k in got)
+
+
+def test_noise_attack_uses_default_learning_rate_without_key() -> None:
+    cfg = {**BYZ, "attack": "random-fault", "noise-mean": 1.0}
+    got = _np(_user_app([byzantine_mod])(_msg(2), _ctx(cfg)))
+    sent = _arrays()["b"].numpy()
+    np.testing.assert_allclose(got["b"] - sent, -DEFAULT_LEARNING_RATE, atol=1e-5)
+
+
+def test_pretense_is_honest_for_l_rounds_then_attacks() -> None:
+    plain, wrapped = _user_app([]), _user_app([byzantine_mod])
+    cfg = {**BYZ, "attack-pattern": "pretense", "pretense-rounds": 2}
+    ctx = _ctx(cfg)
+    honest = [
+        _same_reply(wrapped(_msg(t), ctx), plain(_msg(t), ctx)) for t in range(1, 5)
+    ]
+    assert honest == [True, True, False, False]
+
+
+def test_node_config_switch_for_deployments() -> None:
+    plain, wrapped = _user_app([]), _user_app([byzantine_mod])
+    cfg = {"attack": "sign-flip"}  # no fraction, no partition list: only the switch
+    on, off = _ctx(cfg, {"byzantine": "true"}), _ctx(cfg, {"byzantine": False})
+    assert not _same_reply(wrapped(_msg(1), on), plain(_msg(1), on))
+    assert _same_reply(wrapped(_msg(1), off), plain(_msg(1), off))
+    with pytest.raises(ValueError, match="byzantine"):
+        wrapped(_msg(1), _ctx(cfg, {"byzantine": "maybe"}))
+
+
+def test_evaluate_messages_pass_untouched() -> None:
+    wrapped = _user_app([byzantine_mod])
+    reply = wrapped(_msg(1, MessageType.EVALUATE), _ctx(BYZ))
+    assert dict(reply.content["metrics"]) == {"num-examples": 10, "eval-loss": 0.5}
+
+
+def test_data_attack_on_a_foreign_app_is_an_error_reply() -> None:
+    reply = _user_app([byzantine_mod])(_msg(1), _ctx({**BYZ, "attack": "label-flip"}))
+    assert reply.has_error()
+    assert "label-flip" in reply.error.reason
+
+
+def test_data_attack_is_published_to_the_app() -> None:
+    seen = []
+    app = ClientApp(mods=[byzantine_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        attack = active_attack()
+        seen.append(None if attack is None else (attack.name, attack.server_round))
+        if attack is not None:
+            attack.claim()
+        content = RecordDict({"arrays": msg.content["arrays"]})
+        return Message(content, reply_to=msg)
+
+    cfg = {**BYZ, "attack": "label-flip"}
+    assert not app(_msg(4), _ctx(cfg)).has_error()
+    app(_msg(4), _ctx(cfg, {"partition-id": 0, "num-partitions": 4}))
+    assert seen == [("label-flip", 4), None]
+    assert active_attack() is None
+
+
+def test_bad_attack_config_fails_loudly() -> None:
+    with pytest.raises(ValueError, match="flip-period"):
+        _user_app([byzantine_mod])(_msg(1), _ctx({**BYZ, "flip-period": 0}))
+
+
+# ----------------------------------------------------------------------------------
+# Flower's simulation engine
+# ----------------------------------------------------------------------------------
+
+SIM_CFG = {
+    "attack": "sign-flip",
+    "byzantine-fraction": 0.5,
+    "attack-pattern": "pretense",
+    "pretense-rounds": 1,
+    "seed": 3,
+}
+SIM_RECORD: dict[int, list[tuple[int, dict, dict]]] = {}
+
+
+def _with_run_config(msg: Message, context: Context, call_next) -> Message:
+    # `run_simulation` gives ClientApps an empty run config (`flwr run` fills it
+    # from pyproject.toml) that may not be modified: hand the app a context with
+    # the experiment's run config instead.
+    configured = Context(
+        run_id=context.run_id,
+        node_id=context.node_id,
+        node_config=context.node_config,
+        state=context.state,
+        run_config={**context.run_config, **SIM_CFG},
+    )
+    return call_next(msg, configured)
+
+
+@pytest.mark.slow
+def test_mod_in_flower_simulation_engine() -> None:
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    class Recording(FedAvg):
+        def configure_train(self, server_round, arrays, config, grid):
+            self._sent = {k: v.numpy().copy() for k, v in arrays.items()}
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_train(self, server_round, replies):
+            replies = list(replies)
+            SIM_RECORD[server_round] = [
+                (
+                    int(r.content["metrics"]["pid"]),
+                    self._sent,
+                    {k: v.numpy().copy() for k, v in r.content["arrays"].items()},
+                )
+                for r in replies
+            ]
+            return super().aggregate_train(server_round, replies)
+
+    client = _user_app([])  # the user's app, unchanged
+    pid_app = ClientApp(mods=[_with_run_config, byzantine_mod])
+
+    @pid_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        # Tag the reply with the partition so the test can check each node.
+        reply = client(msg, context)
+        reply.content["metrics"]["pid"] = int(context.node_config["partition-id"])
+        return reply
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        Recording(
+            fraction_evaluate=0.0, min_train_nodes=4, min_available_nodes=4
+        ).start(grid, _arrays(), num_rounds=2)
+
+    SIM_RECORD.clear()
+    run_simulation(
+        server,
+        pid_app,
+        num_supernodes=4,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+    byzantine = byzantine_partitions(SIM_CFG, 4)
+    assert len(byzantine) == 2
+    for server_round in (1, 2):
+        assert sorted(pid for pid, _, _ in SIM_RECORD[server_round]) == [0, 1, 2, 3]
+        for pid, sent, got in SIM_RECORD[server_round]:
+            target = float(pid + 1)
+            honest = {
+                k: (
+                    sent[k]
+                    - sent[k].dtype.type(STEP) * (sent[k] - sent[k].dtype.type(target))
+                ).astype(sent[k].dtype)
+                for k in ("w", "b")
+            }
+            attacked = server_round == 2 and pid in byzantine
+            for k in ("w", "b"):
+                if attacked:
+                    expected = sent[k] - (honest[k] - sent[k])
+                    np.testing.assert_allclose(got[k], expected, rtol=1e-6, atol=1e-6)
+                else:
+                    assert got[k].tobytes() == honest[k].tobytes()
