@@ -30,9 +30,11 @@ def pyproject_run_config() -> dict:
         return tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
 
 
-def test_pyproject_lists_every_key_with_its_default() -> None:
+def test_pyproject_lists_every_key_and_its_values_are_valid() -> None:
     # `flwr run --run-config` can only override keys that pyproject.toml lists.
-    assert pyproject_run_config() == app_defaults()
+    assert set(pyproject_run_config()) == set(app_defaults())
+    cfg = check_run_config(pyproject_run_config())
+    check_against_nodes(cfg, 10)
 
 
 def test_defaults_are_valid() -> None:
@@ -42,26 +44,30 @@ def test_defaults_are_valid() -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "value", "expected"),
+    ("key", "value", "named"),
     [
-        ("strategy", "fedavg", "'strategy'"),
-        ("attack", "meteor", "'attack'"),
+        ("strategy", "fedavg", "strategy"),
+        ("attack", "meteor", "attack"),
         ("byzantine-fraction", 1.5, "byzantine-fraction"),
-        ("assumed-byzantine-fraction", 0.5, "'assumed-byzantine-fraction'"),
-        ("num-server-rounds", 0, "'num-server-rounds'"),
-        ("attack-pattern", "sometimes", "'attack-pattern'"),
+        ("assumed-byzantine-fraction", 0.5, "assumed-byzantine-fraction"),
+        ("num-server-rounds", 0, "num-server-rounds"),
+        ("attack-pattern", "sometimes", "attack-pattern"),
         ("pretense-rounds", -1, "pretense-rounds"),
-        ("dataset", "files", "data-path"),
-        ("device", "tpu", "'device'"),
-        ("gaa-policy", "oracle", "'gaa-policy'"),
-        ("model", "transformer", "'model'"),
-        ("learning-rate", -0.1, "'learning-rate'"),
-        ("no-such-key", 1, "no-such-key"),
+        ("dataset", "files", "data-path"),  # files need a path
+        ("device", "tpu", "device"),
+        ("gaa-policy", "oracle", "gaa-policy"),
+        ("model", "transformer", "model"),
+        ("learning-rate", -0.1, "learning-rate"),
+        ("no-such-key", 1, "unknown run-config key(s) 'no-such-key'"),
     ],
 )
-def test_each_bad_value_is_named(key: str, value: object, expected: str) -> None:
-    with pytest.raises(RunConfigError, match=expected):
+def test_each_bad_value_is_named(key: str, value: object, named: str) -> None:
+    with pytest.raises(RunConfigError) as info:
         check_run_config({key: value})
+    message = str(info.value)
+    assert named in message
+    if named == key:
+        assert str(value) in message
 
 
 def test_rule_bound_is_checked_against_the_federation() -> None:
