@@ -51,11 +51,13 @@ def bulyan(x: torch.Tensor, f: int) -> AggregationResult:
     beta = len(chosen) - 2 * f
     rows = torch.tensor(chosen, device=x.device)
 
-    def closest_mean(cols: torch.Tensor) -> torch.Tensor:
-        # cols: the chosen rows (ascending index) of one column chunk, float64.
-        med = sorted_median(torch.sort(cols, dim=0).values)
-        order = torch.sort((cols - med).abs(), dim=0, stable=True).indices[:beta]
-        return torch.gather(cols, 0, order).mean(dim=0)
+    def closest_mean(chunk: torch.Tensor) -> torch.Tensor:
+        # chunk: (c, θ), column t holds chosen[t] (ascending row index), so the
+        # stable sort takes equally close values from the lowest row first.
+        med = sorted_median(torch.sort(chunk, dim=1).values)
+        values = chunk.to(torch.float64)
+        order = torch.sort((values - med[:, None]).abs(), dim=1, stable=True).indices
+        return torch.gather(values, 1, order[:, :beta]).mean(dim=1)
 
     agg = column_chunks(x, closest_mean, rows=rows)
     return AggregationResult(

@@ -1,7 +1,10 @@
 """Coordinate-wise rules: median (numpy semantics) and trimmed mean.
 
-Both sort each column; they work on column chunks upcast to float64, so the extra
-memory is a few chunk-sized buffers, and even-n medians are exact midpoints.
+Both sort each column. They work on column chunks, transposed so that each column's
+values are contiguous (torch sorts short contiguous rows several times faster than
+strided columns); sorting happens in the input precision (the order does not depend on
+it) and the arithmetic after it in float64, so even-n medians are exact midpoints. The
+extra memory is a few chunk-sized buffers.
 """
 
 from __future__ import annotations
@@ -23,30 +26,33 @@ def column_chunks(
     reduce: Callable[[torch.Tensor], torch.Tensor],
     rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Apply ``reduce`` ((r, c) float64 -> (c,) float64) per column chunk.
+    """Apply ``reduce`` per column chunk; the result has x's dtype and device.
 
-    The result has x's dtype and device.
-
+    ``reduce`` maps a ``(c, r)`` contiguous chunk (column ``j`` of ``x`` is row ``j``
+    of the chunk; float32, or float64 for float64 input) to ``(c,)`` float64.
     ``rows`` (an index tensor on x's device) restricts every chunk to those rows.
     """
     d = x.shape[1]
     chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = torch.empty(d, dtype=x.dtype, device=x.device)
     for start in range(0, d, chunk):
         stop = min(start + chunk, d)
         cols = x[:, start:stop]
         if rows is not None:
             cols = cols.index_select(0, rows)
-        out[start:stop] = reduce(cols.to(torch.float64))
+        out[start:stop] = reduce(cols.T.to(work).contiguous())
     return out
 
 
-def sorted_median(sorted_cols: torch.Tensor) -> torch.Tensor:
-    """Median of each column of sorted columns; mean of the two middle for even r."""
-    r = sorted_cols.shape[0]
+def sorted_median(sorted_rows: torch.Tensor) -> torch.Tensor:
+    """Median of each row of row-sorted values, in float64; mean of the middle two
+    for an even count (numpy's semantics)."""
+    r = sorted_rows.shape[1]
     if r % 2 == 1:
-        return sorted_cols[r // 2]
-    return (sorted_cols[r // 2 - 1] + sorted_cols[r // 2]) / 2
+        return sorted_rows[:, r // 2].to(torch.float64)
+    low = sorted_rows[:, r // 2 - 1].to(torch.float64)
+    return (low + sorted_rows[:, r // 2].to(torch.float64)) / 2
 
 
 def coordinate_median(x: torch.Tensor) -> AggregationResult:
@@ -63,7 +69,7 @@ def coordinate_median(x: torch.Tensor) -> AggregationResult:
         Every row is ``selected`` (each may contribute to some coordinate).
     """
     n, _ = check_updates(x, "median")
-    agg = column_chunks(x, lambda c: sorted_median(torch.sort(c, dim=0).values))
+    agg = column_chunks(x, lambda c: sorted_median(torch.sort(c, dim=1).values))
     return AggregationResult(aggregate=agg, selected=tuple(range(n)))
 
 
@@ -93,6 +99,9 @@ def trimmed_mean(x: torch.Tensor, beta: float) -> AggregationResult:
         )
     cut = math.floor(beta * n)
     agg = column_chunks(
-        x, lambda c: torch.sort(c, dim=0).values[cut : n - cut].mean(dim=0)
+        x,
+        lambda c: (
+            torch.sort(c, dim=1).values[:, cut : n - cut].to(torch.float64).mean(dim=1)
+        ),
     )
     return AggregationResult(aggregate=agg, selected=tuple(range(n)))

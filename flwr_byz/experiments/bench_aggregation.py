@@ -3,7 +3,8 @@
 Usage::
 
     python -m flwr_byz.experiments.bench_aggregation \
-        [--dims 33130,1000000,11173962] [--n 50] [--f 15] [--repeat 3]
+        [--dims 33130,1000000,11173962] [--n 50] [--f 15] [--repeat 3] \
+        [--rules krum,faba]
 
 For each ``d`` it prints a markdown table: the best-of-``repeat`` wall time of each
 rule, its ratio to the float32 Gram floor ``x @ x.T`` measured in the same run, and
@@ -135,6 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--f", type=int, default=15)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rules",
+        default="",
+        help="comma-separated substrings: time only the matching rules (floors always)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     dims = [int(v) for v in args.dims.split(",")]
@@ -149,7 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("need --n >= 1, --f >= 0, --repeat >= 1 and every d >= 1")
     for d in dims:
         rows = []
+        wanted = [w.strip() for w in args.rules.split(",") if w.strip()]
         for case in _cases(args.n, args.f):
+            if (
+                wanted
+                and not case.startswith("floor")
+                and not any(w in case for w in wanted)
+            ):
+                continue
             rows.append(_run_case(case, args.n, d, args.f, args.repeat, args.seed))
             print(f"  {case}: done", file=sys.stderr, flush=True)
         print(_table(rows, args.n, d, args.repeat))
