@@ -155,6 +155,15 @@ class ModelLayout:
         return cls(tuple(keys), tuple(shapes), tuple(dtypes), tuple(offsets), d)
 
     @property
+    def dtype_names(self) -> tuple[str, ...]:
+        """``str`` of each dtype, as :class:`flwr.app.Array` declares it."""
+        names = self.__dict__.get("_dtype_names")
+        if names is None:
+            names = tuple(str(dt) for dt in self.dtypes)
+            object.__setattr__(self, "_dtype_names", names)
+        return names
+
+    @property
     def float_keys(self) -> tuple[str, ...]:
         """Keys of the arrays that take part in aggregation."""
         return tuple(k for k, o in zip(self.keys, self.offsets, strict=True) if o >= 0)

@@ -129,12 +129,12 @@ def check_array_structure(arrays: Mapping[str, ArrayLike], layout: ModelLayout
         return RejectReason.MISSING_KEYS
     if reply_keys - expected:
         return RejectReason.EXTRA_KEYS
-    for key, shape, dtype in zip(layout.keys, layout.shapes, layout.dtypes,
-                                 strict=True):
+    for key, shape, dtype_name in zip(layout.keys, layout.shapes, layout.dtype_names,
+                                      strict=True):
         array = arrays[key]
         if array.stype != NUMPY_STYPE:
             return RejectReason.WRONG_STYPE
-        if array.dtype != str(dtype):
+        if array.dtype != dtype_name:
             return RejectReason.WRONG_DTYPE
         if not isinstance(array.shape, tuple | list) or tuple(array.shape) != shape:
             return RejectReason.WRONG_SHAPE
@@ -207,6 +207,8 @@ def decode_update_into(arrays: Mapping[str, ArrayLike], layout: ModelLayout,
     reason = check_array_structure(arrays, layout)
     if reason is not None:
         return reason
+    # Read each entry once: a Flower ArrayRecord lookup is not a plain dict's.
+    arrays = {key: arrays[key] for key in layout.keys}
     # Integer arrays are not aggregated, but a malformed one still marks the
     # reply as malformed.
     headers = headers or {}
