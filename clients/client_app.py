@@ -111,6 +111,8 @@ def load_client_data(run_config: Mapping[str, Any], node_config: Mapping[str, An
             "dataset": "files",
             "data-path": node_config["data-path"],
             "partitioning": "iid",  # the node's whole file is its one partition
+            # The node never builds the server's QV set; any valid source will do.
+            "qv-source": "partition:0",
         }
         return load_partition(cfg, 0, 1)
     if "partition-id" not in node_config or "num-partitions" not in node_config:
