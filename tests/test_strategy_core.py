@@ -416,3 +416,14 @@ def test_layout_unflattens_global_flat():
     np.testing.assert_array_equal(views["w"], theta["w"])
     assert strategy.layout.float_keys == ("w", "b")
     assert isinstance(to_record(theta), ArrayRecord)
+
+
+def test_unreadable_reply_object_is_rejected_as_malformed():
+    theta = model_arrays(11)
+    strategy = LocalMean()
+    msgs = instructions(strategy, 1, theta, [1, 2])
+    replies = [reply(m, _good(theta, 1.0), {"a": 1}) for m in msgs]
+    arrays, metrics = strategy.aggregate_train(1, [*replies, object()])
+    np.testing.assert_allclose(record_flat(arrays), flat(theta) + 1.0, atol=1e-6)
+    assert metrics["rejected-node-ids"] == [0]
+    assert metrics["rejected-reasons"] == [int(R.MALFORMED)]

@@ -390,8 +390,9 @@ class RobustStrategy(FedAvg):
             try:
                 candidates.append(message_to_candidate(msg, sent))
             except Exception:  # a reply object we cannot even read
-                node = getattr(getattr(msg, "metadata", None), "src_node_id", -1)
-                candidates.append(Candidate(int(node) if isinstance(node, int) else -1,
+                # 0 (the SuperLink's id, never a client's) marks an unreadable sender.
+                node = getattr(getattr(msg, "metadata", None), "src_node_id", 0)
+                candidates.append(Candidate(node if isinstance(node, int) else 0,
                                             None, None, RejectReason.MALFORMED))
         log(INFO, "aggregate_train: received %d replies from %d nodes sent to",
             len(candidates), len(sent.node_ids))

@@ -182,8 +182,10 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
     pending: list[tuple[Candidate, float]] = []
     for cand in candidates:
         # Who sent it is judged first: a stranger's reply is UNEXPECTED_NODE
-        # whatever it holds.
-        if counts[cand.node_id] > 1:
+        # whatever it holds (unless the reply could not even be read).
+        if cand.reason == RejectReason.MALFORMED:
+            reason = cand.reason
+        elif counts[cand.node_id] > 1:
             reason = RejectReason.DUPLICATE_NODE
         elif cand.node_id not in sent_ids:
             reason = RejectReason.UNEXPECTED_NODE

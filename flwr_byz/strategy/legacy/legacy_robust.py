@@ -151,7 +151,7 @@ class LegacyRobust(LegacyFedAvg):
             try:
                 candidates.append(self._candidate(item, sent, key))
             except Exception:  # a result object we cannot even read
-                candidates.append(Candidate(-1, None, None, RejectReason.MALFORMED))
+                candidates.append(Candidate(0, None, None, RejectReason.MALFORMED))
         inner = self.strategy
         outcome = run_robust_round(inner, server_round, sent, candidates,
                                    inner._momentum, inner._buffer)
