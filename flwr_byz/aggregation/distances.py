@@ -7,7 +7,7 @@ distance may be far smaller. We therefore
 1. centre every row on a *reference row* before the product — distances are
    translation invariant, and after centring the norms are of the order of the
    distances themselves. The reference is the medoid of a small column sample (1/32
-   of the columns, at most 32768), so one far-away Byzantine row cannot become the
+   of the columns, at most 8192), so one far-away Byzantine row cannot become the
    centre;
 2. multiply in column chunks in the input precision (float32 stays float32 so the
    product runs at BLAS speed) and accumulate the chunk Grams in float64, so the
@@ -31,7 +31,7 @@ _CPU_CHUNK = 65_536  # the centred chunk (n × 65536 float32) stays in L3
 _CUDA_CHUNK = 1 << 20
 _SAMPLE_BLOCK = 512
 _SAMPLE_FRACTION = 32
-_SAMPLE_MAX = 32_768
+_SAMPLE_MAX = 8_192
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -40,7 +40,7 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _sample_columns(x: torch.Tensor) -> torch.Tensor:
-    """Evenly spread column blocks: 1/32 of the columns, >= 2048 and <= 32768."""
+    """Evenly spread column blocks: 1/32 of the columns, >= 2048 and <= 8192."""
     d = x.shape[1]
     wanted = min(max(4 * _SAMPLE_BLOCK, d // _SAMPLE_FRACTION), _SAMPLE_MAX)
     if wanted >= d:

@@ -55,11 +55,23 @@ def _cases(n: int, f: int) -> dict[str, Callable[[torch.Tensor], object]]:
     }
 
 
+def _load() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return fh.read().split()[0]
+    except OSError:
+        return "n/a"
+
+
 def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def _worker(case: str, n: int, d: int, f: int, repeat: int, seed: int) -> dict:
+def _worker(
+    case: str, n: int, d: int, f: int, repeat: int, seed: int, threads: int
+) -> dict:
+    if threads > 0:
+        torch.set_num_threads(threads)
     fn = _cases(n, f)[case]
     gen = torch.Generator().manual_seed(seed)
     x = torch.empty(n, d).normal_(generator=gen)
@@ -81,7 +93,9 @@ def _worker(case: str, n: int, d: int, f: int, repeat: int, seed: int) -> dict:
     }
 
 
-def _run_case(case: str, n: int, d: int, f: int, repeat: int, seed: int) -> dict:
+def _run_case(
+    case: str, n: int, d: int, f: int, repeat: int, seed: int, threads: int
+) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -98,6 +112,8 @@ def _run_case(case: str, n: int, d: int, f: int, repeat: int, seed: int) -> dict
         str(repeat),
         "--seed",
         str(seed),
+        "--threads",
+        str(threads),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -105,13 +121,16 @@ def _run_case(case: str, n: int, d: int, f: int, repeat: int, seed: int) -> dict
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _table(rows: list[dict], n: int, d: int, repeat: int) -> str:
+def _table(
+    rows: list[dict], n: int, d: int, repeat: int, threads: int, load: str
+) -> str:
     gram = next(r["best"] for r in rows if r["case"].startswith("floor: float32 Gram"))
     matrix_mb = n * d * 4 / 2**20
     lines = [
         f"n = {n}, d = {d:,} (matrix {matrix_mb:,.0f} MiB float32), "
         f"best of {repeat}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"{threads or torch.get_num_threads()} threads, "
+        f"1-min load average at start {load} (2 cores)",
         "",
         "| rule | time (s) | × Gram floor | peak extra memory (MiB) | × matrix |",
         "|---|---:|---:|---:|---:|",
@@ -137,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (default: torch's own)"
+    )
+    parser.add_argument(
         "--rules",
         default="",
         help="comma-separated substrings: time only the matching rules (floors always)",
@@ -147,7 +169,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker is not None:
         print(
             json.dumps(
-                _worker(args.worker, args.n, dims[0], args.f, args.repeat, args.seed)
+                _worker(
+                    args.worker,
+                    args.n,
+                    dims[0],
+                    args.f,
+                    args.repeat,
+                    args.seed,
+                    args.threads,
+                )
             )
         )
         return
@@ -155,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("need --n >= 1, --f >= 0, --repeat >= 1 and every d >= 1")
     for d in dims:
         rows = []
+        load = _load()
         wanted = [w.strip() for w in args.rules.split(",") if w.strip()]
         for case in _cases(args.n, args.f):
             if (
@@ -163,9 +194,11 @@ def main(argv: list[str] | None = None) -> None:
                 and not any(w in case for w in wanted)
             ):
                 continue
-            rows.append(_run_case(case, args.n, d, args.f, args.repeat, args.seed))
+            rows.append(
+                _run_case(case, args.n, d, args.f, args.repeat, args.seed, args.threads)
+            )
             print(f"  {case}: done", file=sys.stderr, flush=True)
-        print(_table(rows, args.n, d, args.repeat))
+        print(_table(rows, args.n, d, args.repeat, args.threads, load))
         print(flush=True)
 
 
