@@ -214,8 +214,10 @@ def test_geometric_median(device, case, use_weights):
 
     got_obj = objective(got.aggregate.double().cpu())
     want_obj = objective(torch.tensor(want.aggregate, dtype=torch.float64))
-    rtol = 1e-5 if x.dtype == torch.float32 else 1e-9
-    assert got_obj <= want_obj * (1 + rtol) + 1e-9
+    # Weiszfeld converges only sublinearly when the median is a data point (e.g. a
+    # row holding half the weight), so both stop short of it at slightly different
+    # places: compare objectives to 1e-6.
+    assert got_obj <= want_obj * (1 + 1e-6) + 1e-9
     assert math.isclose(sum(got.weights), 1.0)
     # Continuous data: the minimiser is unique and not a data point, so the two
     # iterations must meet.
