@@ -25,7 +25,7 @@ PREV_CLIP = 50.0
 LOG_NORM_CLIP = 10.0
 #: Honest updates of heterogeneous clients differ in norm by a few times;
 #: only norms beyond NORM_SLACK × the reference norm count.
-NORM_SLACK = 4.0
+NORM_SLACK = 10.0
 #: The reference norm is this credit-weighted quantile of the norms: with
 #: uniform credit it stays among honest norms up to 80 % of attackers sending
 #: larger updates; once credit has moved, the trusted workers set it.
@@ -101,9 +101,9 @@ class EvidencePolicy(nn.Module):
         self,
         gain_weight: float = 10.0,
         descent_weight: float = 1.0,
-        norm_weight: float = 5.0,
+        norm_weight: float = 10.0,
         hidden: int = 16,
-        slack: float = 3.0,
+        slack: float = 5.0,
         decay: float = 0.9,
         fine_weight: float = 0.05,
         seed: int = 0,
