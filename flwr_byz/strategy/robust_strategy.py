@@ -24,6 +24,7 @@ from flwr.supercore import log
 from flwr_byz.aggregation.result import AggregationResult
 
 from .client_metrics import mean_client_metrics
+from .model_layout import ModelLayout
 from .reply_validation import RejectReason
 from .round_core import Candidate, SentModel, run_robust_round
 from .round_report import RoundReport
@@ -325,7 +326,7 @@ class RobustStrategy(FedAvg):
         return self.num_malicious_nodes or 0
 
     @property
-    def layout(self):  # -> ModelLayout | None
+    def layout(self) -> ModelLayout | None:
         """Layout (keys, shapes, flat offsets) of the model sent last round."""
         return None if self._sent is None else self._sent.layout
 
