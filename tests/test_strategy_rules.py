@@ -201,15 +201,26 @@ def test_strategies_registry_and_summary(caplog):
 
 
 @pytest.mark.parametrize(("cls", "kwargs", "name"), [
-    (Krum, {"weighted_aggregation": True}, "weighted_aggregation"),
-    (GeoMed, {"method": "mean"}, "method"),
+    (Krum, {"weighted_aggregation": True, "num_malicious_nodes": 1},
+     "weighted_aggregation"),
+    (FABA, {}, "num_malicious_nodes"),
+    (Krum, {}, "malicious_fraction"),
+    (BruteForce, {"num_malicious_nodes": 1, "malicious_fraction": 0.1},
+     "malicious_fraction"),
+    (GeoMed, {"method": "mean", "num_malicious_nodes": 1}, "method"),
     (TrimmedMean, {"beta": 0.5}, "beta"),
-    (MultiKrum, {"num_nodes_to_select": 0}, "num_nodes_to_select"),
-    (BruteForce, {"max_subsets": 0}, "max_subsets"),
+    (MultiKrum, {"num_nodes_to_select": 0, "num_malicious_nodes": 1},
+     "num_nodes_to_select"),
+    (BruteForce, {"max_subsets": 0, "num_malicious_nodes": 1}, "max_subsets"),
 ])
 def test_rule_configuration_errors(cls, kwargs, name):
     with pytest.raises(ValueError, match=name):
         cls(**kwargs)
+
+
+def test_rules_without_budget_need_none():
+    assert Median().resolve_f(10) == 0 and Mean().resolve_f(10) == 0
+    assert TrimmedMean(beta=0.1, malicious_fraction=0.3).resolve_f(10) == 3
 
 
 # ------------------------------------------------------------------ legacy API

@@ -31,6 +31,7 @@ class BruteForce(RobustStrategy):
     """
 
     rule_name = "brute-force"
+    uses_f = True
     supports_weights = False
 
     def __init__(self, max_subsets: int = 200_000, **kwargs: Any) -> None:

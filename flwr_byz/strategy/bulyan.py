@@ -29,6 +29,7 @@ class Bulyan(RobustStrategy):
     """
 
     rule_name = "bulyan"
+    uses_f = True
     supports_weights = False
 
     def __init__(self, **kwargs: Any) -> None:

@@ -38,6 +38,7 @@ class FABA(RobustStrategy):
     """
 
     rule_name = "faba"
+    uses_f = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

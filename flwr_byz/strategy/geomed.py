@@ -41,6 +41,7 @@ class GeoMed(RobustStrategy):
     """
 
     rule_name = "geomed"
+    uses_f = True
 
     def __init__(self, method: str = "medoid", eps: float = 1e-8, max_iter: int = 100,
                  tol: float = 1e-7, **kwargs: Any) -> None:

@@ -31,6 +31,7 @@ class Krum(RobustStrategy):
     """
 
     rule_name = "krum"
+    uses_f = True
     supports_weights = False
 
     def __init__(self, **kwargs: Any) -> None:

@@ -24,7 +24,6 @@ class Mean(RobustStrategy):
     """
 
     rule_name = "mean"
-    uses_f = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -29,7 +29,6 @@ class Median(RobustStrategy):
 
     rule_name = "median"
     supports_weights = False
-    uses_f = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -32,6 +32,7 @@ class MultiKrum(RobustStrategy):
     """
 
     rule_name = "multikrum"
+    uses_f = True
 
     def __init__(self, num_nodes_to_select: int | None = None, **kwargs: Any) -> None:
         if num_nodes_to_select is not None and (

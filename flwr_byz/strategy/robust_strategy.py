@@ -129,8 +129,9 @@ class RobustStrategy(FedAvg):
         Minimum number of total nodes in the system.
     num_malicious_nodes : Optional[int] (default: None)
         Number ``f`` of Byzantine updates the rule must tolerate. At most one
-        of `num_malicious_nodes` and `malicious_fraction` may be given; with
-        neither, ``f = 0``.
+        of `num_malicious_nodes` and `malicious_fraction` may be given; rules
+        whose behaviour depends on ``f`` (FABA, Krum, MultiKrum, Bulyan,
+        GeoMed, BruteForce) require one of them, the others take ``f = 0``.
     malicious_fraction : Optional[float] (default: None)
         Byzantine budget as a fraction in ``[0, 0.5)``: each round
         ``f = floor(malicious_fraction * num_valid_replies)``.
@@ -166,8 +167,9 @@ class RobustStrategy(FedAvg):
     rule_name: str = "mean"
     #: Whether the rule accepts per-update weights.
     supports_weights: bool = True
-    #: Whether ``f`` changes what the rule does (a warning if it is left at 0).
-    uses_f: bool = True
+    #: Whether ``f`` changes what the rule does: then exactly one of
+    #: ``num_malicious_nodes`` and ``malicious_fraction`` must be given.
+    uses_f: bool = False
 
     # pylint: disable=too-many-arguments,too-many-positional-arguments,too-many-locals
     def __init__(
@@ -212,6 +214,11 @@ class RobustStrategy(FedAvg):
                 "give at most one of num_malicious_nodes and malicious_fraction, "
                 f"got num_malicious_nodes={num_malicious_nodes!r} and "
                 f"malicious_fraction={malicious_fraction!r}")
+        if self.uses_f and num_malicious_nodes is None and malicious_fraction is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a Byzantine budget: give "
+                "num_malicious_nodes (an integer >= 0) or malicious_fraction "
+                "(a number in [0, 0.5)), got neither")
         if num_malicious_nodes is not None and (
                 isinstance(num_malicious_nodes, bool)
                 or not isinstance(num_malicious_nodes, int | np.integer)
@@ -259,10 +266,6 @@ class RobustStrategy(FedAvg):
         self._momentum: np.ndarray | None = None
         # Storage of the (n, d) update matrix, reused from round to round.
         self._buffer: np.ndarray | None = None
-        if self.uses_f and num_malicious_nodes is None and malicious_fraction is None:
-            log(logging.WARNING, "%s: neither num_malicious_nodes nor "
-                "malicious_fraction given; f = 0 tolerates no Byzantine node",
-                type(self).__name__)
 
     # ------------------------------------------------------------------ hooks
     def min_nodes(self, f: int) -> int:

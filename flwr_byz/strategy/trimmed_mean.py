@@ -29,7 +29,6 @@ class TrimmedMean(RobustStrategy):
 
     rule_name = "trimmed-mean"
     supports_weights = False
-    uses_f = False
 
     def __init__(self, beta: float = 0.2, **kwargs: Any) -> None:
         if (isinstance(beta, bool) or not isinstance(beta, int | float)
