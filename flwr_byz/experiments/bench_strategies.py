@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -142,101 +142,136 @@ def floor_seconds(fx: Fixture, x: np.ndarray) -> tuple[float, float]:
     return seconds, mem.extra_mb
 
 
-def time_call(fx: Fixture, make: Callable, ours: bool, repeats: int
-              ) -> tuple[float, float]:
-    """Best wall time (s) of aggregate_train and the peak extra RSS (MB)."""
-    best, peak = math.inf, 0.0
-    strategy = make()
-    for _ in range(repeats):
-        # One strategy over the repeats, like one server over its rounds.
-        if ours:
-            strategy.remember_sent(1, fx.theta, dict.fromkeys(fx.node_ids, "train"))
-        replies = fresh_replies(fx)
-        gc.collect()
-        with _PeakRss() as mem:
-            t0 = time.perf_counter()
-            arrays, _ = strategy.aggregate_train(1, replies)
-            seconds = time.perf_counter() - t0
-        if arrays is None:
-            raise RuntimeError(f"{make} returned no arrays")
-        best = min(best, seconds)
-        peak = max(peak, mem.extra_mb)
-        del arrays, replies
-        gc.collect()
-    return best, peak
+class _Floor:
+    """Best floor time so far at one size (and its peak memory)."""
+
+    def __init__(self, fx: Fixture, warm: bool) -> None:
+        self.fx, self.warm = fx, warm
+        # Warm: one preallocated matrix, as our strategies reuse theirs.
+        self.matrix = np.empty((fx.n, fx.d), dtype=np.float32) if warm else None
+        self.best, self.peak_mb = math.inf, 0.0
+
+    def sample(self) -> None:
+        x = (self.matrix if self.matrix is not None
+             else np.empty((self.fx.n, self.fx.d), dtype=np.float32))
+        seconds, extra = floor_seconds(self.fx, x)
+        self.best = min(self.best, seconds)
+        self.peak_mb = max(self.peak_mb,
+                           extra + (x.nbytes / 2**20 if self.warm else 0.0))
+        del x
+
+
+def time_once(fx: Fixture, strategy, ours: bool, warm: bool) -> tuple[float, float]:
+    """Wall time (s) of one aggregate_train and the peak extra RSS (MB) during it."""
+    if ours:
+        strategy.remember_sent(1, fx.theta, dict.fromkeys(fx.node_ids, "train"))
+        if not warm:
+            strategy._buffer = None  # a first round: the matrix is allocated anew
+    replies = fresh_replies(fx)
+    gc.collect()
+    with _PeakRss() as mem:
+        t0 = time.perf_counter()
+        arrays, _ = strategy.aggregate_train(1, replies)
+        seconds = time.perf_counter() - t0
+    if arrays is None:
+        raise RuntimeError(f"{type(strategy).__name__} returned no arrays")
+    del arrays, replies
+    if ours and not warm:
+        strategy._buffer = None
+    gc.collect()
+    return seconds, mem.extra_mb
 
 
 def run(dims: list[int], n: int, f: int, bulyan_f: int, beta: float, repeats: int
         ) -> list[dict]:
-    """Benchmark every pair at every size; returns one row per (size, rule)."""
+    """Benchmark every pair at every size; returns one row per (size, rule).
+
+    Runs are interleaved (floor, ours, Flower's, floor, ...) so that all three
+    see the same machine load; each figure is the best of its runs. Up to 2 M
+    parameters the strategies and the floor reuse their ``(n, d)`` matrix as in
+    steady-state rounds; above, every run allocates it (memory is shared) and
+    the slow rules run once.
+    """
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     m = n - f
-    pairs: list[tuple[str, Callable | None, Callable | None]] = [
+    pairs: list[tuple[str, Callable, Callable | None]] = [
         ("Krum", lambda: Krum(num_malicious_nodes=f),
          lambda: flwr_strategies.Krum(num_malicious_nodes=f)),
         ("MultiKrum", lambda: MultiKrum(num_malicious_nodes=f, num_nodes_to_select=m),
          lambda: flwr_strategies.MultiKrum(num_malicious_nodes=f,
                                            num_nodes_to_select=m)),
+        (f"FABA(f={f})", lambda: FABA(num_malicious_nodes=f), None),
         ("Bulyan", lambda: Bulyan(num_malicious_nodes=bulyan_f),
          lambda: flwr_strategies.Bulyan(num_malicious_nodes=bulyan_f)),
         ("Median", Median, flwr_strategies.FedMedian),
         ("TrimmedMean", lambda: TrimmedMean(beta=beta),
          lambda: flwr_strategies.FedTrimmedAvg(beta=beta)),
-        (f"FABA(f={f})", lambda: FABA(num_malicious_nodes=f), None),
     ]
+    fast = {"Krum", "MultiKrum", f"FABA(f={f})"}
     rows = []
     for d in dims:
-        reps = repeats if d <= 2_000_000 else 1
+        warm = d <= 2_000_000
         fx = build_fixture(d, n, f)
-        # The floor writes into a preallocated matrix (best of the repeats), as
-        # our strategies reuse theirs from round to round.
-        matrix = np.empty((n, d), dtype=np.float32)
-        floor, floor_mb = math.inf, 0.0
-        for _ in range(max(reps, 2)):
-            seconds, extra = floor_seconds(fx, matrix)
-            floor, floor_mb = min(floor, seconds), max(floor_mb, extra)
-        floor_mb += matrix.nbytes / 2**20
-        del matrix
+        floor = _Floor(fx, warm)
+        floor.sample()
         print(f"\n## d = {d:,}, n = {n}, f = {f} (Bulyan f = {bulyan_f}), "
-              f"best of {reps}; floor (copy + Gram) = {floor:.3f} s, "
-              f"+{floor_mb:.0f} MB", flush=True)
-        ours_krum = None
-        for name, ours, theirs in pairs:
-            t_ours, mb_ours = time_call(fx, ours, True, reps)
-            if name == "Krum":
-                ours_krum = t_ours
-            t_flwr, mb_flwr = (time_call(fx, theirs, False, reps) if theirs
-                               else (math.nan, math.nan))
-            row = {"d": d, "n": n, "rule": name, "ours_s": t_ours, "flower_s": t_flwr,
-                   "speedup": t_flwr / t_ours, "ours_over_krum": t_ours / ours_krum,
-                   "ours_over_floor": t_ours / floor, "floor_s": floor,
-                   "ours_peak_mb": mb_ours, "flower_peak_mb": mb_flwr}
-            rows.append(row)
-            print(f"  {name:12s} ours {t_ours:7.3f} s (+{mb_ours:6.0f} MB) | "
-                  f"Flower {t_flwr:7.3f} s (+{mb_flwr:6.0f} MB) | "
-                  f"Flower/ours {row['speedup']:5.2f}x | ours/floor "
-                  f"{row['ours_over_floor']:4.2f} | ours/our Krum "
-                  f"{row['ours_over_krum']:4.2f}", flush=True)
-        del fx
+              f"{'warm (reused) matrices' if warm else 'fresh matrices'}", flush=True)
+        # One untimed round first: library initialisation is not a round's cost.
+        time_once(fx, pairs[0][1](), True, warm)
+        results = {}
+        for name, make_ours, make_theirs in pairs:
+            reps = repeats if warm else (2 if name in fast else 1)
+            ours, theirs = make_ours(), make_theirs() if make_theirs else None
+            t_ours = t_flwr = mb_ours = mb_flwr = math.inf
+            mb_ours = mb_flwr = 0.0
+            for _ in range(reps):
+                floor.sample()
+                seconds, extra = time_once(fx, ours, True, warm)
+                t_ours, mb_ours = min(t_ours, seconds), max(mb_ours, extra)
+                if theirs is not None:
+                    seconds, extra = time_once(fx, theirs, False, warm)
+                    t_flwr, mb_flwr = min(t_flwr, seconds), max(mb_flwr, extra)
+            if theirs is None:
+                t_flwr = mb_flwr = math.nan
+            del ours, theirs
+            gc.collect()
+            results[name] = (reps, t_ours, t_flwr, mb_ours, mb_flwr)
+            print(f"  {name:12s} best of {reps}: ours {t_ours:7.3f} s "
+                  f"(+{mb_ours:6.0f} MB) | Flower {t_flwr:7.3f} s "
+                  f"(+{mb_flwr:6.0f} MB)", flush=True)
+        print(f"  floor (copy + Gram): {floor.best:.3f} s (+{floor.peak_mb:.0f} MB)",
+              flush=True)
+        ours_krum = results["Krum"][1]
+        for name, (reps, t_ours, t_flwr, mb_ours, mb_flwr) in results.items():
+            rows.append({"d": d, "n": n, "rule": name, "runs": reps,
+                         "ours_s": t_ours, "flower_s": t_flwr,
+                         "speedup": t_flwr / t_ours,
+                         "ours_over_krum": t_ours / ours_krum,
+                         "ours_over_floor": t_ours / floor.best,
+                         "floor_s": floor.best, "floor_peak_mb": floor.peak_mb,
+                         "ours_peak_mb": mb_ours, "flower_peak_mb": mb_flwr})
+        del fx, floor
         gc.collect()
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a README table."""
-    lines = ["| d | rule | ours (s) | Flower (s) | Flower / ours | ours / floor | "
-             "ours / our Krum | peak MB ours | peak MB Flower |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| d | rule | runs | ours (s) | Flower (s) | Flower / ours | "
+             "ours / floor | ours / our Krum | peak MB ours | peak MB Flower |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['d']:,} | {r['rule']} | {r['ours_s']:.3f} | {r['flower_s']:.3f} | "
+            f"| {r['d']:,} | {r['rule']} | {r['runs']} | {r['ours_s']:.3f} | "
+            f"{r['flower_s']:.3f} | "
             f"{r['speedup']:.2f}× | {r['ours_over_floor']:.2f} | "
             f"{r['ours_over_krum']:.2f} | {r['ours_peak_mb']:.0f} | "
             f"{r['flower_peak_mb']:.0f} |")
-    floors = {r["d"]: r["floor_s"] for r in rows}
+    floors = {r["d"]: (r["floor_s"], r["floor_peak_mb"]) for r in rows}
     lines.append("")
-    lines += [f"Floor at d = {d:,}: {s:.3f} s (one copy into (n, d) + one Gram)."
-              for d, s in floors.items()]
+    lines += [f"Floor at d = {d:,}: {s:.3f} s, +{mb:.0f} MB (one copy of the "
+              "replies' bytes into (n, d) float32 + one Gram product)."
+              for d, (s, mb) in floors.items()]
     return "\n".join(lines)
 
 
@@ -252,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="Bulyan budget (default: largest with n >= 4f + 3)")
     parser.add_argument("--beta", type=float, default=0.2, help="trimmed-mean beta")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per rule at d <= 2M (one run above)")
+                        help="runs per rule at d <= 2M (above: 2 for the fast "
+                        "rules, 1 for the others)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--json", default=None, help="also write rows to this file")
     args = parser.parse_args(argv)
@@ -266,8 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + markdown(rows))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump([asdict(r) if not isinstance(r, dict) else r for r in rows],
-                      handle, indent=2)
+            json.dump(rows, handle, indent=2)
 
 
 if __name__ == "__main__":
