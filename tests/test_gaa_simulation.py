@@ -1,0 +1,191 @@
+"""GAA learning in Flower's simulation engine (Ray backend, 10 supernodes).
+
+A small generated task: 10 regions with covariate shift, an MLP 32-10-2
+(sigmoid hidden), one full-batch SGD step per round (FedSGD, Δ = −λ g). Seven
+of the ten partitions send random faults: the gradient replaced by
+N(0.5·1, (2e-6)²), i.e. Δ = −λ·g_fault. One simulation runs FedAvg without
+attack, GAA under the static attack and GAA under a pretense attack.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.simulation import run_simulation
+from torch import nn
+
+from flwr_byz.strategy.gaa import GAA
+
+pytestmark = pytest.mark.slow
+
+NUM_NODES = 10
+BYZANTINE = frozenset(range(3, 10))  # partition ids: β = 0.7
+F_IN, HIDDEN, LR = 32, 10, 1.0
+ROUNDS = 25
+PRETENSE_ROUNDS = 8
+
+
+def model() -> nn.Module:
+    return nn.Sequential(nn.Linear(F_IN, HIDDEN), nn.Sigmoid(), nn.Linear(HIDDEN, 2))
+
+
+@functools.cache
+def region(k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples of region k: shifted covariates, labels from the shared task."""
+    w = torch.randn(F_IN, 2, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(1000 + k)
+    shift = 0.5 * torch.randn(F_IN, generator=g)
+    x = torch.randn(m, F_IN, generator=g) + shift
+    y = ((x - shift) @ w + 0.8 * torch.randn(m, 2, generator=g)).argmax(1)
+    return x, y
+
+
+QV = region(100, 10)  # a region no client has; 10 samples
+TEST = region(101, 2000)
+
+client = ClientApp()
+
+
+@client.query()
+def identify(msg: Message, context: Context) -> Message:
+    pid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"identity": ConfigRecord({"partition-id": pid})}),
+                   reply_to=msg)
+
+
+@client.train()
+def train(msg: Message, context: Context) -> Message:
+    pid = int(context.node_config["partition-id"])
+    config = msg.content["config"]
+    rnd = int(config["server-round"])
+    attack = str(config.get("attack", "none"))
+    net = model()
+    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    x, y = region(pid, 200)
+    loss = nn.functional.cross_entropy(net(x), y)
+    net.zero_grad()
+    loss.backward()
+    byzantine = pid in BYZANTINE and (
+        attack == "static"
+        or (attack == "pretense" and rnd > int(config["pretense-rounds"])))
+    gen = torch.Generator().manual_seed(100_000 * pid + rnd)
+    with torch.no_grad():
+        for p in net.parameters():
+            grad = p.grad
+            if byzantine:  # random fault: the gradient is N(0.5, (2e-6)^2)
+                grad = 0.5 + 2e-6 * torch.randn(p.shape, generator=gen)
+            p -= LR * grad
+    metrics = MetricRecord({"num-examples": len(y), "train-loss": float(loss)})
+    return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()),
+                               "metrics": metrics}), reply_to=msg)
+
+
+def _partition_of_nodes(grid: Grid) -> dict[int, int]:
+    deadline = time.monotonic() + 120
+    while len(nodes := list(grid.get_node_ids())) < NUM_NODES:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} of {NUM_NODES} nodes connected")
+        time.sleep(0.2)
+    msgs = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n,
+                    message_type=MessageType.QUERY) for n in nodes]
+    replies = grid.send_and_receive(msgs, timeout=60)
+    return {r.metadata.src_node_id: int(r.content["identity"]["partition-id"])
+            for r in replies}
+
+
+def accuracy(arrays: ArrayRecord) -> float:
+    net = model()
+    net.load_state_dict(arrays.to_torch_state_dict())
+    with torch.no_grad():
+        return float((net(TEST[0]).argmax(1) == TEST[1]).float().mean())
+
+
+@pytest.fixture(scope="module")
+def simulation() -> dict:
+    seen: dict = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        seen["partition"] = _partition_of_nodes(grid)
+        torch.manual_seed(0)
+        initial = ArrayRecord(model().state_dict())
+        seen["fedavg"] = FedAvg(fraction_evaluate=0.0).start(
+            grid=grid, initial_arrays=initial, num_rounds=ROUNDS,
+            train_config=ConfigRecord({"attack": "none"}))
+        for attack in ("static", "pretense"):
+            strategy = GAA(model_factory=model, qv_set=QV, fraction_evaluate=0.0,
+                           seed=0)
+            seen[attack] = strategy.start(
+                grid=grid, initial_arrays=initial, num_rounds=ROUNDS,
+                train_config=ConfigRecord({"attack": attack,
+                                           "pretense-rounds": PRETENSE_ROUNDS}))
+            seen[f"{attack}-strategy"] = strategy
+
+    run_simulation(server_app=server, client_app=client, num_supernodes=NUM_NODES,
+                   backend_config={"client_resources": {"num_cpus": 1,
+                                                        "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": 2}})
+    return seen
+
+
+def honest_mass(metrics: MetricRecord, partition: dict[int, int]) -> float:
+    return sum(c for n, c in zip(metrics["credit-node-ids"], metrics["credits"],
+                                 strict=True) if partition[n] not in BYZANTINE)
+
+
+def test_static_random_fault_majority(simulation):
+    partition = simulation["partition"]
+    result = simulation["static"]
+    trace = [honest_mass(result.train_metrics_clientapp[r], partition)
+             for r in range(1, ROUNDS + 1)]
+    print("honest credit mass per round:", [round(m, 4) for m in trace])
+    assert trace[-1] >= 0.9
+    assert min(trace[1:]) >= 0.9  # from the second round on
+    acc_gaa = accuracy(result.arrays)
+    acc_fedavg = accuracy(simulation["fedavg"].arrays)
+    print(f"accuracy: GAA attacked {acc_gaa:.4f}, FedAvg no attack {acc_fedavg:.4f}")
+    assert acc_gaa >= acc_fedavg - 0.05
+    detected = simulation["static-strategy"].detect(len(BYZANTINE))
+    assert {partition[n] for n in detected} == BYZANTINE
+
+
+def test_round_metrics_hold_the_full_credit_trace(simulation):
+    result = simulation["static"]
+    for r in range(1, ROUNDS + 1):
+        m = result.train_metrics_clientapp[r]
+        assert len(m["credit-node-ids"]) == NUM_NODES
+        assert abs(sum(m["credits"]) - 1.0) < 1e-6
+        assert m["policy-updated"] == int(r % 5 == 0)
+        for key in ("qv-loss-before", "qv-loss-after", "reward"):
+            assert key in m
+        assert abs(sum(m["weights"]) - 1.0) < 1e-5
+
+
+def test_pretense_attack_loses_credit_within_a_few_windows(simulation):
+    partition = simulation["partition"]
+    result = simulation["pretense"]
+    trace = [honest_mass(result.train_metrics_clientapp[r], partition)
+             for r in range(1, ROUNDS + 1)]
+    print("honest credit mass per round:", [round(m, 4) for m in trace])
+    # While everyone is honest, the future attackers keep real credit ...
+    assert trace[PRETENSE_ROUNDS - 1] < 0.9
+    # ... and lose it within two windows of turning.
+    assert min(trace[PRETENSE_ROUNDS + 10:]) >= 0.9
+    assert trace[-1] >= 0.9
+    assert accuracy(result.arrays) >= accuracy(simulation["fedavg"].arrays) - 0.05
