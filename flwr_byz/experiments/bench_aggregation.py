@@ -11,11 +11,16 @@ rule, its ratio to the float32 Gram floor ``x @ x.T`` measured in the same run, 
 its peak extra memory. Two floors are timed alongside: one read of the matrix
 (``x.sum()``) and one float32 Gram product.
 
-Memory: every rule (and floor) runs in a fresh subprocess that builds the matrix in
-place (``torch.empty(...).normal_()``, no temporary), then records the process's
-resident-set high-water mark (``getrusage(RUSAGE_SELF).ru_maxrss``) before and after
-the timed calls. The difference is the peak memory the rule added on top of the
-matrix, as the OS saw it (torch temporaries, BLAS buffers, Python objects included).
+Time: one process builds the matrix and runs ``repeat`` rounds, each round calling
+every rule once (interleaved, so load from other processes on a shared machine hits
+all rules alike); the table shows each rule's best time.
+
+Memory: every rule (and floor) then runs once more in a fresh subprocess that builds
+the same matrix in place (``torch.empty(...).normal_()``, no temporary), resets the
+kernel's peak-RSS mark to the current RSS (``/proc/self/clear_refs``, Linux), calls the
+rule and reads the new peak (``VmHWM``). The difference is the most memory the call
+added on top of the matrix, as the OS saw it (torch temporaries, BLAS buffers,
+Python objects, the result). It is measured cold (first call in the process).
 Rules that refuse the configuration (Bulyan needs ``n >= 4f+3``, brute force refuses
 ``C(n, f)`` above ``max_subsets``) are shown with their error message; Bulyan is then
 also timed with the largest ``f`` it accepts.
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import math
 import subprocess
 import sys
 import time
@@ -63,34 +68,78 @@ def _load() -> str:
         return "n/a"
 
 
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(key)
+
+
+def _reset_peak() -> int:
+    """Reset the peak-RSS mark to the current RSS (Linux >= 4.0); return RSS bytes."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status_kib("VmRSS") * 1024
+
+
+def _peak() -> int:
+    return _status_kib("VmHWM") * 1024
+
+
+def _matrix(n: int, d: int, f: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.empty(n, d).normal_(generator=gen)  # in place: no temporary
+    x[:f] += 1.0  # f shifted rows, so the robust rules have something to remove
+    return x
 
 
 def _worker(
     case: str, n: int, d: int, f: int, repeat: int, seed: int, threads: int
 ) -> dict:
+    """Peak extra memory of one call, in a fresh process (see the module docstring)."""
     if threads > 0:
         torch.set_num_threads(threads)
     fn = _cases(n, f)[case]
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.empty(n, d).normal_(generator=gen)
-    x[:f] += 1.0  # f shifted rows, so the robust rules have something to remove
-    before = _maxrss_bytes()
-    times = []
+    x = _matrix(n, d, f, seed)
+    before = _reset_peak()
     try:
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
+        fn(x)
     except ValueError as err:
         return {"case": case, "error": str(err)}
     return {
         "case": case,
-        "best": min(times),
-        "extra": max(0, _maxrss_bytes() - before),
+        "extra": max(0, _peak() - before),
         "matrix": x.numel() * x.element_size(),
     }
+
+
+def _timings(
+    cases: list[str], n: int, d: int, f: int, repeat: int, seed: int
+) -> dict[str, float | str]:
+    """Best-of-``repeat`` wall time per case, interleaved.
+
+    Every round runs every case once, so a burst of load from other processes on a
+    shared machine hits all cases alike instead of one rule's whole series.
+    """
+    fns = _cases(n, f)
+    x = _matrix(n, d, f, seed)
+    best: dict[str, float | str] = {}
+    for _ in range(repeat):
+        for case in cases:
+            if isinstance(best.get(case), str):
+                continue  # refused once: refuses always
+            start = time.perf_counter()
+            try:
+                fns[case](x)
+            except ValueError as err:
+                best[case] = str(err)
+                continue
+            elapsed = time.perf_counter() - start
+            best[case] = min(elapsed, best.get(case, math.inf))
+        print(".", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return best
 
 
 def _run_case(
@@ -122,28 +171,36 @@ def _run_case(
 
 
 def _table(
-    rows: list[dict], n: int, d: int, repeat: int, threads: int, load: str
+    times: dict[str, float | str],
+    memory: dict[str, dict],
+    n: int,
+    d: int,
+    repeat: int,
+    threads: int,
+    load: str,
 ) -> str:
-    gram = next(r["best"] for r in rows if r["case"].startswith("floor: float32 Gram"))
-    matrix_mb = n * d * 4 / 2**20
+    gram = next(t for c, t in times.items() if c.startswith("floor: float32 Gram"))
+    assert isinstance(gram, float)
+    matrix = n * d * 4
     lines = [
-        f"n = {n}, d = {d:,} (matrix {matrix_mb:,.0f} MiB float32), "
-        f"best of {repeat}, torch {torch.__version__}, "
-        f"{threads or torch.get_num_threads()} threads, "
+        f"n = {n}, d = {d:,} (matrix {matrix / 2**20:,.0f} MiB float32), "
+        f"best of {repeat} interleaved rounds, torch {torch.__version__}, "
+        f"{threads or torch.get_num_threads()} thread(s), "
         f"1-min load average at start {load} (2 cores)",
         "",
         "| rule | time (s) | × Gram floor | peak extra memory (MiB) | × matrix |",
         "|---|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['case']} | refused: {r['error']} | | | |")
+    for case, t in times.items():
+        if isinstance(t, str):
+            lines.append(f"| {case} | refused: {t} | | | |")
             continue
-        extra = r["extra"] / 2**20
-        lines.append(
-            f"| {r['case']} | {r['best']:.4f} | {r['best'] / gram:.2f} | "
-            f"{extra:,.1f} | {r['extra'] / r['matrix']:.2f} |"
-        )
+        mem = memory.get(case, {})
+        if "extra" in mem:
+            extra = f"{mem['extra'] / 2**20:,.1f} | {mem['extra'] / matrix:.2f}"
+        else:
+            extra = f"n/a ({mem.get('error', 'not measured')}) |"
+        lines.append(f"| {case} | {t:.4f} | {t / gram:.2f} | {extra} |")
     return "\n".join(lines)
 
 
@@ -181,24 +238,28 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
         return
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.n < 1 or args.f < 0 or args.repeat < 1 or any(d < 1 for d in dims):
         parser.error("need --n >= 1, --f >= 0, --repeat >= 1 and every d >= 1")
     for d in dims:
-        rows = []
         load = _load()
         wanted = [w.strip() for w in args.rules.split(",") if w.strip()]
-        for case in _cases(args.n, args.f):
-            if (
-                wanted
-                and not case.startswith("floor")
-                and not any(w in case for w in wanted)
-            ):
+        cases = [
+            c
+            for c in _cases(args.n, args.f)
+            if c.startswith("floor") or not wanted or any(w in c for w in wanted)
+        ]
+        times = _timings(cases, args.n, d, args.f, args.repeat, args.seed)
+        memory = {}
+        for case in cases:
+            if isinstance(times[case], str):
                 continue
-            rows.append(
-                _run_case(case, args.n, d, args.f, args.repeat, args.seed, args.threads)
+            memory[case] = _run_case(
+                case, args.n, d, args.f, 1, args.seed, args.threads
             )
-            print(f"  {case}: done", file=sys.stderr, flush=True)
-        print(_table(rows, args.n, d, args.repeat, args.threads, load))
+            print(f"  memory {case}: done", file=sys.stderr, flush=True)
+        print(_table(times, memory, args.n, d, args.repeat, args.threads, load))
         print(flush=True)
 
 
