@@ -110,10 +110,10 @@ def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Te
     BLAS rounds entries differently depending on where they sit in the output tile,
     so two copies of one update (a classic Byzantine move) could get distances that
     differ in the last bit and break "ties by lowest index". Pairs whose computed
-    distance is within rounding of zero are compared exactly (each row against the
-    first row of its group only, so at most one extra read of the matrix, and none
-    when there are no near-duplicates), and confirmed copies get the Gram row and
-    column of their group's first row.
+    distance is within rounding of zero are compared exactly (a row only against
+    earlier rows that are near it and first of their group; nothing is read when no
+    pair is that near), and confirmed copies get the Gram row and column of their
+    group's first row.
     """
     n = gram.shape[0]
     diag = gram.diagonal()
