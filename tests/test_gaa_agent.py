@@ -66,7 +66,7 @@ def reference_gradient(policy: nn.Module, objective: QVObjective,
         obs = Observation(tuple(ids), u, th_obs, f0, feats)
         prev = logits.detach() if not exact else logits
         new = policy(obs, prev)
-        new = torch.maximum(new, new.max().detach() - 100.0)
+        new = torch.maximum(new, new.max().detach() - 1e4)
         alpha = torch.softmax(new, 0)
         th_in = theta if exact else theta.detach()
         nxt = th_in + alpha @ u

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 from collections.abc import Iterable
@@ -73,7 +74,7 @@ def _reply(instruction: Message, state: dict[str, torch.Tensor], m: int) -> Mess
 
 
 def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
-             max_paper_params: int) -> dict:
+             max_paper_params: int, verbose: bool = False) -> dict:
     """One configuration; returns timings, detection and accuracy."""
     dataset, n = CASES[case]
     cfg = {"dataset": dataset, "seed": seed, "qv-size": 10}
@@ -129,6 +130,10 @@ def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
         net.load_state_dict(arrays.to_torch_state_dict())
         credits = dict(zip(metrics["credit-node-ids"], metrics["credits"],
                            strict=True))
+        if verbose:
+            logits = strategy.agent.logits
+            print(rnd, " ".join(f"{'B' if i - 1000 in byz else 'h'}{i - 1000}:"
+                                f"{float(logits[i]):.1f}" for i in sorted(logits)))
         trace.append(sum(c for i, c in credits.items() if i - 1000 not in byz))
         if rnd > rounds // 3:
             for label, k in ks.items():
@@ -151,6 +156,29 @@ def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
     }
 
 
+def fedavg_accuracy(case: str, rounds: int, seed: int) -> float:
+    """Accuracy of plain FedSGD averaging with every client honest (reference)."""
+    dataset, n = CASES[case]
+    cfg = {"dataset": dataset, "seed": seed, "qv-size": 10}
+    server = load_server_data(cfg, n)
+    parts = [load_partition(cfg, p, n).train for p in range(n)]
+    torch.manual_seed(seed)
+    net = build_model("auto", server.num_features, server.num_classes)
+    for _ in range(rounds):
+        grads = []
+        for data in parts:
+            net.zero_grad()
+            torch.nn.functional.cross_entropy(net(data.features),
+                                              data.labels).backward()
+            grads.append([p.grad.clone() for p in net.parameters()])
+        with torch.no_grad():
+            for i, p in enumerate(net.parameters()):
+                p -= LR * torch.stack([g[i] for g in grads]).mean(0)
+    with torch.no_grad():
+        return float((net(server.test.features).argmax(1)
+                      == server.test.labels).float().mean())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -164,9 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     rows = []
+    reference = {}
     for case in args.cases.split(","):
+        reference[case] = fedavg_accuracy(case, args.rounds, args.seed)
+        print(json.dumps({"case": case, "fedavg_no_attack_accuracy":
+                          reference[case]}), flush=True)
         for beta in (float(b) for b in args.betas.split(",")):
             for policy in args.policies.split(","):
                 try:
@@ -178,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print("\n| case | β | policy | GAA ms/round | FedAvg ms | ratio | "
-          "P/R K=1 | P/R K=βn/3 | P/R K=βn | honest credit (end) | accuracy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "P/R K=1 | P/R K=βn/3 | P/R K=βn | honest credit (end) | accuracy | "
+          "FedAvg no attack |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['case']} | {r['beta']} | {r['policy']} | refused: "
@@ -192,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['gaa_ms_median']:.1f} | {r['fedavg_ms_median']:.1f} | "
               f"{r['gaa_ms_median'] / r['fedavg_ms_median']:.1f}× | "
               f"{' | '.join(det)} | {r['honest_credit_trace'][-1]:.4f} | "
-              f"{r['final_accuracy']:.3f} |")
+              f"{r['final_accuracy']:.3f} | {reference[r['case']]:.3f} |")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(rows, handle, indent=1)

@@ -118,8 +118,8 @@ class GAAAgent:
     max_paper_policy_params : int
         Refusal limit for ``policy="paper"``.
     log_credit_gap : float
-        No credit falls below ``exp(−log_credit_gap)`` times the largest one
-        in a round, so a node can earn trust back.
+        No log-credit falls more than this below the largest one in a round
+        (keeps logits finite; trust comes back through the policy's decay).
     seed : int
         Seeds the paper policy's initialisation and the trusted worker's batches.
     """
@@ -137,7 +137,7 @@ class GAAAgent:
         step_size: float = 1.0,
         trusted: TrustedWorker | None = None,
         max_paper_policy_params: int = 20_000_000,
-        log_credit_gap: float = 100.0,
+        log_credit_gap: float = 1e4,
         seed: int = 0,
     ) -> None:
         if isinstance(policy, str) and policy not in POLICIES:
@@ -198,8 +198,9 @@ class GAAAgent:
         """
         if k < 0:
             raise ValueError(f"k: got {k}; allowed: k >= 0")
-        cred = {i: c for i, c in self.credits().items() if i != TRUSTED_NODE_ID}
-        return sorted(cred, key=lambda i: (cred[i], i))[:k]
+        # Log-credits order nodes like credits but never underflow into ties.
+        logit = {i: float(v) for i, v in self.logits.items() if i != TRUSTED_NODE_ID}
+        return sorted(logit, key=lambda i: (logit[i], i))[:k]
 
     # --------------------------------------------------------------- the round
     def step(
@@ -299,7 +300,7 @@ class GAAAgent:
         prev = _prev_logits(obs.node_ids, logits, self.device)
         new = self.policy(obs, prev)
         # A floor relative to the best node (constant within the round) keeps
-        # every node able to earn trust back, and logits finite.
+        # logits finite.
         new = torch.maximum(new, new.max().detach() - self.log_credit_gap)
         return new, torch.softmax(new, dim=0)
 
