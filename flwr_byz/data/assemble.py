@@ -29,12 +29,17 @@ def _stats(x: torch.Tensor, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor
 
 
 def client_view(
-    x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, partition_id: int
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: DataConfig,
+    partition_id: int,
+    what: str = "",
 ) -> ClientData:
     """Split one partition's raw samples and standardise with its train statistics."""
-    check_finite(x, f"partition {partition_id}")
+    what = what or f"partition {partition_id}"
+    check_finite(x, what)
     train_idx, test_idx = train_test_indices(
-        len(y), cfg.test_fraction, cfg.seed, partition_id
+        len(y), cfg.test_fraction, cfg.seed, partition_id, what
     )
     tr = torch.from_numpy(train_idx)
     te = torch.from_numpy(test_idx)
@@ -45,8 +50,11 @@ def client_view(
     )
 
 
-def standardised(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig) -> LabeledData:
+def standardised(
+    x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, what: str = "server data"
+) -> LabeledData:
     """``(x, y)`` standardised with its own statistics (a server-side set)."""
+    check_finite(x, what)
     return LabeledData(standardise(x, _stats(x, cfg)), y.clone())
 
 
@@ -72,4 +80,3 @@ def check_labels(y: torch.Tensor, num_classes: int, what: str) -> None:
             f"{what} has labels in [{int(y.min())}, {int(y.max())}] but the dataset "
             f"has {num_classes} classes (labels 0..{num_classes - 1})"
         )
-

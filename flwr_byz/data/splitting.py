@@ -11,13 +11,17 @@ MIN_TRAIN_SAMPLES = 2
 
 
 def train_test_indices(
-    num_samples: int, test_fraction: float, seed: int, partition_id: int
+    num_samples: int,
+    test_fraction: float,
+    seed: int,
+    partition_id: int,
+    what: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(num_samples)`` into train and local-test indices.
 
     ``round(test_fraction * num_samples)`` samples (at least one when
     ``test_fraction > 0``) go to the test part, chosen by a permutation seeded with
-    ``(seed, partition_id)``.
+    ``(seed, partition_id)``. ``what`` names the partition in errors.
 
     Raises
     ------
@@ -29,7 +33,8 @@ def train_test_indices(
         n_test = max(n_test, 1)
     if num_samples - n_test < MIN_TRAIN_SAMPLES:
         raise ValueError(
-            f"partition {partition_id} has {num_samples} samples; with test-fraction "
+            f"{what or f'partition {partition_id}'} has {num_samples} samples; "
+            f"with test-fraction "
             f"{test_fraction} at least {MIN_TRAIN_SAMPLES} must remain for training"
         )
     perm = rng_for(seed, SPLIT_STREAM, partition_id).permutation(num_samples)
