@@ -155,3 +155,26 @@ def test_alie_tampers_exactly_the_chosen_nodes_in_simulation() -> None:
         else:
             assert got["w"].tobytes() == _honest_reply(sent, pid).tobytes()
             assert ("extra" in got) == (pid == BROKEN)
+
+
+def test_from_run_config_wraps_only_server_side_attacks() -> None:
+    inner = FedAvg()
+    partitions = {101: 0, 102: 1, 103: 2, 104: 3, 105: 4, 106: 5, 107: 6, 108: 7}
+    # Attacks the malicious clients run are not wrapped (no double tampering).
+    for cfg in ({}, {"attack": "random-fault", "byzantine-fraction": 0.25}):
+        assert ServerSideAttack.from_run_config(inner, cfg, partitions) is inner
+    cfg = {
+        "attack": "ipm",
+        "byzantine-partitions": "1,6",
+        "seed": 4,
+        "ipm-epsilon": 2.0,
+    }
+    wrapped = ServerSideAttack.from_run_config(inner, cfg, partitions)
+    assert isinstance(wrapped, ServerSideAttack)
+    assert wrapped.byzantine_node_ids == [102, 107]
+    assert wrapped.config["ipm-epsilon"] == 2.0
+    assert wrapped.seed == 4
+    side = {"attack": "sign-flip", "attack-side": "server", "byzantine-fraction": 0.25}
+    forced = ServerSideAttack.from_run_config(inner, side, partitions)
+    assert isinstance(forced, ServerSideAttack)
+    assert len(forced.byzantine_node_ids) == 2

@@ -22,8 +22,10 @@ from .config import (
     DEFAULT_LEARNING_RATE,
     OMNISCIENT_ATTACKS,
     UPDATE_ATTACKS,
+    byzantine_partitions,
     check_attack_config,
     merged,
+    resolve_side,
     role_for,
 )
 from .omniscient import alie, alie_z, ipm, min_max, min_sum
@@ -100,6 +102,45 @@ class ServerSideAttack(Strategy):
         self.learning_rate = float(learning_rate)
         self.tampered: dict[int, list[int]] = {}
         self._sent: dict[int, dict[str, np.ndarray]] = {}
+
+    @classmethod
+    def from_run_config(
+        cls,
+        strategy: Strategy,
+        run_config: Mapping[str, Any],
+        node_partitions: Mapping[int, int],
+    ) -> Strategy:
+        """Wrap ``strategy`` when the run config asks for a server-side attack.
+
+        Returns ``strategy`` itself when ``resolve_side(run_config)`` is not
+        ``"server"`` (no attack, or an attack the malicious clients run — wrapping
+        then would tamper those replies twice).
+
+        Parameters
+        ----------
+        strategy : Strategy
+            The defence.
+        run_config : Mapping
+            Flower run config (``attack``, ``attack-side``, pattern keys, ``seed``,
+            ``learning-rate``, ``byzantine-fraction`` / ``byzantine-partitions``).
+        node_partitions : Mapping[int, int]
+            node id -> partition id of every node in the federation (the answers
+            to the ClientApp's ``query``); partitions key the roles and noise exactly
+            as :func:`byzantine_mod` would.
+        """
+        if resolve_side(run_config) != "server":
+            return strategy
+        chosen = set(byzantine_partitions(run_config, len(node_partitions)))
+        nodes = [nid for nid, pid in node_partitions.items() if pid in chosen]
+        return cls(
+            strategy,
+            str(run_config["attack"]),
+            nodes,
+            int(run_config.get("seed", 0)),
+            config=run_config,
+            node_keys=dict(node_partitions),
+            learning_rate=float(run_config.get("learning-rate", DEFAULT_LEARNING_RATE)),
+        )
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes this wrapper lacks: expose the defence's.
