@@ -24,6 +24,25 @@ YELP = {"dataset": "yelp-style", "seed": 3}
 HEALTH = {"dataset": "healthcare-style", "seed": 3}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny matrices on 2 shared cores: extra threads only add contention.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def yelp_clients(_one_thread) -> list[ClientData]:
+    return _clients(YELP, 10)
+
+
+@pytest.fixture(scope="module")
+def yelp_server(_one_thread):
+    return load_server_data(YELP, 10)
+
+
 def _paper_mlp(num_classes: int, seed: int = 0) -> torch.nn.Module:
     # DESIGN §7: 1024-10-2 (Yelp) and 1024-32-10 (Healthcare), sigmoid hidden.
     torch.manual_seed(seed)
@@ -138,23 +157,22 @@ def test_regions_differ_covariate_and_label_prior_shift() -> None:
     assert between > 2 * max(_half_distance(z) for z in proj), between
 
 
-def test_qv_region_is_no_clients_region() -> None:
+def test_qv_region_is_no_clients_region(yelp_clients, yelp_server) -> None:
     pool, _ = generate_qv_pool(YELP_STYLE, 3)
     within = _half_distance(pool)
     for r in range(30):
         x, _ = generate_region(YELP_STYLE, 3, r, 200)
         assert (pool.mean(0) - x.mean(0)).norm().item() > 3 * within, r
     # The server's QV set is drawn from that pool, not from any client's data.
-    server = load_server_data(YELP, 10)
     for r in range(10):
-        client = load_partition(YELP, r, 10).train.features
+        client = yelp_clients[r].train.features
+        server = yelp_server
         dists = torch.cdist(server.qv.features, client)
         assert dists.min().item() > 1.0, r
 
 
-def test_yelp_style_central_accuracy_in_band() -> None:
-    clients = _clients(YELP, 10)
-    server = load_server_data(YELP, 10)
+def test_yelp_style_central_accuracy_in_band(yelp_clients, yelp_server) -> None:
+    clients, server = yelp_clients, yelp_server
     acc = _accuracy(
         _train_central(clients, 2), server.test.features, server.test.labels
     )
@@ -171,10 +189,11 @@ def test_healthcare_style_central_accuracy_in_band() -> None:
 
 
 @pytest.mark.parametrize(("local_steps", "lr"), [(1, 0.3), (5, 0.1)])
-def test_yelp_style_federated_from_random_init(local_steps: int, lr: float) -> None:
+def test_yelp_style_federated_from_random_init(
+    local_steps: int, lr: float, yelp_clients, yelp_server
+) -> None:
     """The app's main job: 10 honest clients, full-batch local SGD, mean of updates."""
-    clients = _clients(YELP, 10)
-    server = load_server_data(YELP, 10)
+    clients, server = yelp_clients, yelp_server
     model = _paper_mlp(2)
     start = _accuracy(model, server.test.features, server.test.labels)
     for _ in range(20):
