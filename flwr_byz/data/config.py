@@ -10,10 +10,13 @@ from :data:`DATA_DEFAULTS`:
     ``"uoft-cs/cifar10"``).
 ``data-path``
     ``files``: the data file (``.parquet``, ``.csv``, ``.npz``). Required for ``files``.
+    Hugging Face: optional, passed as ``data_files={"train": data-path}`` (for the
+    packaged builders ``"parquet"``, ``"csv"``, ``"json"``, ``"imagefolder"``).
 ``test-path``
-    Optional global test file (``files``); ``""`` = the union of every partition's
-    ``test-fraction`` (the papers' "removed a fraction of data samples from each
-    worker to form the test set").
+    Optional global test file (``files``; Hugging Face: ``data_files["test"]``);
+    ``""`` = the ``test`` split of a Hugging Face dataset if it has one, else the
+    union of every partition's ``test-fraction`` (the papers' "removed a fraction
+    of data samples from each worker to form the test set").
 ``label-column``
     Integer label column (labels must be ``0..C-1``).
 ``feature-columns``

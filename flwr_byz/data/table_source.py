@@ -90,7 +90,13 @@ def _cached_federation(
     else:
         from flwr_byz.data.huggingface import hub_federation
 
-        fed = hub_federation(cfg, num_partitions)
+        kwargs = {}
+        if cfg.data_path:  # local files through a packaged builder ("parquet", ...)
+            files = {TRAIN_SPLIT: cfg.data_path}
+            if cfg.test_path:
+                files[TEST_SPLIT] = cfg.test_path
+            kwargs["data_files"] = files
+        fed = hub_federation(cfg, num_partitions, **kwargs)
     return fed, describe(fed, cfg)
 
 
