@@ -177,3 +177,28 @@ def test_missing_split_for_qv(parquet_mnist) -> None:
     cfg = _hf_cfg(parquet_mnist, **{"qv-source": "split:validation"})
     with pytest.raises(ValueError, match=r"'split:validation'.*no split 'validation'"):
         load_server_data(cfg, 4)
+
+
+def test_unknown_hugging_face_name_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    cfg = {
+        "dataset": "no-such-dataset-xyz",
+        "partitioning": "iid",
+        "qv-source": "partition:0",
+    }
+    with pytest.raises(
+        ValueError, match=r"'dataset' = 'no-such-dataset-xyz'.*'yelp-style'"
+    ):
+        load_partition(cfg, 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"), [("yelp_style", "yelp-style"), ("file", "files")]
+)
+def test_typo_of_a_built_in_name_is_not_looked_up_online(typo, meant) -> None:
+    from flwr_byz.data import check_data_config
+
+    with pytest.raises(
+        ValueError, match=rf"'dataset' = '{typo}'.*did you mean '{meant}'"
+    ):
+        check_data_config({"dataset": typo})

@@ -54,6 +54,7 @@ from :data:`DATA_DEFAULTS`:
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -176,8 +177,13 @@ def parse_data_config(cfg: Mapping[str, Any]) -> DataConfig:
         Naming the key, the bad value and the allowed values.
     """
     dataset = _str(cfg, "dataset")
+    kinds = " | ".join(f"'{d}'" for d in DATASET_KINDS)
     if not dataset:
-        raise _bad("dataset", dataset, " | ".join(f"'{d}'" for d in DATASET_KINDS))
+        raise _bad("dataset", dataset, kinds)
+    near = difflib.get_close_matches(dataset, [*GENERATED, "files"], n=1, cutoff=0.75)
+    if near and near[0] != dataset:
+        # A typo of a built-in name would otherwise be looked up on the Hub.
+        raise _bad("dataset", dataset, f"{kinds} (did you mean {near[0]!r}?)")
     partitioning = _str(cfg, "partitioning")
     if partitioning not in PARTITIONINGS:
         raise _bad("partitioning", partitioning, " | ".join(PARTITIONINGS))

@@ -32,7 +32,7 @@ from flwr_byz.data.columns import (
     label_values,
     num_classes_of,
 )
-from flwr_byz.data.config import DataConfig
+from flwr_byz.data.config import DATASET_KINDS, DataConfig
 from flwr_byz.data.files import read_labeled_file, read_table_file
 from flwr_byz.data.labeled_data import LabeledData
 from flwr_byz.data.local_federation import LocalFederation
@@ -97,6 +97,16 @@ def _cached_federation(
                 files[TEST_SPLIT] = cfg.test_path
             kwargs["data_files"] = files
         fed = hub_federation(cfg, num_partitions, **kwargs)
+        try:
+            return fed, describe(fed, cfg)
+        except (OSError, datasets.exceptions.DatasetNotFoundError) as err:
+            # ConnectionError / FileNotFoundError are OSErrors: unknown name,
+            # no network, or a missing data file.
+            raise ValueError(
+                f"run config 'dataset' = {cfg.dataset!r}: could not load it as a "
+                f"Hugging Face dataset ({type(err).__name__}: {err}); allowed: "
+                f"{' | '.join(repr(k) for k in DATASET_KINDS)}"
+            ) from err
     return fed, describe(fed, cfg)
 
 
