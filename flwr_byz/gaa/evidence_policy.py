@@ -57,21 +57,30 @@ class EvidencePolicy(nn.Module):
 
     Evidence accumulates, so one noisy round cannot undo many consistent ones
     (a greedy, per-round credit chases the attackers whenever one honest
-    update happens to raise the QV loss). Before any learning, ``g_ψ`` is a
-    fixed linear read-out that already separates random faults in the first
-    round:
+    update happens to raise the QV loss), and only a shortfall of more than
+    ``slack`` nats behind the best-scoring worker costs credit, so honest
+    workers from different regions are not ranked against each other on a
+    10-sample QV set. Before any learning ``g_ψ`` is a fixed linear read-out
+    that already removes random faults in the first round:
 
-    * ``qv-gain`` (weight ``gain_weight``): the relative QV-loss decrease if
-      Δ_i alone were applied — the finite-difference reward of the worker;
+    * ``excess-norm`` (weight ``-norm_weight``): how far log ‖Δ_i‖ exceeds
+      log(NORM_SLACK × reference), the reference being the NORM_QUANTILE
+      quantile of the norms *weighted by the previous credits*. With uniform
+      credit it is an honest norm even when most workers send huge updates;
+      afterwards the trusted workers set it, so a huge update cannot win
+      credit back with a neutral-looking direction. Random faults are 10²–10³
+      times an honest norm: tens of nats in round one.
+    * ``qv-gain`` (weight ``gain_weight``): the QV-loss decrease if Δ_i alone
+      were applied, relative to ``f_B(θ_t)`` — the finite-difference reward;
     * ``cos-qv-descent`` (weight ``descent_weight``): alignment with
       −∇f_B(θ_t). A huge random update can *lower* the QV loss of a freshly
       initialised model by collapsing it to the label prior, so the realised
-      gain alone is fooled in round one; the direction is not;
-    * ``excess-norm`` (weight ``-norm_weight``): how far the norm exceeds
-      NORM_SLACK × the median norm *weighted by the previous credits* — the
-      trusted group sets the scale, so a majority of huge updates cannot
-      make itself the reference, and an attacker cannot win credit back by
-      neutral-looking directions while its norm would wreck the step.
+      gain alone is fooled in round one; the direction is not.
+
+    The two QV read-outs are weak at the start on purpose: with a tiny QV set
+    from another region they also punish honest heterogeneity (the model
+    over-fits the QV set through the worker closest to it); learning decides
+    how much they should count.
 
     Learning ψ refines the weights of every input from the window loss.
 
@@ -99,8 +108,8 @@ class EvidencePolicy(nn.Module):
 
     def __init__(
         self,
-        gain_weight: float = 10.0,
-        descent_weight: float = 1.0,
+        gain_weight: float = 1.0,
+        descent_weight: float = 0.2,
         norm_weight: float = 10.0,
         hidden: int = 16,
         slack: float = 5.0,
