@@ -175,7 +175,7 @@ def _node(context: Context) -> _Node:
             model.to(device),
             device,
         )
-        if len(_NODES) >= 16:  # a simulation actor may serve many partitions
+        if len(_NODES) >= 64:  # a simulation actor may serve many partitions
             _NODES.pop(next(iter(_NODES)))
         _NODES[key] = node
     return node
