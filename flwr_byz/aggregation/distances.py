@@ -4,11 +4,13 @@
 the rows share a large common component: the error is about ``eps · ‖a‖²`` while the
 distance may be far smaller. We therefore
 
-1. centre every row on a *reference row* before the product — distances are
-   translation invariant, and after centring the norms are of the order of the
-   distances themselves. The reference is the medoid of a small column sample (1/32
-   of the columns, at most 8192), so one far-away Byzantine row cannot become the
-   centre;
+1. centre every row on a *reference row* — distances are translation invariant, and
+   after centring the norms are of the order of the distances themselves. The
+   reference is the medoid of a small column sample (1/32 of the columns, at most
+   8192), so one far-away Byzantine row cannot become the centre. When the rows are
+   already about as long around the origin as around the reference (squared-norm
+   ratio <= 4, checked on the sample and again on every chunk), the centred Gram is
+   obtained from the plain one by n × n algebra, which saves the centring copy;
 2. multiply in column chunks in the input precision (float32 stays float32 so the
    product runs at BLAS speed) and accumulate the chunk Grams in float64, so the
    accumulation error does not grow with ``d``.
@@ -23,6 +25,8 @@ from it but close to each other — while a plain float32 Gram is off by more th
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from flwr_byz.aggregation.validation import check_updates
@@ -32,6 +36,10 @@ _CUDA_CHUNK = 1 << 20
 _SAMPLE_BLOCK = 512
 _SAMPLE_FRACTION = 32
 _SAMPLE_MAX = 8_192
+# An uncentred product is used only where rows are at most this many times longer
+# (squared) around the origin than around the reference row: its rounding error is
+# then at most this factor times that of the centred product.
+_MAX_CONDITIONING = 4.0
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -51,20 +59,36 @@ def _sample_columns(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[:, s : s + _SAMPLE_BLOCK] for s in starts], dim=1)
 
 
-def reference_row(x: torch.Tensor) -> int:
-    """Index of the medoid of a column sample: a central row to centre the Gram on.
+def _centre_gram(gram: torch.Tensor, ref: int) -> torch.Tensor:
+    """Gram of the rows centred on row ``ref``, from the plain Gram (n × n algebra)."""
+    col = gram[:, ref]
+    return gram - col[:, None] - col[None, :] + gram[ref, ref]
+
+
+def _conditioning(gram: torch.Tensor, centred: torch.Tensor) -> float:
+    """How much larger the rows' squared norms are than around the reference row."""
+    spread = float(centred.diagonal().max())
+    size = float(gram.diagonal().max())
+    return math.inf if spread <= 0.0 < size else size / max(spread, 1e-300)
+
+
+def reference_row(x: torch.Tensor) -> tuple[int, float]:
+    """The medoid of a column sample (a central row to centre the Gram on), and how
+    ill-conditioned an uncentred Gram product would be on that sample.
 
     The choice only affects rounding, never which distances are computed.
     """
     n = x.shape[0]
-    if n <= 2:
-        return 0
     sample = _sample_columns(x).to(_work_dtype(x))
+    raw = (sample @ sample.T).to(torch.float64).cpu()
+    if n <= 2:
+        return 0, _conditioning(raw, _centre_gram(raw, 0))
     sample = sample - sample.mean(dim=0)
     gram = (sample @ sample.T).to(torch.float64)
     sq = sq_distances_from_gram(gram.cpu())
     sums = sq.sqrt().sum(dim=1).tolist()
-    return min(range(n), key=lambda i: (sums[i], i))
+    ref = min(range(n), key=lambda i: (sums[i], i))
+    return ref, _conditioning(raw, _centre_gram(raw, ref))
 
 
 def centred_gram(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -88,13 +112,30 @@ def centred_gram(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     if chunk is None:
         chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
     work = _work_dtype(x)
-    ref = x[reference_row(x)].to(work)
+    ref_row, conditioning = reference_row(x)
+    ref = x[ref_row].to(work)
+    # Well-conditioned data (rows about as long as their distances) need no explicit
+    # centring: the centred Gram follows from the plain one by n × n algebra, and
+    # each chunk is checked; only chunks that cancel are redone centred.
+    try_plain = conditioning <= _MAX_CONDITIONING
     width = min(chunk, d)
-    buf = torch.empty(n, width, dtype=work, device=x.device)
+    buf = torch.empty(n, width if not try_plain else 0, dtype=work, device=x.device)
     part = torch.empty(n, n, dtype=work, device=x.device)
     gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     for start in range(0, d, width):
         stop = min(start + width, d)
+        if try_plain:
+            cols = x[:, start:stop]
+            if cols.dtype != work:
+                cols = cols.to(work)
+            torch.mm(cols, cols.T, out=part)
+            plain = part.to(torch.float64)
+            centred = _centre_gram(plain, ref_row)
+            if _conditioning(plain.cpu(), centred.cpu()) <= _MAX_CONDITIONING:
+                gram += centred
+                continue
+        if buf.shape[1] < stop - start:
+            buf = torch.empty(n, width, dtype=work, device=x.device)
         y = buf[:, : stop - start]
         torch.sub(x[:, start:stop], ref[start:stop], out=y)
         torch.mm(y, y.T, out=part)

@@ -87,21 +87,26 @@ def _peak() -> int:
     return _status_kib("VmHWM") * 1024
 
 
-def _matrix(n: int, d: int, f: int, seed: int) -> torch.Tensor:
+def _matrix(n: int, d: int, f: int, seed: int, offset: float) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     x = torch.empty(n, d).normal_(generator=gen)  # in place: no temporary
     x[:f] += 1.0  # f shifted rows, so the robust rules have something to remove
+    if offset:
+        # A common component `offset` times the spread, row by row (no n × d copy).
+        common = torch.empty(d).normal_(generator=gen).mul_(offset)
+        for row in x:
+            row.add_(common)
     return x
 
 
 def _worker(
-    case: str, n: int, d: int, f: int, repeat: int, seed: int, threads: int
+    case: str, n: int, d: int, f: int, seed: int, threads: int, offset: float
 ) -> dict:
     """Peak extra memory of one call, in a fresh process (see the module docstring)."""
     if threads > 0:
         torch.set_num_threads(threads)
     fn = _cases(n, f)[case]
-    x = _matrix(n, d, f, seed)
+    x = _matrix(n, d, f, seed, offset)
     before = _reset_peak()
     try:
         fn(x)
@@ -115,7 +120,7 @@ def _worker(
 
 
 def _timings(
-    cases: list[str], n: int, d: int, f: int, repeat: int, seed: int
+    cases: list[str], n: int, d: int, f: int, repeat: int, seed: int, offset: float
 ) -> dict[str, float | str]:
     """Best-of-``repeat`` wall time per case, interleaved.
 
@@ -123,7 +128,7 @@ def _timings(
     shared machine hits all cases alike instead of one rule's whole series.
     """
     fns = _cases(n, f)
-    x = _matrix(n, d, f, seed)
+    x = _matrix(n, d, f, seed, offset)
     best: dict[str, float | str] = {}
     for _ in range(repeat):
         for case in cases:
@@ -143,7 +148,7 @@ def _timings(
 
 
 def _run_case(
-    case: str, n: int, d: int, f: int, repeat: int, seed: int, threads: int
+    case: str, n: int, d: int, f: int, seed: int, threads: int, offset: float
 ) -> dict:
     cmd = [
         sys.executable,
@@ -157,8 +162,8 @@ def _run_case(
         str(f),
         "--dims",
         str(d),
-        "--repeat",
-        str(repeat),
+        "--offset",
+        str(offset),
         "--seed",
         str(seed),
         "--threads",
@@ -178,6 +183,7 @@ def _table(
     repeat: int,
     threads: int,
     load: str,
+    offset: float,
 ) -> str:
     gram = next(t for c, t in times.items() if c.startswith("floor: float32 Gram"))
     assert isinstance(gram, float)
@@ -185,7 +191,7 @@ def _table(
     lines = [
         f"n = {n}, d = {d:,} (matrix {matrix / 2**20:,.0f} MiB float32), "
         f"best of {repeat} interleaved rounds, torch {torch.__version__}, "
-        f"{threads or torch.get_num_threads()} thread(s), "
+        f"{threads or torch.get_num_threads()} thread(s), common offset {offset:g}, "
         f"1-min load average at start {load} (2 cores)",
         "",
         "| rule | time (s) | × Gram floor | peak extra memory (MiB) | × matrix |",
@@ -212,6 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--f", type=int, default=15)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--offset",
+        type=float,
+        default=0.0,
+        help="add a common random component this many times the rows' spread "
+        "(> ~1.5 exercises the explicitly centred Gram path)",
+    )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (default: torch's own)"
     )
@@ -250,16 +263,20 @@ def main(argv: list[str] | None = None) -> None:
             for c in _cases(args.n, args.f)
             if c.startswith("floor") or not wanted or any(w in c for w in wanted)
         ]
-        times = _timings(cases, args.n, d, args.f, args.repeat, args.seed)
+        times = _timings(cases, args.n, d, args.f, args.repeat, args.seed, args.offset)
         memory = {}
         for case in cases:
             if isinstance(times[case], str):
                 continue
             memory[case] = _run_case(
-                case, args.n, d, args.f, 1, args.seed, args.threads
+                case, args.n, d, args.f, args.seed, args.threads, args.offset
             )
             print(f"  memory {case}: done", file=sys.stderr, flush=True)
-        print(_table(times, memory, args.n, d, args.repeat, args.threads, load))
+        print(
+            _table(
+                times, memory, args.n, d, args.repeat, args.threads, load, args.offset
+            )
+        )
         print(flush=True)
 
 
