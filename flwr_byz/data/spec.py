@@ -1,4 +1,24 @@
-"""The knobs of the generated Yelp-style and Healthcare-style feature datasets."""
+"""The knobs of the generated Yelp-style and Healthcare-style feature datasets.
+
+Calibration (the papers' MLPs trained centrally on the pooled client training data,
+Adam lr 1e-3, batch 64, 2 epochs; accuracy on the class-balanced global test set;
+``tests/test_data_generated.py``), seeds 0-4:
+
+- Yelp-style (10 regions, MLP 1024-10-2 sigmoid): 0.836-0.860 (band 0.80-0.90).
+- Healthcare-style (50 regions, MLP 1024-32-10 sigmoid): 0.714-0.733 (band 0.65-0.80).
+
+Honest federated training from a random init (mean of full-batch local SGD
+updates), seeds 0-2, accuracy at round 20: Yelp-style, 10 clients: 0.83-0.86 with
+one local step at lr 0.3 or 0.5, or five at lr 0.1 (one step at lr 0.1: 0.66-0.79,
+0.74-0.82 at round 30). Healthcare-style, 50 clients, seed 0: 0.73 with five steps
+at lr 0.5, 0.62 (0.67 at round 30) with one.
+
+Which knob moves what: ``class_separation`` / ``latent_noise`` set the ceiling
+(Yelp-style: 4.0 / 2.2 gives ~0.85, 3.0 / 2.2 ~0.77; Healthcare-style: 6.0 / 2.2
+gives ~0.72, 6.5 / 2.2 ~0.77, 7.5 / 2.2 ~0.85); ``ambient_noise`` and
+``samples_per_region`` set the over-fitting gap; ``region_class_shift`` and
+``label_prior_concentration`` set how much regions disagree (the non-IID-ness).
+"""
 
 from __future__ import annotations
 
