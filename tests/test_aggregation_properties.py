@@ -351,6 +351,19 @@ def test_float32_cancellation_large_offset_tiny_differences():
     assert set(faba(x, f).removed) == {2, 5, 9}
 
 
+@pytest.mark.parametrize("band", [(0, 300), (20_000, 20_300), (49_700, 50_000)])
+def test_offset_confined_to_a_few_columns_is_still_centred(band):
+    """A large common offset in a narrow band of columns that the conditioning
+    sample may miss: the per-chunk check must still catch it."""
+    gen = torch.Generator().manual_seed(4)
+    n, d = 9, 50_000
+    x = torch.randn(n, d, generator=gen) * 0.01
+    x[:, band[0] : band[1]] += 1e3 * torch.randn(band[1] - band[0], generator=gen)
+    x64 = x.double()
+    truth = (x64[:, None, :] - x64[None, :, :]).pow(2).sum(-1)
+    torch.testing.assert_close(pairwise_sq_distances(x), truth, rtol=1e-3, atol=0)
+
+
 def test_duplicated_rows_tie_by_lowest_index():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(9, 1000, generator=gen)
