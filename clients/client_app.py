@@ -34,6 +34,13 @@ from flwr.clientapp import ClientApp
 from clients.training import adaptive_fault_steps, evaluate, sgd_steps
 from flwr_byz.attacks import DEFAULT_LEARNING_RATE, active_attack, byzantine_mod
 from flwr_byz.attacks import label_flip as flip_labels
+from flwr_byz.data import (
+    ClientData,
+    LabeledData,
+    dataset_shape,
+    load_partition,
+    load_server_data,
+)
 from flwr_byz.models import MODELS, build_model
 
 # Run-config keys this app reads, with their defaults (the lead wires them into
@@ -96,15 +103,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_client_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]):
+def load_client_data(
+    run_config: Mapping[str, Any], node_config: Mapping[str, Any]
+) -> ClientData:
     """This node's ``ClientData`` (train and local test split).
 
     Simulation: partition ``partition-id`` of ``num-partitions`` of the run config's
     dataset. Deployment: ``data-path`` in the node config points at the node's own
     file, loaded as the single partition of a ``files`` dataset.
     """
-    from flwr_byz.data import load_partition
-
     if "data-path" in node_config:
         cfg = {
             **run_config,
@@ -125,10 +132,8 @@ def load_client_data(run_config: Mapping[str, Any], node_config: Mapping[str, An
     )
 
 
-def load_adaptive_d0(run_config: Mapping[str, Any], num_partitions: int):
+def load_adaptive_d0(run_config: Mapping[str, Any], num_partitions: int) -> LabeledData:
     """The adaptive-fault attacker's guess of the QV set (its distribution)."""
-    from flwr_byz.data import load_server_data
-
     cfg = {**run_config, "qv-size": ADAPTIVE_D0_SIZE}
     return load_server_data(cfg, max(num_partitions, 1)).qv
 
@@ -181,9 +186,7 @@ def _node(context: Context) -> _Node:
     return node
 
 
-def _num_classes(run_config: Mapping[str, Any], data: Any) -> int:
-    from flwr_byz.data import dataset_shape
-
+def _num_classes(run_config: Mapping[str, Any], data: ClientData) -> int:
     try:
         return int(dataset_shape(run_config)[1])
     except (ValueError, KeyError, OSError):
