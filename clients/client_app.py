@@ -133,9 +133,17 @@ def load_client_data(
 
 
 def load_adaptive_d0(run_config: Mapping[str, Any], num_partitions: int) -> LabeledData:
-    """The adaptive-fault attacker's guess of the QV set (its distribution)."""
-    cfg = {**run_config, "qv-size": ADAPTIVE_D0_SIZE}
-    return load_server_data(cfg, max(num_partitions, 1)).qv
+    """The adaptive-fault attacker's guess of the QV set (GAA §6.3.1, case A).
+
+    ``ADAPTIVE_D0_SIZE`` samples of the QV set's distribution (the paper's full 1k
+    QV pool); when the source holds fewer, the server's own QV set (the worst case
+    of a leaked QV set).
+    """
+    num = max(num_partitions, 1)
+    try:
+        return load_server_data({**run_config, "qv-size": ADAPTIVE_D0_SIZE}, num).qv
+    except ValueError:
+        return load_server_data(run_config, num).qv
 
 
 @dataclass
