@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from flwr_byz.attacks import SERVER_SIDE_ATTACKS, ServerSideAttack, byzantine_partitions
+from flwr_byz.attacks import ServerSideAttack, byzantine_partitions
 from flwr_byz.data import dataset_shape, load_server_data
 from flwr_byz.experiments.central_evaluation import make_evaluate_fn
 from flwr_byz.experiments.config import (
@@ -93,10 +93,9 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     )
 
     strategy = build_strategy(cfg, num_nodes, server_data, model_factory, device)
-    if cfg["attack"] in SERVER_SIDE_ATTACKS and byz_nodes:
-        strategy = ServerSideAttack(
-            strategy, attack=str(cfg["attack"]), byzantine_node_ids=byz_nodes, seed=seed
-        )
+    # Omniscient attacks (ALIE, IPM, min-max, min-sum) collude on the server; the
+    # others run in the malicious ClientApps (byzantine_mod) and pass through.
+    strategy = ServerSideAttack.from_run_config(strategy, cfg, identities)
 
     results = ResultsFile(cfg["output-dir"], cfg, ground_truth)
     round_log = RoundLog(results, identities, byz_nodes)

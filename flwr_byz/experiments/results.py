@@ -75,9 +75,10 @@ class ResultsFile:
 
 
 def without_timings(results: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a results dict with wall-clock fields removed.
+    """A copy of a results dict without wall-clock fields and node ids.
 
-    Two runs with the same seed must agree on everything this returns.
+    Two runs with the same seed must agree on everything this returns. Node ids
+    are drawn afresh by every simulation; partition ids are what repeats.
     """
 
     def strip(value: Any) -> Any:
@@ -85,17 +86,13 @@ def without_timings(results: dict[str, Any]) -> dict[str, Any]:
             return {
                 k: strip(v)
                 for k, v in value.items()
-                if not (k.endswith("-time-s") or k in ("started", "node-ids-seen"))
+                if not (
+                    k.endswith(("-time-s", "node-ids", "node-id", "node-partitions"))
+                    or k == "started"
+                )
             }
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value
 
-    out = strip(results)
-    # Node ids are drawn afresh by every simulation; partition ids are what repeats.
-    out.pop("ground-truth", None)
-    for entry in out.get("rounds", []):
-        for key in list(entry):
-            if key.endswith("node-ids") or key == "credits-by-node":
-                entry.pop(key)
-    return out
+    return strip(results)
