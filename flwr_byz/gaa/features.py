@@ -20,10 +20,15 @@ GAIN_CLIP = 50.0
 def coordinate_median(x: torch.Tensor) -> torch.Tensor:
     """Per-coordinate median of the rows (mean of the two middle ones for even n)."""
     n = x.shape[0]
-    s = x.sort(dim=0).values
+    # One selection (O(n·d)) instead of a full sort per coordinate.
+    lower = x.kthvalue((n + 1) // 2, dim=0).values
     if n % 2:
-        return s[n // 2]
-    return 0.5 * (s[n // 2 - 1] + s[n // 2])
+        return lower
+    # The next order statistic: `lower` again if it occurs often enough,
+    # else the smallest value above it.
+    repeated = (x <= lower).sum(dim=0) >= n // 2 + 1
+    above = torch.where(x > lower, x, torch.full_like(x, float("inf"))).amin(dim=0)
+    return 0.5 * (lower + torch.where(repeated, lower, above))
 
 
 def _median(v: torch.Tensor) -> torch.Tensor:
