@@ -49,6 +49,10 @@ def build_strategy(
                 if cfg["gaa-trusted-worker"]
                 else None
             ),
+            # The trusted worker trains like an honest client of this app.
+            trusted_lr=float(cfg["learning-rate"]),
+            trusted_steps=int(cfg["local-steps"]),
+            trusted_batch_size=int(cfg["batch-size"]) or None,
             seed=int(cfg["seed"]),
             **common,
         )
