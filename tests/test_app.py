@@ -46,7 +46,7 @@ def test_defaults_are_valid() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "named"),
     [
-        ("strategy", "fedavg", "strategy"),
+        ("strategy", "fedprox", "strategy"),
         ("attack", "meteor", "attack"),
         ("byzantine-fraction", 1.5, "byzantine-fraction"),
         ("assumed-byzantine-fraction", 0.5, "assumed-byzantine-fraction"),
@@ -138,7 +138,7 @@ def test_three_rounds_write_every_field_and_repeat_exactly(
 def test_bad_value_stops_the_run_before_round_one(
     superlink: LocalSuperLink, tmp_path: Path
 ) -> None:
-    results, log = _run(superlink, tmp_path, strategy="fedavg")
-    assert "'strategy'" in log and "fedavg" in log, log[-3000:]
+    results, log = _run(superlink, tmp_path, strategy="fedprox")
+    assert "'strategy'" in log and "fedprox" in log, log[-3000:]
     assert "[ROUND 1" not in log
     assert not results

@@ -29,6 +29,7 @@ class RunConfigError(ValueError):
 
 STRATEGY_NAMES = (
     "gaa",
+    "fedavg",
     "faba",
     "krum",
     "multikrum",
@@ -42,7 +43,9 @@ STRATEGY_NAMES = (
 
 # Rules that are not a robust defence by themselves still get an f: it only enters
 # their bound check, which is trivially met.
-_RULE_OF_STRATEGY = {name: name for name in STRATEGY_NAMES if name != "gaa"}
+_RULE_OF_STRATEGY = {
+    name: name for name in STRATEGY_NAMES if name not in ("gaa", "fedavg")
+}
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,11 @@ def _is_str(value: Any) -> str | None:
 
 SERVER_KEYS: dict[str, Key] = {
     "num-server-rounds": Key(20, "federated rounds", _int_at_least(1)),
-    "strategy": Key("gaa", "the defence", _one_of(*STRATEGY_NAMES)),
+    "strategy": Key(
+        "gaa",
+        "the defence; 'fedavg' is Flower's own FedAvg, the undefended baseline",
+        _one_of(*STRATEGY_NAMES),
+    ),
     "assumed-byzantine-fraction": Key(
         0.3,
         "the defence's α: it tolerates f = floor(α·n) Byzantine replies "

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from flwr_byz.data import ServerData
 
@@ -35,6 +35,14 @@ def build_strategy(
         "device": device,
     }
     alpha = float(cfg["assumed-byzantine-fraction"])
+    if name == "fedavg":
+        # Flower's own, untouched: the peer every robust rule is measured against.
+        return FedAvg(
+            fraction_train=common["fraction_train"],
+            fraction_evaluate=common["fraction_evaluate"],
+            min_train_nodes=common["min_train_nodes"],
+            min_available_nodes=common["min_available_nodes"],
+        )
     if name == "gaa":
         return strategies.GAA(
             model_factory=model_factory,
