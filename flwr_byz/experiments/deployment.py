@@ -1,0 +1,507 @@
+"""A real Flower deployment on 127.0.0.1 with TLS: one SuperLink, N SuperNodes.
+
+Simulation (:mod:`flwr_byz.experiments.local_superlink`) runs every ClientApp
+inside the SuperLink's Ray backend. A deployment is what runs across machines:
+``flower-superlink`` serves the Fleet, Control and Runtime APIs over HTTPS on one
+port, each ``flower-supernode`` connects to it with the CA certificate, pulls the
+app (FAB) for a run and starts the ClientApp for every message, and ``flwr run``
+submits the run through a named connection in ``$FLWR_HOME/config.toml``.
+:class:`LocalDeployment` starts all of it on this machine, on free ports, each
+process in its own process group, and stops them by PID.
+
+By hand::
+
+    python -m flwr_byz.experiments.deployment --nodes 4 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import ipaddress
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from flwr_byz.experiments.local_superlink import free_port, run_config_arg
+
+CONNECTION = "local-tls"
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """Paths of a CA certificate and a server certificate/key signed by it."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def make_certificates(
+    directory: str | Path,
+    hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+    days: int = 30,
+) -> Certificates:
+    """Write a self-signed CA and a server certificate for ``hosts`` to ``directory``.
+
+    Files: ``ca.crt`` (give it to every SuperNode and ``flwr`` CLI), ``ca.key``,
+    ``server.pem`` and ``server.key`` (the SuperLink's). IP addresses in ``hosts``
+    become IP subject alternative names, the others DNS names.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    not_before, not_after = (
+        now - datetime.timedelta(minutes=5),
+        now + datetime.timedelta(days=days),
+    )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flwr-byz local CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    paths = Certificates(
+        directory / "ca.crt", directory / "server.pem", directory / "server.key"
+    )
+    paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "ca.key").write_bytes(_key_pem(ca_key))
+    paths.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths.server_key.write_bytes(_key_pem(server_key))
+    for key in (directory / "ca.key", paths.server_key):
+        key.chmod(0o600)
+    return paths
+
+
+def connection_toml(name: str, address: str, root_certificates: str | Path) -> str:
+    """A ``config.toml`` whose default connection ``name`` is a TLS SuperLink."""
+    cert = str(Path(root_certificates).resolve()).replace("\\", "\\\\")
+    return (
+        "[superlink]\n"
+        f'default = "{name}"\n\n'
+        f"[superlink.{name}]\n"
+        f'address = "{address}"\n'
+        f'root-certificates = "{cert}"\n'
+    )
+
+
+def _descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid`` (Linux ``/proc``; else ``[]``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name may hold spaces and parentheses: split after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie has exited; its parent just has not reaped it yet.
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
+
+
+def stop_processes(
+    processes: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0
+) -> None:
+    """Stop ``processes`` and everything they started, by PID.
+
+    Each process leads its own process group (``start_new_session``); its
+    descendants are collected first, because Flower's SuperExec starts in a new
+    session of its own and would escape a group signal. SIGTERM lets the
+    SuperNodes deregister and the SuperLink stop its SuperExec; whatever is still
+    alive after ``timeout`` seconds gets SIGKILL.
+    """
+    leaders = [p for p in processes if p.poll() is None]
+    others = {d for p in leaders for d in _descendants(p.pid)}
+    for process in leaders:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in leaders:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    for pid in others:
+        with contextlib.suppress(ProcessLookupError):
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+    while time.monotonic() < deadline and any(_alive(pid) for pid in others):
+        time.sleep(0.1)
+    for process in leaders:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+    for pid in others:
+        with contextlib.suppress(ProcessLookupError):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+class LocalDeployment:
+    """A TLS SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1; a context manager.
+
+    Parameters
+    ----------
+    num_nodes : int
+        How many SuperNodes to start.
+    node_configs : Sequence[Mapping[str, Any]] | None
+        One ``--node-config`` mapping per SuperNode. ``None``: node ``i`` gets
+        ``partition-id=i num-partitions=num_nodes`` (this app's generated data).
+    workdir : str | Path | None
+        Where certificates, logs, state and the ``flwr`` CLI's ``FLWR_HOME`` go;
+        a fresh temporary directory (removed at :meth:`stop`) when ``None``.
+
+    Attributes
+    ----------
+    port : int
+        The SuperLink's HTTPS port (Fleet, Control and Runtime APIs).
+    flwr_home : Path
+        ``FLWR_HOME`` of :meth:`run`; its ``config.toml`` holds the connection
+        :data:`CONNECTION`.
+    """
+
+    def __init__(
+        self,
+        num_nodes: int = 4,
+        node_configs: Sequence[Mapping[str, Any]] | None = None,
+        workdir: str | Path | None = None,
+    ) -> None:
+        if num_nodes < 1:
+            raise ValueError(f"num_nodes={num_nodes!r} is not valid; valid: >= 1")
+        if node_configs is None:
+            node_configs = [
+                {"partition-id": i, "num-partitions": num_nodes}
+                for i in range(num_nodes)
+            ]
+        if len(node_configs) != num_nodes:
+            raise ValueError(
+                f"node_configs has {len(node_configs)} entries; num_nodes={num_nodes}"
+            )
+        self.num_nodes = num_nodes
+        self.node_configs = [dict(c) for c in node_configs]
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flwr-deploy-"))
+        self.flwr_home = self.workdir / "cli-home"
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.certificates: Certificates | None = None
+        self.superlink: subprocess.Popen[bytes] | None = None
+        self.supernodes: list[subprocess.Popen[bytes]] = []
+        # Each SuperNode's own Runtime API, where its ClientApp processes connect.
+        self.node_addresses = [f"127.0.0.1:{free_port()}" for _ in range(num_nodes)]
+        self._bin = Path(sys.executable).parent
+        self.env = {
+            **os.environ,
+            "PATH": str(self._bin) + os.pathsep + os.environ.get("PATH", ""),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            # The app runs in this environment; no per-run `uv sync`.
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        }
+
+    # --- lifecycle ----------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> LocalDeployment:
+        """Make certificates, start the SuperLink, then the SuperNodes."""
+        try:
+            self.certificates = make_certificates(self.workdir / "certificates")
+            self._start_superlink(timeout)
+            for i, node_config in enumerate(self.node_configs):
+                self._start_supernode(i, node_config)
+            self.flwr_home.mkdir(parents=True, exist_ok=True)
+            (self.flwr_home / "config.toml").write_text(
+                connection_toml(CONNECTION, self.address, self.certificates.ca_cert)
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_superlink(self, timeout: float) -> None:
+        assert self.certificates is not None
+        home = self.workdir / "superlink"
+        home.mkdir(parents=True, exist_ok=True)
+        log_file = self.workdir / "superlink.log"
+        command = [
+            str(self._bin / "flower-superlink"),
+            "--ssl-ca-certfile",
+            str(self.certificates.ca_cert),
+            "--ssl-certfile",
+            str(self.certificates.server_cert),
+            "--ssl-keyfile",
+            str(self.certificates.server_key),
+            "--isolation",
+            "subprocess",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database",
+            str(home / "state.db"),
+        ]
+        with log_file.open("wb") as out:
+            self.superlink = subprocess.Popen(
+                command,
+                env={**self.env, "FLWR_HOME": str(home)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=home,
+                start_new_session=True,
+            )
+        tls = ssl.create_default_context(cafile=str(self.certificates.ca_cert))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.superlink.poll() is not None:
+                raise RuntimeError(
+                    f"flower-superlink exited with code {self.superlink.returncode}; "
+                    f"see {log_file}:\n{log_file.read_text()[-2000:]}"
+                )
+            try:
+                if httpx.get(
+                    f"https://{self.address}/health", verify=tls, timeout=0.5
+                ).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"flower-superlink did not answer within {timeout:.0f} s")
+
+    def _start_supernode(self, index: int, node_config: Mapping[str, Any]) -> None:
+        assert self.certificates is not None
+        home = self.workdir / f"supernode-{index}"
+        home.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(self._bin / "flower-supernode"),
+            "--superlink",
+            self.address,
+            "--root-certificates",
+            str(self.certificates.ca_cert),
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            self.node_addresses[index].rsplit(":", 1)[1],
+            "--node-config",
+            run_config_arg(node_config),
+        ]
+        with (self.workdir / f"supernode-{index}.log").open("wb") as out:
+            self.supernodes.append(
+                subprocess.Popen(
+                    command,
+                    env={**self.env, "FLWR_HOME": str(home)},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=home,
+                    start_new_session=True,
+                )
+            )
+
+    def stop(self) -> None:
+        """Stop the SuperNodes, then the SuperLink, with everything they started."""
+        # SuperNodes first, all at once: each deregisters from the live SuperLink.
+        stop_processes(self.supernodes)
+        self.supernodes = []
+        if self.superlink is not None:
+            stop_processes([self.superlink])
+            self.superlink = None
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalDeployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def pids(self) -> list[int]:
+        """PIDs of the SuperLink and SuperNode processes (process-group leaders)."""
+        procs = [self.superlink, *self.supernodes]
+        return [p.pid for p in procs if p is not None]
+
+    def log(self, name: str = "superlink") -> str:
+        """The text of ``superlink.log`` or ``supernode-<i>.log``."""
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- the flwr CLI ---------------------------------------------------------------
+    def flwr(
+        self, *args: str, timeout: float = 600.0
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr <args>`` with this deployment's ``FLWR_HOME``."""
+        return subprocess.run(
+            [str(self._bin / "flwr"), *args],
+            env={**self.env, "FLWR_HOME": str(self.flwr_home)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def run(
+        self,
+        app_dir: str | Path,
+        run_config: Mapping[str, Any] | None = None,
+        connection: str = CONNECTION,
+        timeout: float = 600.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr run <app_dir> <connection> --stream``; wait for the run to end."""
+        args = ["run", str(app_dir), connection, "--stream"]
+        if run_config:
+            args += ["--run-config", run_config_arg(run_config)]
+        return self.flwr(*args, timeout=timeout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start a TLS deployment, run this repo's app once, stop everything.
+
+    With ``--make-certificates DIR`` only write a CA and a server certificate for
+    ``--hosts`` to ``DIR`` (for a deployment across machines) and exit.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m flwr_byz.experiments.deployment",
+        description="Run this app on a local TLS SuperLink and SuperNodes.",
+    )
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--strategy", default="faba")
+    parser.add_argument("--attack", default="sign-flip")
+    parser.add_argument("--byzantine-fraction", type=float, default=0.25)
+    parser.add_argument("--app", default=str(Path(__file__).resolve().parents[2]))
+    parser.add_argument("--output-dir", default="results/deployment")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="keep certificates, logs and state in DIR"
+    )
+    parser.add_argument(
+        "--make-certificates",
+        metavar="DIR",
+        help="only write ca.crt, ca.key, server.pem, server.key to DIR and exit",
+    )
+    parser.add_argument(
+        "--hosts",
+        default="127.0.0.1,localhost",
+        help="comma-separated names/IPs the server certificate is valid for "
+        "(with --make-certificates; default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.make_certificates:
+        hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+        paths = make_certificates(args.make_certificates, hosts)
+        print(f"CA certificate:     {paths.ca_cert}")
+        print(f"server certificate: {paths.server_cert} (valid for {', '.join(hosts)})")
+        print(f"server key:         {paths.server_key}")
+        return 0
+    run_config = {
+        "num-server-rounds": args.rounds,
+        "strategy": args.strategy,
+        "attack": args.attack,
+        "byzantine-fraction": args.byzantine_fraction,
+        "assumed-byzantine-fraction": args.byzantine_fraction,
+        "output-dir": str(Path(args.output_dir).resolve()),
+    }
+    with LocalDeployment(args.nodes, workdir=args.keep) as deployment:
+        print(f"SuperLink (TLS) on {deployment.address}; {args.nodes} SuperNodes")
+        done = deployment.run(args.app, run_config)
+        print(done.stdout, end="")
+        print(done.stderr, end="", file=sys.stderr)
+        return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The app in a real deployment: a TLS SuperLink and SuperNodes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.verification import PolicyBuilder, Store
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from flwr.cli.flower_config import parse_superlink_connection
+
+from flwr_byz.experiments.deployment import (
+    CONNECTION,
+    LocalDeployment,
+    connection_toml,
+    make_certificates,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_server_certificate_verifies_against_the_ca_for_each_host(
+    tmp_path: Path,
+) -> None:
+    paths = make_certificates(tmp_path, ("127.0.0.1", "localhost", "link.example"))
+    ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    leaf = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+    store = Store([ca])
+    for host in ("127.0.0.1", "localhost", "link.example"):
+        name: x509.verification.Subject = (
+            x509.IPAddress(ipaddress.ip_address(host))
+            if host[0].isdigit()
+            else x509.DNSName(host)
+        )
+        chain = (
+            PolicyBuilder().store(store).build_server_verifier(name).verify(leaf, [])
+        )
+        assert chain[-1] == ca
+    with pytest.raises(x509.verification.VerificationError):
+        PolicyBuilder().store(store).build_server_verifier(
+            x509.DNSName("other.example")
+        ).verify(leaf, [])
+    # Keys are private to their owner.
+    assert paths.server_key.stat().st_mode & 0o077 == 0
+
+
+def test_connection_toml_is_what_flower_reads(tmp_path: Path) -> None:
+    text = connection_toml("site", "10.0.0.5:9093", tmp_path / "ca.crt")
+    doc = tomllib.loads(text)
+    assert doc["superlink"]["default"] == "site"
+    connection = parse_superlink_connection(doc["superlink"]["site"], "site")
+    assert connection.address == "10.0.0.5:9093"
+    assert connection.root_certificates == str((tmp_path / "ca.crt").resolve())
+    assert not connection.insecure
+
+
+def test_bad_node_counts_are_named() -> None:
+    with pytest.raises(ValueError, match="num_nodes=0"):
+        LocalDeployment(0)
+    with pytest.raises(ValueError, match="node_configs has 1 entries; num_nodes=2"):
+        LocalDeployment(2, node_configs=[{"data-path": "a.npz"}])
+
+
+def _processes_mentioning(needles: list[str]) -> list[str]:
+    """Command lines of live processes that name one of ``needles``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in text for n in needles) and "pytest" not in text:
+            found.append(text)
+    return found
+
+
+# Scaling (×10) rather than sign flip: with 4 heterogeneous regions one sign-flipped
+# update is not always the farthest from the mean (seed 0: FABA removes it in round
+# 1 only), so "removed every round" would test the data, not the deployment.
+RUN = {
+    "num-server-rounds": 2,
+    "strategy": "faba",
+    "attack": "scaling",
+    "byzantine-fraction": 0.25,
+    "assumed-byzantine-fraction": 0.25,
+    "seed": 0,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_tls_deployment_runs_the_app_and_faba_removes_the_attacker(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    deployment = LocalDeployment(4, workdir=tmp_path / "deployment")
+    needles = [deployment.address, *deployment.node_addresses, str(deployment.workdir)]
+    with deployment:
+        # Without the CA the CLI cannot even list runs: the SuperLink speaks TLS
+        # only, with a certificate no system trust store knows.
+        config = deployment.flwr_home / "config.toml"
+        assert tomllib.loads(config.read_text())["superlink"]["default"] == CONNECTION
+        config.write_text(
+            config.read_text()
+            + f'\n[superlink.no-ca]\naddress = "{deployment.address}"\n'
+        )
+        refused = deployment.flwr("ls", "no-ca", timeout=60)
+        assert refused.returncode != 0, refused.stdout
+
+        done = deployment.run(REPO, {**RUN, "output-dir": str(out)}, timeout=240)
+        logs = (
+            done.stdout[-3000:]
+            + done.stderr[-2000:]
+            + "\n--- superlink.log ---\n"
+            + deployment.log()[-2000:]
+            + "\n--- supernode-0.log ---\n"
+            + deployment.log("supernode-0")[-2000:]
+        )
+        assert done.returncode == 0, logs
+    assert not _processes_mentioning(needles), "processes left behind"
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"] is not None, logs
+    truth = results["ground-truth"]
+    # Four real SuperNodes, each reporting its own partition.
+    assert sorted(truth["node-partitions"].values()) == [0, 1, 2, 3]
+    assert len(truth["byzantine-node-ids"]) == 1  # floor(0.25 · 4)
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for entry in rounds:
+        assert isinstance(entry["accuracy"], float), entry
+        assert 0.0 <= entry["accuracy"] <= 1.0
+    for entry in rounds[1:]:
+        assert entry["removed-node-ids"] == truth["byzantine-node-ids"], entry
+        assert len(entry["selected-node-ids"]) == 3
+        assert not entry["rejected"], entry
+    assert results["summary"]["detection-correct"] is True
