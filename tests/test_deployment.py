@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -114,10 +115,9 @@ def test_tls_deployment_runs_the_app_and_faba_removes_the_attacker(
             config.read_text()
             + f'\n[superlink.no-ca]\naddress = "{deployment.address}"\n'
         )
-        refused = deployment.flwr("ls", "no-ca", timeout=60)
-        assert refused.returncode != 0, refused.stdout
-
-        done = deployment.run(REPO, {**RUN, "output-dir": str(out)}, timeout=240)
+        with ThreadPoolExecutor(1) as pool:  # overlaps the run's start-up
+            refused = pool.submit(deployment.flwr, "ls", "no-ca", timeout=60)
+            done = deployment.run(REPO, {**RUN, "output-dir": str(out)}, timeout=240)
         logs = (
             done.stdout[-3000:]
             + done.stderr[-2000:]
@@ -127,12 +127,15 @@ def test_tls_deployment_runs_the_app_and_faba_removes_the_attacker(
             + deployment.log("supernode-0")[-2000:]
         )
         assert done.returncode == 0, logs
+        assert refused.result().returncode != 0, refused.result().stdout
+        node_ids = deployment.node_ids(timeout=5)
     assert not _processes_mentioning(needles), "processes left behind"
 
     results = json.loads((out / "results.json").read_text())
     assert results["summary"] is not None, logs
     truth = results["ground-truth"]
-    # Four real SuperNodes, each reporting its own partition.
+    # The four SuperNodes started here, each reporting its own partition.
+    assert sorted(truth["node-partitions"]) == sorted(map(str, node_ids))
     assert sorted(truth["node-partitions"].values()) == [0, 1, 2, 3]
     assert len(truth["byzantine-node-ids"]) == 1  # floor(0.25 · 4)
     rounds = results["rounds"]
@@ -142,6 +145,8 @@ def test_tls_deployment_runs_the_app_and_faba_removes_the_attacker(
         assert 0.0 <= entry["accuracy"] <= 1.0
     for entry in rounds[1:]:
         assert entry["removed-node-ids"] == truth["byzantine-node-ids"], entry
+        removed = truth["node-partitions"][str(entry["removed-node-ids"][0])]
+        assert [removed] == truth["byzantine-partition-ids"]
         assert len(entry["selected-node-ids"]) == 3
         assert not entry["rejected"], entry
     assert results["summary"]["detection-correct"] is True

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -415,6 +416,29 @@ class LocalDeployment:
         procs = [self.superlink, *self.supernodes]
         return [p.pid for p in procs if p is not None]
 
+    def node_ids(self, timeout: float = 60.0) -> list[int]:
+        """The Flower node id of each SuperNode, in start order, once all have one.
+
+        A SuperNode logs ``SuperNode ID: <id>`` after the SuperLink registered it,
+        so this also waits until every node has joined the federation.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [
+                re.search(r"SuperNode ID: (\d+)", self.log(f"supernode-{i}"))
+                for i in range(len(self.supernodes))
+            ]
+            if all(found):
+                return [int(m.group(1)) for m in found if m]
+            dead = [i for i, p in enumerate(self.supernodes) if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                missing = [i for i, m in enumerate(found) if m is None]
+                raise RuntimeError(
+                    f"SuperNode(s) {missing} did not join within {timeout:.0f} s "
+                    f"(exited: {dead}); see {self.workdir}/supernode-<i>.log"
+                )
+            time.sleep(0.2)
+
     def log(self, name: str = "superlink") -> str:
         """The text of ``superlink.log`` or ``supernode-<i>.log``."""
         path = self.workdir / f"{name}.log"
@@ -497,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     with LocalDeployment(args.nodes, workdir=args.keep) as deployment:
         print(f"SuperLink (TLS) on {deployment.address}; {args.nodes} SuperNodes")
+        print("node ids:", ", ".join(map(str, deployment.node_ids())))
         done = deployment.run(args.app, run_config)
         print(done.stdout, end="")
         print(done.stderr, end="", file=sys.stderr)
