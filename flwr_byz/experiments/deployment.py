@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--strategy", default="faba")
-    parser.add_argument("--attack", default="sign-flip")
+    parser.add_argument("--attack", default="scaling")
     parser.add_argument("--byzantine-fraction", type=float, default=0.25)
     parser.add_argument("--app", default=str(Path(__file__).resolve().parents[2]))
     parser.add_argument("--output-dir", default="results/deployment")
