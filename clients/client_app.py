@@ -32,7 +32,12 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from clients.training import adaptive_fault_steps, evaluate, sgd_steps
-from flwr_byz.attacks import DEFAULT_LEARNING_RATE, active_attack, byzantine_mod
+from flwr_byz.attacks import (
+    DEFAULT_LEARNING_RATE,
+    active_attack,
+    byzantine_mod,
+    is_compromised,
+)
 from flwr_byz.attacks import label_flip as flip_labels
 from flwr_byz.data import (
     ClientData,
@@ -169,7 +174,7 @@ def _freeze(mapping: Mapping[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in mapping.items()))
 
 
-def _node(context: Context) -> _Node:
+def _node(context: Context, msg: Message) -> _Node:
     key = (_freeze(context.run_config), _freeze(context.node_config))
     node = _NODES.get(key)
     if node is None:
@@ -177,7 +182,7 @@ def _node(context: Context) -> _Node:
         data = load_client_data(context.run_config, context.node_config)
         device = resolve_device(str(cfg["device"]))
         num_features = int(data.train.features.shape[1])
-        num_classes = _num_classes(context.run_config, data)
+        num_classes = _num_classes(context.run_config, data, msg)
         model = build_model(str(cfg["model"]), num_features, num_classes, seed=0)
         node = _Node(
             data.train.features.to(device),
@@ -194,7 +199,12 @@ def _node(context: Context) -> _Node:
     return node
 
 
-def _num_classes(run_config: Mapping[str, Any], data: ClientData) -> int:
+def _num_classes(run_config: Mapping[str, Any], data: ClientData, msg: Message) -> int:
+    # The server knows the model it sent; a remote node cannot read the server's
+    # data files, and its own labels may miss a class.
+    for record in msg.content.config_records.values():
+        if "num-classes" in record:
+            return int(record["num-classes"])  # type: ignore[arg-type]
     try:
         return int(dataset_shape(run_config)[1])
     except (ValueError, KeyError, OSError):
@@ -240,7 +250,7 @@ app = ClientApp(mods=[byzantine_mod])
 def train(msg: Message, context: Context) -> Message:
     """Load the global weights, train locally, reply the new weights."""
     cfg = client_config(context.run_config)
-    node = _node(context)
+    node = _node(context, msg)
     _load_weights(node, msg)
     generator = _generator(int(cfg["seed"]), context, _round(msg))
     steps, lr, batch = (
@@ -282,7 +292,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
     """Evaluate the received weights on the node's local test split."""
-    node = _node(context)
+    node = _node(context, msg)
     _load_weights(node, msg)
     loss, acc = evaluate(node.model, node.test_x, node.test_y)
     metrics = MetricRecord(
@@ -299,4 +309,7 @@ def query(msg: Message, context: Context) -> Message:
     }
     if "num-partitions" in context.node_config:
         identity["num-partitions"] = int(context.node_config["num-partitions"])
+    if "byzantine" in context.node_config:
+        # A deployment's explicit switch is the ground truth the harness records.
+        identity["byzantine"] = int(is_compromised(context))
     return Message(RecordDict({"identity": ConfigRecord(identity)}), reply_to=msg)

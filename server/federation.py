@@ -9,6 +9,7 @@ record which node ids were Byzantine — and never reaches the defence.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from logging import INFO, WARNING
 
 from flwr.app import Message, MessageType, RecordDict
@@ -18,17 +19,37 @@ from flwr.serverapp import Grid
 IDENTITY_RECORD = "identity"
 
 
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What a node said about itself (experiment bookkeeping only).
+
+    Attributes
+    ----------
+    partition_id : int
+        Its partition (simulation), or -1 when it has none (deployment).
+    num_partitions : int
+        The federation size its node config states; 0 when unknown.
+    byzantine : bool | None
+        A deployment's explicit ``byzantine`` node-config switch; ``None`` when the
+        node has none (then the run config's fraction decides by partition).
+    """
+
+    partition_id: int = -1
+    num_partitions: int = 0
+    byzantine: bool | None = None
+
+
 def discover_nodes(
     grid: Grid, min_nodes: int, timeout: float = 120.0, settle: float = 3.0
-) -> dict[int, int]:
-    """Node id → partition id for every connected node (−1 when it has none).
+) -> dict[int, NodeIdentity]:
+    """Node id → what the node said about itself, for every connected node.
 
     Waits for at least ``min_nodes`` nodes and, when the nodes report
     ``num-partitions`` (simulation), for that many; otherwise until the set of
     connected nodes has not changed for ``settle`` seconds.
     """
     deadline = time.monotonic() + timeout
-    identities: dict[int, int] = {}
+    identities: dict[int, NodeIdentity] = {}
     expected = min_nodes
     last_change = time.monotonic()
     while True:
@@ -36,9 +57,9 @@ def discover_nodes(
         new = [nid for nid in node_ids if nid not in identities]
         if new:
             last_change = time.monotonic()
-            for nid, (pid, num_partitions) in _query(grid, new).items():
-                identities[nid] = pid
-                expected = max(expected, num_partitions)
+            for nid, identity in _query(grid, new).items():
+                identities[nid] = identity
+                expected = max(expected, identity.num_partitions)
         complete = len(identities) >= expected
         settled = time.monotonic() - last_change >= settle
         if complete and (expected > min_nodes or settled):
@@ -56,21 +77,23 @@ def discover_nodes(
     return identities
 
 
-def _query(grid: Grid, node_ids: list[int]) -> dict[int, tuple[int, int]]:
+def _query(grid: Grid, node_ids: list[int]) -> dict[int, NodeIdentity]:
     messages = [
         Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY)
         for nid in node_ids
     ]
-    found: dict[int, tuple[int, int]] = {}
+    found: dict[int, NodeIdentity] = {}
     for reply in grid.send_and_receive(messages, timeout=60):
         nid = reply.metadata.src_node_id
         if reply.has_error() or IDENTITY_RECORD not in reply.content:
             # A node that cannot say who it is still takes part in training.
-            found[nid] = (-1, 0)
+            found[nid] = NodeIdentity()
             continue
         record = reply.content[IDENTITY_RECORD]
-        found[nid] = (
-            int(record.get("partition-id", -1)),
-            int(record.get("num-partitions", 0)),
+        flag = record.get("byzantine")
+        found[nid] = NodeIdentity(
+            partition_id=int(record.get("partition-id", -1)),
+            num_partitions=int(record.get("num-partitions", 0)),
+            byzantine=None if flag is None else bool(flag),
         )
     return found

@@ -66,14 +66,22 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)
     device = resolve_device(str(cfg["device"]))
 
-    identities = discover_nodes(grid, min_nodes=2)
-    num_nodes = len(identities)
+    nodes = discover_nodes(grid, min_nodes=2)
+    identities = {nid: node.partition_id for nid, node in nodes.items()}
+    num_nodes = len(nodes)
     check_against_nodes(cfg, num_nodes)
 
+    # A node's explicit `byzantine` switch (deployments) is the truth; otherwise the
+    # run config's fraction picks partitions, exactly as the malicious clients do.
     byz_partitions = set(byzantine_partitions(cfg, num_nodes))
-    byz_nodes = sorted(n for n, p in identities.items() if p in byz_partitions)
+    byz_nodes = sorted(
+        nid
+        for nid, node in nodes.items()
+        if node.byzantine
+        or (node.byzantine is None and node.partition_id in byz_partitions)
+    )
     ground_truth = {
-        "byzantine-partition-ids": sorted(byz_partitions),
+        "byzantine-partition-ids": sorted({identities[n] for n in byz_nodes}),
         "byzantine-node-ids": byz_nodes,
         "node-partitions": {str(n): p for n, p in sorted(identities.items())},
     }
@@ -115,7 +123,9 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         grid=grid,
         initial_arrays=initial_arrays,
         num_rounds=int(cfg["num-server-rounds"]),
-        train_config=ConfigRecord({"seed": seed}),
+        # The clients build their model from what the server's model is.
+        train_config=ConfigRecord({"seed": seed, "num-classes": num_classes}),
+        evaluate_config=ConfigRecord({"num-classes": num_classes}),
         evaluate_fn=evaluate_fn,
     )
     summary = round_log.summary(

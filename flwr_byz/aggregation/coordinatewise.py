@@ -1,10 +1,13 @@
 """Coordinate-wise rules: median (numpy semantics) and trimmed mean.
 
-Both sort each column. They work on column chunks, transposed so that each column's
-values are contiguous (torch sorts short contiguous rows several times faster than
-strided columns); sorting happens in the input precision (the order does not depend on
-it) and the arithmetic after it in float64, so even-n medians are exact midpoints. The
-extra memory is a few chunk-sized buffers.
+Both need order statistics of each column. They work on column chunks, transposed so
+that each column's values are contiguous (short contiguous rows select several times
+faster than strided columns). On the CPU only the needed ranks are selected
+(``numpy.partition``, introselect: O(n) per column, about 2x faster than a full sort
+and than ``np.median``); on other devices the chunk is sorted. Selection happens in the
+input precision (the order does not depend on it) and the arithmetic after it in
+float64, so even-n medians are exact midpoints. The extra memory is a few chunk-sized
+buffers.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from flwr_byz.aggregation.result import AggregationResult
@@ -55,6 +59,31 @@ def sorted_median(sorted_rows: torch.Tensor) -> torch.Tensor:
     return (low + sorted_rows[:, r // 2].to(torch.float64)) / 2
 
 
+def _order_statistics(chunk: torch.Tensor, ranks: list[int]) -> torch.Tensor:
+    """``chunk`` with, per row, the values of the given ranks in place.
+
+    Each row is only partially ordered: position ``k`` for every ``k`` in ``ranks``
+    holds the value a full sort would put there, smaller values before it and larger
+    ones after it.
+    """
+    if chunk.device.type == "cpu":
+        return torch.from_numpy(np.partition(chunk.numpy(), ranks, axis=1))
+    return torch.sort(chunk, dim=1).values
+
+
+def _median_of_chunk(chunk: torch.Tensor) -> torch.Tensor:
+    r = chunk.shape[1]
+    ranks = [r // 2] if r % 2 == 1 else [r // 2 - 1, r // 2]
+    return sorted_median(_order_statistics(chunk, ranks))
+
+
+def _trimmed_mean_of_chunk(chunk: torch.Tensor, cut: int) -> torch.Tensor:
+    r = chunk.shape[1]
+    ranks = sorted({cut, r - cut - 1}) if cut > 0 else [0]
+    kept = _order_statistics(chunk, ranks)[:, cut : r - cut]
+    return kept.to(torch.float64).mean(dim=1)
+
+
 def coordinate_median(x: torch.Tensor) -> AggregationResult:
     """Coordinate-wise median; for even n the mean of the two middle values (numpy's).
 
@@ -69,7 +98,7 @@ def coordinate_median(x: torch.Tensor) -> AggregationResult:
         Every row is ``selected`` (each may contribute to some coordinate).
     """
     n, _ = check_updates(x, "median")
-    agg = column_chunks(x, lambda c: sorted_median(torch.sort(c, dim=1).values))
+    agg = column_chunks(x, _median_of_chunk)
     return AggregationResult(aggregate=agg, selected=tuple(range(n)))
 
 
@@ -98,10 +127,5 @@ def trimmed_mean(x: torch.Tensor, beta: float) -> AggregationResult:
             f"trimmed-mean: beta must be a number in [0, 0.5), got {beta!r}"
         )
     cut = math.floor(beta * n)
-    agg = column_chunks(
-        x,
-        lambda c: (
-            torch.sort(c, dim=1).values[:, cut : n - cut].to(torch.float64).mean(dim=1)
-        ),
-    )
+    agg = column_chunks(x, lambda c: _trimmed_mean_of_chunk(c, cut))
     return AggregationResult(aggregate=agg, selected=tuple(range(n)))
