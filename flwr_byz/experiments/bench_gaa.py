@@ -3,13 +3,17 @@
 Run::
 
     python -m flwr_byz.experiments.bench_gaa [--rounds 15] [--cases yelp,healthcare]
-        [--betas 0.3,0.7] [--policies evidence,paper] [--out bench_gaa.json]
+        [--betas 0.3,0.7] [--policies evidence,paper] [--seeds 0,1]
+        [--attacks random-fault,sign-flip] [--out bench_gaa.json]
 
 In-process, on real Flower reply Messages: every round the clients' replies are
 built (honest: one full-batch SGD step, λ = 0.5, on the client's generated
-region — FedSGD; Byzantine: random fault, the gradient replaced by
-N(0.5·1, (2e-6)²)), then timed through ``GAA.aggregate_train`` and Flower's
-``FedAvg.aggregate_train`` on the same replies. GAA+ precision/recall
+region — FedSGD; Byzantine: one of ``ATTACKS`` — random fault, the gradient
+replaced by N(0.5·1, (2e-6)²), also after PRETENSE_ROUNDS honest rounds
+("random-fault-pretense"); sign flip −Δ and scaling 10·Δ of the attacker's own
+honest update; ALIE and IPM crafted from the round's honest updates), then
+timed through ``GAA.aggregate_train`` and Flower's ``FedAvg.aggregate_train`` on
+the same replies. GAA+ precision/recall
 (papers/002 Table 4) is averaged over the rounds after the first third, for
 K = 1, βn/3 and βn. Shapes: Yelp-style (10 clients, MLP 1024-10-2) and
 Healthcare-style (50 clients, MLP 1024-32-10).
@@ -30,12 +34,46 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
+from flwr_byz.attacks import byzantine_partitions
+from flwr_byz.attacks.omniscient import alie, alie_z, ipm
+from flwr_byz.attacks.tampering import random_fault, scaling, sign_flip
 from flwr_byz.data import load_partition, load_server_data
 from flwr_byz.models import build_model
 from flwr_byz.strategy.gaa import GAA
 
 CASES = {"yelp": ("yelp-style", 10), "healthcare": ("healthcare-style", 50)}
 LR = 0.5
+ATTACKS = ("random-fault", "random-fault-pretense", "sign-flip", "alie", "ipm",
+           "scaling")
+PRETENSE_ROUNDS = 5
+
+
+def _tamper(attack: str, rnd: int, deltas: dict[int, dict[str, torch.Tensor]],
+            byz: set[int], n: int, gen: torch.Generator,
+            ) -> dict[int, dict[str, torch.Tensor]]:
+    """The updates the Byzantine partitions send instead of their honest ones."""
+    if attack == "random-fault-pretense" and rnd <= PRETENSE_ROUNDS:
+        return {}
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    honest_ids = [p for p in deltas if p not in byz]
+    for pid in sorted(byz):
+        d = deltas[pid]
+        if attack.startswith("random-fault"):
+            out[pid] = {k: random_fault(v, gen, learning_rate=LR)
+                        for k, v in d.items()}
+        elif attack == "sign-flip":
+            out[pid] = {k: sign_flip(v) for k, v in d.items()}
+        elif attack == "scaling":
+            out[pid] = {k: scaling(v) for k, v in d.items()}
+        else:
+            stack = {k: torch.stack([deltas[h][k].reshape(-1) for h in honest_ids])
+                     for k in d}
+            if attack == "alie":
+                z = alie_z(n, len(byz))
+                out[pid] = {k: alie(x, z).reshape(d[k].shape) for k, x in stack.items()}
+            else:
+                out[pid] = {k: ipm(x).reshape(d[k].shape) for k, x in stack.items()}
+    return out
 
 
 class _Nodes(Grid):
@@ -74,14 +112,18 @@ def _reply(instruction: Message, state: dict[str, torch.Tensor], m: int) -> Mess
 
 
 def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
-             max_paper_params: int, verbose: bool = False) -> dict:
+             max_paper_params: int, verbose: bool = False,
+             attack: str = "random-fault") -> dict:
     """One configuration; returns timings, detection and accuracy."""
     dataset, n = CASES[case]
     cfg = {"dataset": dataset, "seed": seed, "qv-size": 10}
     server = load_server_data(cfg, n)
-    num_byz = round(beta * n)
-    byz = set(range(n - num_byz, n))  # partition ids; node id = 1000 + partition
-    honest = {p: load_partition(cfg, p, n).train for p in range(n) if p not in byz}
+    # The app's choice of Byzantine partitions (regions differ a lot in how
+    # their updates agree with the QV set); node id = 1000 + partition.
+    byz = set(byzantine_partitions({"seed": seed, "byzantine-fraction": beta,
+                                    "attack": "random-fault"}, n))
+    num_byz = len(byz)
+    data_of = {p: load_partition(cfg, p, n).train for p in range(n)}
 
     def factory() -> torch.nn.Module:
         return build_model("auto", server.num_features, server.num_classes)
@@ -101,26 +143,28 @@ def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
     for rnd in range(1, rounds + 1):
         sent = ArrayRecord(net.state_dict())
         msgs = list(strategy.configure_train(rnd, sent, ConfigRecord(), grid))
-        replies = []
+        base = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        deltas: dict[int, dict[str, torch.Tensor]] = {}
         for msg in msgs:
             pid = msg.metadata.dst_node_id - 1000
             local = factory()
-            local.load_state_dict(net.state_dict())
-            if pid in byz:
-                with torch.no_grad():
-                    for p in local.parameters():
-                        p -= LR * (0.5 + 2e-6 * torch.randn(p.shape, generator=gen))
-                m = 1
-            else:
-                data = honest[pid]
-                loss = torch.nn.functional.cross_entropy(local(data.features),
-                                                         data.labels)
-                loss.backward()
-                with torch.no_grad():
-                    for p in local.parameters():
-                        p -= LR * p.grad
-                m = len(data.labels)
-            replies.append(_reply(msg, local.state_dict(), m))
+            local.load_state_dict(base)
+            data = data_of[pid]
+            loss = torch.nn.functional.cross_entropy(local(data.features), data.labels)
+            loss.backward()
+            with torch.no_grad():
+                for p in local.parameters():
+                    p -= LR * p.grad
+            deltas[pid] = {k: v.detach() - base[k] for k, v in
+                           local.state_dict().items()}
+        tampered = _tamper(attack, rnd, deltas, byz, n, gen)
+        replies = []
+        for msg in msgs:
+            pid = msg.metadata.dst_node_id - 1000
+            delta = tampered.get(pid, deltas[pid])
+            state = {k: base[k] + delta[k] for k in base}
+            m = 1 if pid in tampered else len(data_of[pid].labels)
+            replies.append(_reply(msg, state, m))
         t0 = time.perf_counter()
         fedavg.aggregate_train(rnd, replies)
         fedavg_ms.append(1000 * (time.perf_counter() - t0))
@@ -144,6 +188,7 @@ def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
                      == server.test.labels).float().mean())
     return {
         "case": case, "n": n, "beta": beta, "policy": policy, "rounds": rounds,
+        "attack": attack, "seed": seed,
         "gaa_ms_median": statistics.median(gaa_ms),
         "fedavg_ms_median": statistics.median(fedavg_ms),
         "gaa_ms_after_first": statistics.median(gaa_ms[1:] or gaa_ms),
@@ -186,47 +231,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default="yelp,healthcare")
     parser.add_argument("--betas", default="0.3,0.7")
     parser.add_argument("--policies", default="evidence,paper")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attacks", default="random-fault",
+                        help=f"comma-separated, from {','.join(ATTACKS)}")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--max-paper-params", type=int, default=100_000_000,
                         help="max_paper_policy_params for policy='paper'")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
+    attacks = args.attacks.split(",")
+    bad = [a for a in attacks if a not in ATTACKS]
+    if bad:
+        raise ValueError(f"--attacks: got {bad}; allowed: {ATTACKS}")
+    seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     rows = []
     reference = {}
     for case in args.cases.split(","):
-        reference[case] = fedavg_accuracy(case, args.rounds, args.seed)
-        print(json.dumps({"case": case, "fedavg_no_attack_accuracy":
-                          reference[case]}), flush=True)
-        for beta in (float(b) for b in args.betas.split(",")):
-            for policy in args.policies.split(","):
-                try:
-                    row = run_case(case, beta, policy, args.rounds, args.seed,
-                                   args.max_paper_params)
-                except ValueError as err:  # the paper policy refusing its size
-                    row = {"case": case, "beta": beta, "policy": policy,
-                           "error": str(err)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    print("\n| case | β | policy | GAA ms/round | FedAvg ms | ratio | "
+        for seed in seeds:
+            reference[case, seed] = fedavg_accuracy(case, args.rounds, seed)
+            print(json.dumps({"case": case, "seed": seed,
+                              "fedavg_no_attack_accuracy": reference[case, seed]}),
+                  flush=True)
+        for attack in attacks:
+            for beta in (float(b) for b in args.betas.split(",")):
+                for policy in args.policies.split(","):
+                    for seed in seeds:
+                        try:
+                            row = run_case(case, beta, policy, args.rounds, seed,
+                                           args.max_paper_params, attack=attack)
+                        except ValueError as err:  # the paper policy refusing
+                            row = {"case": case, "beta": beta, "policy": policy,
+                                   "attack": attack, "seed": seed,
+                                   "error": str(err)}
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    print("\n| case | attack | β | policy | seed | GAA ms/round | FedAvg ms | ratio | "
           "P/R K=1 | P/R K=βn/3 | P/R K=βn | honest credit (end) | accuracy | "
           "FedAvg no attack |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['case']} | {r['beta']} | {r['policy']} | refused: "
-                  f"{r['error'][:60]}… |")
+            print(f"| {r['case']} | {r['attack']} | {r['beta']} | {r['policy']} | "
+                  f"{r['seed']} | refused: {r['error'][:60]}… |")
             continue
         det = [f"{v['precision']:.3f}/{v['recall']:.3f}"
                for v in r["detection"].values()]
         det += ["–"] * (3 - len(det))
-        print(f"| {r['case']} | {r['beta']} | {r['policy']} | "
-              f"{r['gaa_ms_median']:.1f} | {r['fedavg_ms_median']:.1f} | "
+        print(f"| {r['case']} | {r['attack']} | {r['beta']} | {r['policy']} | "
+              f"{r['seed']} | {r['gaa_ms_median']:.1f} | "
+              f"{r['fedavg_ms_median']:.1f} | "
               f"{r['gaa_ms_median'] / r['fedavg_ms_median']:.1f}× | "
               f"{' | '.join(det)} | {r['honest_credit_trace'][-1]:.4f} | "
-              f"{r['final_accuracy']:.3f} | {reference[r['case']]:.3f} |")
+              f"{r['final_accuracy']:.3f} | {reference[r['case'], r['seed']]:.3f} |")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(rows, handle, indent=1)

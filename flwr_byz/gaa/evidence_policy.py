@@ -20,6 +20,8 @@ INPUT_NAMES: tuple[str, ...] = (
     "log-rel-norm",  # log ‖Δ_i‖ − median_j log ‖Δ_j‖
     "excess-norm",  # max(0, log ‖Δ_i‖ − log ref − log NORM_SLACK), see below
     "prev-log-credit",  # previous log-credit − the best one, ≥ −PREV_CLIP
+    "qv-gain-capped",  # min(qv-gain-scaled, 1): help beyond a typical one is equal
+    "cos-credit-mean",  # cos(Δ_i, the aggregate the other inputs would make)
 )
 PREV_CLIP = 50.0
 LOG_NORM_CLIP = 10.0
@@ -109,6 +111,8 @@ class EvidencePolicy(nn.Module):
     def __init__(
         self,
         gain_weight: float = 1.0,
+        scaled_weight: float = 0.0,
+        consensus_weight: float = 8.0,
         descent_weight: float = 0.2,
         norm_weight: float = 10.0,
         hidden: int = 16,
@@ -132,6 +136,9 @@ class EvidencePolicy(nn.Module):
             self.head.weight[0, INPUT_NAMES.index("qv-gain")] = gain_weight
             self.head.weight[0, INPUT_NAMES.index("cos-qv-descent")] = descent_weight
             self.head.weight[0, INPUT_NAMES.index("excess-norm")] = -norm_weight
+            self.head.weight[0, INPUT_NAMES.index("qv-gain-capped")] = scaled_weight
+            self.head.weight[0, INPUT_NAMES.index("cos-credit-mean")] = (
+                consensus_weight)
         self.residual: nn.Module | None = None
         if hidden > 0:
             self.residual = nn.Sequential(
@@ -158,15 +165,29 @@ class EvidencePolicy(nn.Module):
         excess = torch.relu(log_norm - ref - math.log(NORM_SLACK))
         prev_rel = (prev_logits - prev_logits.max().detach()).clamp(min=-PREV_CLIP)
         keep = [FEATURE_NAMES.index(n) for n in INPUT_NAMES[:4]]
-        return torch.cat(
+        capped = feats[:, FEATURE_NAMES.index("qv-gain-scaled")].clamp(max=1.0)
+        x = torch.cat(
             [
                 feats[:, keep],
                 rel.clamp(-LOG_NORM_CLIP, LOG_NORM_CLIP).unsqueeze(1),
                 excess.clamp(max=LOG_NORM_CLIP).unsqueeze(1),
                 prev_rel.unsqueeze(1),
+                capped.unsqueeze(1),
             ],
             dim=1,
         )
+        # The reference direction is the aggregate that the previous credit
+        # and this round's other evidence (QV gain, norm) would make — never
+        # the plain mean or median, which belong to a Byzantine majority.
+        # Gated like the evidence: workers within `slack` of the best count
+        # alike, so the reference does not collapse onto the QV favourite.
+        pre = x @ self.head.weight[0, :-1]
+        pre = -torch.relu(pre.max() - pre - self.slack)
+        # Unit directions: one large update must not make the reference alone.
+        u = obs.updates / (obs.updates.norm(dim=1, keepdim=True) + 1e-12)
+        ref = torch.softmax(prev_logits + pre, 0) @ u
+        cos = (u @ ref) / (ref.norm() + 1e-12)
+        return torch.cat([x, cos.unsqueeze(1)], dim=1)
 
     def forward(self, obs: Observation, prev_logits: torch.Tensor) -> torch.Tensor:
         """New (unnormalised) log-credits for the rows of ``obs``."""

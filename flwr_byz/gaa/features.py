@@ -10,11 +10,17 @@ FEATURE_NAMES: tuple[str, ...] = (
     "cos-mean",  # cos(Δ_i, mean of the Δ's)
     "cos-median",  # cos(Δ_i, coordinate median of the Δ's)
     "log-norm",  # log ‖Δ_i‖ (the policy only uses differences of it)
+    "qv-gain-scaled",  # QV-loss decrease of Δ_i alone ÷ the median |decrease|
 )
 
 # A relative QV change beyond ±GAIN_CLIP is "catastrophic" either way; clipping
 # keeps one absurd update from dominating the policy's gradient.
 GAIN_CLIP = 50.0
+#: ``qv-gain-scaled`` is clipped to ±SCALED_CLIP typical gains.
+SCALED_CLIP = 5.0
+#: Relative QV changes below this are not magnified by ``qv-gain-scaled``: on a
+#: converged model every solo step changes the QV loss by noise only.
+SCALE_FLOOR = 0.01
 
 
 def coordinate_median(x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +63,14 @@ def evidence_features(
     would blow tiny differences between honest workers up to unit size and
     let the log-credit random-walk onto a few honest nodes.
 
+    ``qv-gain-scaled`` is the one scale-free read-out of the reward: the
+    relative QV-loss decrease of Δ_i alone, *not* centred (its sign says
+    whether the step helps the QV set at all, which no majority can move),
+    divided by the median of the absolute decreases (at least
+    ``SCALE_FLOOR``), so that an update that hurts the QV set as much as a
+    typical update helps it reads −1 whatever the learning rate or the stage
+    of training.
+
     Parameters
     ----------
     updates : torch.Tensor
@@ -82,8 +96,10 @@ def evidence_features(
     solo = torch.nan_to_num(
         solo_losses.double(), nan=f0 + GAIN_CLIP * scale, posinf=f0 + GAIN_CLIP * scale
     )
-    gain = (f0 - solo) / scale
-    gain = (gain - _median(gain)).clamp(-GAIN_CLIP, GAIN_CLIP).float()
+    raw = (f0 - solo) / scale
+    typical = _median(raw.abs()).clamp(min=SCALE_FLOOR)
+    scaled = (raw / typical).clamp(-SCALED_CLIP, SCALED_CLIP).float()
+    gain = (raw - _median(raw)).clamp(-GAIN_CLIP, GAIN_CLIP).float()
     log_norm = torch.log(updates.double().norm(dim=1) + 1e-30).float()
     return torch.stack(
         [
@@ -92,6 +108,7 @@ def evidence_features(
             _cos(updates, updates.mean(dim=0)),
             _cos(updates, coordinate_median(updates)),
             log_norm,
+            scaled,
         ],
         dim=1,
     )
