@@ -329,3 +329,38 @@ def test_credit_leaves_random_fault_majority_within_two_rounds():
         theta = theta + res.aggregate
         assert sum(res.weights[:3]) >= 0.99, (r, res.weights)
     assert sorted(agent.detect(7)) == list(range(3, 10))
+
+
+def test_sign_flip_minority_loses_credit():
+    """3 of 10 send −Δ of their own honest update (same norm as honest), in-process."""
+    f_in, hidden, lr = 32, 10, 1.0
+    w = torch.randn(f_in, 2, generator=torch.Generator().manual_seed(7))
+
+    def big() -> nn.Module:
+        return nn.Sequential(nn.Linear(f_in, hidden), nn.Sigmoid(),
+                             nn.Linear(hidden, 2))
+
+    def region(k: int, m: int):
+        g = torch.Generator().manual_seed(1000 + k)
+        shift = 0.5 * torch.randn(f_in, generator=g)
+        x = torch.randn(m, f_in, generator=g) + shift
+        return x, ((x - shift) @ w + 0.8 * torch.randn(m, 2, generator=g)).argmax(1)
+
+    clients = [QVObjective(big, region(k, 200)) for k in range(10)]
+    objective = QVObjective(big, region(100, 10))
+    agent = GAAAgent(objective)
+    torch.manual_seed(0)
+    theta = torch.cat([v.reshape(-1) for v in big().state_dict().values()])
+    byzantine = [2, 5, 9]
+    ids = list(range(10))
+    trace = []
+    for _ in range(12):
+        updates = torch.stack([-lr * c.value_and_grad(theta)[1] for c in clients])
+        updates[byzantine] *= -1
+        res = agent.step(theta, updates, ids)
+        theta = theta + res.aggregate
+        credits = agent.credits()
+        trace.append(sum(v for i, v in credits.items() if i not in byzantine))
+    assert trace[-1] >= 0.9, trace
+    assert min(trace[3:]) >= 0.9, trace
+    assert sorted(agent.detect(3)) == byzantine

@@ -11,7 +11,8 @@ from .features import FEATURE_NAMES, coordinate_median
 from .observation import Observation
 
 #: Inputs of g_ψ, in order: the observation features with ``log-norm`` replaced
-#: by two scale-free versions, then the previous log-credit.
+#: by two scale-free versions, the previous log-credit, the capped scaled QV
+#: gain, and the alignment with the credit-weighted mean direction (last).
 INPUT_NAMES: tuple[str, ...] = (
     "qv-gain",
     "cos-qv-descent",
@@ -78,11 +79,38 @@ class EvidencePolicy(nn.Module):
       −∇f_B(θ_t). A huge random update can *lower* the QV loss of a freshly
       initialised model by collapsing it to the label prior, so the realised
       gain alone is fooled in round one; the direction is not.
+    * ``cos-credit-mean`` (weight ``consensus_weight``): alignment of Δ_i's
+      direction with the *credit-weighted* mean direction — the unit updates
+      weighted by the softmax of the previous log-credits plus this round's
+      gated read-out of the other inputs (so a random fault is out of the
+      reference in the round it appears). Honest-norm attacks (sign flip,
+      IPM) point against it: cos ≈ −0.9 against ≈ +0.9 for honest workers,
+      ``consensus_weight·1.8 − slack`` nats per round; honest workers within
+      ``slack/consensus_weight`` of the best alignment lose nothing. Unit
+      directions keep one large update from making the reference alone.
+      Unlike the plain mean or coordinate median (features ``cos-mean`` and
+      ``cos-median``, weight 0), the reference follows the credit, so once
+      the evidence has removed attackers they no longer shape it. With
+      uniform credit it is a majority direction: this term alone does not
+      stop a majority of honest-norm attackers.
+    * ``qv-gain-capped`` (weight ``scaled_weight``, 0 at start): the solo QV
+      gain divided by the median |gain| across workers, capped at 1. Strong
+      in principle, but with a tiny QV set from another region (or one of a
+      single class) it also ranks honest regions against each other and the
+      model drifts onto the QV favourite; learning may raise it.
 
-    The two QV read-outs are weak at the start on purpose: with a tiny QV set
+    The QV read-outs are weak at the start on purpose: with a tiny QV set
     from another region they also punish honest heterogeneity (the model
     over-fits the QV set through the worker closest to it); learning decides
     how much they should count.
+
+    Optional, off by default (``reference_gain > 0``): when the credit-
+    weighted reference itself goes uphill on the QV set by more than
+    ``uphill_margin`` (its cosine with −∇f_B), the reference leans towards
+    the workers aligned with −∇f_B, with weight ``reference_gain ×`` that
+    excess. It lets a QV set beat a majority of sign-flippers, but one round
+    in which an honest consensus disagrees with a small QV set hands the
+    credit to the attackers, so it is not the default.
 
     Learning ψ refines the weights of every input from the window loss.
 
@@ -104,6 +132,10 @@ class EvidencePolicy(nn.Module):
         when every worker is within the slack.
     seed : int
         Seed of the residual MLP's (hidden layer) initialisation.
+    consensus_weight, scaled_weight : float
+        Initial weights of ``cos-credit-mean`` and ``qv-gain-capped``.
+    reference_gain, uphill_margin : float
+        The optional QV lean of the reference (see above); fixed, not learnt.
     """
 
     needs_features = True
@@ -111,8 +143,6 @@ class EvidencePolicy(nn.Module):
     def __init__(
         self,
         gain_weight: float = 1.0,
-        scaled_weight: float = 0.0,
-        consensus_weight: float = 8.0,
         descent_weight: float = 0.2,
         norm_weight: float = 10.0,
         hidden: int = 16,
@@ -120,6 +150,10 @@ class EvidencePolicy(nn.Module):
         decay: float = 0.9,
         fine_weight: float = 0.05,
         seed: int = 0,
+        consensus_weight: float = 8.0,
+        scaled_weight: float = 0.0,
+        reference_gain: float = 0.0,
+        uphill_margin: float = 0.1,
     ) -> None:
         super().__init__()
         if slack < 0 or not 0.0 < decay <= 1.0:
@@ -128,6 +162,7 @@ class EvidencePolicy(nn.Module):
                 f"slack={slack}, decay={decay}"
             )
         self.slack, self.decay = slack, decay
+        self.reference_gain, self.uphill_margin = reference_gain, uphill_margin
         self.fine = nn.Parameter(torch.tensor(float(fine_weight)))
         num_in = len(INPUT_NAMES)
         self.head = nn.Linear(num_in, 1, bias=False)
@@ -154,7 +189,11 @@ class EvidencePolicy(nn.Module):
             nn.init.zeros_(self.residual[2].bias)
 
     def inputs(self, obs: Observation, prev_logits: torch.Tensor) -> torch.Tensor:
-        """The ``(m, len(INPUT_NAMES))`` inputs of g_ψ."""
+        """The ``(m, len(INPUT_NAMES))`` inputs of g_ψ.
+
+        The last one, ``cos-credit-mean``, depends on the head's weights of
+        the others (the reference is the aggregate they would make).
+        """
         if obs.features is None:
             raise ValueError("EvidencePolicy needs Observation.features")
         feats = obs.features
@@ -177,15 +216,21 @@ class EvidencePolicy(nn.Module):
             dim=1,
         )
         # The reference direction is the aggregate that the previous credit
-        # and this round's other evidence (QV gain, norm) would make — never
-        # the plain mean or median, which belong to a Byzantine majority.
-        # Gated like the evidence: workers within `slack` of the best count
-        # alike, so the reference does not collapse onto the QV favourite.
+        # and this round's other evidence (norm, QV) would make, gated like
+        # the evidence: workers within `slack` of the best count alike, so
+        # the reference does not collapse onto the QV favourite.
         pre = x @ self.head.weight[0, :-1]
         pre = -torch.relu(pre.max() - pre - self.slack)
         # Unit directions: one large update must not make the reference alone.
         u = obs.updates / (obs.updates.norm(dim=1, keepdim=True) + 1e-12)
-        ref = torch.softmax(prev_logits + pre, 0) @ u
+        w = torch.softmax(prev_logits + pre, 0)
+        ref = w @ u
+        # If that consensus itself goes uphill on the QV set (a majority
+        # pulling the wrong way), lean the reference towards QV descent.
+        descent = x[:, INPUT_NAMES.index("cos-qv-descent")]
+        uphill = torch.relu(-(w @ descent) / (ref.norm() + 1e-12) - self.uphill_margin)
+        w = torch.softmax(prev_logits + pre + self.reference_gain * uphill * descent, 0)
+        ref = w @ u
         cos = (u @ ref) / (ref.norm() + 1e-12)
         return torch.cat([x, cos.unsqueeze(1)], dim=1)
 
