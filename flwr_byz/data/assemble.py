@@ -60,7 +60,8 @@ def standardised(
 
 def draw_qv(pool: LabeledData, cfg: DataConfig, source: str) -> LabeledData:
     """The working QV set: ``qv-size`` samples of an already standardised pool."""
-    idx = torch.from_numpy(qv_indices(len(pool), cfg.qv_size, cfg.seed, source))
+    labels = pool.labels.numpy()
+    idx = torch.from_numpy(qv_indices(labels, cfg.qv_size, cfg.seed, source))
     return LabeledData(pool.features[idx].clone(), pool.labels[idx].clone())
 
 

@@ -41,17 +41,35 @@ def train_test_indices(
     return perm[n_test:], perm[:n_test]
 
 
-def qv_indices(pool_size: int, qv_size: int, seed: int, source: str) -> np.ndarray:
-    """``qv_size`` distinct indices of a QV pool of ``pool_size`` samples.
+def qv_indices(
+    labels: np.ndarray, qv_size: int, seed: int, source: str
+) -> np.ndarray:
+    """``qv_size`` distinct indices of a QV pool, as class-balanced as possible.
+
+    The pool is shuffled (seeded) and classes are then taken in turn, so a 10-sample
+    QV set of a 2-class task holds 5 of each when the pool has them. A plain random
+    draw can hold a single class (it did for the Yelp-style preset at seed 0), and a
+    one-class QV set rewards collapsing the model onto that class — the opposite of
+    what the server wants to measure.
 
     Raises
     ------
     ValueError
         If the pool is smaller than ``qv-size``.
     """
+    pool_size = len(labels)
     if pool_size < qv_size:
         raise ValueError(
             f"qv-source {source!r} has {pool_size} samples, fewer than qv-size "
             f"{qv_size}; lower 'qv-size' or use a larger source"
         )
-    return rng_for(seed, QV_DRAW_STREAM).choice(pool_size, size=qv_size, replace=False)
+    order = rng_for(seed, QV_DRAW_STREAM).permutation(pool_size)
+    by_class = [order[labels[order] == c] for c in np.unique(labels)]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < qv_size:
+        for members in by_class:
+            if depth < len(members) and len(picked) < qv_size:
+                picked.append(int(members[depth]))
+        depth += 1
+    return np.asarray(picked, dtype=np.int64)
