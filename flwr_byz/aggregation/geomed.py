@@ -6,7 +6,7 @@ import torch
 
 from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.distances import centred_gram, sq_distances_from_gram
-from flwr_byz.aggregation.mean import combine_rows
+from flwr_byz.aggregation.mean import combine_rows, select_row
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.validation import (
     check_f,
@@ -37,15 +37,7 @@ def geomed_medoid(x: torch.Tensor, f: int = 0) -> AggregationResult:
     require_rows("geomed", n, f)
     sums = sq_distances_from_gram(centred_gram(x).cpu()).sqrt().sum(dim=1).tolist()
     best = min(range(n), key=lambda i: (sums[i], i))
-    coeffs = torch.zeros(n, dtype=torch.float64)
-    coeffs[best] = 1.0
-    return AggregationResult(
-        aggregate=combine_rows(x, coeffs),
-        selected=(best,),
-        removed=tuple(i for i in range(n) if i != best),
-        scores=tuple(sums),
-        weights=tuple(coeffs.tolist()),
-    )
+    return select_row(x, best, tuple(sums))
 
 
 def geometric_median(

@@ -6,7 +6,7 @@ import torch
 
 from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.distances import pairwise_sq_distances
-from flwr_byz.aggregation.mean import combine_rows
+from flwr_byz.aggregation.mean import combine_rows, select_row
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.validation import (
     check_f,
@@ -59,15 +59,7 @@ def krum(x: torch.Tensor, f: int) -> AggregationResult:
     require_rows("krum", n, f)
     scores = krum_scores(pairwise_sq_distances(x), f)
     best = _ranked(scores)[0]
-    coeffs = torch.zeros(n, dtype=torch.float64)
-    coeffs[best] = 1.0
-    return AggregationResult(
-        aggregate=combine_rows(x, coeffs),
-        selected=(best,),
-        removed=tuple(i for i in range(n) if i != best),
-        scores=tuple(scores),
-        weights=tuple(coeffs.tolist()),
-    )
+    return select_row(x, best, tuple(scores))
 
 
 def multikrum(

@@ -44,3 +44,19 @@ def mean(x: torch.Tensor, weights: torch.Tensor | None = None) -> AggregationRes
         selected=selected,
         weights=tuple(coeffs.tolist()),
     )
+
+
+def select_row(
+    x: torch.Tensor, best: int, scores: tuple[float, ...] = ()
+) -> AggregationResult:
+    """The result of a rule that returns one row of ``x`` (Krum, the medoid)."""
+    n = x.shape[0]
+    coeffs = torch.zeros(n, dtype=torch.float64)
+    coeffs[best] = 1.0
+    return AggregationResult(
+        aggregate=combine_rows(x, coeffs),
+        selected=(best,),
+        removed=tuple(i for i in range(n) if i != best),
+        scores=scores,
+        weights=tuple(coeffs.tolist()),
+    )

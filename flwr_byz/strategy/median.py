@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from flwr_byz.aggregation.result import AggregationResult
@@ -29,9 +27,6 @@ class Median(RobustStrategy):
 
     rule_name = "median"
     supports_weights = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
 
     def aggregate_updates(self, server_round: int, updates: torch.Tensor,
                           node_ids: list[int], weights: torch.Tensor | None, f: int,
