@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .robust_strategy import RobustStrategy
 
 
@@ -24,6 +22,3 @@ class Mean(RobustStrategy):
     """
 
     rule_name = "mean"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
