@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import time
 from logging import ERROR, INFO
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -119,7 +118,7 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         return metrics
 
     started = time.perf_counter()
-    result = observed.start(
+    observed.start(
         grid=grid,
         initial_arrays=initial_arrays,
         num_rounds=int(cfg["num-server-rounds"]),
@@ -134,7 +133,6 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         total_time=time.perf_counter() - started,
     )
     results.finish(summary)
-    del result
-    for line in round_log.summary_lines(summary, Path(results.path)):
+    for line in round_log.summary_lines(summary, results.path):
         log(INFO, "%s", line)
     return results.data

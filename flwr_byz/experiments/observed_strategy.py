@@ -65,10 +65,9 @@ class ObservedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Delegate in a fixed reply order, then report the round."""
-        replies = list(replies)
-        if self.order_key is not None:
-            replies.sort(key=lambda msg: self.order_key(msg.metadata.src_node_id))
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        arrays, metrics = self.strategy.aggregate_train(
+            server_round, self._ordered(replies)
+        )
         self.on_train(server_round, metrics, time.perf_counter() - self._round_started)
         return arrays, metrics
 
@@ -82,7 +81,10 @@ class ObservedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Delegate in a fixed reply order."""
+        return self.strategy.aggregate_evaluate(server_round, self._ordered(replies))
+
+    def _ordered(self, replies: Iterable[Message]) -> list[Message]:
         replies = list(replies)
         if self.order_key is not None:
             replies.sort(key=lambda msg: self.order_key(msg.metadata.src_node_id))
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        return replies
