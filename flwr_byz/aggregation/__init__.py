@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr_byz.aggregation.bounds import min_nodes
+from flwr_byz.aggregation.bounds import byzantine_budget, min_nodes
 from flwr_byz.aggregation.brute_force import brute_force
 from flwr_byz.aggregation.bulyan import bulyan
 from flwr_byz.aggregation.coordinatewise import coordinate_median, trimmed_mean
@@ -42,6 +42,7 @@ __all__ = [
     "AggregationResult",
     "brute_force",
     "bulyan",
+    "byzantine_budget",
     "coordinate_median",
     "faba",
     "geomed_medoid",

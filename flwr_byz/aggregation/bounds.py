@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 # rule name -> (smallest n as a function of f, the bound as text for messages)
@@ -54,3 +55,37 @@ def require_rows(rule: str, n: int, f: int) -> None:
             f"{rule} needs n >= {_BOUNDS[rule][1]} = {needed} rows to tolerate "
             f"f = {f} Byzantine rows, got n = {n}"
         )
+
+
+def byzantine_budget(alpha: float, n: int) -> int:
+    """``f = floor(alpha · n)``: the Byzantine budget of a fraction (DESIGN §3).
+
+    A product within ``1e-9`` (relative) of an integer counts as that integer, so
+    that binary rounding never costs a row: ``0.3 · 10``, ``0.29 · 100`` and
+    ``(f / n) · n`` give 3, 29 and ``f``, where a bare ``floor`` gives one less.
+
+    Parameters
+    ----------
+    alpha : float
+        Fraction in ``[0, 1]``.
+    n : int
+        Number of rows (valid replies, partitions, ...), ``>= 0``.
+
+    Returns
+    -------
+    int
+        The budget, ``0 <= f <= n``.
+    """
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not (0.0 <= alpha <= 1.0)
+    ):
+        raise ValueError(f"byzantine_budget: alpha must be in [0, 1], got {alpha!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"byzantine_budget: n must be an integer >= 0, got {n!r}")
+    product = alpha * n
+    nearest = round(product)
+    if abs(product - nearest) <= 1e-9 * max(1.0, product):
+        return int(nearest)
+    return math.floor(product)

@@ -8,7 +8,7 @@ import math
 import torch
 
 from flwr_byz.aggregation.bounds import require_rows
-from flwr_byz.aggregation.distances import pairwise_sq_distances
+from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
 from flwr_byz.aggregation.mean import combine_rows
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.validation import check_f, check_updates
@@ -51,15 +51,18 @@ def brute_force(
             f"brute-force would examine C(n, f) = C({n}, {f}) = {count} subsets, more "
             f"than max_subsets = {max_subsets}; raise max_subsets or use another rule"
         )
-    sq = pairwise_sq_distances(x).cpu()
+    sq, scale = scaled_pairwise_sq_distances(x)
+    sq = sq.cpu()
     size = n - f
     combos = itertools.combinations(range(n), size)
     best: tuple[int, ...] = tuple(range(size))
     best_key = (math.inf, math.inf)
-    best: tuple[int, ...] = tuple(range(size))
     while batch := list(itertools.islice(combos, _BATCH)):
         idx = torch.tensor(batch, dtype=torch.long)
-        within = sq[idx[:, :, None], idx[:, None, :]].flatten(1)
+        # NaN (never produced from finite input) counts as infinitely far.
+        within = (
+            sq[idx[:, :, None], idx[:, None, :]].flatten(1).nan_to_num(nan=math.inf)
+        )
         diam = within.amax(dim=1)
         spread = within.sum(dim=1)
         low = float(diam.min())
@@ -76,7 +79,7 @@ def brute_force(
         inside[i, pos] = math.nan  # a row's distance to itself does not count
     far = inside.nan_to_num(nan=-math.inf).amax(dim=1).clamp(min=0.0).sqrt()
     near = inside.nan_to_num(nan=math.inf).amin(dim=1).sqrt()
-    scores = [float(far[i]) if keep[i] else float(near[i]) for i in range(n)]
+    scores = [scale * (float(far[i]) if keep[i] else float(near[i])) for i in range(n)]
     coeffs = keep / keep.sum()
     return AggregationResult(
         aggregate=combine_rows(x, coeffs),

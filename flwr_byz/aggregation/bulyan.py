@@ -5,9 +5,14 @@ from __future__ import annotations
 import torch
 
 from flwr_byz.aggregation.bounds import require_rows
-from flwr_byz.aggregation.coordinatewise import column_chunks, sorted_median
-from flwr_byz.aggregation.distances import pairwise_sq_distances
+from flwr_byz.aggregation.coordinatewise import (
+    column_chunks,
+    row_mean,
+    sorted_median,
+)
+from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
 from flwr_byz.aggregation.krum import krum_scores
+from flwr_byz.aggregation.ordering import argmin_lowest
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.validation import check_f, check_updates
 
@@ -38,14 +43,15 @@ def bulyan(x: torch.Tensor, f: int) -> AggregationResult:
     n, _ = check_updates(x, "bulyan")
     f = check_f(f, "bulyan")
     require_rows("bulyan", n, f)
-    sq = pairwise_sq_distances(x).cpu()
-    first_scores = krum_scores(sq, f)
+    sq, scale = scaled_pairwise_sq_distances(x)
+    sq = sq.cpu()
+    first_scores = [s * scale * scale for s in krum_scores(sq, f)]
     remaining = list(range(n))
     chosen: list[int] = []
     for _ in range(n - 2 * f):
         idx = torch.tensor(remaining)
-        scores = krum_scores(sq[idx][:, idx], f)
-        best = min(range(len(remaining)), key=lambda t: (scores[t], remaining[t]))
+        # ``remaining`` is ascending, so the lowest position is the lowest row.
+        best = argmin_lowest(krum_scores(sq[idx][:, idx], f))
         chosen.append(remaining.pop(best))
     chosen.sort()
     beta = len(chosen) - 2 * f
@@ -57,7 +63,7 @@ def bulyan(x: torch.Tensor, f: int) -> AggregationResult:
         med = sorted_median(torch.sort(chunk, dim=1).values)
         values = chunk.to(torch.float64)
         order = torch.sort((values - med[:, None]).abs(), dim=1, stable=True).indices
-        return torch.gather(values, 1, order[:, :beta]).mean(dim=1)
+        return row_mean(torch.gather(values, 1, order[:, :beta]))
 
     agg = column_chunks(x, closest_mean, rows=rows)
     return AggregationResult(

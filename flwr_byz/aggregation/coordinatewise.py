@@ -12,13 +12,13 @@ buffers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from flwr_byz.aggregation.bounds import byzantine_budget
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.validation import check_updates
 
@@ -77,7 +77,26 @@ def sorted_median(sorted_rows: torch.Tensor) -> torch.Tensor:
     if r % 2 == 1:
         return sorted_rows[:, r // 2].to(torch.float64)
     low = sorted_rows[:, r // 2 - 1].to(torch.float64)
-    return (low + sorted_rows[:, r // 2].to(torch.float64)) / 2
+    high = sorted_rows[:, r // 2].to(torch.float64)
+    mid = (low + high) / 2
+    # Only float64 input near its largest value overflows the sum; halving first is
+    # then exact up to the last bit of a subnormal.
+    return torch.where(torch.isfinite(mid), mid, low / 2 + high / 2)
+
+
+def row_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of each row of finite float64 values, finite even where the sum is not.
+
+    Rows whose plain mean overflows (float64 input near its largest value) are
+    averaged after dividing by their largest magnitude.
+    """
+    out = values.mean(dim=1)
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        rows = values[bad]
+        top = rows.abs().amax(dim=1, keepdim=True)
+        out[bad] = top.squeeze(1) * (rows / top).mean(dim=1)
+    return out
 
 
 def _order_statistics(chunk: torch.Tensor, ranks: list[int]) -> torch.Tensor:
@@ -102,7 +121,7 @@ def _trimmed_mean_of_chunk(chunk: torch.Tensor, cut: int) -> torch.Tensor:
     r = chunk.shape[1]
     ranks = sorted({cut, r - cut - 1}) if cut > 0 else [0]
     kept = _order_statistics(chunk, ranks)[:, cut : r - cut]
-    return kept.to(torch.float64).mean(dim=1)
+    return row_mean(kept.to(torch.float64))
 
 
 def coordinate_median(x: torch.Tensor) -> AggregationResult:
@@ -126,6 +145,9 @@ def coordinate_median(x: torch.Tensor) -> AggregationResult:
 def trimmed_mean(x: torch.Tensor, beta: float) -> AggregationResult:
     """Per coordinate, drop the ``floor(beta·n)`` largest and smallest; average rest.
 
+    The count is :func:`~flwr_byz.aggregation.bounds.byzantine_budget`, so
+    ``beta = f / n`` trims exactly ``f`` on each side despite binary rounding.
+
     Parameters
     ----------
     x : torch.Tensor
@@ -147,6 +169,6 @@ def trimmed_mean(x: torch.Tensor, beta: float) -> AggregationResult:
         raise ValueError(
             f"trimmed-mean: beta must be a number in [0, 0.5), got {beta!r}"
         )
-    cut = math.floor(beta * n)
+    cut = byzantine_budget(float(beta), n)
     agg = column_chunks(x, lambda c: _trimmed_mean_of_chunk(c, cut))
     return AggregationResult(aggregate=agg, selected=tuple(range(n)))

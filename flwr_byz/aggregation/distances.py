@@ -21,6 +21,15 @@ norms *around the centre* (not around the origin): on a float32 matrix with a co
 offset 1e5 times the spread (tests/test_aggregation_properties.py) it stays below
 1e-3 of every distance — relative 1e-6 for rows near the centre, ~1e-4 for a pair far
 from it but close to each other — while a plain float32 Gram is off by more than 100 %.
+
+Adversarial magnitudes. Any finite input gives a finite Gram, the same in every
+process: a float32 chunk product that overflows (a value near 1e19 or beyond) or
+that may have lost values to underflow (its largest squared norm below 2**-64) is
+redone in float64, whose range holds the square of any float32 value summed over
+10**9 columns. Float64 inputs beyond ``2**450`` or below ``2**-400`` are first
+scaled by a power of two (exact), and :func:`scaled_centred_gram` returns that scale
+with the Gram, so the rules decide on finite numbers and report distances in the
+input's units.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import math
 
 import torch
 
+from flwr_byz.aggregation.ordering import argmin_lowest
 from flwr_byz.aggregation.validation import check_updates
 
 _CPU_CHUNK = 65_536  # the centred chunk (n × 65536 float32) stays in L3
@@ -40,6 +50,14 @@ _SAMPLE_MAX = 8_192
 # (squared) around the origin than around the reference row: its rounding error is
 # then at most this factor times that of the centred product.
 _MAX_CONDITIONING = 4.0
+# A float32 product whose largest squared norm is below this may have lost values to
+# underflow (products below 2**-126); such a chunk is redone in float64.
+_TINY = 2.0**-64
+# Float64 inputs whose largest magnitude lies outside [2**-400, 2**450] are scaled
+# to peak at 2**450: beyond it a squared norm summed over many columns may overflow
+# (2**900 · 1e10 columns · n² stays below 1.8e308) or small values underflow.
+_FLOAT64_RANGE = 400
+_FLOAT64_TOP = 450
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -79,20 +97,61 @@ def reference_row(x: torch.Tensor) -> tuple[int, float]:
     The choice only affects rounding, never which distances are computed.
     """
     n = x.shape[0]
-    sample = _sample_columns(x).to(_work_dtype(x))
-    raw = (sample @ sample.T).to(torch.float64).cpu()
+    work = _work_dtype(x)
+    sample = _sample_columns(x)
+    raw, work = _gram64(sample, work)
+    raw = raw.cpu()
     if n <= 2:
         return 0, _conditioning(raw, _centre_gram(raw, 0))
+    sample = sample.to(work)
     sample = sample - sample.mean(dim=0)
-    gram = (sample @ sample.T).to(torch.float64)
+    gram, _ = _gram64(sample, work)
     sq = sq_distances_from_gram(gram.cpu())
-    sums = sq.sqrt().sum(dim=1).tolist()
-    ref = min(range(n), key=lambda i: (sums[i], i))
+    ref = argmin_lowest(sq.sqrt().sum(dim=1))
     return ref, _conditioning(raw, _centre_gram(raw, ref))
+
+
+def _reliable(product: torch.Tensor, cols: torch.Tensor) -> bool:
+    """Whether a Gram product computed in float32 can be trusted (see module doc)."""
+    if not bool(torch.isfinite(product).all()):
+        return False
+    top = float(product.diagonal().max())
+    if top >= _TINY:
+        return True
+    return top == 0.0 and not bool(cols.any())
+
+
+def _gram64(cols: torch.Tensor, work: torch.dtype) -> tuple[torch.Tensor, torch.dtype]:
+    """``cols @ cols.T`` in float64, multiplied in ``work`` when that is reliable,
+    else in float64; also returns the dtype used."""
+    c = cols if cols.dtype == work else cols.to(work)
+    product = (c @ c.T).to(torch.float64)
+    if work == torch.float64 or _reliable(product, c):
+        return product, work
+    c = cols.to(torch.float64)
+    return c @ c.T, torch.float64
+
+
+def _input_scale(x: torch.Tensor) -> float:
+    """A power of two to divide float64 input by so that its squares stay in range
+    (1.0 for every other dtype: their squares fit float64)."""
+    if x.dtype != torch.float64:
+        return 1.0
+    low, high = torch.aminmax(x)
+    top = max(-float(low), float(high))
+    if top == 0.0 or 2.0**-_FLOAT64_RANGE <= top <= 2.0**_FLOAT64_TOP:
+        return 1.0
+    # Largest magnitude -> [2**449, 2**450): the most room below it for small values
+    # while sums of d·n² squares stay finite.
+    # (A subnormal peak is scaled by 2**1022, the most a normal scale allows.)
+    return math.ldexp(1.0, max(math.frexp(top)[1] - _FLOAT64_TOP, -1022))
 
 
 def centred_gram(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Float64 Gram matrix of the rows of ``x`` centred on a reference row.
+
+    Entries may be infinite only for float64 input beyond about ``1e150``; rules use
+    :func:`scaled_centred_gram`, which stays finite for every finite input.
 
     Parameters
     ----------
@@ -108,12 +167,29 @@ def centred_gram(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         ``G[i, j] = (x_i − r)·(x_j − r)`` with ``r`` the reference row. Every
         squared distance between rows or convex combinations of rows follows.
     """
+    gram, scale = scaled_centred_gram(x, chunk)
+    return gram if scale == 1.0 else gram * (scale * scale)
+
+
+def scaled_centred_gram(
+    x: torch.Tensor, chunk: int | None = None
+) -> tuple[torch.Tensor, float]:
+    """The centred Gram of ``x / scale`` and ``scale``, a power of two.
+
+    ``scale`` is 1.0 except for float64 input whose largest magnitude lies outside
+    ``[2**-400, 2**450]``; the Gram is finite for every finite input. Distances
+    between rows are ``scale`` times those computed from this Gram.
+    """
     n, d = check_updates(x, "centred_gram")
+    scale = _input_scale(x)
+    if scale != 1.0:
+        x = x / scale  # a copy, only for float64 input at extreme magnitudes
     if chunk is None:
         chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
     work = _work_dtype(x)
     ref_row, conditioning = reference_row(x)
     ref = x[ref_row].to(work)
+    ref64 = x[ref_row].to(torch.float64)
     # Well-conditioned data (rows about as long as their distances) need no explicit
     # centring: the centred Gram follows from the plain one by n × n algebra, and
     # each chunk is checked; only chunks that cancel are redone centred.
@@ -130,19 +206,25 @@ def centred_gram(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
                 cols = cols.to(work)
             torch.mm(cols, cols.T, out=part)
             plain = part.to(torch.float64)
-            centred = _centre_gram(plain, ref_row)
-            if _conditioning(plain.cpu(), centred.cpu()) <= _MAX_CONDITIONING:
-                gram += centred
-                continue
+            if work == torch.float64 or _reliable(plain, cols):
+                centred = _centre_gram(plain, ref_row)
+                if _conditioning(plain.cpu(), centred.cpu()) <= _MAX_CONDITIONING:
+                    gram += centred
+                    continue
         if buf.shape[1] < stop - start:
             buf = torch.empty(n, width, dtype=work, device=x.device)
         y = buf[:, : stop - start]
         torch.sub(x[:, start:stop], ref[start:stop], out=y)
         torch.mm(y, y.T, out=part)
-        gram += part
+        product = part.to(torch.float64)
+        if work != torch.float64 and not _reliable(product, y):
+            y64 = x[:, start:stop].to(torch.float64) - ref64[start:stop]
+            product = y64 @ y64.T
+        gram += product
     # BLAS may round G[i, j] and G[j, i] differently; make it exactly symmetric.
     gram = (gram + gram.T) / 2
-    return _tie_duplicates(x, gram, 1e-5 if work == torch.float32 else 1e-12)
+    rel = 1e-5 if work == torch.float32 else 1e-12
+    return _tie_duplicates(x, gram, rel), scale
 
 
 def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Tensor:
@@ -199,5 +281,15 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         ``(n, n)`` float64 tensor on ``x``'s device, symmetric, zero diagonal.
     """
+    sq, scale = scaled_pairwise_sq_distances(x)
+    return sq if scale == 1.0 else sq * (scale * scale)
+
+
+def scaled_pairwise_sq_distances(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Squared distances between the rows of ``x / scale``, and ``scale``.
+
+    Finite for every finite input; ``scale`` as in :func:`scaled_centred_gram`.
+    """
     check_updates(x, "pairwise_sq_distances")
-    return sq_distances_from_gram(centred_gram(x))
+    gram, scale = scaled_centred_gram(x)
+    return sq_distances_from_gram(gram), scale

@@ -7,8 +7,9 @@ import math
 import torch
 
 from flwr_byz.aggregation.bounds import require_rows
-from flwr_byz.aggregation.distances import centred_gram
+from flwr_byz.aggregation.distances import scaled_centred_gram
 from flwr_byz.aggregation.mean import combine_rows
+from flwr_byz.aggregation.ordering import argmax_lowest
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.validation import (
     check_f,
@@ -16,6 +17,10 @@ from flwr_byz.aggregation.validation import (
     check_weights,
     normalised,
 )
+
+# Running sums are recomputed when one deletion removes more than this many times the
+# size of the k²-scaled distances left (float64 keeps ~16 digits; 2**20 leaves ten).
+_CANCELLATION = 2.0**20
 
 
 def faba(
@@ -51,7 +56,8 @@ def faba(
     f = check_f(f, "faba")
     require_rows("faba", n, f)
     w = check_weights(weights, n, "faba")
-    gram = centred_gram(x).cpu()
+    gram, scale = scaled_centred_gram(x)
+    gram = gram.cpu()
     diag = gram.diagonal()
     keep = torch.ones(n, dtype=torch.float64)
     g_keep = gram @ keep
@@ -61,19 +67,24 @@ def faba(
     removed: list[int] = []
     for _ in range(f):
         scaled = (k * k) * diag - (2 * k) * g_keep + quad
-        scaled[keep == 0] = -math.inf
-        worst = float(scaled.max())
-        j = int(torch.nonzero(scaled == worst)[0])  # lowest index among ties
-        scores[j] = math.sqrt(max(worst, 0.0)) / k
+        j = argmax_lowest(scaled, (keep > 0).tolist())
+        worst = float(scaled[j])
+        scores[j] = scale * math.sqrt(max(worst, 0.0)) / k
         removed.append(j)
+        dropped = abs(quad) + 2.0 * abs(float(g_keep[j])) + float(gram[j, j])
         quad = quad - 2.0 * float(g_keep[j]) + float(gram[j, j])
         g_keep -= gram[:, j]
         keep[j] = 0.0
         k -= 1
+        if dropped > _CANCELLATION * (k * k) * float(diag[keep > 0].max()):
+            # The deleted row dwarfed the rest (a huge update): the running sums
+            # lost the others' digits, so they are summed afresh.
+            g_keep = gram @ keep
+            quad = float(keep @ g_keep)
     final = ((k * k) * diag - (2 * k) * g_keep + quad).clamp(min=0.0).sqrt() / k
     selected = tuple(i for i in range(n) if keep[i] > 0)
     for i in selected:
-        scores[i] = float(final[i])
+        scores[i] = scale * float(final[i])
     coeffs = keep if w is None else keep * w
     coeffs = normalised(coeffs, "faba", "kept")
     return AggregationResult(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from flwr_byz.aggregation.bounds import require_rows
-from flwr_byz.aggregation.distances import centred_gram, sq_distances_from_gram
+from flwr_byz.aggregation.distances import scaled_centred_gram, sq_distances_from_gram
 from flwr_byz.aggregation.mean import combine_rows, select_row
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.validation import (
@@ -14,6 +16,9 @@ from flwr_byz.aggregation.validation import (
     check_weights,
     normalised,
 )
+
+# Smallest positive normal float64: the smoothing floor when most rows sit at z.
+_SMALLEST = 2.2250738585072014e-308
 
 
 def geomed_medoid(x: torch.Tensor, f: int = 0) -> AggregationResult:
@@ -35,9 +40,31 @@ def geomed_medoid(x: torch.Tensor, f: int = 0) -> AggregationResult:
     n, _ = check_updates(x, "geomed")
     f = check_f(f, "geomed")
     require_rows("geomed", n, f)
-    sums = sq_distances_from_gram(centred_gram(x).cpu()).sqrt().sum(dim=1).tolist()
-    best = min(range(n), key=lambda i: (sums[i], i))
-    return select_row(x, best, tuple(sums))
+    gram, scale = scaled_centred_gram(x)
+    gram = gram.cpu()
+    dist = sq_distances_from_gram(gram).sqrt()
+    sums = dist.sum(dim=1)
+    return select_row(x, _medoid(gram, dist), tuple((sums * scale).tolist()))
+
+
+def _medoid(gram: torch.Tensor, dist: torch.Tensor) -> int:
+    """Row with the smallest sum of distances; ties: lowest index.
+
+    Rows are compared by the *difference* of their sums, term by term as
+    ``(D_ih² − D_bh²) / (D_ih + D_bh)`` from Gram entries, so a far row's distance
+    (1e20 against a cluster of width 1) cancels exactly instead of burying the
+    comparison in its rounding. One pass over the rows: O(n²).
+    """
+    diag = gram.diagonal()
+    best = 0
+    for i in range(1, gram.shape[0]):
+        num = (diag[i] - diag[best]) - 2.0 * (gram[i] - gram[best])
+        den = dist[i] + dist[best]
+        terms = torch.where(den > 0, num / den.clamp(min=_SMALLEST), 0.0)
+        diff = float(terms.sum())
+        if diff < 0.0:
+            best = i
+    return best
 
 
 def geometric_median(
@@ -45,16 +72,24 @@ def geometric_median(
     f: int = 0,
     weights: torch.Tensor | None = None,
     eps: float = 1e-8,
-    max_iter: int = 100,
+    max_iter: int = 1000,
     tol: float = 1e-7,
 ) -> AggregationResult:
     """Geometric median ``argmin_z Σ_i a_i ‖x_i − z‖`` by smoothed Weiszfeld.
 
-    Iterates ``z ← Σ_i b_i x_i / Σ_i b_i`` with ``b_i = a_i / max(eps, ‖x_i − z‖)``
-    (Pillutla et al., RFA), starting from the (weighted) mean. ``z`` stays a convex
+    Iterates ``z ← Σ_i b_i x_i / Σ_i b_i`` with ``b_i = a_i / max(ν, ‖x_i − z‖)``
+    (Pillutla et al., RFA), starting from the mean of the majority of rows nearest
+    the medoid. ``z`` stays a convex
     combination ``Σ c_i x_i`` of the rows, so every iteration runs on the ``n × n``
     Gram matrix: ``‖x_i − z‖² = G_ii − 2 (G c)_i + cᵀ G c``. The matrix is read twice
     in total (Gram, final combination), whatever the number of iterations.
+
+    Every threshold is relative to ``s``, the median distance of the rows to ``z``,
+    which the majority of rows sets: the smoothing is ``ν = eps · s`` and the
+    iteration stops once a step moves ``z`` by at most ``tol · s``. So the answer
+    does not depend on the units of ``x``, nor on how far away a minority of rows
+    is: a far row's pull is a unit vector whatever its distance, and the stopping
+    rule no longer ends early because one huge distance dominates the objective.
 
     Parameters
     ----------
@@ -65,11 +100,11 @@ def geometric_median(
     weights : torch.Tensor, optional
         ``(n,)`` non-negative weights ``a``; uniform if None.
     eps : float
-        Smoothing: distances below ``eps`` count as ``eps``.
+        Smoothing, relative to ``s``: distances below ``eps · s`` count as that.
     max_iter : int
         Maximum Weiszfeld iterations.
     tol : float
-        Stop when the objective changes by at most ``tol`` times its value.
+        Stop when a step moves ``z`` by at most ``tol · s``.
 
     Returns
     -------
@@ -81,7 +116,11 @@ def geometric_median(
     f = check_f(f, "geomed")
     require_rows("geomed", n, f)
     for name, value in (("eps", eps), ("tol", tol)):
-        if not isinstance(value, (int, float)) or not value > 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 < value < math.inf
+        ):
             raise ValueError(f"geometric_median: {name} must be > 0, got {value!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(
@@ -89,27 +128,41 @@ def geometric_median(
         )
     w = check_weights(weights, n, "geometric_median")
     a = torch.full((n,), 1.0 / n, dtype=torch.float64) if w is None else w / w.sum()
-    gram = centred_gram(x).cpu()
+    gram, scale = scaled_centred_gram(x)
+    gram = gram.cpu()
     diag = gram.diagonal()
+    counted = a > 0
 
     def distances(c: torch.Tensor) -> torch.Tensor:
         gc = gram @ c
         return (diag - 2.0 * gc + c @ gc).clamp(min=0.0).sqrt()
 
-    c = a.clone()
+    # Start at the mean of the majority of rows nearest the medoid, not at the mean
+    # of all: a far row drags the mean arbitrarily far, and Weiszfeld would need
+    # ~log(distance) iterations to walk back; nor at the medoid itself, where the
+    # smoothed iteration stalls (a row at z outweighs the others 1/eps to one).
+    sq = sq_distances_from_gram(gram)
+    centre = _medoid(gram, sq.sqrt())
+    near = sorted(range(n), key=lambda i: (float(sq[centre, i]), i))[: n // 2 + 1]
+    c = torch.zeros(n, dtype=torch.float64)
+    c[near] = a[near]
+    c = c / c.sum() if float(c.sum()) > 0 else a.clone()
     dist = distances(c)
-    objective = float(a @ dist)
     for _ in range(max_iter):
-        b = a / dist.clamp(min=eps)
-        c = b / b.sum()
+        spread = float(dist[counted].median())
+        b = a / dist.clamp(min=max(eps * spread, _SMALLEST))
+        b = b / b.max()  # rows at z get huge weights: keep the sum finite
+        updated = b / b.sum()
+        step = updated - c
+        c = updated
         dist = distances(c)
-        previous, objective = objective, float(a @ dist)
-        if abs(previous - objective) <= tol * objective:
+        moved = math.sqrt(max(float(step @ (gram @ step)), 0.0))
+        if moved <= tol * spread:
             break
-    c = normalised(c, "geometric_median", "selected")
+    c = normalised(c.clamp(min=0.0), "geometric_median", "selected")
     return AggregationResult(
         aggregate=combine_rows(x, c),
         selected=tuple(i for i in range(n) if float(c[i]) > 0.0),
-        scores=tuple(dist.tolist()),
+        scores=tuple((dist * scale).tolist()),
         weights=tuple(c.tolist()),
     )

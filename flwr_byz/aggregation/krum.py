@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from flwr_byz.aggregation.bounds import require_rows
-from flwr_byz.aggregation.distances import pairwise_sq_distances
+from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
 from flwr_byz.aggregation.mean import combine_rows, select_row
+from flwr_byz.aggregation.ordering import ranked_ascending
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.validation import (
     check_f,
@@ -28,14 +31,20 @@ def krum_scores(sq_dist: torch.Tensor, f: int) -> list[float]:
     """
     n = sq_dist.shape[0]
     others = sq_dist.to(device="cpu", dtype=torch.float64).clone()
-    others.fill_diagonal_(float("inf"))
+    # A NaN distance (never produced from finite input) sorts as the farthest.
+    others = others.nan_to_num(nan=math.inf)
+    others.fill_diagonal_(math.inf)
     nearest = torch.sort(others, dim=1).values[:, : n - f - 2]
     return nearest.sum(dim=1).tolist()
 
 
-def _ranked(scores: list[float]) -> list[int]:
-    # Lowest score first; equal scores by lowest index.
-    return sorted(range(len(scores)), key=lambda i: (scores[i], i))
+def _scores(x: torch.Tensor, f: int) -> tuple[list[float], list[float]]:
+    """Krum scores of the rows of ``x / scale`` (for decisions) and of ``x``."""
+    sq, scale = scaled_pairwise_sq_distances(x)
+    scaled = krum_scores(sq, f)
+    if scale == 1.0:
+        return scaled, scaled
+    return scaled, [s * scale * scale for s in scaled]
 
 
 def krum(x: torch.Tensor, f: int) -> AggregationResult:
@@ -57,8 +66,8 @@ def krum(x: torch.Tensor, f: int) -> AggregationResult:
     n, _ = check_updates(x, "krum")
     f = check_f(f, "krum")
     require_rows("krum", n, f)
-    scores = krum_scores(pairwise_sq_distances(x), f)
-    best = _ranked(scores)[0]
+    scaled, scores = _scores(x, f)
+    best = ranked_ascending(scaled)[0]
     return select_row(x, best, tuple(scores))
 
 
@@ -99,8 +108,8 @@ def multikrum(
             f"got {m!r}"
         )
     w = check_weights(weights, n, "multikrum")
-    scores = krum_scores(pairwise_sq_distances(x), f)
-    chosen = sorted(_ranked(scores)[:m])
+    scaled, scores = _scores(x, f)
+    chosen = sorted(ranked_ascending(scaled)[:m])
     keep = torch.zeros(n, dtype=torch.float64)
     keep[chosen] = 1.0
     coeffs = normalised(keep if w is None else keep * w, "multikrum", "selected")

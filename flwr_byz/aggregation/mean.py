@@ -12,11 +12,24 @@ def combine_rows(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """``Σ_i coeffs[i] · x[i]`` in ``x``'s dtype and device: one read of the matrix.
 
     A single non-zero coefficient of 1 returns a copy of that row (no arithmetic).
+    ``coeffs`` are non-negative and sum to one, so every exact result lies within
+    the rows' range; where rounding pushes a coordinate of rows near the dtype's
+    largest value past it, the rows are combined again in float64 (or, for float64
+    rows, halved first) and the result clamped to that range: never ``inf``.
     """
     nonzero = torch.nonzero(coeffs).flatten().tolist()
     if len(nonzero) == 1 and float(coeffs[nonzero[0]]) == 1.0:
         return x[nonzero[0]].clone()
-    return coeffs.to(device=x.device, dtype=x.dtype) @ x
+    out = coeffs.to(device=x.device, dtype=x.dtype) @ x
+    if bool(torch.isfinite(out).all()):
+        return out
+    rows = x[nonzero]
+    c = coeffs[nonzero].to(device=x.device, dtype=torch.float64)
+    top = torch.finfo(x.dtype).max
+    if x.dtype == torch.float64:
+        half = (c @ (rows / 2)).clamp(min=-top / 2, max=top / 2)
+        return half * 2
+    return (c @ rows.to(torch.float64)).clamp(min=-top, max=top).to(x.dtype)
 
 
 def mean(x: torch.Tensor, weights: torch.Tensor | None = None) -> AggregationResult:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from flwr_byz.aggregation.bounds import byzantine_budget
+
 from .omniscient import PERTURBATIONS
 from .roles import PretenseRole, RandomizedRole, Role, StaticRole, initial_role
 
@@ -201,11 +203,6 @@ def check_attack_config(cfg: Mapping[str, Any]) -> None:
         )
 
 
-def num_byzantine(fraction: float, num_partitions: int) -> int:
-    """``floor(fraction · num_partitions)``, robust to float error (0.3·10 -> 3)."""
-    return math.floor(fraction * num_partitions + 1e-9)
-
-
 def byzantine_partitions(cfg: Mapping[str, Any], num_partitions: int) -> list[int]:
     """Sorted partition ids of the compromised nodes.
 
@@ -227,7 +224,7 @@ def byzantine_partitions(cfg: Mapping[str, Any], num_partitions: int) -> list[in
                 f"ids in [0, {num_partitions}) (num-partitions={num_partitions})",
             )
         return explicit
-    k = num_byzantine(float(c["byzantine-fraction"]), num_partitions)
+    k = byzantine_budget(float(c["byzantine-fraction"]), num_partitions)
     rng = np.random.default_rng([int(c["seed"]), _TAG_PARTITIONS, num_partitions])
     return sorted(int(i) for i in rng.permutation(num_partitions)[:k])
 

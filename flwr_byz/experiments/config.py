@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flwr_byz.aggregation import min_nodes
+from flwr_byz.aggregation import byzantine_budget, min_nodes
 from flwr_byz.attacks import ATTACK_DEFAULTS, check_attack_config
 from flwr_byz.data import DATA_DEFAULTS, check_data_config
 from flwr_byz.models import MODELS
@@ -217,7 +217,7 @@ def check_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def assumed_f(cfg: Mapping[str, Any], num_nodes: int) -> int:
     """The Byzantine budget f the defence is built with for ``num_nodes`` replies."""
-    return int(float(cfg["assumed-byzantine-fraction"]) * num_nodes)
+    return byzantine_budget(float(cfg["assumed-byzantine-fraction"]), num_nodes)
 
 
 def check_against_nodes(cfg: Mapping[str, Any], num_nodes: int) -> None:

@@ -50,14 +50,21 @@ class RejectReason(IntEnum):
                                   one (declared or in the .npy header)
     14    WRONG_BYTE_LENGTH       has an array whose bytes are not a well-formed
                                   .npy payload of the declared size
-    15    NON_FINITE              has a NaN/inf value (or an update that
-                                  overflows float32)
+    15    NON_FINITE              has a NaN/inf value
     16    MISSING_NUM_EXAMPLES    lacks the weighting key (weighting on only)
     17    INVALID_NUM_EXAMPLES    has a weighting value that is a list, not
                                   positive, not finite or above
                                   ``MAX_NUM_EXAMPLES`` (weighting on only)
     18    MALFORMED               failed in a way no other code describes
+    19    UPDATE_OVERFLOW         has finite values whose update ``w − θ_t``
+                                  is not representable in float32 (beyond
+                                  ±3.4e38: both far apart and near that limit)
     ====  ======================  ===============================================
+
+    A finite update is never rejected for its size: every rule aggregates any
+    finite float32 matrix to a finite result and keeps its guarantee (see
+    :mod:`flwr_byz.aggregation.distances`), so a huge update is decided by the
+    rule — removed by FABA, outvoted by Krum — in the round's diagnostics.
     """
 
     ERROR_REPLY = 1
@@ -78,6 +85,7 @@ class RejectReason(IntEnum):
     MISSING_NUM_EXAMPLES = 16
     INVALID_NUM_EXAMPLES = 17
     MALFORMED = 18
+    UPDATE_OVERFLOW = 19
 
 
 def check_num_examples(metrics: Mapping[str, Any] | None, key: str
@@ -229,8 +237,13 @@ def decode_update_into(arrays: Mapping[str, ArrayLike], layout: ModelLayout,
                 b = min(a + _BLOCK, stop - start)
                 block = out[start + a:start + b]
                 np.subtract(src[a:b], sent[a:b], out=block, casting="same_kind")
-                # A sum is NaN/inf iff a value is (or the block overflows,
-                # which no sane update does): one cheap reduction, no mask.
+                # One cheap reduction: a finite sum means finite values. A sum
+                # that is not may only have overflowed on huge finite values, so
+                # then the values are read again to decide.
                 if not math.isfinite(float(np.add.reduce(block, dtype=np.float32))):
-                    return RejectReason.NON_FINITE
+                    if np.isfinite(block).all():
+                        continue  # huge but finite: the rules handle it
+                    if not np.isfinite(src[a:b]).all():
+                        return RejectReason.NON_FINITE
+                    return RejectReason.UPDATE_OVERFLOW
     return None

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from flwr_byz.aggregation.bounds import byzantine_budget
 from flwr_byz.aggregation.result import AggregationResult
 
 from .client_metrics import mean_client_metrics
@@ -324,8 +325,7 @@ class RobustStrategy(FedAvg):
     def resolve_f(self, num_valid: int) -> int:
         """Byzantine budget ``f`` for a round with ``num_valid`` valid replies."""
         if self.malicious_fraction is not None:
-            # The epsilon keeps e.g. 0.29 * 100 at 29 despite binary rounding.
-            return math.floor(self.malicious_fraction * num_valid + 1e-9)
+            return byzantine_budget(self.malicious_fraction, num_valid)
         return self.num_malicious_nodes or 0
 
     @property
