@@ -13,7 +13,9 @@ import pytest
 import reference_rules as ref
 import torch
 from strategy_helpers import (
+    Linear43,
     instructions,
+    linear43_data,
     model_arrays,
     record_flat,
     reply,
@@ -284,22 +286,7 @@ NODES = [101, 102, 103, 104, 105, 106, 107]
 FLIPPERS = {105, 106, 107}
 
 
-class Linear43(nn.Module):
-    """A model whose state_dict matches strategy_helpers.model_arrays."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(4, 3))
-        self.b = nn.Parameter(torch.zeros(3))
-        self.register_buffer("count", torch.tensor(7, dtype=torch.int64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w + self.b
-
-
-def task(seed: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(m, 4, generator=torch.Generator().manual_seed(seed))
-    return x, x[:, :3].argmax(1)
+task = linear43_data
 
 
 QV = task(3, 12)
