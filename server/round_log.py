@@ -95,6 +95,10 @@ class RoundLog:
         }
         if "status" in m:
             entry["status"] = m["status"]
+        if "suspected-node-ids" in m:  # FLTrust (zero trust), Zeno (the b discarded)
+            suspected = [int(n) for n in m["suspected-node-ids"]]
+            entry["suspected-node-ids"] = suspected
+            entry["suspected-partitions"] = self._partitions(suspected)
         if "credits" in m:
             credit_ids = [int(n) for n in m.get("credit-node-ids", [])]
             credits = [float(c) for c in m["credits"]]

@@ -230,3 +230,63 @@ def ref_brute_force(x: torch.Tensor, f: int) -> Ref:
     assert best is not None
     removed = tuple(i for i in range(n) if i not in best)
     return Ref(floats(average(rows, list(best))), tuple(best), removed)
+
+
+def _log(q: Fraction) -> float:
+    """log of a positive exact rational, however large (no float overflow)."""
+    return math.log(q.numerator) - math.log(q.denominator)
+
+
+def ref_fltrust(x: torch.Tensor, server: torch.Tensor) -> Ref:
+    """FLTrust straight from its definition: exact dot products and squared norms.
+
+    Ratios of norms go through logarithms so that 1e300-sized rows do not overflow.
+    """
+    rows = rows_of(x)
+    s = [Fraction(v) for v in server.double().cpu().tolist()]
+    n2_s = sum((v * v for v in s), Fraction(0))
+    trust = []
+    for row in rows:
+        n2 = sum((v * v for v in row), Fraction(0))
+        if n2 == 0 or n2_s == 0:
+            trust.append(0.0)
+            continue
+        dot = sum((a * b for a, b in zip(row, s, strict=True)), Fraction(0))
+        cos = 0.0 if dot == 0 else math.copysign(
+            math.exp(_log(abs(dot)) - 0.5 * _log(n2) - 0.5 * _log(n2_s)), dot)
+        trust.append(max(0.0, min(1.0, cos)))
+    total = sum(trust)
+    n, d = len(rows), len(s)
+    if total <= 0:
+        return Ref([0.0] * d, (), tuple(range(n)), trust)
+    agg = [0.0] * d
+    for i, row in enumerate(rows):
+        if trust[i] == 0:
+            continue
+        n2 = sum((v * v for v in row), Fraction(0))
+        c = trust[i] / total * math.exp(0.5 * _log(n2_s) - 0.5 * _log(n2))
+        for j in range(d):
+            agg[j] += c * float(row[j])
+    return Ref(agg, tuple(i for i in range(n) if trust[i] > 0),
+               tuple(i for i in range(n) if trust[i] == 0), trust)
+
+
+def ref_zeno(x: torch.Tensor, theta: torch.Tensor, loss, b: int, rho: float,
+             gamma: float = 1.0) -> Ref:
+    """Zeno: score every row on its own, keep the n − b best (ties: lowest index).
+
+    ``loss`` maps one ``(d,)`` float64 vector to a float.
+    """
+    rows = rows_of(x)
+    th = theta.double()
+    before = float(loss(th))
+    scores = []
+    for i, row in enumerate(rows):
+        after = float(loss(th + gamma * x[i].double()))
+        sq = float(sum((v * v for v in row), Fraction(0)))
+        s = before - after - rho * sq
+        scores.append(s if math.isfinite(s) else -math.inf)
+    order = sorted(range(len(rows)), key=lambda i: (-scores[i], i))
+    kept = sorted(order[: len(rows) - b])
+    return Ref(floats(average(rows, kept)), tuple(kept),
+               tuple(sorted(order[len(rows) - b:])), scores)

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+import torch
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -134,6 +135,25 @@ def shifted(arrays: Mapping[str, np.ndarray], delta: float | np.ndarray
     return out
 
 
+class Linear43(torch.nn.Module):
+    """A torch model whose state_dict matches :func:`model_arrays`: w, b, count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(4, 3))
+        self.b = torch.nn.Parameter(torch.zeros(3))
+        self.register_buffer("count", torch.tensor(7, dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w + self.b
+
+
+def linear43_data(seed: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``m`` samples of :class:`Linear43`'s task (label = argmax of 3 inputs)."""
+    x = torch.randn(m, 4, generator=torch.Generator().manual_seed(seed))
+    return x, x[:, :3].argmax(1)
+
+
 class LocalMean(RobustStrategy):
     """The base class with a local torch mean (independent of the rules package)."""
 
@@ -153,6 +173,19 @@ class LocalMean(RobustStrategy):
         return AggregationResult(agg, tuple(range(n)), (), (), tuple([1.0 / n] * n))
 
 
-__all__ = ["SHAPES", "LocalMean", "StaticGrid", "error_reply", "flat", "instructions",
-           "model_arrays", "record_flat", "reply", "server_identity", "shifted",
-           "to_record"]
+__all__ = [
+    "SHAPES",
+    "Linear43",
+    "LocalMean",
+    "StaticGrid",
+    "error_reply",
+    "flat",
+    "instructions",
+    "linear43_data",
+    "model_arrays",
+    "record_flat",
+    "reply",
+    "server_identity",
+    "shifted",
+    "to_record",
+]

@@ -267,6 +267,8 @@ def test_min_nodes_matches_every_rule():
         "median": 7,
         "trimmed-mean": 7,
         "brute-force": 7,
+        "fltrust": 1,
+        "zeno": 4,
     }
     assert set(RULES) == set(expected)
     assert {rule: min_nodes(rule, 3) for rule in RULES} == expected

@@ -9,15 +9,26 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategy_helpers import (
+    Linear43,
     error_reply,
     instructions,
+    linear43_data,
     model_arrays,
     record_flat,
     reply,
     server_identity,
 )
 
-from flwr_byz.strategy import FABA, GeoMed, Krum, Mean, Median, TrimmedMean
+from flwr_byz.strategy import (
+    FABA,
+    FLTrust,
+    GeoMed,
+    Krum,
+    Mean,
+    Median,
+    TrimmedMean,
+    Zeno,
+)
 
 NODES = list(range(1, 8))
 THETA = model_arrays(0)
@@ -102,6 +113,9 @@ _STRATEGIES = st.sampled_from([
     lambda: TrimmedMean(beta=0.2),
     lambda: GeoMed(malicious_fraction=0.2, method="weiszfeld"),
     lambda: Mean(weighted_aggregation=True),
+    lambda: FLTrust(model_factory=Linear43, qv_set=linear43_data(0, 8)),
+    lambda: Zeno(model_factory=Linear43, qv_set=linear43_data(0, 8),
+                 num_malicious_nodes=1),
 ])
 
 

@@ -7,6 +7,9 @@ decided, by row index. No Flower import: the strategy layer maps rows to node id
 Rules needing pairwise distances compute them from one centred Gram product
 (:func:`pairwise_sq_distances`); FABA and the geometric median then run entirely on the
 ``n × n`` Gram matrix and read the update matrix only once more, to form the result.
+
+FLTrust and Zeno also use the server's own data: FLTrust takes the server's update,
+Zeno a loss function on the server's batch (``flwr_byz.strategy`` builds both).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from flwr_byz.aggregation.bulyan import bulyan
 from flwr_byz.aggregation.coordinatewise import coordinate_median, trimmed_mean
 from flwr_byz.aggregation.distances import pairwise_sq_distances
 from flwr_byz.aggregation.faba import faba
+from flwr_byz.aggregation.fltrust import fltrust
 from flwr_byz.aggregation.geomed import geomed_medoid, geometric_median
 from flwr_byz.aggregation.krum import krum, multikrum
 from flwr_byz.aggregation.mean import mean
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.zeno import zeno
 
 RULES: dict[str, Callable[..., AggregationResult]] = {
     "mean": mean,
@@ -34,6 +39,8 @@ RULES: dict[str, Callable[..., AggregationResult]] = {
     "median": coordinate_median,
     "trimmed-mean": trimmed_mean,
     "brute-force": brute_force,
+    "fltrust": fltrust,
+    "zeno": zeno,
 }
 """Run-config rule name -> function. Signatures differ (see each function)."""
 
@@ -45,6 +52,7 @@ __all__ = [
     "byzantine_budget",
     "coordinate_median",
     "faba",
+    "fltrust",
     "geomed_medoid",
     "geometric_median",
     "krum",
@@ -53,4 +61,5 @@ __all__ = [
     "multikrum",
     "pairwise_sq_distances",
     "trimmed_mean",
+    "zeno",
 ]

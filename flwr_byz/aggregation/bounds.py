@@ -18,6 +18,10 @@ _BOUNDS: dict[str, tuple[Callable[[int], int], str]] = {
     "median": (lambda f: 2 * f + 1, "2f+1"),
     "trimmed-mean": (lambda f: 2 * f + 1, "2f+1"),
     "brute-force": (lambda f: 2 * f + 1, "2f+1"),
+    # FLTrust trusts the server's own update, not a majority: any n >= 1.
+    "fltrust": (lambda f: 1, "1"),
+    # Zeno discards b = f rows and averages the rest: one must remain.
+    "zeno": (lambda f: f + 1, "f+1"),
 }
 
 
@@ -28,15 +32,16 @@ def min_nodes(rule: str, f: int) -> int:
     ----------
     rule : str
         A key of ``RULES``: "mean", "faba", "krum", "multikrum", "bulyan", "geomed",
-        "median", "trimmed-mean" or "brute-force".
+        "median", "trimmed-mean", "brute-force", "fltrust" or "zeno".
     f : int
         Number of Byzantine rows, >= 0.
 
     Returns
     -------
     int
-        ``1`` for mean, ``2f+1`` for FABA (n > 2f), GeoMed, median, trimmed mean and
-        brute force, ``2f+3`` for Krum and MultiKrum, ``4f+3`` for Bulyan.
+        ``1`` for mean and FLTrust, ``f+1`` for Zeno (``b = f``), ``2f+1`` for
+        FABA (n > 2f), GeoMed, median, trimmed mean and brute force, ``2f+3`` for
+        Krum and MultiKrum, ``4f+3`` for Bulyan.
     """
     if rule not in _BOUNDS:
         raise ValueError(

@@ -31,6 +31,11 @@ class AggregationResult:
         One weight per input row with which the aggregate was formed, where
         the rule is a weighted mean of rows (mean, FABA, MultiKrum, GAA
         credits); empty for coordinate-wise rules.
+    no_update : str
+        Empty when ``aggregate`` is the rule's answer. Otherwise the reason why
+        the rule declined to move the model this round (FLTrust: zero total
+        trust, or a zero server update); ``aggregate`` is then zeros and the
+        strategy keeps the model unchanged (round status ``NO_UPDATE``).
     """
 
     aggregate: torch.Tensor
@@ -38,3 +43,4 @@ class AggregationResult:
     removed: tuple[int, ...] = ()
     scores: tuple[float, ...] = ()
     weights: tuple[float, ...] = field(default=())
+    no_update: str = ""

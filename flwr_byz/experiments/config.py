@@ -30,6 +30,8 @@ class RunConfigError(ValueError):
 STRATEGY_NAMES = (
     "gaa",
     "fedavg",
+    "fltrust",
+    "zeno",
     "faba",
     "krum",
     "multikrum",
@@ -42,9 +44,12 @@ STRATEGY_NAMES = (
 )
 
 # Rules that are not a robust defence by themselves still get an f: it only enters
-# their bound check, which is trivially met.
+# their bound check, which is trivially met. GAA and FLTrust need one reply whatever
+# f; Zeno's b = floor(zeno-b-fraction·n) < n always leaves one.
 _RULE_OF_STRATEGY = {
-    name: name for name in STRATEGY_NAMES if name not in ("gaa", "fedavg")
+    name: name
+    for name in STRATEGY_NAMES
+    if name not in ("gaa", "fedavg", "fltrust", "zeno")
 }
 
 
@@ -136,6 +141,24 @@ SERVER_KEYS: dict[str, Key] = {
     "gaa-backprop": Key("exact", "GAA window gradient", _one_of("exact", "truncated")),
     "gaa-trusted-worker": Key(
         False, "GAA: add the server's own update from its QV data", _is_bool
+    ),
+    "zeno-b-fraction": Key(
+        0.5,
+        "Zeno discards b = floor(zeno-b-fraction·n) lowest-scoring updates (b must "
+        "cover the Byzantine replies; a majority is allowed)",
+        _float_in(0.0, 1.0, high_open=True),
+    ),
+    "zeno-rho": Key(
+        5e-4,
+        "Zeno's ρ in the paper's gradient units; applied to updates as "
+        "ρ/learning-rate²",
+        _float_in(0.0, 1e6),
+    ),
+    "zeno-batch-size": Key(
+        4,
+        "Zeno: server samples drawn per round for the score (n_r); 0 = the whole "
+        "QV set",
+        _int_at_least(0),
     ),
     "detection-k": Key(
         0,

@@ -64,6 +64,31 @@ def build_strategy(
             seed=int(cfg["seed"]),
             **common,
         )
+    if name == "fltrust":
+        # The root dataset is the server's QV set; the server update follows the
+        # clients' recipe of this app.
+        return strategies.FLTrust(
+            model_factory=model_factory,
+            qv_set=(server_data.qv.features, server_data.qv.labels),
+            trusted_lr=float(cfg["learning-rate"]),
+            trusted_steps=int(cfg["local-steps"]),
+            trusted_batch_size=int(cfg["batch-size"]) or None,
+            seed=int(cfg["seed"]),
+            **common,
+        )
+    if name == "zeno":
+        lr = float(cfg["learning-rate"])
+        return strategies.Zeno(
+            model_factory=model_factory,
+            qv_set=(server_data.qv.features, server_data.qv.labels),
+            # Paper (gradients u, step γ = λ) -> updates Δ = −λu: γ = 1, ρ/λ².
+            rho=float(cfg["zeno-rho"]) / (lr * lr),
+            gamma=1.0,
+            batch_size=int(cfg["zeno-batch-size"]) or None,
+            malicious_fraction=float(cfg["zeno-b-fraction"]),
+            seed=int(cfg["seed"]),
+            **common,
+        )
     if name == "mean":
         return strategies.Mean(**common)
     if name == "median":

@@ -1,4 +1,4 @@
-"""Flower Message-API strategies: FABA, GAA, Krum and the robust baselines.
+"""Flower Message-API strategies: FABA, GAA, FLTrust, Zeno, Krum and the baselines.
 
 Every strategy subclasses :class:`RobustStrategy` (itself Flower's ``FedAvg``):
 replace ``FedAvg(...)`` by e.g. ``FABA(num_malicious_nodes=3)``.
@@ -7,6 +7,7 @@ replace ``FedAvg(...)`` by e.g. ``FABA(num_malicious_nodes=3)``.
 from .brute_force import BruteForce
 from .bulyan import Bulyan
 from .faba import FABA
+from .fltrust import FLTrust
 from .geomed import GeoMed
 from .krum import Krum
 from .mean import Mean
@@ -16,6 +17,7 @@ from .reply_validation import RejectReason
 from .robust_strategy import RobustStrategy
 from .round_report import RoundReport, RoundStatus
 from .trimmed_mean import TrimmedMean
+from .zeno import Zeno
 
 #: Strategy class per run-config name (``strategy`` key, DESIGN §8).
 STRATEGIES: dict[str, type[RobustStrategy]] = {
@@ -28,6 +30,8 @@ STRATEGIES: dict[str, type[RobustStrategy]] = {
     "trimmed-mean": TrimmedMean,
     "brute-force": BruteForce,
     "mean": Mean,
+    "fltrust": FLTrust,
+    "zeno": Zeno,
 }
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "STRATEGIES",
     "BruteForce",
     "Bulyan",
+    "FLTrust",
     "GeoMed",
     "Krum",
     "Mean",
@@ -45,6 +50,7 @@ __all__ = [
     "RoundReport",
     "RoundStatus",
     "TrimmedMean",
+    "Zeno",
 ]
 
 try:  # GAA lives in its own module (GAA engineer); absent until it lands.

@@ -263,6 +263,15 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
         report.seconds = time.perf_counter() - t0
         return outcome
 
+    if result.no_update:
+        # The rule decided not to move the model (e.g. FLTrust with zero trust):
+        # its decisions are reported, the model (and momentum) stay as they are.
+        report.status = RoundStatus.NO_UPDATE
+        report.message = f"{result.no_update}; model unchanged"
+        log(logging.WARNING, "Round %d: %s", server_round, report.message)
+        report.seconds = time.perf_counter() - t0
+        return outcome
+
     lr = strategy.server_learning_rate
     new_momentum = None
     with np.errstate(over="ignore", invalid="ignore"):

@@ -18,6 +18,9 @@ class RoundStatus(IntEnum):
     2     AGGREGATION_FAILED  the rule raised on this round's updates: model
                               unchanged (see the log)
     3     NON_FINITE_RESULT   the new model would hold NaN/inf: model unchanged
+    4     NO_UPDATE           the rule itself declined to move the model (FLTrust:
+                              zero total trust or a zero server update): model
+                              unchanged, the round's decisions still reported
     ====  ==================  ===================================================
     """
 
@@ -25,6 +28,7 @@ class RoundStatus(IntEnum):
     BOUND_FAILED = 1
     AGGREGATION_FAILED = 2
     NON_FINITE_RESULT = 3
+    NO_UPDATE = 4
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""FLTrust: trust bootstrapped from the server's own update [Cao et al., 2021]."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.gaa import TrustedWorker
+from flwr_byz.gaa.qv import LossFn
+
+from .robust_strategy import RobustStrategy
+from .server_model import check_model_keys, check_seed, round_generator
+
+
+class FLTrust(RobustStrategy):
+    """FLTrust [Cao et al., NDSS 2021] strategy: trust from a server-side update.
+
+    Each round the server trains the global model itself on its small root
+    dataset (`qv_set`) with the clients' recipe (`trusted_lr`,
+    `trusted_steps`, `trusted_batch_size`: plain SGD, as
+    :class:`flwr_byz.gaa.TrustedWorker` does for GAA), giving ``Δ_0``. Each
+    client update gets the trust score ``TS_i = ReLU(cos(Δ_i, Δ_0))``, is
+    rescaled to ``‖Δ_0‖`` and the model moves by the trust-weighted mean
+    (:func:`flwr_byz.aggregation.fltrust`). No Byzantine budget is needed: any
+    share of attackers is tolerated as long as the root data is
+    representative. A round with zero total trust (or a zero server update)
+    keeps the model unchanged with status ``NO_UPDATE`` (4) and says why.
+
+    Every round's MetricRecord carries, besides the common diagnostics
+    (``scores`` = trust scores, ``weights`` = normalised trust, per
+    ``node-ids``): ``suspected-node-ids`` (zero trust, ascending) and
+    ``server-update-norm`` (``‖Δ_0‖``).
+
+    Parameters
+    ----------
+    model_factory : Callable[[], torch.nn.Module]
+        Builds the model; its ``state_dict`` float entries must match the
+        ArrayRecord's (same keys in the same order).
+    qv_set : tuple[Tensor, Tensor] | Dataset | DataLoader | LabeledData
+        The server's root dataset (the paper: ~100 clean samples; any size >= 1).
+    loss : Callable[[logits, targets], Tensor] or None
+        Training loss of the server update; cross-entropy when ``None``.
+    trusted_lr : float
+        Learning rate of the server's local SGD; set it like the clients'.
+    trusted_steps : int
+        Local SGD steps per round; set it like the clients'.
+    trusted_batch_size : int or None
+        Mini-batch size (``None``: the whole root dataset per step).
+    seed : int
+        Seed of the server's mini-batches (drawn per round from ``(seed, round)``).
+    **kwargs : Any
+        Every argument of :class:`RobustStrategy` (``fraction_train``,
+        ``min_train_nodes``, ``server_learning_rate``, ``device``, ...).
+        ``num_malicious_nodes`` / ``malicious_fraction`` are accepted and
+        ignored; ``weighted_aggregation`` is not supported.
+
+    Examples
+    --------
+    >>> strategy = FLTrust(model_factory=lambda: build_model("mlp-yelp", 1024, 2),
+    ...                    qv_set=(x_root, y_root), trusted_lr=0.5)
+    >>> result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=20)
+    >>> result.train_metrics_clientapp[20]["suspected-node-ids"]
+    """
+
+    rule_name = "fltrust"
+    supports_weights = False
+    uses_f = False
+
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        model_factory: Callable[[], nn.Module],
+        qv_set: Any,
+        loss: LossFn | None = None,
+        trusted_lr: float = 0.5,
+        trusted_steps: int = 1,
+        trusted_batch_size: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not callable(model_factory):
+            raise ValueError(
+                f"model_factory: got {type(model_factory).__name__}; allowed: a "
+                "callable returning a torch.nn.Module")
+        if trusted_batch_size is not None and (
+                isinstance(trusted_batch_size, bool)
+                or not isinstance(trusted_batch_size, int) or trusted_batch_size < 1):
+            raise ValueError(f"trusted_batch_size={trusted_batch_size!r}: allowed "
+                             "values are None or integers >= 1")
+        self.seed = check_seed(seed)
+        self.worker = TrustedWorker(model_factory, qv_set, trusted_lr, trusted_steps,
+                                    trusted_batch_size, loss, self.torch_device)
+        self._server_norm: tuple[int, float] | None = None
+        self._suspected: tuple[int, list[int]] | None = None
+
+    # ------------------------------------------------------------------ hooks
+    def min_nodes(self, f: int) -> int:
+        """FLTrust needs one valid reply, whatever ``f``."""
+        return 1
+
+    def server_update(self, server_round: int, global_flat: torch.Tensor
+                      ) -> torch.Tensor:
+        """``Δ_0``: the server's own update from ``θ_t`` on its root dataset."""
+        check_model_keys(self.layout, self.worker.objective)
+        theta = global_flat.to(self.worker.objective.device, torch.float32)
+        return self.worker.update(theta, round_generator(self.seed, server_round))
+
+    def aggregate_updates(
+        self,
+        server_round: int,
+        updates: torch.Tensor,
+        node_ids: list[int],
+        weights: torch.Tensor | None,
+        f: int,
+        global_flat: torch.Tensor,
+    ) -> AggregationResult:
+        """Trust-weighted mean with :func:`flwr_byz.aggregation.fltrust`."""
+        from flwr_byz.aggregation import fltrust
+
+        delta0 = self.server_update(server_round, global_flat).to(updates.device)
+        result = fltrust(updates, delta0)
+        norm = float(torch.linalg.vector_norm(delta0.double()))
+        self._server_norm = (server_round, norm if norm < float("inf") else -1.0)
+        self._suspected = (server_round, [node_ids[r] for r in result.removed])
+        return result
+
+    def extra_round_metrics(
+        self, server_round: int
+    ) -> dict[str, int | float | list[int] | list[float]]:
+        """``suspected-node-ids`` (zero trust) and ``server-update-norm``."""
+        out: dict[str, int | float | list[int] | list[float]] = {}
+        if self._suspected is not None and self._suspected[0] == server_round:
+            out["suspected-node-ids"] = [int(i) for i in self._suspected[1]]
+        if self._server_norm is not None and self._server_norm[0] == server_round:
+            out["server-update-norm"] = self._server_norm[1]
+        return out
+
+    def _settings(self) -> list[tuple[str, object]]:
+        w = self.worker
+        return [("Root samples", int(w.x.shape[0])),
+                ("Server SGD lr / steps / batch", f"{w.lr} / {w.steps} / "
+                                                  f"{w.batch_size or 'all'}")]

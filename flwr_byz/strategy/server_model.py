@@ -1,0 +1,39 @@
+"""What the strategies that hold their own data (GAA, FLTrust, Zeno) share."""
+
+from __future__ import annotations
+
+import torch
+
+from flwr_byz.gaa.qv import QVObjective
+
+from .model_layout import ModelLayout
+
+
+def check_model_keys(layout: ModelLayout | None, objective: QVObjective) -> None:
+    """Refuse (ValueError) a ``model_factory`` whose float keys differ from the record.
+
+    The flat vectors the strategy builds follow the ArrayRecord's float arrays in key
+    order; the server-side model must read them in the same order.
+    """
+    if layout is None:
+        return
+    float_keys = [k for k, o in zip(layout.keys, layout.offsets, strict=True) if o >= 0]
+    if float_keys != objective.keys:
+        raise ValueError(
+            "model_factory: its state_dict float keys "
+            f"{objective.keys[:3]}... do not match the ArrayRecord's "
+            f"{float_keys[:3]}... (same keys in the same order needed)"
+        )
+
+
+def round_generator(seed: int, server_round: int) -> torch.Generator:
+    """A generator that depends only on (seed, round): reruns and resumes repeat."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(server_round))
+                                         % (2**63 - 1))
+
+
+def check_seed(seed: int) -> int:
+    """Return ``seed`` if it is an integer >= 0, else raise ValueError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r}: allowed values are integers >= 0")
+    return seed
