@@ -38,7 +38,6 @@ import math
 
 import torch
 
-from flwr_byz.aggregation.ordering import argmin_lowest
 from flwr_byz.aggregation.validation import check_updates
 
 _CPU_CHUNK = 65_536  # the centred chunk (n × 65536 float32) stays in L3
@@ -83,18 +82,33 @@ def _centre_gram(gram: torch.Tensor, ref: int) -> torch.Tensor:
     return gram - col[:, None] - col[None, :] + gram[ref, ref]
 
 
-def _conditioning(gram: torch.Tensor, centred: torch.Tensor) -> float:
-    """How much larger the rows' squared norms are than around the reference row."""
-    spread = float(centred.diagonal().max())
-    size = float(gram.diagonal().max())
-    return math.inf if spread <= 0.0 < size else size / max(spread, 1e-300)
+def _conditioning(gram: torch.Tensor, centred: torch.Tensor, ref: int) -> float:
+    """How much rounding the algebraic centring can add, relative to each row's own
+    squared distance to the reference row (the worst row counts).
+
+    Judged row by row, so that one far row cannot hide a cluster that cancels: its
+    huge norm would otherwise dwarf everybody's error in a maximum over rows.
+    """
+    size = gram.diagonal() + gram[ref, ref]
+    spread = centred.diagonal()
+    others = torch.ones(size.shape[0], dtype=torch.bool)
+    others[ref] = False
+    size, spread = size[others], spread[others]
+    if size.numel() == 0 or float(size.max()) <= 0.0:
+        return 1.0  # all rows zero here: nothing to cancel
+    ratio = size / spread.clamp(min=1e-300)
+    return float(ratio[size > 0].max())
 
 
 def reference_row(x: torch.Tensor) -> tuple[int, float]:
     """The medoid of a column sample (a central row to centre the Gram on), and how
     ill-conditioned an uncentred Gram product would be on that sample.
 
-    The choice only affects rounding, never which distances are computed.
+    The sample is centred on its coordinate-wise median (a minority of far rows
+    cannot drag it, as they would a mean), and the medoid is found by
+    :func:`medoid`, whose comparisons are exact to rounding whatever the
+    magnitudes. The choice only affects rounding, never which distances are
+    computed.
     """
     n = x.shape[0]
     work = _work_dtype(x)
@@ -102,13 +116,39 @@ def reference_row(x: torch.Tensor) -> tuple[int, float]:
     raw, work = _gram64(sample, work)
     raw = raw.cpu()
     if n <= 2:
-        return 0, _conditioning(raw, _centre_gram(raw, 0))
+        return 0, _conditioning(raw, _centre_gram(raw, 0), 0)
     sample = sample.to(work)
-    sample = sample - sample.mean(dim=0)
+    sample = sample - sample.median(dim=0).values
     gram, _ = _gram64(sample, work)
-    sq = sq_distances_from_gram(gram.cpu())
-    ref = argmin_lowest(sq.sqrt().sum(dim=1))
-    return ref, _conditioning(raw, _centre_gram(raw, ref))
+    gram = gram.cpu()
+    ref = medoid(gram, sq_distances_from_gram(gram).sqrt())
+    return ref, _conditioning(raw, _centre_gram(raw, ref), ref)
+
+
+def medoid(gram: torch.Tensor, dist: torch.Tensor) -> int:
+    """Row with the smallest sum of distances to all rows; ties: lowest index.
+
+    Rows are compared by the *difference* of their sums, term by term as
+    ``(D_ih² − D_bh²) / (D_ih + D_bh)`` from Gram entries, so a far row's distance
+    (1e20 against a cluster of width 1) cancels exactly instead of burying the
+    comparison in its rounding. One pass over the rows: O(n²).
+
+    Parameters
+    ----------
+    gram : torch.Tensor
+        ``(n, n)`` float64 Gram matrix (centred or not) on the CPU.
+    dist : torch.Tensor
+        ``(n, n)`` distances computed from it.
+    """
+    diag = gram.diagonal()
+    best = 0
+    for i in range(1, gram.shape[0]):
+        num = (diag[i] - diag[best]) - 2.0 * (gram[i] - gram[best])
+        den = dist[i] + dist[best]
+        terms = torch.where(den > 0, num / den.clamp(min=1e-300), 0.0)
+        if float(terms.sum()) < 0.0:
+            best = i
+    return best
 
 
 def _reliable(product: torch.Tensor, cols: torch.Tensor) -> bool:
@@ -208,7 +248,8 @@ def scaled_centred_gram(
             plain = part.to(torch.float64)
             if work == torch.float64 or _reliable(plain, cols):
                 centred = _centre_gram(plain, ref_row)
-                if _conditioning(plain.cpu(), centred.cpu()) <= _MAX_CONDITIONING:
+                cond = _conditioning(plain.cpu(), centred.cpu(), ref_row)
+                if cond <= _MAX_CONDITIONING:
                     gram += centred
                     continue
         if buf.shape[1] < stop - start:

@@ -11,15 +11,17 @@ _CPU_CHUNK = 65_536
 _CUDA_CHUNK = 1 << 20
 
 
-def _unit_rows(x: torch.Tensor, scale: torch.Tensor, ok: torch.Tensor,
-               start: int, stop: int) -> torch.Tensor:
+def _unit_rows(
+    x: torch.Tensor, scale: torch.Tensor, ok: torch.Tensor, start: int, stop: int
+) -> torch.Tensor:
     """Columns ``start:stop`` of the rows divided by their max-abs, in float64.
 
     Rows that are not ``ok`` (zero or non-finite) read as zeros.
     """
     u = x[:, start:stop].to(torch.float64) / scale[:, None]
-    return torch.where(ok[:, None], u, torch.zeros((), dtype=torch.float64,
-                                                    device=u.device))
+    return torch.where(
+        ok[:, None], u, torch.zeros((), dtype=torch.float64, device=u.device)
+    )
 
 
 def fltrust(
@@ -62,11 +64,15 @@ def fltrust(
         trust, ascending; ``removed`` the rows with zero trust, ascending.
     """
     n, d = check_updates(x, "fltrust")
-    if not isinstance(server_update, torch.Tensor) or tuple(
-            server_update.shape) != (d,) or not server_update.is_floating_point():
+    if (
+        not isinstance(server_update, torch.Tensor)
+        or tuple(server_update.shape) != (d,)
+        or not server_update.is_floating_point()
+    ):
         raise ValueError(
             f"fltrust: server_update must be a floating ({d},) tensor (one value per "
-            f"column of x), got {getattr(server_update, 'shape', type(server_update))}")
+            f"column of x), got {getattr(server_update, 'shape', type(server_update))}"
+        )
     if chunk is None:
         chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
     s = server_update.to(x.device)
@@ -91,33 +97,44 @@ def fltrust(
     zero = torch.zeros(d, dtype=x.dtype, device=x.device)
     if not s_ok or not s_norm2 > 0.0:
         return AggregationResult(
-            aggregate=zero, selected=(), removed=tuple(range(n)),
-            scores=(0.0,) * n, weights=(0.0,) * n,
+            aggregate=zero,
+            selected=(),
+            removed=tuple(range(n)),
+            scores=(0.0,) * n,
+            weights=(0.0,) * n,
             no_update="fltrust: the server update is zero or not finite, so no "
-                      "client update can be trusted")
+            "client update can be trusted",
+        )
     u_norm = norms2.sqrt()
-    cos = dots / (u_norm * (s_norm2 ** 0.5))
+    cos = dots / (u_norm * (s_norm2**0.5))
     cos = torch.where(ok & torch.isfinite(cos), cos, torch.zeros_like(cos))
     trust = cos.clamp(min=0.0, max=1.0).cpu()
     total = float(trust.sum())
     scores = tuple(float(t) for t in trust)
     if not total > 0.0:
         return AggregationResult(
-            aggregate=zero, selected=(), removed=tuple(range(n)),
-            scores=scores, weights=(0.0,) * n,
+            aggregate=zero,
+            selected=(),
+            removed=tuple(range(n)),
+            scores=scores,
+            weights=(0.0,) * n,
             no_update="fltrust: zero total trust (no client update has a positive "
-                      "cosine with the server update)")
+            "cosine with the server update)",
+        )
     weights = trust / total
     # Coefficient of the max-abs-scaled row u_i: w_i · ‖Δ_0‖ / ‖u_i‖ (‖Δ_i‖ = m_i‖u_i‖).
-    s_norm = s_scale * s_norm2 ** 0.5
-    coeff = torch.where(weights.to(x.device) > 0,
-                        weights.to(x.device) * s_norm / torch.where(ok, u_norm, 1.0),
-                        torch.zeros_like(u_norm))
+    s_norm = s_scale * s_norm2**0.5
+    coeff = torch.where(
+        weights.to(x.device) > 0,
+        weights.to(x.device) * s_norm / torch.where(ok, u_norm, 1.0),
+        torch.zeros_like(u_norm),
+    )
     out = torch.empty(d, dtype=x.dtype, device=x.device)
     for start in range(0, d, chunk):
         stop = min(start + chunk, d)
-        out[start:stop] = (coeff @ _unit_rows(x.detach(), scale, ok, start,
-                                              stop)).to(x.dtype)
+        out[start:stop] = (coeff @ _unit_rows(x.detach(), scale, ok, start, stop)).to(
+            x.dtype
+        )
     selected = tuple(i for i in range(n) if scores[i] > 0.0)
     return AggregationResult(
         aggregate=out,

@@ -7,7 +7,11 @@ import math
 import torch
 
 from flwr_byz.aggregation.bounds import require_rows
-from flwr_byz.aggregation.distances import scaled_centred_gram, sq_distances_from_gram
+from flwr_byz.aggregation.distances import (
+    medoid,
+    scaled_centred_gram,
+    sq_distances_from_gram,
+)
 from flwr_byz.aggregation.mean import combine_rows, select_row
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.validation import (
@@ -44,27 +48,7 @@ def geomed_medoid(x: torch.Tensor, f: int = 0) -> AggregationResult:
     gram = gram.cpu()
     dist = sq_distances_from_gram(gram).sqrt()
     sums = dist.sum(dim=1)
-    return select_row(x, _medoid(gram, dist), tuple((sums * scale).tolist()))
-
-
-def _medoid(gram: torch.Tensor, dist: torch.Tensor) -> int:
-    """Row with the smallest sum of distances; ties: lowest index.
-
-    Rows are compared by the *difference* of their sums, term by term as
-    ``(D_ih² − D_bh²) / (D_ih + D_bh)`` from Gram entries, so a far row's distance
-    (1e20 against a cluster of width 1) cancels exactly instead of burying the
-    comparison in its rounding. One pass over the rows: O(n²).
-    """
-    diag = gram.diagonal()
-    best = 0
-    for i in range(1, gram.shape[0]):
-        num = (diag[i] - diag[best]) - 2.0 * (gram[i] - gram[best])
-        den = dist[i] + dist[best]
-        terms = torch.where(den > 0, num / den.clamp(min=_SMALLEST), 0.0)
-        diff = float(terms.sum())
-        if diff < 0.0:
-            best = i
-    return best
+    return select_row(x, medoid(gram, dist), tuple((sums * scale).tolist()))
 
 
 def geometric_median(
@@ -142,7 +126,7 @@ def geometric_median(
     # ~log(distance) iterations to walk back; nor at the medoid itself, where the
     # smoothed iteration stalls (a row at z outweighs the others 1/eps to one).
     sq = sq_distances_from_gram(gram)
-    centre = _medoid(gram, sq.sqrt())
+    centre = medoid(gram, sq.sqrt())
     near = sorted(range(n), key=lambda i: (float(sq[centre, i]), i))[: n // 2 + 1]
     c = torch.zeros(n, dtype=torch.float64)
     c[near] = a[near]

@@ -22,11 +22,17 @@ _CHUNK = 65_536
 
 
 def _check_number(value: float, name: str, *, positive: bool) -> float:
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value < 0 or (positive and value == 0)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
+    ):
         allowed = "> 0" if positive else ">= 0"
-        raise ValueError(f"zeno: {name} must be a finite number {allowed}, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"zeno: {name} must be a finite number {allowed}, got {value!r}"
+        )
     return float(value)
 
 
@@ -39,7 +45,8 @@ def _losses(loss_fn: BatchLoss, points: torch.Tensor, batched: bool) -> list[flo
     if tuple(out.shape) != (points.shape[0],):
         raise ValueError(
             f"zeno: loss_fn must map a ({points.shape[0]}, d) batch of weight "
-            f"vectors to ({points.shape[0]},) losses, got shape {tuple(out.shape)}")
+            f"vectors to ({points.shape[0]},) losses, got shape {tuple(out.shape)}"
+        )
     return out.detach().to("cpu", torch.float64).tolist()
 
 
@@ -53,7 +60,7 @@ def squared_norms(x: torch.Tensor) -> list[float]:
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     sums = torch.zeros_like(scale)
     for start in range(0, x.shape[1], _CHUNK):
-        u = x[:, start:start + _CHUNK].detach().to(torch.float64) / safe[:, None]
+        u = x[:, start : start + _CHUNK].detach().to(torch.float64) / safe[:, None]
         sums += (u * u).sum(dim=1)
     out = []
     for m, s in zip(scale.cpu().tolist(), sums.cpu().tolist(), strict=True):
@@ -123,8 +130,10 @@ def zeno(
     rho = _check_number(rho, "rho", positive=False)
     gamma = _check_number(gamma, "gamma", positive=True)
     if not isinstance(theta, torch.Tensor) or tuple(theta.shape) != (d,):
-        raise ValueError(f"zeno: theta must be a ({d},) tensor, got "
-                         f"{getattr(theta, 'shape', type(theta))}")
+        raise ValueError(
+            f"zeno: theta must be a ({d},) tensor, got "
+            f"{getattr(theta, 'shape', type(theta))}"
+        )
     if isinstance(row_chunk, bool) or not isinstance(row_chunk, int) or row_chunk < 1:
         raise ValueError(f"zeno: row_chunk must be an integer >= 1, got {row_chunk!r}")
     with torch.no_grad():
@@ -132,7 +141,7 @@ def zeno(
         before = _losses(loss_fn, base[None], batched)[0]
         after: list[float] = []
         for start in range(0, n, row_chunk):
-            rows = x[start:start + row_chunk].detach().to(base.device, base.dtype)
+            rows = x[start : start + row_chunk].detach().to(base.device, base.dtype)
             after += _losses(loss_fn, base + gamma * rows, batched)
     sq = squared_norms(x)
     scores = []
@@ -147,7 +156,7 @@ def zeno(
     return AggregationResult(
         aggregate=combine_rows(x, coeffs),
         selected=tuple(kept),
-        removed=tuple(sorted(ranked[n - b:])),
+        removed=tuple(sorted(ranked[n - b :])),
         scores=tuple(scores),
         weights=tuple(coeffs.tolist()),
     )
