@@ -24,12 +24,13 @@ from it but close to each other — while a plain float32 Gram is off by more th
 
 Adversarial magnitudes. Any finite input gives a finite Gram, the same in every
 process: a float32 chunk product that overflows (a value near 1e19 or beyond) or
-that may have lost values to underflow (its largest squared norm below 2**-64) is
+that may have lost values to underflow (a row's squared norm below 2**-100) is
 redone in float64, whose range holds the square of any float32 value summed over
 10**9 columns. Float64 inputs beyond ``2**450`` or below ``2**-400`` are first
-scaled by a power of two (exact), and :func:`scaled_centred_gram` returns that scale
-with the Gram, so the rules decide on finite numbers and report distances in the
-input's units.
+scaled by a power of two (exact; rows more than ``2**450`` times larger than the
+median row are shrunk along their direction, :func:`decision_scaling`), and
+:func:`scaled_centred_gram` returns that scale with the Gram, so the rules decide on
+finite numbers and report distances in the input's units.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ _SAMPLE_MAX = 8_192
 # (squared) around the origin than around the reference row: its rounding error is
 # then at most this factor times that of the centred product.
 _MAX_CONDITIONING = 4.0
-# A float32 product whose largest squared norm is below this may have lost values to
-# underflow (products below 2**-126); such a chunk is redone in float64.
-_TINY = 2.0**-64
+# A float32 product in which a row's squared norm is below this may have lost values
+# to underflow (products below 2**-126); such a chunk is redone in float64.
+_TINY = 2.0**-100
 # Float64 inputs whose largest magnitude lies outside [2**-400, 2**450] are scaled
 # to peak at 2**450: beyond it a squared norm summed over many columns may overflow
 # (2**900 · 1e10 columns · n² stays below 1.8e308) or small values underflow.
@@ -152,13 +153,18 @@ def medoid(gram: torch.Tensor, dist: torch.Tensor) -> int:
 
 
 def _reliable(product: torch.Tensor, cols: torch.Tensor) -> bool:
-    """Whether a Gram product computed in float32 can be trusted (see module doc)."""
+    """Whether a Gram product computed in float32 can be trusted (see module doc).
+
+    Judged row by row: a row whose squared norm is below ``_TINY`` may have lost its
+    values to underflow, even when another row is large.
+    """
     if not bool(torch.isfinite(product).all()):
         return False
-    top = float(product.diagonal().max())
-    if top >= _TINY:
-        return True
-    return top == 0.0 and not bool(cols.any())
+    diag = product.diagonal()
+    if bool(((diag > 0) & (diag < _TINY)).any()):
+        return False
+    zero = diag == 0
+    return not bool(zero.any()) or not bool(cols[zero.to(cols.device)].any())
 
 
 def _gram64(cols: torch.Tensor, work: torch.dtype) -> tuple[torch.Tensor, torch.dtype]:
@@ -172,19 +178,39 @@ def _gram64(cols: torch.Tensor, work: torch.dtype) -> tuple[torch.Tensor, torch.
     return c @ c.T, torch.float64
 
 
-def _input_scale(x: torch.Tensor) -> float:
-    """A power of two to divide float64 input by so that its squares stay in range
-    (1.0 for every other dtype: their squares fit float64)."""
+def decision_scaling(x: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+    """How float64 input is brought into range before its Gram is formed.
+
+    Returns ``(scale, shrink)``: the rows are used as ``shrink_i · x_i / scale``.
+    Both are powers of two, so nothing is rounded. For every dtype but float64 (whose
+    squares fit float64 whatever their size) and for float64 rows whose magnitudes
+    lie within ``[2**-400, 2**450]``, this is ``(1.0, None)``. Otherwise ``scale``
+    brings the median row's largest magnitude to about 1, and a row still larger than
+    ``2**450`` after that is shrunk along its own direction to that size: it stays
+    as far from the others as any distance a decision needs, and the squares of all
+    rows fit float64 together (a float64 range of 2**1000 between rows cannot).
+    """
     if x.dtype != torch.float64:
-        return 1.0
-    low, high = torch.aminmax(x)
-    top = max(-float(low), float(high))
-    if top == 0.0 or 2.0**-_FLOAT64_RANGE <= top <= 2.0**_FLOAT64_TOP:
-        return 1.0
-    # Largest magnitude -> [2**449, 2**450): the most room below it for small values
-    # while sums of d·n² squares stay finite.
-    # (A subnormal peak is scaled by 2**1022, the most a normal scale allows.)
-    return math.ldexp(1.0, max(math.frexp(top)[1] - _FLOAT64_TOP, -1022))
+        return 1.0, None
+    low, high = torch.aminmax(x, dim=1)
+    tops = torch.maximum(-low, high).cpu()
+    nonzero = tops[tops > 0]
+    if nonzero.numel() == 0:
+        return 1.0, None
+    if (
+        float(nonzero.min()) >= 2.0**-_FLOAT64_RANGE
+        and float(nonzero.max()) <= 2.0**_FLOAT64_TOP
+    ):
+        return 1.0, None
+    # The median row's peak -> [1, 2); a scale must itself be a normal float.
+    scale_exp = min(max(math.frexp(float(nonzero.median()))[1] - 1, -1022), 1023)
+    scale = math.ldexp(1.0, scale_exp)
+    exps = [math.frexp(t)[1] - scale_exp if t > 0 else 0 for t in tops.tolist()]
+    shrink = torch.tensor(
+        [math.ldexp(1.0, min(0, _FLOAT64_TOP - e)) for e in exps],
+        dtype=torch.float64,
+    )
+    return scale, (shrink if bool((shrink < 1).any()) else None)
 
 
 def centred_gram(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -216,13 +242,18 @@ def scaled_centred_gram(
 ) -> tuple[torch.Tensor, float]:
     """The centred Gram of ``x / scale`` and ``scale``, a power of two.
 
-    ``scale`` is 1.0 except for float64 input whose largest magnitude lies outside
+    ``scale`` is 1.0 except for float64 input whose magnitudes leave
     ``[2**-400, 2**450]``; the Gram is finite for every finite input. Distances
-    between rows are ``scale`` times those computed from this Gram.
+    between rows are ``scale`` times those computed from this Gram, except that a
+    row shrunk by :func:`decision_scaling` (one more than ``2**450`` times larger
+    than the median row) is nearer in this Gram than it is: still the farthest.
     """
     n, d = check_updates(x, "centred_gram")
-    scale = _input_scale(x)
-    if scale != 1.0:
+    scale, shrink = decision_scaling(x)
+    if shrink is not None:
+        # One power of two per row, so no intermediate overflows.
+        x = x * (shrink / scale).to(x.device)[:, None]
+    elif scale != 1.0:
         x = x / scale  # a copy, only for float64 input at extreme magnitudes
     if chunk is None:
         chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK

@@ -8,6 +8,7 @@ import torch
 
 from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.distances import (
+    decision_scaling,
     medoid,
     scaled_centred_gram,
     sq_distances_from_gram,
@@ -93,8 +94,11 @@ def geometric_median(
     Returns
     -------
     AggregationResult
-        ``weights`` the coefficients ``c`` of the result; ``scores`` each row's distance
-        to it; ``selected`` the rows with a positive coefficient.
+        ``weights`` the coefficients ``c`` of the result (they sum to one, except
+        for float64 rows shrunk by
+        :func:`~flwr_byz.aggregation.distances.decision_scaling`, whose coefficient
+        carries the shrink); ``scores`` each row's distance to it; ``selected`` the
+        rows with a positive coefficient.
     """
     n, _ = check_updates(x, "geometric_median")
     f = check_f(f, "geomed")
@@ -144,6 +148,11 @@ def geometric_median(
         if moved <= tol * spread:
             break
     c = normalised(c.clamp(min=0.0), "geometric_median", "selected")
+    _, shrink = decision_scaling(x)
+    if shrink is not None:
+        # z is Σ c_i (shrink_i x_i): a shrunk row pulls by its direction only, as
+        # a far row does on the true geometric median.
+        c = c * shrink
     return AggregationResult(
         aggregate=combine_rows(x, c),
         selected=tuple(i for i in range(n) if float(c[i]) > 0.0),
