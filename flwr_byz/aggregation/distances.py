@@ -39,6 +39,7 @@ import math
 
 import torch
 
+from flwr_byz.aggregation.ordering import argmin_lowest
 from flwr_byz.aggregation.validation import check_updates
 
 _CPU_CHUNK = 65_536  # the centred chunk (n × 65536 float32) stays in L3
@@ -105,8 +106,7 @@ def reference_row(x: torch.Tensor) -> tuple[int, float]:
     """The medoid of a column sample (a central row to centre the Gram on), and how
     ill-conditioned an uncentred Gram product would be on that sample.
 
-    The sample is centred on its coordinate-wise median (a minority of far rows
-    cannot drag it, as they would a mean), and the medoid is found by
+    The sample is centred on a central row, and the medoid is found by
     :func:`medoid`, whose comparisons are exact to rounding whatever the
     magnitudes. The choice only affects rounding, never which distances are
     computed.
@@ -118,8 +118,11 @@ def reference_row(x: torch.Tensor) -> tuple[int, float]:
     raw = raw.cpu()
     if n <= 2:
         return 0, _conditioning(raw, _centre_gram(raw, 0), 0)
+    # Centred on a central row (a far minority cannot drag it, as it would a mean),
+    # the sample's Gram no longer cancels; its medoid is the reference.
+    centre = medoid(raw, sq_distances_from_gram(raw).sqrt())
     sample = sample.to(work)
-    sample = sample - sample.median(dim=0).values
+    sample = sample - sample[centre]
     gram, _ = _gram64(sample, work)
     gram = gram.cpu()
     ref = medoid(gram, sq_distances_from_gram(gram).sqrt())
@@ -129,10 +132,11 @@ def reference_row(x: torch.Tensor) -> tuple[int, float]:
 def medoid(gram: torch.Tensor, dist: torch.Tensor) -> int:
     """Row with the smallest sum of distances to all rows; ties: lowest index.
 
-    Rows are compared by the *difference* of their sums, term by term as
-    ``(D_ih² − D_bh²) / (D_ih + D_bh)`` from Gram entries, so a far row's distance
+    Rows are compared by the *difference* of their sums to a pivot ``p`` (the row
+    with the smallest sum as computed), term by term as
+    ``(D_ih² − D_ph²) / (D_ih + D_ph)`` from Gram entries: a far row's distance
     (1e20 against a cluster of width 1) cancels exactly instead of burying the
-    comparison in its rounding. One pass over the rows: O(n²).
+    comparison in its rounding. O(n²).
 
     Parameters
     ----------
@@ -141,15 +145,12 @@ def medoid(gram: torch.Tensor, dist: torch.Tensor) -> int:
     dist : torch.Tensor
         ``(n, n)`` distances computed from it.
     """
+    p = argmin_lowest(dist.sum(dim=1))
     diag = gram.diagonal()
-    best = 0
-    for i in range(1, gram.shape[0]):
-        num = (diag[i] - diag[best]) - 2.0 * (gram[i] - gram[best])
-        den = dist[i] + dist[best]
-        terms = torch.where(den > 0, num / den.clamp(min=1e-300), 0.0)
-        if float(terms.sum()) < 0.0:
-            best = i
-    return best
+    num = (diag[:, None] - diag[p]) - 2.0 * (gram - gram[p])
+    den = dist + dist[p]
+    terms = torch.where(den > 0, num / den.clamp(min=1e-300), 0.0)
+    return argmin_lowest(terms.sum(dim=1))
 
 
 def _reliable(product: torch.Tensor, cols: torch.Tensor) -> bool:
