@@ -415,3 +415,27 @@ def test_learning_the_policy_beats_a_sign_flip_majority_the_prior_cannot():
     assert learnt[-1] >= 0.95, learnt
     assert learnt_loss < fixed_loss / 10, (learnt_loss, fixed_loss)
     assert sorted(agent.detect(7)) == [2, 3, 5, 6, 7, 8, 9]
+
+
+def test_descent_feature_reads_plus_one_for_a_descent_step():
+    objective = QVObjective(factory, qv())
+    theta = flat_init()
+    f0, grad = objective.value_and_grad(theta)
+    steps = torch.stack([-0.1 * grad, 0.1 * grad, torch.zeros_like(grad) + 1e-3])
+    with torch.no_grad():
+        solo = torch.stack([objective(theta + row) for row in steps])
+    feats = evidence_features(steps, f0, grad, solo)
+    descent = feats[:, 1]
+    assert descent[0] == pytest.approx(1.0, abs=1e-5)
+    assert descent[1] == pytest.approx(-1.0, abs=1e-5)
+    # The solo gain agrees: the descent step lowers the QV loss, its negation raises it.
+    assert feats[0, 0] > feats[1, 0]
+
+
+def test_trusted_worker_update_lowers_its_own_loss():
+    x, y = qv(32, seed=3)
+    worker = TrustedWorker(factory, (x, y), lr=0.5, steps=3)
+    theta = flat_init()
+    delta = worker.update(theta, torch.Generator().manual_seed(0))
+    objective = QVObjective(factory, (x, y))
+    assert float(objective(theta + delta)) < float(objective(theta)) - 1e-3
