@@ -261,7 +261,6 @@ def scaled_centred_gram(
     work = _work_dtype(x)
     ref_row, conditioning = reference_row(x)
     ref = x[ref_row].to(work)
-    ref64 = x[ref_row].to(torch.float64)
     # Well-conditioned data (rows about as long as their distances) need no explicit
     # centring: the centred Gram follows from the plain one by n × n algebra, and
     # each chunk is checked; only chunks that cancel are redone centred.
@@ -291,7 +290,8 @@ def scaled_centred_gram(
         torch.mm(y, y.T, out=part)
         product = part.to(torch.float64)
         if work != torch.float64 and not _reliable(product, y):
-            y64 = x[:, start:stop].to(torch.float64) - ref64[start:stop]
+            ref64 = x[ref_row, start:stop].to(torch.float64)
+            y64 = x[:, start:stop].to(torch.float64) - ref64
             product = y64 @ y64.T
         gram += product
     # BLAS may round G[i, j] and G[j, i] differently; make it exactly symmetric.
