@@ -243,7 +243,8 @@ def _load_weights(node: _Node, msg: Message) -> None:
     node.model.load_state_dict(state, strict=True)
 
 
-app = ClientApp(mods=[byzantine_mod])
+# Honest unless the run config's attack keys (pyproject.toml) say otherwise.
+app = ClientApp(mods=[byzantine_mod(attack="none")])
 
 
 @app.train()
