@@ -95,7 +95,7 @@ class RoundLog:
         }
         if "status" in m:
             entry["status"] = m["status"]
-        if "suspected-node-ids" in m:  # FLTrust (zero trust), Zeno (the b discarded)
+        if "suspected-node-ids" in m:  # robust outliers; FLTrust, Zeno: their verdict
             suspected = [int(n) for n in m["suspected-node-ids"]]
             entry["suspected-node-ids"] = suspected
             entry["suspected-partitions"] = self._partitions(suspected)

@@ -338,15 +338,21 @@ class RobustStrategy(FedAvg):
         return []
 
     def summary(self) -> None:
-        """Log summary configuration of the strategy."""
+        """Log summary configuration of the strategy.
+
+        Replaces FedAvg's summary, whose "Weighted by" line would contradict an
+        unweighted training aggregation.
+        """
         log(INFO, "\t├──> %s settings:", type(self).__name__)
         budget = (f"floor({self.malicious_fraction} * num-valid)"
                   if self.malicious_fraction is not None
                   else str(self.num_malicious_nodes or 0))
+        training = (f"weighted by clients' '{self.weighted_by_key}'"
+                    if self.weighted_aggregation
+                    else "unweighted (clients' sizes are not trusted)")
         rows: list[tuple[str, object]] = [("Byzantine budget f", budget),
                                           *self._settings(),
-                                          ("Weighted aggregation",
-                                           self.weighted_aggregation),
+                                          ("Training aggregation", training),
                                           ("Server learning rate",
                                            self.server_learning_rate),
                                           ("Server momentum", self.server_momentum),
@@ -354,7 +360,17 @@ class RobustStrategy(FedAvg):
         for i, (name, value) in enumerate(rows):
             branch = "└──" if i == len(rows) - 1 else "├──"
             log(INFO, "\t│\t%s %s: %s", branch, name, value)
-        super().summary()
+        log(INFO, "\t├──> Sampling:")
+        log(INFO, "\t│\t├──Fraction: train (%.2f) | evaluate ( %.2f)",
+            self.fraction_train, self.fraction_evaluate)
+        log(INFO, "\t│\t├──Minimum nodes: train (%d) | evaluate (%d)",
+            self.min_train_nodes, self.min_evaluate_nodes)
+        log(INFO, "\t│\t└──Minimum available nodes: %d", self.min_available_nodes)
+        log(INFO, "\t└──> Keys in records:")
+        log(INFO, "\t\t├── Evaluation metrics weighted by: '%s'",
+            self.weighted_by_key)
+        log(INFO, "\t\t├── ArrayRecord key: '%s'", self.arrayrecord_key)
+        log(INFO, "\t\t└── ConfigRecord key: '%s'", self.configrecord_key)
 
     # ---------------------------------------------------------------- train
     def configure_train(

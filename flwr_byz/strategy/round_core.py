@@ -24,6 +24,7 @@ from flwr.supercore import log
 from .model_layout import ArrayLike, ModelLayout, decode_arrayrecord, parse_npy_header
 from .reply_validation import RejectReason, check_num_examples, decode_update_into
 from .round_report import RoundReport, RoundStatus
+from .suspicion import suspected_rows
 
 if TYPE_CHECKING:
     from .robust_strategy import RobustStrategy
@@ -138,6 +139,15 @@ def _row_ids(rows: Sequence[int], node_ids: Sequence[int]) -> list[int]:
     return [int(node_ids[r]) for r in rows]
 
 
+def _suspect(report: RoundReport, updates: torch.Tensor) -> None:
+    """Fill ``report.suspected`` (a diagnostic: never fails the round)."""
+    try:
+        report.suspected = _row_ids(suspected_rows(updates), report.node_ids)
+    except Exception:  # pylint: disable=broad-except
+        log(logging.WARNING, "Round %d: suspected-node-ids not computed",
+            report.server_round, exc_info=True)
+
+
 def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentModel,
                      candidates: Sequence[Candidate],
                      momentum: np.ndarray | None = None,
@@ -231,6 +241,7 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
     report.f = f
     report.min_nodes = max(1, int(strategy.min_nodes(f)))
     if n < report.min_nodes:
+        _suspect(report, torch.from_numpy(matrix[:n]))
         report.status = RoundStatus.BOUND_FAILED
         report.message = (f"{n} valid replies < {report.min_nodes} needed by "
                           f"{type(strategy).__name__} with f={f}; model unchanged")
@@ -243,6 +254,7 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
     theta = torch.from_numpy(sent.theta).to(device)
     weights = (torch.tensor(weight_list, dtype=torch.float32, device=device)
                if weight_list is not None else None)
+    _suspect(report, updates)
     try:
         result = strategy.aggregate_updates(server_round, updates, node_ids, weights,
                                             f, theta)
