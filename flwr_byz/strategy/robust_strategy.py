@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from flwr_byz.aggregation.bounds import byzantine_budget
+from flwr_byz.aggregation.registry import RULE_BY_NAME
 from flwr_byz.aggregation.result import AggregationResult
 
 from .client_metrics import mean_client_metrics
@@ -164,13 +165,25 @@ class RobustStrategy(FedAvg):
         `weighted_by_key` where present and valid, skipping bad replies.
     """
 
-    #: Name of the rule in :data:`flwr_byz.aggregation.RULES` (for the bound).
+    #: Name of the rule in :data:`flwr_byz.aggregation.registry.REGISTRY`: its
+    #: bound, and the defaults of the two flags below, come from there.
     rule_name: str = "mean"
     #: Whether the rule accepts per-update weights.
     supports_weights: bool = True
     #: Whether ``f`` changes what the rule does: then exactly one of
     #: ``num_malicious_nodes`` and ``malicious_fraction`` must be given.
     uses_f: bool = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Take ``uses_f`` / ``supports_weights`` from the rule's registry entry
+        unless the subclass sets them itself."""
+        super().__init_subclass__(**kwargs)
+        rule = RULE_BY_NAME.get(cls.__dict__.get("rule_name", ""))
+        if rule is not None:
+            if "uses_f" not in cls.__dict__:
+                cls.uses_f = rule.uses_f
+            if "supports_weights" not in cls.__dict__:
+                cls.supports_weights = rule.supports_weights
 
     # pylint: disable=too-many-arguments,too-many-positional-arguments,too-many-locals
     def __init__(
@@ -309,11 +322,15 @@ class RobustStrategy(FedAvg):
         Returns
         -------
         AggregationResult
-            Aggregate and decisions (row indices).
+            Aggregate and decisions (row indices). By default the registry
+            entry's ``aggregate(updates, f, weights)`` of :attr:`rule_name`.
         """
-        from flwr_byz.aggregation import mean
-
-        return mean(updates, weights)
+        rule = RULE_BY_NAME.get(self.rule_name)
+        if rule is None or rule.aggregate is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}: rule {self.rule_name!r} has no registry "
+                "aggregate; override aggregate_updates")
+        return rule.aggregate(updates, f, weights)
 
     def extra_round_metrics(
         self, server_round: int
