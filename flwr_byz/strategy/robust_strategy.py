@@ -27,8 +27,13 @@ from flwr_byz.aggregation.result import AggregationResult
 
 from .client_metrics import mean_client_metrics
 from .model_layout import ModelLayout
-from .reply_validation import RejectReason
-from .round_core import Candidate, SentModel, run_robust_round
+from .reply_validation import (
+    Candidate,
+    RejectReason,
+    SentModel,
+    message_to_candidate,
+)
+from .round_core import RoundState, run_robust_round
 from .round_report import RoundReport
 
 _DEVICES = ("cpu", "cuda", "auto")
@@ -52,44 +57,6 @@ def resolve_device(device: str) -> torch.device:
                              f"allowed values: {_DEVICES}")
         return torch.device(device)
     raise ValueError(f"device={device!r} is not one of {_DEVICES} (or 'cuda:N')")
-
-
-def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
-    """Reduce a reply Message to a :class:`Candidate`, checking its structure.
-
-    Parameters
-    ----------
-    msg : Message
-        A train reply.
-    sent : SentModel
-        What was sent this round (for the expected message type).
-
-    Returns
-    -------
-    Candidate
-        With ``reason`` set when the reply is an error or malformed.
-    """
-    node_id = int(msg.metadata.src_node_id)
-    if msg.has_error() or not msg.has_content():
-        return Candidate(node_id, None, None, RejectReason.ERROR_REPLY)
-    expected_type = sent.message_types.get(node_id)
-    if expected_type is not None and msg.metadata.message_type != expected_type:
-        return Candidate(node_id, None, None, RejectReason.WRONG_MESSAGE_TYPE)
-    content = msg.content
-    array_records = list(content.array_records.values())
-    metric_records = list(content.metric_records.values())
-    reason = None
-    if not array_records:
-        reason = RejectReason.MISSING_ARRAY_RECORD
-    elif len(array_records) > 1:
-        reason = RejectReason.EXTRA_ARRAY_RECORD
-    elif not metric_records:
-        reason = RejectReason.MISSING_METRIC_RECORD
-    elif len(metric_records) > 1:
-        reason = RejectReason.EXTRA_METRIC_RECORD
-    if reason is not None:
-        return Candidate(node_id, None, None, reason)
-    return Candidate(node_id, array_records[0], metric_records[0])
 
 
 # pylint: disable=too-many-instance-attributes
@@ -277,9 +244,8 @@ class RobustStrategy(FedAvg):
         self._user_evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
         self.history: list[RoundReport] = []
         self._sent: SentModel | None = None
-        self._momentum: np.ndarray | None = None
-        # Storage of the (n, d) update matrix, reused from round to round.
-        self._buffer: np.ndarray | None = None
+        #: Server momentum and update-matrix storage, carried between rounds.
+        self.round_state = RoundState()
 
     # ------------------------------------------------------------------ hooks
     def min_nodes(self, f: int) -> int:
@@ -434,15 +400,12 @@ class RobustStrategy(FedAvg):
         log(INFO, "aggregate_train: received %d replies from %d nodes sent to",
             len(candidates), len(sent.node_ids))
         outcome = run_robust_round(self, server_round, sent, candidates,
-                                   self._momentum, self._buffer)
-        self._buffer = outcome.buffer
+                                   self.round_state)
         report = outcome.report
         self.history.append(report)
         if outcome.arrays is None:
             arrays = sent.record
         else:
-            self._momentum = (outcome.momentum if outcome.momentum is not None
-                              else self._momentum)
             arrays = ArrayRecord({
                 key: (sent.record[key] if offset < 0 else Array(outcome.arrays[key]))
                 for key, offset in zip(sent.layout.keys, sent.layout.offsets,

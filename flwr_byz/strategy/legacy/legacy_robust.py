@@ -24,9 +24,9 @@ from flwr.supercore import log
 
 from ..client_metrics import mean_client_metrics
 from ..model_layout import NUMPY_STYPE, parse_npy_header
-from ..reply_validation import RejectReason
+from ..reply_validation import Candidate, RejectReason, SentModel
 from ..robust_strategy import RobustStrategy
-from ..round_core import Candidate, SentModel, run_robust_round
+from ..round_core import run_robust_round
 
 
 @dataclass(frozen=True)
@@ -161,15 +161,14 @@ class LegacyRobust(LegacyFedAvg):
             except Exception:  # a result object we cannot even read
                 candidates.append(Candidate(0, None, None, RejectReason.MALFORMED))
         inner = self.strategy
+        # The wrapped strategy's round state (momentum, matrix storage) is
+        # handed to the core, which updates it: the same state as its own rounds.
         outcome = run_robust_round(inner, server_round, sent, candidates,
-                                   inner._momentum, inner._buffer)
-        inner._buffer = outcome.buffer
+                                   inner.round_state)
         inner.history.append(outcome.report)
         if outcome.arrays is None:
             parameters = self._sent_parameters
         else:
-            inner._momentum = (outcome.momentum if outcome.momentum is not None
-                               else inner._momentum)
             tensors = [old if offset < 0 else ndarray_to_bytes(outcome.arrays[k])
                        for k, offset, old in zip(sent.layout.keys, sent.layout.offsets,
                                                  self._sent_parameters.tensors,
