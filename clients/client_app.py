@@ -31,7 +31,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from clients.training import adaptive_fault_steps, evaluate, sgd_steps
+from flwr_byz.app.training import adaptive_fault_steps, evaluate, sgd_steps
 from flwr_byz.attacks import (
     DEFAULT_LEARNING_RATE,
     active_attack,

@@ -16,20 +16,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from flwr_byz.attacks import ServerSideAttack, byzantine_partitions
-from flwr_byz.data import dataset_shape, load_server_data
-from flwr_byz.experiments.central_evaluation import make_evaluate_fn
-from flwr_byz.experiments.config import (
+from flwr_byz.app.central_evaluation import make_evaluate_fn
+from flwr_byz.app.config import (
     RunConfigError,
     check_against_nodes,
     check_run_config,
 )
-from flwr_byz.experiments.observed_strategy import ObservedStrategy
-from flwr_byz.experiments.results import ResultsFile
-from flwr_byz.experiments.strategy_factory import build_strategy
+from flwr_byz.app.federation import discover_nodes
+from flwr_byz.app.observed_strategy import ObservedStrategy
+from flwr_byz.app.results import ResultsFile
+from flwr_byz.app.round_log import RoundLog
+from flwr_byz.app.strategy_factory import build_strategy
+from flwr_byz.attacks import ServerSideAttack, byzantine_partitions
+from flwr_byz.data import dataset_shape, load_server_data
 from flwr_byz.models import build_model
-from server.federation import discover_nodes
-from server.round_log import RoundLog
 
 app = ServerApp()
 

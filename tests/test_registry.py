@@ -13,7 +13,7 @@ from strategy_helpers import instructions, model_arrays, reply, server_identity,
 
 from flwr_byz.aggregation import AggregationResult, min_nodes
 from flwr_byz.aggregation import registry as reg
-from flwr_byz.experiments.config import STRATEGY_NAMES, check_run_config
+from flwr_byz.app.config import STRATEGY_NAMES, check_run_config
 from flwr_byz.strategy import STRATEGIES, RobustStrategy, strategy_for
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -84,8 +84,8 @@ def test_a_new_rule_is_one_function_and_one_entry(monkeypatch) -> None:
 
 
 def test_the_app_builds_every_plain_rule_from_the_registry() -> None:
-    from flwr_byz.experiments.config import with_defaults
-    from flwr_byz.experiments.strategy_factory import build_strategy
+    from flwr_byz.app.config import with_defaults
+    from flwr_byz.app.strategy_factory import build_strategy
 
     for rule in reg.REGISTRY:
         if rule.name in ("fltrust", "zeno"):  # need the server's data

@@ -1,4 +1,5 @@
-"""Byzantine behaviours: role schedule × tampering algorithm (DESIGN.md §6).
+"""Byzantine behaviours: role schedule × tampering algorithm (the threat
+models of the GAA paper, §3 and §5.1.2–3, and the FABA paper, §4).
 
 Two places to run them:
 

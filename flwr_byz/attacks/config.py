@@ -1,7 +1,8 @@
 """Attack configuration: names, run-config defaults, validation, who is Byzantine.
 
-Keys are Flower run-config keys (kebab case, DESIGN.md §8). Every reader merges the
-run config over :data:`ATTACK_DEFAULTS`, so a missing key means its default.
+Keys are Flower run-config keys (kebab case, as in ``[tool.flwr.app.config]``).
+Every reader merges the run config over :data:`ATTACK_DEFAULTS`, so a missing key
+means its default.
 """
 
 from __future__ import annotations

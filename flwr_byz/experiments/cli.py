@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flwr_byz.experiments.config import STRATEGY_NAMES
+from flwr_byz.app.config import STRATEGY_NAMES
 from flwr_byz.experiments.grid import GridSpec, check_grid, run_grid
 from flwr_byz.experiments.plots import plot_accuracy
 from flwr_byz.experiments.tables import load_results, write_tables

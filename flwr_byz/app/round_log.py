@@ -14,8 +14,8 @@ from typing import Any
 
 from flwr.app import MetricRecord
 
-from flwr_byz.experiments.detection import flagged_by_removals, precision_recall
-from flwr_byz.experiments.results import ResultsFile
+from flwr_byz.app.detection import flagged_by_removals, precision_recall
+from flwr_byz.app.results import ResultsFile
 
 
 def _reason_name(code: int) -> str:

@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m flwr_byz.experiments.bench_strategies [--dims 1000000,11173962] [--n 50]
+    python -m benchmarks.bench_strategies [--dims 1000000,11173962] [--n 50]
 
 For each model size, ``n`` reply Messages (``f`` of them Byzantine) are built once;
 every strategy then aggregates fresh Message objects over the same serialised bytes.

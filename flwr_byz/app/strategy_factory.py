@@ -22,7 +22,8 @@ def build_strategy(
     """The strategy named by ``cfg['strategy']``, with the run's settings.
 
     The Byzantine budget is given as a fraction, so ``f = floor(α·n)`` follows the
-    number of valid replies of each round (DESIGN §3).
+    number of valid replies of each round (``f = floor(α·n)``, as in the FABA
+    paper).
     """
     from flwr_byz import strategy as strategies
 
