@@ -24,6 +24,7 @@ from flwr.supercore import log
 from flwr_byz.aggregation.bounds import byzantine_budget
 from flwr_byz.aggregation.registry import RULE_BY_NAME
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.devices import resolve_device
 
 from .client_metrics import mean_client_metrics
 from .model_layout import ModelLayout
@@ -35,28 +36,6 @@ from .reply_validation import (
 )
 from .round_core import RoundState, run_robust_round
 from .round_report import RoundReport
-
-_DEVICES = ("cpu", "cuda", "auto")
-
-
-def resolve_device(device: str) -> torch.device:
-    """Map ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"auto"`` to a torch device.
-
-    Raises
-    ------
-    ValueError
-        For any other value, or ``"cuda"`` without a CUDA device.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available; "
-                             f"allowed values: {_DEVICES}")
-        return torch.device(device)
-    raise ValueError(f"device={device!r} is not one of {_DEVICES} (or 'cuda:N')")
 
 
 # pylint: disable=too-many-instance-attributes
