@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: ConfigRecord key under which ``byzantine_mod`` tells the server, in a train
+#: reply, the partition id its node holds (simulation only; diagnostics).
+IDENTITY_RECORD = "flwr-byz-identity"
+
 
 @dataclass(frozen=True)
 class ModelLayout:

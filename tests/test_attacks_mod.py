@@ -306,6 +306,42 @@ def test_each_malicious_node_says_once_what_it_does() -> None:
     assert "sign-flip" in said[0]
 
 
+def test_simulation_replies_say_which_partition_they_hold() -> None:
+    from flwr_byz.records import IDENTITY_RECORD
+
+    wrapped = _user_app([byzantine_mod(attack="sign-flip", partitions="3")])
+    reply = wrapped(_msg(1), _ctx({}))  # honest partition 1 of 4
+    assert dict(reply.content[IDENTITY_RECORD]) == {"partition-id": 1}
+    assert dict(reply.content["metrics"]) == {"num-examples": 10, "train-loss": 0.25}
+    deployed = wrapped(_msg(1), _ctx({}, {"byzantine": False}))
+    assert IDENTITY_RECORD not in deployed.content
+
+
+def test_strategy_metrics_map_node_ids_to_partitions() -> None:
+    from strategy_helpers import instructions, server_identity
+
+    from flwr_byz.strategy import Mean
+
+    wrapped = _user_app([byzantine_mod(attack="none")])
+    with server_identity():
+        strategy = Mean()
+        theta = {k: v.numpy() for k, v in _arrays().items()}
+        msgs = instructions(strategy, 1, theta, [11, 12, 13])
+        replies = []
+        for m in msgs:
+            pid = m.metadata.dst_node_id - 6
+            ctx = Context(run_id=1, node_id=m.metadata.dst_node_id,
+                          node_config={"partition-id": pid, "num-partitions": 9},
+                          state=RecordDict(), run_config={})
+            train_msg = Message(m.content, metadata=m.metadata)
+            reply = wrapped(train_msg, ctx)
+            reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
+            replies.append(reply)
+        _, metrics = strategy.aggregate_train(1, replies)
+    pairs = zip(metrics["node-ids"], metrics["partition-ids"], strict=True)
+    assert dict(pairs) == {11: 5, 12: 6, 13: 7}
+
+
 # ----------------------------------------------------------------------------------
 # Flower's simulation engine
 # ----------------------------------------------------------------------------------
@@ -335,6 +371,7 @@ def _with_run_config(msg: Message, context: Context, call_next) -> Message:
 
 
 SIM_ERRORS: dict[int, list[str]] = {}
+SIM_IDENTITY: dict[int, list[tuple[int, dict]]] = {}
 
 
 def _simulate(mods: list) -> None:
@@ -352,6 +389,14 @@ def _simulate(mods: list) -> None:
             replies = list(replies)
             SIM_ERRORS[server_round] = [
                 r.error.reason for r in replies if r.has_error()
+            ]
+            SIM_IDENTITY[server_round] = [
+                (
+                    int(r.content["metrics"]["pid"]),
+                    dict(r.content.config_records.get("flwr-byz-identity", {})),
+                )
+                for r in replies
+                if not r.has_error()
             ]
             SIM_RECORD[server_round] = [
                 (
@@ -433,6 +478,10 @@ def test_configured_mod_in_an_app_without_attack_keys() -> None:
     )
     _simulate([mod])
     _check_sign_flip_after_pretense()
+    # Every reply names its partition (node id -> partition id on the server).
+    for server_round in (1, 2):
+        assert all(ident == {"partition-id": pid}
+                   for pid, ident in SIM_IDENTITY[server_round])
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
+from flwr_byz.records import IDENTITY_RECORD
+
 from ._flat import ArrayMismatchError, as_numpy, check_same_layout, flat_update
 from ._flat import apply_update as _apply_update
 from ._flat import float_keys as _float_keys
@@ -253,6 +255,15 @@ class ByzantineMod:
         cfg = self.effective_config(context.run_config)
         if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
             return call_next(msg, context)
+        return _with_identity(self._train(msg, context, call_next, cfg), context)
+
+    @staticmethod
+    def _train(
+        msg: Message,
+        context: Context,
+        call_next: ClientAppCallable,
+        cfg: Mapping[str, Any],
+    ) -> Message:
         if resolve_side(cfg) != "client":
             return call_next(msg, context)
         _warn_if_no_attacker(cfg, context)
@@ -264,6 +275,21 @@ class ByzantineMod:
         if not role_for(cfg, key).is_byzantine(server_round):
             return call_next(msg, context)
         return _attack(msg, context, call_next, cfg, key, server_round)
+
+
+def _with_identity(reply: Message, context: Context) -> Message:
+    """Simulation: tell the server which partition this node holds.
+
+    A ConfigRecord ``flwr-byz-identity`` = ``{"partition-id": p}`` joins the train
+    reply (arrays and metrics untouched), so the strategies' diagnostics can map
+    Flower's random node ids to partitions (``partition-ids``). Nothing is added
+    where Flower gives no partition id (deployments).
+    """
+    pid = context.node_config.get("partition-id")
+    if pid is None or reply.has_error() or not reply.has_content():
+        return reply
+    reply.content[IDENTITY_RECORD] = ConfigRecord({"partition-id": int(pid)})
+    return reply
 
 
 def _partition_text(context: Context) -> str:

@@ -25,6 +25,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 from flwr.supercore import log
 
+from flwr_byz.records import IDENTITY_RECORD
+
 from .model_layout import (
     NUMPY_STYPE,
     ArrayLike,
@@ -328,12 +330,17 @@ class Candidate:
         The reply's metrics.
     reason : RejectReason or None
         Set by the front end when the reply already failed a structural check.
+    partition_id : int
+        The partition the node says it holds (``byzantine_mod`` adds it in
+        simulation, :data:`IDENTITY_RECORD`); ``-1`` when unknown. Diagnostics
+        only: no rule reads it.
     """
 
     node_id: int
     arrays: Mapping[str, ArrayLike] | None
     metrics: Mapping[str, Any] | None
     reason: RejectReason | None = None
+    partition_id: int = -1
 
 
 def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
@@ -371,7 +378,19 @@ def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
         reason = RejectReason.EXTRA_METRIC_RECORD
     if reason is not None:
         return Candidate(node_id, None, None, reason)
-    return Candidate(node_id, array_records[0], metric_records[0])
+    return Candidate(node_id, array_records[0], metric_records[0],
+                     partition_id=_claimed_partition(content))
+
+
+def _claimed_partition(content: Any) -> int:
+    try:
+        record = content.config_records.get(IDENTITY_RECORD)
+        value = None if record is None else record.get("partition-id")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return int(value)
+    except Exception:  # pylint: disable=broad-except
+        pass
+    return -1
 
 
 @dataclass
@@ -385,6 +404,8 @@ class ValidReplies:
         valid updates ``w_i − θ_t`` in reply order (the rest is scratch).
     node_ids : list[int]
         Node id of each valid row.
+    partition_ids : list[int]
+        Partition each valid row's node says it holds (``-1``: unknown).
     metrics : list[Mapping[str, Any]]
         The valid replies' metrics (row order).
     weights : list[float] or None
@@ -395,6 +416,7 @@ class ValidReplies:
     node_ids: list[int]
     metrics: list[Mapping[str, Any]]
     weights: list[float] | None
+    partition_ids: list[int] = field(default_factory=list)
 
     @property
     def updates(self) -> np.ndarray:
@@ -482,7 +504,9 @@ def validate_replies(sent: SentModel, candidates: Sequence[Candidate],
             _reject(report, cand.node_id, reason)
     node_ids = [int(c.node_id) for c, _ in valid]
     report.node_ids = node_ids
+    report.partition_ids = [int(c.partition_id) for c, _ in valid]
     return ValidReplies(
         matrix, node_ids,
         [c.metrics if c.metrics is not None else {} for c, _ in valid],
-        [w for _, w in valid] if weighted_by is not None else None)
+        [w for _, w in valid] if weighted_by is not None else None,
+        list(report.partition_ids))

@@ -51,6 +51,9 @@ class RoundReport:
         Number of nodes the round's instructions went to.
     node_ids : list[int]
         Valid replies' node ids, in the row order the rule saw.
+    partition_ids : list[int]
+        Parallel to ``node_ids``: the partition each node says it holds
+        (``byzantine_mod`` reports it in simulation), ``-1`` when unknown.
     selected : list[int]
         Node ids whose updates entered the aggregate.
     removed : list[int]
@@ -84,6 +87,7 @@ class RoundReport:
     min_nodes: int = 0
     num_sent: int = 0
     node_ids: list[int] = field(default_factory=list)
+    partition_ids: list[int] = field(default_factory=list)
     selected: list[int] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
     suspected: list[int] = field(default_factory=list)
@@ -112,6 +116,7 @@ class RoundReport:
             "num-rejected": len(self.rejected),
             "num-missing": len(self.missing),
             "node-ids": [int(i) for i in self.node_ids],
+            "partition-ids": [int(i) for i in self.partition_ids],
             "selected-node-ids": [int(i) for i in self.selected],
             "removed-node-ids": [int(i) for i in self.removed],
             "suspected-node-ids": [int(i) for i in self.suspected],
