@@ -95,3 +95,10 @@ def test_the_app_builds_every_plain_rule_from_the_registry() -> None:
         assert type(strategy) is STRATEGIES[rule.name]
         expected = 0.3 if rule.uses_f else None
         assert strategy.malicious_fraction == expected, rule.name
+
+
+def test_readme_strategy_key_lists_every_strategy() -> None:
+    row = next(line for line in README.read_text(encoding="utf-8").splitlines()
+               if line.startswith("| `strategy` | `\"gaa\"` |"))
+    listed = set(re.findall(r"`([a-z-]+)`", row.split("|")[3]))
+    assert listed == set(STRATEGY_NAMES)
