@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import (
     ArrayRecord,
@@ -31,7 +30,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from clients.training import adaptive_fault_steps, evaluate, sgd_steps
+from flwr_byz.app.training import adaptive_fault_steps, evaluate, sgd_steps
 from flwr_byz.attacks import (
     DEFAULT_LEARNING_RATE,
     active_attack,
@@ -46,7 +45,9 @@ from flwr_byz.data import (
     load_partition,
     load_server_data,
 )
+from flwr_byz.devices import DEVICES, resolve_device
 from flwr_byz.models import MODELS, build_model
+from flwr_byz.seeding import torch_stream
 
 # Run-config keys this app reads, with their defaults (the lead wires them into
 # pyproject.toml; the data and attack keys have their own defaults).
@@ -58,7 +59,6 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
 }
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 # How many samples of the QV distribution the adaptive-fault attacker is assumed to
 # know (GAA §6.3.1, case A: D0 = the full 1k-sample QV pool, not the server's few).
@@ -95,17 +95,6 @@ def client_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
             f"device={cfg['device']!r} is not valid; valid values: {', '.join(DEVICES)}"
         )
     return cfg
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "device='cuda' but no CUDA device is available; valid: auto, cpu"
-        )
-    return torch.device(name)
 
 
 def load_client_data(
@@ -231,10 +220,7 @@ def _round(msg: Message) -> int:
 
 def _generator(seed: int, context: Context, server_round: int) -> torch.Generator:
     pid = int(context.node_config.get("partition-id", context.node_id))
-    state = np.random.SeedSequence(
-        [seed, pid % 2**64, server_round, _TAG_BATCHES]
-    ).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) >> 1)
+    return torch_stream(seed, pid, server_round, _TAG_BATCHES)
 
 
 def _load_weights(node: _Node, msg: Message) -> None:
@@ -243,7 +229,8 @@ def _load_weights(node: _Node, msg: Message) -> None:
     node.model.load_state_dict(state, strict=True)
 
 
-app = ClientApp(mods=[byzantine_mod])
+# Honest unless the run config's attack keys (pyproject.toml) say otherwise.
+app = ClientApp(mods=[byzantine_mod(attack="none")])
 
 
 @app.train()

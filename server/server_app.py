@@ -16,20 +16,21 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from flwr_byz.attacks import ServerSideAttack, byzantine_partitions
-from flwr_byz.data import dataset_shape, load_server_data
-from flwr_byz.experiments.central_evaluation import make_evaluate_fn
-from flwr_byz.experiments.config import (
+from flwr_byz.app.central_evaluation import make_evaluate_fn
+from flwr_byz.app.config import (
     RunConfigError,
     check_against_nodes,
     check_run_config,
 )
-from flwr_byz.experiments.observed_strategy import ObservedStrategy
-from flwr_byz.experiments.results import ResultsFile
-from flwr_byz.experiments.strategy_factory import build_strategy
+from flwr_byz.app.federation import discover_nodes
+from flwr_byz.app.observed_strategy import ObservedStrategy
+from flwr_byz.app.results import ResultsFile
+from flwr_byz.app.round_log import RoundLog
+from flwr_byz.app.strategy_factory import build_strategy
+from flwr_byz.attacks import ServerSideAttack, byzantine_partitions
+from flwr_byz.data import dataset_shape, load_server_data
+from flwr_byz.devices import resolve_device
 from flwr_byz.models import build_model
-from server.federation import discover_nodes
-from server.round_log import RoundLog
 
 app = ServerApp()
 
@@ -45,16 +46,12 @@ def main(grid: Grid, context: Context) -> None:
     run(grid, cfg)
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is present, else ``cpu``."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunConfigError(
-            "run-config key 'device' = 'cuda' but no CUDA device is available; "
-            "use 'auto' or 'cpu'"
-        )
-    return name
+def _device(name: str) -> str:
+    """The run config's ``device`` as a torch device string (``auto`` resolved)."""
+    try:
+        return str(resolve_device(name))
+    except ValueError as err:
+        raise RunConfigError(f"run-config key 'device': {err}") from err
 
 
 def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +60,7 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     # Flower samples nodes with Python's `random`; seed it so sampling repeats.
     random.seed(seed)
     torch.manual_seed(seed)
-    device = resolve_device(str(cfg["device"]))
+    device = _device(str(cfg["device"]))
 
     nodes = discover_nodes(grid, min_nodes=2)
     identities = {nid: node.partition_id for nid, node in nodes.items()}

@@ -345,8 +345,8 @@ def test_byzantine_budget_is_floor_with_a_float_guard():
 
 
 def test_every_fraction_helper_uses_the_budget():
+    from flwr_byz.app.config import assumed_f
     from flwr_byz.attacks.config import byzantine_partitions
-    from flwr_byz.experiments.config import assumed_f
 
     assert assumed_f({"assumed-byzantine-fraction": 0.29}, 100) == 29
     assert assumed_f({"assumed-byzantine-fraction": 0.3}, 9) == 2

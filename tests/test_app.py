@@ -13,14 +13,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from flwr_byz.experiments.config import (
+from flwr_byz.app.config import (
     RunConfigError,
     app_defaults,
     check_against_nodes,
     check_run_config,
 )
+from flwr_byz.app.results import without_timings
 from flwr_byz.experiments.local_superlink import LocalSuperLink
-from flwr_byz.experiments.results import without_timings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,6 +25,7 @@ from flwr.clientapp import ClientApp
 
 from flwr_byz.attacks import (
     DEFAULT_LEARNING_RATE,
+    ByzantineMod,
     active_attack,
     byzantine_mod,
     byzantine_partitions,
@@ -128,7 +129,7 @@ BYZ = {"attack": "sign-flip", "byzantine-partitions": "1"}
 def test_honest_node_reply_is_bit_identical() -> None:
     plain, wrapped = _user_app([]), _user_app([byzantine_mod])
     for cfg in (
-        {},
+        {"attack": "none"},
         {**BYZ, "byzantine-partitions": "0,2"},
         {"attack": "alie", "byzantine-partitions": "1"},
     ):
@@ -226,6 +227,121 @@ def test_bad_attack_config_fails_loudly() -> None:
         _user_app([byzantine_mod])(_msg(1), _ctx({**BYZ, "flip-period": 0}))
 
 
+def test_configured_mod_needs_no_run_config_keys() -> None:
+    plain = _user_app([])
+    mod = byzantine_mod(attack="sign-flip", partitions=[1], seed=0)
+    assert isinstance(mod, ByzantineMod)
+    wrapped = _user_app([mod])
+    honest, sent = _np(plain(_msg(1), _ctx({}))), _arrays()["w"].numpy()
+    got = _np(wrapped(_msg(1), _ctx({})))["w"]
+    np.testing.assert_allclose(got, sent - (honest["w"] - sent), rtol=1e-6, atol=1e-6)
+    # Partition 0 is not in the list: bit-identical to the unwrapped app.
+    ctx0 = {"partition-id": 0, "num-partitions": 4}
+    assert _same_reply(wrapped(_msg(1), _ctx({}, ctx0)), plain(_msg(1), _ctx({}, ctx0)))
+
+
+def test_run_config_overrides_the_arguments_unless_told_not_to() -> None:
+    plain = _user_app([])
+    args = {"attack": "sign-flip", "partitions": "1"}
+    cfg = {"attack": "none"}
+    overridden = _user_app([byzantine_mod(**args)])
+    assert _same_reply(overridden(_msg(1), _ctx(cfg)), plain(_msg(1), _ctx(cfg)))
+    fixed = _user_app([byzantine_mod(**args, run_config_override=False)])
+    assert not _same_reply(fixed(_msg(1), _ctx(cfg)), plain(_msg(1), _ctx(cfg)))
+
+
+def test_unknown_or_invalid_arguments_fail_at_start_up() -> None:
+    with pytest.raises(TypeError, match="did you mean 'fraction'"):
+        byzantine_mod(attack="sign-flip", fracton=0.3)
+    with pytest.raises(ValueError, match="byzantine-fraction"):
+        byzantine_mod(attack="sign-flip", fraction=1.5)
+    with pytest.raises(ValueError, match="attack="):
+        byzantine_mod(attack="sign-flipp")
+
+
+def test_bare_mod_without_attack_keys_fails_loudly() -> None:
+    wrapped = _user_app([byzantine_mod])
+    for message_type in (MessageType.TRAIN, MessageType.EVALUATE):
+        with pytest.raises(ValueError, match="no attack configured"):
+            wrapped(_msg(1, message_type), _ctx({"num-server-rounds": 3}))
+
+
+def test_misspelt_run_config_key_fails_loudly() -> None:
+    wrapped = _user_app([byzantine_mod(attack="sign-flip", fraction=0.5)])
+    with pytest.raises(ValueError, match=r"'byzantine-fration'.*did you mean"):
+        wrapped(_msg(1), _ctx({"byzantine-fration": 0.5, "num-server-rounds": 3}))
+
+
+def test_each_malicious_node_says_once_what_it_does() -> None:
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep()
+    logger = logging.getLogger("flwr")
+    logger.addHandler(handler)
+    try:
+        mod = byzantine_mod(attack="sign-flip", partitions="1", seed=0)
+        wrapped = _user_app([mod])
+        ctx = Context(
+            run_id=987,
+            node_id=4242,
+            node_config={"partition-id": 1, "num-partitions": 4},
+            state=RecordDict(),
+            run_config={},
+        )
+        honest = _ctx({}, {"partition-id": 2, "num-partitions": 4})
+        for server_round in (1, 2, 3):
+            wrapped(_msg(server_round), ctx)
+            wrapped(_msg(server_round), honest)
+    finally:
+        logger.removeHandler(handler)
+    said = [r for r in records if "MALICIOUS" in r]
+    assert len(said) == 1
+    assert "node 4242" in said[0] and "partition 1 of 4" in said[0]
+    assert "sign-flip" in said[0]
+
+
+def test_simulation_replies_say_which_partition_they_hold() -> None:
+    from flwr_byz.records import IDENTITY_RECORD
+
+    wrapped = _user_app([byzantine_mod(attack="sign-flip", partitions="3")])
+    reply = wrapped(_msg(1), _ctx({}))  # honest partition 1 of 4
+    assert dict(reply.content[IDENTITY_RECORD]) == {"partition-id": 1}
+    assert dict(reply.content["metrics"]) == {"num-examples": 10, "train-loss": 0.25}
+    deployed = wrapped(_msg(1), _ctx({}, {"byzantine": False}))
+    assert IDENTITY_RECORD not in deployed.content
+
+
+def test_strategy_metrics_map_node_ids_to_partitions() -> None:
+    from strategy_helpers import instructions, server_identity
+
+    from flwr_byz.strategy import Mean
+
+    wrapped = _user_app([byzantine_mod(attack="none")])
+    with server_identity():
+        strategy = Mean()
+        theta = {k: v.numpy() for k, v in _arrays().items()}
+        msgs = instructions(strategy, 1, theta, [11, 12, 13])
+        replies = []
+        for m in msgs:
+            pid = m.metadata.dst_node_id - 6
+            ctx = Context(run_id=1, node_id=m.metadata.dst_node_id,
+                          node_config={"partition-id": pid, "num-partitions": 9},
+                          state=RecordDict(), run_config={})
+            train_msg = Message(m.content, metadata=m.metadata)
+            reply = wrapped(train_msg, ctx)
+            reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
+            replies.append(reply)
+        _, metrics = strategy.aggregate_train(1, replies)
+    pairs = zip(metrics["node-ids"], metrics["partition-ids"], strict=True)
+    assert dict(pairs) == {11: 5, 12: 6, 13: 7}
+
+
 # ----------------------------------------------------------------------------------
 # Flower's simulation engine
 # ----------------------------------------------------------------------------------
@@ -254,8 +370,12 @@ def _with_run_config(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, configured)
 
 
-@pytest.mark.slow
-def test_mod_in_flower_simulation_engine() -> None:
+SIM_ERRORS: dict[int, list[str]] = {}
+SIM_IDENTITY: dict[int, list[tuple[int, dict]]] = {}
+
+
+def _simulate(mods: list) -> None:
+    """Two rounds of FedAvg over 4 supernodes in Flower's simulation engine."""
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
@@ -267,6 +387,17 @@ def test_mod_in_flower_simulation_engine() -> None:
 
         def aggregate_train(self, server_round, replies):
             replies = list(replies)
+            SIM_ERRORS[server_round] = [
+                r.error.reason for r in replies if r.has_error()
+            ]
+            SIM_IDENTITY[server_round] = [
+                (
+                    int(r.content["metrics"]["pid"]),
+                    dict(r.content.config_records.get("flwr-byz-identity", {})),
+                )
+                for r in replies
+                if not r.has_error()
+            ]
             SIM_RECORD[server_round] = [
                 (
                     int(r.content["metrics"]["pid"]),
@@ -274,11 +405,14 @@ def test_mod_in_flower_simulation_engine() -> None:
                     {k: v.numpy().copy() for k, v in r.content["arrays"].items()},
                 )
                 for r in replies
+                if not r.has_error()
             ]
+            if SIM_ERRORS[server_round]:
+                return None, None
             return super().aggregate_train(server_round, replies)
 
     client = _user_app([])  # the user's app, unchanged
-    pid_app = ClientApp(mods=[_with_run_config, byzantine_mod])
+    pid_app = ClientApp(mods=mods)
 
     @pid_app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -296,15 +430,20 @@ def test_mod_in_flower_simulation_engine() -> None:
         ).start(grid, _arrays(), num_rounds=2)
 
     SIM_RECORD.clear()
+    SIM_ERRORS.clear()
     run_simulation(
         server,
         pid_app,
         num_supernodes=4,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
+
+
+def _check_sign_flip_after_pretense() -> None:
     byzantine = byzantine_partitions(SIM_CFG, 4)
     assert len(byzantine) == 2
     for server_round in (1, 2):
+        assert SIM_ERRORS[server_round] == []
         assert sorted(pid for pid, _, _ in SIM_RECORD[server_round]) == [0, 1, 2, 3]
         for pid, sent, got in SIM_RECORD[server_round]:
             target = float(pid + 1)
@@ -322,3 +461,34 @@ def test_mod_in_flower_simulation_engine() -> None:
                     np.testing.assert_allclose(got[k], expected, rtol=1e-6, atol=1e-6)
                 else:
                     assert got[k].tobytes() == honest[k].tobytes()
+
+
+@pytest.mark.slow
+def test_mod_in_flower_simulation_engine() -> None:
+    """The bare mod, attack keys from the run config (as this repo's app has them)."""
+    _simulate([_with_run_config, byzantine_mod])
+    _check_sign_flip_after_pretense()
+
+
+@pytest.mark.slow
+def test_configured_mod_in_an_app_without_attack_keys() -> None:
+    """One line, no pyproject keys: run_simulation's run config is empty."""
+    mod = byzantine_mod(
+        attack="sign-flip", fraction=0.5, pattern="pretense", pretense_rounds=1, seed=3
+    )
+    _simulate([mod])
+    _check_sign_flip_after_pretense()
+    # Every reply names its partition (node id -> partition id on the server).
+    for server_round in (1, 2):
+        assert all(ident == {"partition-id": pid}
+                   for pid, ident in SIM_IDENTITY[server_round])
+
+
+@pytest.mark.slow
+def test_misconfigured_mod_fails_loudly_in_simulation() -> None:
+    """The bare mod in an app whose run config has no attack keys: every reply is
+    an error naming the cause, not 24 silent honest rounds."""
+    _simulate([byzantine_mod])
+    assert SIM_RECORD[1] == []
+    assert len(SIM_ERRORS[1]) == 4
+    assert all("no attack configured" in reason for reason in SIM_ERRORS[1])

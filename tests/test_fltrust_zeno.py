@@ -25,7 +25,7 @@ from strategy_helpers import (
 from torch import nn
 
 from flwr_byz.aggregation import RULES, fltrust, min_nodes, zeno
-from flwr_byz.experiments.config import RunConfigError, check_run_config
+from flwr_byz.app.config import RunConfigError, check_run_config
 from flwr_byz.strategy import STRATEGIES, FLTrust, RoundStatus, Zeno
 
 KINDS = ("normal", "grid", "duplicates")

@@ -200,6 +200,20 @@ def test_strategies_registry_and_summary(caplog):
     assert "beta: 0.1" in caplog.text and "floor(0.25" in caplog.text
 
 
+def test_summary_does_not_contradict_itself_on_weighting(caplog):
+    import logging
+    with caplog.at_level(logging.INFO):
+        FABA(num_malicious_nodes=1).summary()
+    text = caplog.text
+    assert "Training aggregation: unweighted" in text
+    assert "Weighted by: 'num-examples'" not in text  # FedAvg's line, untrue here
+    assert "Evaluation metrics weighted by: 'num-examples'" in text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        Mean(weighted_aggregation=True).summary()
+    assert "Training aggregation: weighted by clients' 'num-examples'" in caplog.text
+
+
 @pytest.mark.parametrize(("cls", "kwargs", "name"), [
     (Krum, {"weighted_aggregation": True, "num_malicious_nodes": 1},
      "weighted_aggregation"),
@@ -281,9 +295,11 @@ def test_legacy_gives_the_same_aggregate_as_the_message_api(make):
     got = parameters_to_ndarrays(params)
     for i, key in enumerate(keys):
         np.testing.assert_array_equal(got[i], arrays[key].numpy())
-    assert legacy_metrics["removed-node-ids"] == str(metrics["removed-node-ids"])
+    # Lists travel as Flower's native list values, not JSON strings.
+    assert legacy_metrics["removed-node-ids"] == list(metrics["removed-node-ids"])
     assert legacy_metrics["num-failures"] == 1
-    assert legacy_metrics["rejected-node-ids"] == "[999]"
+    assert legacy_metrics["rejected-node-ids"] == [999]
+    assert legacy_metrics["suspected-node-ids"] == list(metrics["suspected-node-ids"])
     assert legacy.strategy.history[-1].rejected == [(999, "UNEXPECTED_NODE")]
 
 
@@ -295,6 +311,10 @@ def test_legacy_bound_failure_returns_the_sent_parameters():
     params, metrics = legacy.aggregate_fit(2, [], [])
     assert params is sent
     assert metrics["bound-failed"] == 1
+    assert metrics["node-ids"] == []
+    as_json = LegacyRobust(FABA(num_malicious_nodes=3), lists_as_json=True)
+    as_json.remember_sent(2, sent, [_Proxy(1), _Proxy(2)])
+    assert as_json.aggregate_fit(2, [], [])[1]["node-ids"] == "[]"
 
 
 def test_error_reply_in_message_api_counts_as_rejected():

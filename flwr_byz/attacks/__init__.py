@@ -1,4 +1,5 @@
-"""Byzantine behaviours: role schedule × tampering algorithm (DESIGN.md §6).
+"""Byzantine behaviours: role schedule × tampering algorithm (the threat
+models of the GAA paper, §3 and §5.1.2–3, and the FABA paper, §4).
 
 Two places to run them:
 
@@ -25,7 +26,7 @@ from .config import (
     resolve_side,
     role_for,
 )
-from .mod import byzantine_mod, is_compromised, node_key
+from .mod import ByzantineMod, byzantine_mod, is_compromised, node_key
 from .omniscient import PERTURBATIONS, alie, alie_z, ipm, min_max, min_sum
 from .roles import PretenseRole, RandomizedRole, StaticRole
 from .server_side import SERVER_SIDE_ATTACKS, ServerSideAttack
@@ -43,6 +44,7 @@ __all__ = [
     "SIDES",
     "UPDATE_ATTACKS",
     "ActiveAttack",
+    "ByzantineMod",
     "PretenseRole",
     "RandomizedRole",
     "ServerSideAttack",

@@ -1,4 +1,5 @@
-"""Flatten an ArrayRecord's float arrays into one vector and back (key order).
+"""A node's update ``Δ = w − θ_t`` as one float64 vector and back, through
+:class:`flwr_byz.records.ModelLayout` (the strategies' flattening).
 
 Integer arrays (e.g. BatchNorm's ``num_batches_tracked``) are not part of the update:
 they pass through unchanged, as the strategies leave them out of aggregation.
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
+from flwr_byz.records import ModelLayout
+
 
 class ArrayMismatchError(ValueError):
     """Two ArrayRecords do not have the same keys, shapes and dtypes."""
@@ -24,7 +27,7 @@ def as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def float_keys(arrays: dict[str, np.ndarray]) -> list[str]:
     """Keys of the floating-point arrays, in record order."""
-    return [k for k, a in arrays.items() if np.issubdtype(a.dtype, np.floating)]
+    return list(ModelLayout.from_arrays(arrays).float_keys)
 
 
 def check_same_layout(
@@ -49,13 +52,12 @@ def flat_update(
     sent: dict[str, np.ndarray], reply: dict[str, np.ndarray], keys: Sequence[str]
 ) -> torch.Tensor:
     """``Δ = reply − sent`` over ``keys``, flattened to one float64 vector."""
-    if not keys:
+    layout = _layout(sent, keys)
+    if not layout.d:
         return torch.zeros(0, dtype=torch.float64)
-    parts = [
-        reply[k].astype(np.float64).ravel() - sent[k].astype(np.float64).ravel()
-        for k in keys
-    ]
-    return torch.from_numpy(np.concatenate(parts))
+    return torch.from_numpy(
+        layout.flatten(reply, np.float64) - layout.flatten(sent, np.float64)
+    )
 
 
 def apply_update(
@@ -69,19 +71,17 @@ def apply_update(
     Keys, order, dtypes and shapes are those of ``reply``.
     """
     flat = delta.detach().to("cpu", torch.float64).numpy()
+    layout = _layout(sent, keys)
+    if flat.size != layout.d:
+        raise ValueError(f"update has {flat.size} values, the arrays hold {layout.d}")
+    new = layout.unflatten(layout.flatten(sent, np.float64) + flat)
     out: dict[str, Array] = {}
-    offset = 0
-    key_set = set(keys)
     for key, arr in reply.items():
-        if key in key_set:
-            size = arr.size
-            new = sent[key].astype(np.float64).ravel() + flat[offset : offset + size]
-            offset += size
-            out[key] = Array(
-                np.ascontiguousarray(new.reshape(arr.shape).astype(arr.dtype))
-            )
-        else:
-            out[key] = Array(np.ascontiguousarray(arr))
-    if offset != flat.size:
-        raise ValueError(f"update has {flat.size} values, the arrays hold {offset}")
+        value = new[key].astype(arr.dtype) if key in new else arr
+        out[key] = Array(np.ascontiguousarray(value))
     return ArrayRecord(out)
+
+
+def _layout(sent: dict[str, np.ndarray], keys: Sequence[str]) -> ModelLayout:
+    """The flat layout of ``sent`` restricted to ``keys`` (its float arrays)."""
+    return ModelLayout.from_arrays({k: sent[k] for k in keys})

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
+
+from flwr_byz.seeding import torch_stream
 
 from .config import UPDATE_ATTACKS, merged
 from .tampering import random_fault, scaling, sign_flip, uniform_noise
@@ -16,10 +17,7 @@ _TAG_TAMPER = 0x54414D50  # "TAMP"
 
 def attack_generator(seed: int, node: int, server_round: int) -> torch.Generator:
     """A CPU generator seeded from (seed, node, round) only: replays in any process."""
-    state = np.random.SeedSequence(
-        [int(seed) % 2**63, int(node) % 2**64, int(server_round), _TAG_TAMPER]
-    ).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) >> 1)
+    return torch_stream(seed, node, server_round, _TAG_TAMPER)
 
 
 def tamper_update(

@@ -1,7 +1,8 @@
 """Attack configuration: names, run-config defaults, validation, who is Byzantine.
 
-Keys are Flower run-config keys (kebab case, DESIGN.md §8). Every reader merges the
-run config over :data:`ATTACK_DEFAULTS`, so a missing key means its default.
+Keys are Flower run-config keys (kebab case, as in ``[tool.flwr.app.config]``).
+Every reader merges the run config over :data:`ATTACK_DEFAULTS`, so a missing key
+means its default.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from flwr_byz.aggregation.bounds import byzantine_budget
+from flwr_byz.seeding import numpy_stream
 
 from .omniscient import PERTURBATIONS
 from .roles import PretenseRole, RandomizedRole, Role, StaticRole, initial_role
@@ -225,7 +225,7 @@ def byzantine_partitions(cfg: Mapping[str, Any], num_partitions: int) -> list[in
             )
         return explicit
     k = byzantine_budget(float(c["byzantine-fraction"]), num_partitions)
-    rng = np.random.default_rng([int(c["seed"]), _TAG_PARTITIONS, num_partitions])
+    rng = numpy_stream(int(c["seed"]), _TAG_PARTITIONS, num_partitions)
     return sorted(int(i) for i in rng.permutation(num_partitions)[:k])
 
 

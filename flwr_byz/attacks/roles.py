@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flwr_byz.seeding import numpy_stream
+
 # Stream tags keep the random draws of different purposes independent.
 _TAG_FLIP = 0x524F4C45  # "ROLE"
 _TAG_INITIAL = 0x494E4954  # "INIT"
@@ -19,8 +21,7 @@ _TAG_INITIAL = 0x494E4954  # "INIT"
 
 def _stream(seed: int, node: int, tag: int) -> np.random.Generator:
     """A random stream that is a pure function of (seed, node, tag)."""
-    # Node ids in deployments are unsigned 64-bit; negative keys are folded in.
-    return np.random.default_rng([int(seed) % 2**63, int(node) % 2**64, tag])
+    return numpy_stream(seed, node, tag)
 
 
 @dataclass(frozen=True)

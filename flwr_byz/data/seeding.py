@@ -1,4 +1,4 @@
-"""Independent random streams derived from the run seed.
+"""The data layer's stream keys (streams: :func:`flwr_byz.seeding.numpy_stream`).
 
 Every stream is keyed by ``(seed, *keys)`` through :class:`numpy.random.SeedSequence`,
 so a client can draw its own region's samples without drawing anybody else's, and
@@ -7,12 +7,18 @@ adding partitions never changes the existing ones.
 
 from __future__ import annotations
 
-import numpy as np
+from flwr_byz.seeding import numpy_stream as rng_for
 
-
-def rng_for(seed: int, *keys: int) -> np.random.Generator:
-    """A PCG64 generator for the stream ``(seed, *keys)``; all values must be >= 0."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, *keys])))
+__all__ = [
+    "QV_DRAW_STREAM",
+    "REGION_PARAMS_STREAM",
+    "REGION_SAMPLES_STREAM",
+    "REGION_TEST_STREAM",
+    "SHUFFLE_STREAM",
+    "SPLIT_STREAM",
+    "TASK_STREAM",
+    "rng_for",
+]
 
 
 # Stream keys (first key after the seed); one purpose each, never reused.

@@ -1,1 +1,4 @@
-"""Experiments: run configuration, result store, benchmarks, grid runner and CLI."""
+"""Experiments: grid runner, tables, plots, a local SuperLink, deployment, CLI.
+
+The app's own wiring is in :mod:`flwr_byz.app`; benchmarks in ``benchmarks/``.
+"""

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from flwr_byz.app.config import STRATEGY_NAMES
 from flwr_byz.experiments.grid import GridSpec, check_grid, run_grid
 from flwr_byz.experiments.plots import plot_accuracy
 from flwr_byz.experiments.tables import load_results, write_tables
@@ -36,7 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     grid = sub.add_parser("grid", help="run defences × attacks × fractions × seeds")
-    grid.add_argument("--strategies", type=_csv(str), default=["faba", "gaa"])
+    grid.add_argument(
+        "--strategies",
+        type=_csv(str),
+        default=["faba", "gaa"],
+        help="comma-separated; 'all' = every strategy (the rule registry, GAA, "
+        f"FedAvg): {', '.join(STRATEGY_NAMES)}",
+    )
     grid.add_argument("--attacks", type=_csv(str), default=["none", "random-fault"])
     grid.add_argument("--fractions", type=_csv(float), default=[0.0, 0.3])
     grid.add_argument("--seeds", type=_csv(int), default=[0])
@@ -96,8 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--set expects KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         base[key.strip()] = _parse_value(value.strip())
+    strategies = (
+        list(STRATEGY_NAMES) if args.strategies == ["all"] else args.strategies
+    )
     spec = GridSpec(
-        strategies=args.strategies,
+        strategies=strategies,
         attacks=args.attacks,
         byzantine_fractions=args.fractions,
         seeds=args.seeds,

@@ -17,222 +17,39 @@ By hand::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import ipaddress
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from flwr_byz.experiments.certificates import (
+    Certificates,
+    connection_toml,
+    make_certificates,
+)
 from flwr_byz.experiments.local_superlink import free_port, run_config_arg
+from flwr_byz.experiments.processes import stop_processes
+
+__all__ = [
+    "CONNECTION",
+    "Certificates",
+    "LocalDeployment",
+    "connection_toml",
+    "main",
+    "make_certificates",
+    "stop_processes",
+]
 
 CONNECTION = "local-tls"
-
-
-@dataclass(frozen=True)
-class Certificates:
-    """Paths of a CA certificate and a server certificate/key signed by it."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def make_certificates(
-    directory: str | Path,
-    hosts: Sequence[str] = ("127.0.0.1", "localhost"),
-    days: int = 30,
-) -> Certificates:
-    """Write a self-signed CA and a server certificate for ``hosts`` to ``directory``.
-
-    Files: ``ca.crt`` (give it to every SuperNode and ``flwr`` CLI), ``ca.key``,
-    ``server.pem`` and ``server.key`` (the SuperLink's). IP addresses in ``hosts``
-    become IP subject alternative names, the others DNS names.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    not_before, not_after = (
-        now - datetime.timedelta(minutes=5),
-        now + datetime.timedelta(days=days),
-    )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flwr-byz local CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    paths = Certificates(
-        directory / "ca.crt", directory / "server.pem", directory / "server.key"
-    )
-    paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "ca.key").write_bytes(_key_pem(ca_key))
-    paths.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    paths.server_key.write_bytes(_key_pem(server_key))
-    for key in (directory / "ca.key", paths.server_key):
-        key.chmod(0o600)
-    return paths
-
-
-def connection_toml(name: str, address: str, root_certificates: str | Path) -> str:
-    """A ``config.toml`` whose default connection ``name`` is a TLS SuperLink."""
-    cert = str(Path(root_certificates).resolve()).replace("\\", "\\\\")
-    return (
-        "[superlink]\n"
-        f'default = "{name}"\n\n'
-        f"[superlink.{name}]\n"
-        f'address = "{address}"\n'
-        f'root-certificates = "{cert}"\n'
-    )
-
-
-def _descendants(pid: int) -> list[int]:
-    """PIDs of every live descendant of ``pid`` (Linux ``/proc``; else ``[]``)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # The command name may hold spaces and parentheses: split after it.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has exited; its parent just has not reaped it yet.
-    with contextlib.suppress(OSError, IndexError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    return True
-
-
-def stop_processes(
-    processes: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0
-) -> None:
-    """Stop ``processes`` and everything they started, by PID.
-
-    Each process leads its own process group (``start_new_session``); its
-    descendants are collected first, because Flower's SuperExec starts in a new
-    session of its own and would escape a group signal. SIGTERM lets the
-    SuperNodes deregister and the SuperLink stop its SuperExec; whatever is still
-    alive after ``timeout`` seconds gets SIGKILL.
-    """
-    leaders = [p for p in processes if p.poll() is None]
-    others = {d for p in leaders for d in _descendants(p.pid)}
-    for process in leaders:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for process in leaders:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-    for pid in others:
-        with contextlib.suppress(ProcessLookupError):
-            if _alive(pid):
-                os.kill(pid, signal.SIGTERM)
-    while time.monotonic() < deadline and any(_alive(pid) for pid in others):
-        time.sleep(0.1)
-    for process in leaders:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
-    for pid in others:
-        with contextlib.suppress(ProcessLookupError):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 class LocalDeployment:

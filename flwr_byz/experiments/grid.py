@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr_byz.experiments.config import check_run_config
+from flwr_byz.app.config import check_run_config
 from flwr_byz.experiments.local_superlink import LocalSuperLink
 
 

@@ -4,6 +4,8 @@ Every strategy subclasses :class:`RobustStrategy` (itself Flower's ``FedAvg``):
 replace ``FedAvg(...)`` by e.g. ``FABA(num_malicious_nodes=3)``.
 """
 
+from flwr_byz.aggregation.registry import REGISTRY, Rule
+
 from .brute_force import BruteForce
 from .bulyan import Bulyan
 from .faba import FABA
@@ -19,19 +21,22 @@ from .round_report import RoundReport, RoundStatus
 from .trimmed_mean import TrimmedMean
 from .zeno import Zeno
 
-#: Strategy class per run-config name (``strategy`` key, DESIGN §8).
+
+def strategy_for(rule: Rule) -> type[RobustStrategy]:
+    """The strategy class of a registered rule: its own class in this package, or
+    one generated from the registry entry (``rule.strategy == ""``)."""
+    if rule.strategy:
+        return globals()[rule.strategy]
+    name = "".join(part.capitalize() for part in rule.name.split("-"))
+    doc = (f"{rule.description}.\n\nNeeds n >= {rule.bound_text} valid replies. "
+           "Arguments: see :class:`RobustStrategy`.")
+    return type(name, (RobustStrategy,), {"rule_name": rule.name, "__doc__": doc,
+                                          "__module__": __name__})
+
+
+#: Strategy class per run-config name (``strategy`` key), from the rule registry.
 STRATEGIES: dict[str, type[RobustStrategy]] = {
-    "faba": FABA,
-    "krum": Krum,
-    "multikrum": MultiKrum,
-    "bulyan": Bulyan,
-    "geomed": GeoMed,
-    "median": Median,
-    "trimmed-mean": TrimmedMean,
-    "brute-force": BruteForce,
-    "mean": Mean,
-    "fltrust": FLTrust,
-    "zeno": Zeno,
+    rule.name: strategy_for(rule) for rule in REGISTRY
 }
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "RoundStatus",
     "TrimmedMean",
     "Zeno",
+    "strategy_for",
 ]
 
 try:  # GAA lives in its own module (GAA engineer); absent until it lands.

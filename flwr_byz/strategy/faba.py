@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
-from flwr_byz.aggregation.result import AggregationResult
-
 from .robust_strategy import RobustStrategy
 
 
@@ -20,11 +16,7 @@ class FABA(RobustStrategy):
     Parameters
     ----------
     **kwargs : Any
-        Every other argument of
-        :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy` (Flower's
-        ``fraction_train``, ``min_train_nodes``, ..., and
-        ``num_malicious_nodes`` / ``malicious_fraction``, ``weighted_by_key``,
-        ``server_learning_rate``, ``server_momentum``, ``device``).
+        See :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy`.
 
     Examples
     --------
@@ -36,12 +28,3 @@ class FABA(RobustStrategy):
     """
 
     rule_name = "faba"
-    uses_f = True
-
-    def aggregate_updates(self, server_round: int, updates: torch.Tensor,
-                          node_ids: list[int], weights: torch.Tensor | None, f: int,
-                          global_flat: torch.Tensor) -> AggregationResult:
-        """Aggregate with :func:`flwr_byz.aggregation.faba`."""
-        from flwr_byz.aggregation import faba
-
-        return faba(updates, f, weights)

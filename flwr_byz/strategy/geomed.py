@@ -29,11 +29,7 @@ class GeoMed(RobustStrategy):
     tol : float (default: 1e-7)
         Weiszfeld relative stopping tolerance.
     **kwargs : Any
-        Every other argument of
-        :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy` (Flower's
-        ``fraction_train``, ``min_train_nodes``, ..., and
-        ``num_malicious_nodes`` / ``malicious_fraction``, ``weighted_by_key``,
-        ``server_learning_rate``, ``server_momentum``, ``device``).
+        See :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy`.
 
     Notes
     -----
@@ -41,7 +37,6 @@ class GeoMed(RobustStrategy):
     """
 
     rule_name = "geomed"
-    uses_f = True
 
     def __init__(self, method: str = "medoid", eps: float = 1e-8, max_iter: int = 100,
                  tol: float = 1e-7, **kwargs: Any) -> None:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
-from flwr_byz.aggregation.result import AggregationResult
-
 from .robust_strategy import RobustStrategy
 
 
@@ -21,21 +17,7 @@ class Krum(RobustStrategy):
     Parameters
     ----------
     **kwargs : Any
-        Every other argument of
-        :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy` (Flower's
-        ``fraction_train``, ``min_train_nodes``, ..., and
-        ``num_malicious_nodes`` / ``malicious_fraction``, ``weighted_by_key``,
-        ``server_learning_rate``, ``server_momentum``, ``device``).
+        See :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy`.
     """
 
     rule_name = "krum"
-    uses_f = True
-    supports_weights = False
-
-    def aggregate_updates(self, server_round: int, updates: torch.Tensor,
-                          node_ids: list[int], weights: torch.Tensor | None, f: int,
-                          global_flat: torch.Tensor) -> AggregationResult:
-        """Aggregate with :func:`flwr_byz.aggregation.krum`."""
-        from flwr_byz.aggregation import krum
-
-        return krum(updates, f)

@@ -24,15 +24,10 @@ class MultiKrum(RobustStrategy):
         paper's choice; Flower's default of 1 is plain Krum). Capped at the
         number of valid replies.
     **kwargs : Any
-        Every other argument of
-        :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy` (Flower's
-        ``fraction_train``, ``min_train_nodes``, ..., and
-        ``num_malicious_nodes`` / ``malicious_fraction``, ``weighted_by_key``,
-        ``server_learning_rate``, ``server_momentum``, ``device``).
+        See :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy`.
     """
 
     rule_name = "multikrum"
-    uses_f = True
 
     def __init__(self, num_nodes_to_select: int | None = None, **kwargs: Any) -> None:
         if num_nodes_to_select is not None and (

@@ -1,5 +1,10 @@
 """Per-reply validation: every client reply is checked on its own.
 
+What was sent (:class:`SentModel`), a reply reduced to what the checks need
+(:class:`Candidate`, from a Message by :func:`message_to_candidate`), and the
+round's validation (:func:`validate_replies`): the one place that decides which
+replies enter the update matrix.
+
 A reply that fails a check is excluded from the round and reported with its
 node id and a :class:`RejectReason`. MetricRecords cannot hold strings, so the
 round's MetricRecord carries the integer code (``"rejected-reasons"``) and the
@@ -8,14 +13,28 @@ log and :class:`~flwr_byz.strategy.round_report.RoundReport` carry the name.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
 import numpy as np
+from flwr.app import ArrayRecord, Message
+from flwr.supercore import log
 
-from .model_layout import NUMPY_STYPE, ArrayLike, ModelLayout, parse_npy_header
+from flwr_byz.records import IDENTITY_RECORD
+
+from .model_layout import (
+    NUMPY_STYPE,
+    ArrayLike,
+    ModelLayout,
+    decode_arrayrecord,
+    parse_npy_header,
+)
+from .round_report import RoundReport
 
 #: Largest ``num-examples`` accepted when weighting is on; beyond this a single
 #: client could dominate a weighted aggregate by what it claims about itself.
@@ -247,3 +266,247 @@ def decode_update_into(arrays: Mapping[str, ArrayLike], layout: ModelLayout,
                         return RejectReason.NON_FINITE
                     return RejectReason.UPDATE_OVERFLOW
     return None
+
+
+@dataclass
+class SentModel:
+    """What the server sent in one round: the model and its recipients.
+
+    Attributes
+    ----------
+    server_round : int
+        The round.
+    record : ArrayRecord
+        The ArrayRecord sent (returned unchanged when the round cannot update).
+    layout : ModelLayout
+        Keys, shapes, dtypes and flat offsets of ``record``.
+    arrays : dict[str, numpy.ndarray]
+        Zero-copy views of ``record``'s arrays.
+    theta : numpy.ndarray
+        ``(d,)`` float32 flat model (float arrays only).
+    node_ids : tuple[int, ...]
+        Nodes the instructions went to.
+    message_types : dict[int, str]
+        Message type sent to each node.
+    headers : dict[str, bytes]
+        ``.npy`` header bytes of each C-order sent array (validation fast path).
+    """
+
+    server_round: int
+    record: ArrayRecord
+    layout: ModelLayout
+    arrays: dict[str, np.ndarray]
+    theta: np.ndarray
+    node_ids: tuple[int, ...] = ()
+    message_types: dict[int, str] = field(default_factory=dict)
+    headers: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, server_round: int, record: ArrayRecord,
+                    node_ids: Sequence[int] = (),
+                    message_types: Mapping[int, str] | None = None) -> SentModel:
+        """Decode (zero-copy) the model sent in ``server_round``."""
+        layout, arrays = decode_arrayrecord(record)
+        headers = {}
+        for key, array in record.items():
+            header = parse_npy_header(array.data)
+            if not header.fortran_order:
+                headers[key] = bytes(array.data[:header.offset])
+        return cls(server_round, record, layout, arrays, layout.flatten(arrays),
+                   tuple(node_ids), dict(message_types or {}), headers)
+
+
+@dataclass
+class Candidate:
+    """One reply, reduced to what the core needs.
+
+    Attributes
+    ----------
+    node_id : int
+        Sender.
+    arrays : Mapping[str, ArrayLike] or None
+        The reply's model arrays.
+    metrics : Mapping[str, Any] or None
+        The reply's metrics.
+    reason : RejectReason or None
+        Set by the front end when the reply already failed a structural check.
+    partition_id : int
+        The partition the node says it holds (``byzantine_mod`` adds it in
+        simulation, :data:`IDENTITY_RECORD`); ``-1`` when unknown. Diagnostics
+        only: no rule reads it.
+    """
+
+    node_id: int
+    arrays: Mapping[str, ArrayLike] | None
+    metrics: Mapping[str, Any] | None
+    reason: RejectReason | None = None
+    partition_id: int = -1
+
+
+def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
+    """Reduce a reply Message to a :class:`Candidate`, checking its structure.
+
+    Parameters
+    ----------
+    msg : Message
+        A train reply.
+    sent : SentModel
+        What was sent this round (for the expected message type).
+
+    Returns
+    -------
+    Candidate
+        With ``reason`` set when the reply is an error or malformed.
+    """
+    node_id = int(msg.metadata.src_node_id)
+    if msg.has_error() or not msg.has_content():
+        return Candidate(node_id, None, None, RejectReason.ERROR_REPLY)
+    expected_type = sent.message_types.get(node_id)
+    if expected_type is not None and msg.metadata.message_type != expected_type:
+        return Candidate(node_id, None, None, RejectReason.WRONG_MESSAGE_TYPE)
+    content = msg.content
+    array_records = list(content.array_records.values())
+    metric_records = list(content.metric_records.values())
+    reason = None
+    if not array_records:
+        reason = RejectReason.MISSING_ARRAY_RECORD
+    elif len(array_records) > 1:
+        reason = RejectReason.EXTRA_ARRAY_RECORD
+    elif not metric_records:
+        reason = RejectReason.MISSING_METRIC_RECORD
+    elif len(metric_records) > 1:
+        reason = RejectReason.EXTRA_METRIC_RECORD
+    if reason is not None:
+        return Candidate(node_id, None, None, reason)
+    return Candidate(node_id, array_records[0], metric_records[0],
+                     partition_id=_claimed_partition(content))
+
+
+def _claimed_partition(content: Any) -> int:
+    try:
+        record = content.config_records.get(IDENTITY_RECORD)
+        value = None if record is None else record.get("partition-id")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return int(value)
+    except Exception:  # pylint: disable=broad-except
+        pass
+    return -1
+
+
+@dataclass
+class ValidReplies:
+    """The replies of a round that passed validation, as an update matrix.
+
+    Attributes
+    ----------
+    matrix : numpy.ndarray
+        ``(rows, d)`` float32 storage; its first ``len(node_ids)`` rows are the
+        valid updates ``w_i − θ_t`` in reply order (the rest is scratch).
+    node_ids : list[int]
+        Node id of each valid row.
+    partition_ids : list[int]
+        Partition each valid row's node says it holds (``-1``: unknown).
+    metrics : list[Mapping[str, Any]]
+        The valid replies' metrics (row order).
+    weights : list[float] or None
+        Their validated weights when weighting is on.
+    """
+
+    matrix: np.ndarray
+    node_ids: list[int]
+    metrics: list[Mapping[str, Any]]
+    weights: list[float] | None
+    partition_ids: list[int] = field(default_factory=list)
+
+    @property
+    def updates(self) -> np.ndarray:
+        """``(n, d)`` view of the valid rows."""
+        return self.matrix[:len(self.node_ids)]
+
+
+def _reject(report: RoundReport, node_id: int, reason: RejectReason) -> None:
+    report.rejected.append((int(node_id), reason.name))
+    report.rejected_codes.append(int(reason))
+    log(logging.WARNING, "Round %d: rejected reply from node %d: %s (code %d)",
+        report.server_round, node_id, reason.name, int(reason))
+
+
+def validate_replies(sent: SentModel, candidates: Sequence[Candidate],
+                     report: RoundReport, *, weighted_by: str | None,
+                     buffer: np.ndarray | None = None) -> ValidReplies:
+    """Check every reply on its own and write the valid updates into one matrix.
+
+    Never raises because of reply content: a reply that fails is excluded and
+    recorded in ``report`` (``rejected``, ``rejected_codes``, ``missing``).
+
+    Parameters
+    ----------
+    sent : SentModel
+        The model and recipients of this round.
+    candidates : Sequence[Candidate]
+        The replies.
+    report : RoundReport
+        Receives the rejected and missing nodes.
+    weighted_by : str or None
+        Metric key of the reply weight when weighting is on (checked per reply),
+        ``None`` for unweighted aggregation.
+    buffer : numpy.ndarray or None
+        A float32 matrix from an earlier round to write the updates into (reused
+        when it has room: a fresh ``n × d`` allocation costs page faults every
+        round). Its previous contents are overwritten.
+    """
+    layout = sent.layout
+    sent_ids = set(sent.node_ids)
+    counts = Counter(c.node_id for c in candidates)
+    replied = set(counts)
+    report.missing = [i for i in sent.node_ids if i not in replied]
+
+    pending: list[tuple[Candidate, float]] = []
+    for cand in candidates:
+        # Who sent it is judged first: a stranger's reply is UNEXPECTED_NODE
+        # whatever it holds (unless the reply could not even be read).
+        if cand.reason == RejectReason.MALFORMED:
+            reason = cand.reason
+        elif counts[cand.node_id] > 1:
+            reason = RejectReason.DUPLICATE_NODE
+        elif cand.node_id not in sent_ids:
+            reason = RejectReason.UNEXPECTED_NODE
+        else:
+            reason = cand.reason
+        weight = 1.0
+        if reason is None and weighted_by is not None:
+            reason, weight = check_num_examples(cand.metrics, weighted_by)
+        if reason is None and cand.arrays is None:
+            reason = RejectReason.MISSING_ARRAY_RECORD
+        if reason is not None:
+            _reject(report, cand.node_id, reason)
+        else:
+            pending.append((cand, weight))
+
+    # One preallocated matrix; a rejected reply's row is reused by the next.
+    if (buffer is not None and buffer.dtype == np.float32 and buffer.ndim == 2
+            and buffer.shape[1] == layout.d and buffer.shape[0] >= len(pending)):
+        matrix = buffer
+    else:
+        matrix = np.empty((len(pending), layout.d), dtype=np.float32)
+    flat_sent = {k: v.reshape(-1) for k, v in sent.arrays.items()}
+    valid: list[tuple[Candidate, float]] = []
+    for cand, weight in pending:
+        try:
+            reason = decode_update_into(cand.arrays, layout, flat_sent,
+                                        matrix[len(valid)], sent.headers)
+        except Exception:  # client bytes must never crash the server
+            log(logging.DEBUG, "decode failure", exc_info=True)
+            reason = RejectReason.MALFORMED
+        if reason is None:
+            valid.append((cand, weight))
+        else:
+            _reject(report, cand.node_id, reason)
+    node_ids = [int(c.node_id) for c, _ in valid]
+    report.node_ids = node_ids
+    report.partition_ids = [int(c.partition_id) for c, _ in valid]
+    return ValidReplies(
+        matrix, node_ids,
+        [c.metrics if c.metrics is not None else {} for c, _ in valid],
+        [w for _, w in valid] if weighted_by is not None else None,
+        list(report.partition_ids))

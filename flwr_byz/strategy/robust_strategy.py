@@ -22,73 +22,20 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from flwr_byz.aggregation.bounds import byzantine_budget
+from flwr_byz.aggregation.registry import RULE_BY_NAME
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.devices import resolve_device
 
 from .client_metrics import mean_client_metrics
 from .model_layout import ModelLayout
-from .reply_validation import RejectReason
-from .round_core import Candidate, SentModel, run_robust_round
+from .reply_validation import (
+    Candidate,
+    RejectReason,
+    SentModel,
+    message_to_candidate,
+)
+from .round_core import RoundState, run_robust_round
 from .round_report import RoundReport
-
-_DEVICES = ("cpu", "cuda", "auto")
-
-
-def resolve_device(device: str) -> torch.device:
-    """Map ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"auto"`` to a torch device.
-
-    Raises
-    ------
-    ValueError
-        For any other value, or ``"cuda"`` without a CUDA device.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available; "
-                             f"allowed values: {_DEVICES}")
-        return torch.device(device)
-    raise ValueError(f"device={device!r} is not one of {_DEVICES} (or 'cuda:N')")
-
-
-def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
-    """Reduce a reply Message to a :class:`Candidate`, checking its structure.
-
-    Parameters
-    ----------
-    msg : Message
-        A train reply.
-    sent : SentModel
-        What was sent this round (for the expected message type).
-
-    Returns
-    -------
-    Candidate
-        With ``reason`` set when the reply is an error or malformed.
-    """
-    node_id = int(msg.metadata.src_node_id)
-    if msg.has_error() or not msg.has_content():
-        return Candidate(node_id, None, None, RejectReason.ERROR_REPLY)
-    expected_type = sent.message_types.get(node_id)
-    if expected_type is not None and msg.metadata.message_type != expected_type:
-        return Candidate(node_id, None, None, RejectReason.WRONG_MESSAGE_TYPE)
-    content = msg.content
-    array_records = list(content.array_records.values())
-    metric_records = list(content.metric_records.values())
-    reason = None
-    if not array_records:
-        reason = RejectReason.MISSING_ARRAY_RECORD
-    elif len(array_records) > 1:
-        reason = RejectReason.EXTRA_ARRAY_RECORD
-    elif not metric_records:
-        reason = RejectReason.MISSING_METRIC_RECORD
-    elif len(metric_records) > 1:
-        reason = RejectReason.EXTRA_METRIC_RECORD
-    if reason is not None:
-        return Candidate(node_id, None, None, reason)
-    return Candidate(node_id, array_records[0], metric_records[0])
 
 
 # pylint: disable=too-many-instance-attributes
@@ -164,13 +111,25 @@ class RobustStrategy(FedAvg):
         `weighted_by_key` where present and valid, skipping bad replies.
     """
 
-    #: Name of the rule in :data:`flwr_byz.aggregation.RULES` (for the bound).
+    #: Name of the rule in :data:`flwr_byz.aggregation.registry.REGISTRY`: its
+    #: bound, and the defaults of the two flags below, come from there.
     rule_name: str = "mean"
     #: Whether the rule accepts per-update weights.
     supports_weights: bool = True
     #: Whether ``f`` changes what the rule does: then exactly one of
     #: ``num_malicious_nodes`` and ``malicious_fraction`` must be given.
     uses_f: bool = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Take ``uses_f`` / ``supports_weights`` from the rule's registry entry
+        unless the subclass sets them itself."""
+        super().__init_subclass__(**kwargs)
+        rule = RULE_BY_NAME.get(cls.__dict__.get("rule_name", ""))
+        if rule is not None:
+            if "uses_f" not in cls.__dict__:
+                cls.uses_f = rule.uses_f
+            if "supports_weights" not in cls.__dict__:
+                cls.supports_weights = rule.supports_weights
 
     # pylint: disable=too-many-arguments,too-many-positional-arguments,too-many-locals
     def __init__(
@@ -264,9 +223,8 @@ class RobustStrategy(FedAvg):
         self._user_evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
         self.history: list[RoundReport] = []
         self._sent: SentModel | None = None
-        self._momentum: np.ndarray | None = None
-        # Storage of the (n, d) update matrix, reused from round to round.
-        self._buffer: np.ndarray | None = None
+        #: Server momentum and update-matrix storage, carried between rounds.
+        self.round_state = RoundState()
 
     # ------------------------------------------------------------------ hooks
     def min_nodes(self, f: int) -> int:
@@ -309,11 +267,15 @@ class RobustStrategy(FedAvg):
         Returns
         -------
         AggregationResult
-            Aggregate and decisions (row indices).
+            Aggregate and decisions (row indices). By default the registry
+            entry's ``aggregate(updates, f, weights)`` of :attr:`rule_name`.
         """
-        from flwr_byz.aggregation import mean
-
-        return mean(updates, weights)
+        rule = RULE_BY_NAME.get(self.rule_name)
+        if rule is None or rule.aggregate is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}: rule {self.rule_name!r} has no registry "
+                "aggregate; override aggregate_updates")
+        return rule.aggregate(updates, f, weights)
 
     def extra_round_metrics(
         self, server_round: int
@@ -338,15 +300,21 @@ class RobustStrategy(FedAvg):
         return []
 
     def summary(self) -> None:
-        """Log summary configuration of the strategy."""
+        """Log summary configuration of the strategy.
+
+        Replaces FedAvg's summary, whose "Weighted by" line would contradict an
+        unweighted training aggregation.
+        """
         log(INFO, "\t├──> %s settings:", type(self).__name__)
         budget = (f"floor({self.malicious_fraction} * num-valid)"
                   if self.malicious_fraction is not None
                   else str(self.num_malicious_nodes or 0))
+        training = (f"weighted by clients' '{self.weighted_by_key}'"
+                    if self.weighted_aggregation
+                    else "unweighted (clients' sizes are not trusted)")
         rows: list[tuple[str, object]] = [("Byzantine budget f", budget),
                                           *self._settings(),
-                                          ("Weighted aggregation",
-                                           self.weighted_aggregation),
+                                          ("Training aggregation", training),
                                           ("Server learning rate",
                                            self.server_learning_rate),
                                           ("Server momentum", self.server_momentum),
@@ -354,7 +322,17 @@ class RobustStrategy(FedAvg):
         for i, (name, value) in enumerate(rows):
             branch = "└──" if i == len(rows) - 1 else "├──"
             log(INFO, "\t│\t%s %s: %s", branch, name, value)
-        super().summary()
+        log(INFO, "\t├──> Sampling:")
+        log(INFO, "\t│\t├──Fraction: train (%.2f) | evaluate ( %.2f)",
+            self.fraction_train, self.fraction_evaluate)
+        log(INFO, "\t│\t├──Minimum nodes: train (%d) | evaluate (%d)",
+            self.min_train_nodes, self.min_evaluate_nodes)
+        log(INFO, "\t│\t└──Minimum available nodes: %d", self.min_available_nodes)
+        log(INFO, "\t└──> Keys in records:")
+        log(INFO, "\t\t├── Evaluation metrics weighted by: '%s'",
+            self.weighted_by_key)
+        log(INFO, "\t\t├── ArrayRecord key: '%s'", self.arrayrecord_key)
+        log(INFO, "\t\t└── ConfigRecord key: '%s'", self.configrecord_key)
 
     # ---------------------------------------------------------------- train
     def configure_train(
@@ -401,15 +379,12 @@ class RobustStrategy(FedAvg):
         log(INFO, "aggregate_train: received %d replies from %d nodes sent to",
             len(candidates), len(sent.node_ids))
         outcome = run_robust_round(self, server_round, sent, candidates,
-                                   self._momentum, self._buffer)
-        self._buffer = outcome.buffer
+                                   self.round_state)
         report = outcome.report
         self.history.append(report)
         if outcome.arrays is None:
             arrays = sent.record
         else:
-            self._momentum = (outcome.momentum if outcome.momentum is not None
-                              else self._momentum)
             arrays = ArrayRecord({
                 key: (sent.record[key] if offset < 0 else Array(outcome.arrays[key]))
                 for key, offset in zip(sent.layout.keys, sent.layout.offsets,

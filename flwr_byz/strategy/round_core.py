@@ -1,102 +1,100 @@
-"""The one validation + update core shared by the Message-API and legacy strategies.
+"""One robust training round, shared by the Message-API and legacy strategies.
 
-Both front ends turn their replies into :class:`Candidate` objects and call
-:func:`run_robust_round`; everything after that (validation, the ``(n, d)``
-update matrix, the Byzantine budget, the rule, the server step, the report) is
-this module.
+Both front ends reduce their replies to :class:`Candidate` objects and call
+:func:`run_robust_round` with the rule and the strategy's :class:`RoundState`:
+
+1. :func:`~flwr_byz.strategy.reply_validation.validate_replies` (reply
+   validation, one module) builds the ``(n, d)`` update matrix;
+2. the budget ``f`` and the rule's bound;
+3. the rule's aggregate;
+4. :func:`~flwr_byz.strategy.server_step.server_step`, a pure keyword-only
+   function, moves the model.
+
+The rule is anything with the :class:`RoundRule` methods and settings (every
+``RobustStrategy`` is one); this module imports no strategy.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
 from flwr.supercore import log
 
-from .model_layout import ArrayLike, ModelLayout, decode_arrayrecord, parse_npy_header
-from .reply_validation import RejectReason, check_num_examples, decode_update_into
+from flwr_byz.aggregation.result import AggregationResult
+
+from .reply_validation import (
+    Candidate,
+    SentModel,
+    ValidReplies,
+    validate_replies,
+)
 from .round_report import RoundReport, RoundStatus
+from .server_step import server_step
+from .suspicion import suspected_rows
 
-if TYPE_CHECKING:
-    from .robust_strategy import RobustStrategy
+__all__ = [
+    "Candidate",
+    "RoundOutcome",
+    "RoundRule",
+    "RoundState",
+    "SentModel",
+    "run_robust_round",
+]
 
 
-@dataclass
-class SentModel:
-    """What the server sent in one round: the model and its recipients.
+class RoundRule(Protocol):
+    """What :func:`run_robust_round` needs from a rule (a ``RobustStrategy``)."""
 
-    Attributes
-    ----------
-    server_round : int
-        The round.
-    record : ArrayRecord
-        The ArrayRecord sent (returned unchanged when the round cannot update).
-    layout : ModelLayout
-        Keys, shapes, dtypes and flat offsets of ``record``.
-    arrays : dict[str, numpy.ndarray]
-        Zero-copy views of ``record``'s arrays.
-    theta : numpy.ndarray
-        ``(d,)`` float32 flat model (float arrays only).
-    node_ids : tuple[int, ...]
-        Nodes the instructions went to.
-    message_types : dict[int, str]
-        Message type sent to each node.
-    headers : dict[str, bytes]
-        ``.npy`` header bytes of each C-order sent array (validation fast path).
-    """
+    weighted_aggregation: bool
+    weighted_by_key: str
+    torch_device: torch.device
+    server_learning_rate: float
+    server_momentum: float
 
-    server_round: int
-    record: ArrayRecord
-    layout: ModelLayout
-    arrays: dict[str, np.ndarray]
-    theta: np.ndarray
-    node_ids: tuple[int, ...] = ()
-    message_types: dict[int, str] = field(default_factory=dict)
-    headers: dict[str, bytes] = field(default_factory=dict)
+    def resolve_f(self, num_valid: int) -> int:
+        """Byzantine budget for ``num_valid`` valid replies."""
+        ...
 
-    @classmethod
-    def from_record(cls, server_round: int, record: ArrayRecord,
-                    node_ids: Sequence[int] = (),
-                    message_types: Mapping[int, str] | None = None) -> SentModel:
-        """Decode (zero-copy) the model sent in ``server_round``."""
-        layout, arrays = decode_arrayrecord(record)
-        headers = {}
-        for key, array in record.items():
-            header = parse_npy_header(array.data)
-            if not header.fortran_order:
-                headers[key] = bytes(array.data[:header.offset])
-        return cls(server_round, record, layout, arrays, layout.flatten(arrays),
-                   tuple(node_ids), dict(message_types or {}), headers)
+    def min_nodes(self, f: int) -> int:
+        """Smallest number of valid replies the rule accepts for ``f``."""
+        ...
+
+    def aggregate_updates(self, server_round: int, updates: torch.Tensor,
+                          node_ids: list[int], weights: torch.Tensor | None, f: int,
+                          global_flat: torch.Tensor) -> AggregationResult:
+        """The rule on the ``(n, d)`` updates."""
+        ...
+
+    def extra_round_metrics(self, server_round: int) -> Mapping[str, Any]:
+        """Rule-specific values for the round's MetricRecord."""
+        ...
 
 
 @dataclass
-class Candidate:
-    """One reply, reduced to what the core needs.
+class RoundState:
+    """What a strategy carries from one round to the next.
+
+    Handed to :func:`run_robust_round` (by ``RobustStrategy`` and by the legacy
+    adapter alike), which updates it in place.
 
     Attributes
     ----------
-    node_id : int
-        Sender.
-    arrays : Mapping[str, ArrayLike] or None
-        The reply's model arrays.
-    metrics : Mapping[str, Any] or None
-        The reply's metrics.
-    reason : RejectReason or None
-        Set by the front end when the reply already failed a structural check.
+    momentum : numpy.ndarray or None
+        The server momentum buffer ``v`` (``None`` before the first step or
+        without momentum).
+    buffer : numpy.ndarray or None
+        Storage of the ``(n, d)`` update matrix, reused from round to round. Set
+        it to ``None`` to have the next round allocate a fresh one.
     """
 
-    node_id: int
-    arrays: Mapping[str, ArrayLike] | None
-    metrics: Mapping[str, Any] | None
-    reason: RejectReason | None = None
+    momentum: np.ndarray | None = None
+    buffer: np.ndarray | None = None
 
 
 @dataclass
@@ -113,58 +111,49 @@ class RoundOutcome:
         Metrics of the valid replies (row order).
     weights : list[float] or None
         Their validated weights when weighting is on.
-    momentum : numpy.ndarray or None
-        The new server momentum buffer (``None``: unchanged).
-    buffer : numpy.ndarray or None
-        The update matrix's storage, for the caller to pass to the next round.
     """
 
     arrays: dict[str, np.ndarray] | None
     report: RoundReport
     metrics: list[Mapping[str, Any]]
     weights: list[float] | None
-    momentum: np.ndarray | None = None
-    buffer: np.ndarray | None = None
-
-
-def _reject(report: RoundReport, node_id: int, reason: RejectReason) -> None:
-    report.rejected.append((int(node_id), reason.name))
-    report.rejected_codes.append(int(reason))
-    log(logging.WARNING, "Round %d: rejected reply from node %d: %s (code %d)",
-        report.server_round, node_id, reason.name, int(reason))
 
 
 def _row_ids(rows: Sequence[int], node_ids: Sequence[int]) -> list[int]:
     return [int(node_ids[r]) for r in rows]
 
 
-def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentModel,
+def _suspect(report: RoundReport, updates: torch.Tensor) -> None:
+    """Fill ``report.suspected`` (a diagnostic: never fails the round)."""
+    try:
+        report.suspected = _row_ids(suspected_rows(updates), report.node_ids)
+    except Exception:  # pylint: disable=broad-except
+        log(logging.WARNING, "Round %d: suspected-node-ids not computed",
+            report.server_round, exc_info=True)
+
+
+def run_robust_round(rule: RoundRule, server_round: int, sent: SentModel,
                      candidates: Sequence[Candidate],
-                     momentum: np.ndarray | None = None,
-                     buffer: np.ndarray | None = None) -> RoundOutcome:
-    """Validate replies, aggregate their updates with ``strategy`` and step.
+                     state: RoundState) -> RoundOutcome:
+    """Validate replies, aggregate their updates with ``rule`` and step.
 
     Never raises because of reply content: every problem becomes a rejected
     reply or a round status in the report.
 
     Parameters
     ----------
-    strategy : RobustStrategy
-        Supplies the budget (``resolve_f``), the bound (``min_nodes``), the rule
-        (``aggregate_updates``), ``extra_round_metrics`` and the server step
-        settings.
+    rule : RoundRule
+        Supplies the budget (``resolve_f``), the bound (``min_nodes``), the
+        aggregate (``aggregate_updates``), ``extra_round_metrics`` and the server
+        step settings.
     server_round : int
         The round.
     sent : SentModel
         The model and recipients of this round.
     candidates : Sequence[Candidate]
         The replies.
-    momentum : numpy.ndarray or None
-        The server momentum buffer so far.
-    buffer : numpy.ndarray or None
-        A float32 matrix from an earlier round to write the updates into (reused
-        when it has room: a fresh ``n × d`` allocation costs page faults every
-        round). Its previous contents are overwritten.
+    state : RoundState
+        Momentum and matrix storage from the previous round; updated in place.
 
     Returns
     -------
@@ -174,84 +163,43 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
     t0 = time.perf_counter()
     layout = sent.layout
     report = RoundReport(server_round=server_round, num_sent=len(sent.node_ids))
-    sent_ids = set(sent.node_ids)
-    counts = Counter(c.node_id for c in candidates)
-    replied = set(counts)
-    report.missing = [i for i in sent.node_ids if i not in replied]
-
-    pending: list[tuple[Candidate, float]] = []
-    for cand in candidates:
-        # Who sent it is judged first: a stranger's reply is UNEXPECTED_NODE
-        # whatever it holds (unless the reply could not even be read).
-        if cand.reason == RejectReason.MALFORMED:
-            reason = cand.reason
-        elif counts[cand.node_id] > 1:
-            reason = RejectReason.DUPLICATE_NODE
-        elif cand.node_id not in sent_ids:
-            reason = RejectReason.UNEXPECTED_NODE
-        else:
-            reason = cand.reason
-        weight = 1.0
-        if reason is None and strategy.weighted_aggregation:
-            reason, weight = check_num_examples(cand.metrics, strategy.weighted_by_key)
-        if reason is None and cand.arrays is None:
-            reason = RejectReason.MISSING_ARRAY_RECORD
-        if reason is not None:
-            _reject(report, cand.node_id, reason)
-        else:
-            pending.append((cand, weight))
-
-    # One preallocated matrix; a rejected reply's row is reused by the next.
-    if (buffer is not None and buffer.dtype == np.float32 and buffer.ndim == 2
-            and buffer.shape[1] == layout.d and buffer.shape[0] >= len(pending)):
-        matrix = buffer
-    else:
-        matrix = np.empty((len(pending), layout.d), dtype=np.float32)
-    flat_sent = {k: v.reshape(-1) for k, v in sent.arrays.items()}
-    valid: list[tuple[Candidate, float]] = []
-    for cand, weight in pending:
-        try:
-            reason = decode_update_into(cand.arrays, layout, flat_sent,
-                                        matrix[len(valid)], sent.headers)
-        except Exception:  # client bytes must never crash the server
-            log(logging.DEBUG, "decode failure", exc_info=True)
-            reason = RejectReason.MALFORMED
-        if reason is None:
-            valid.append((cand, weight))
-        else:
-            _reject(report, cand.node_id, reason)
-
-    n = len(valid)
-    node_ids = [int(c.node_id) for c, _ in valid]
-    report.node_ids = node_ids
-    metrics = [c.metrics if c.metrics is not None else {} for c, _ in valid]
-    weight_list = [w for _, w in valid] if strategy.weighted_aggregation else None
-    outcome = RoundOutcome(None, report, metrics, weight_list, buffer=matrix)
-    f = strategy.resolve_f(n)
+    valid: ValidReplies = validate_replies(
+        sent, candidates, report,
+        weighted_by=rule.weighted_by_key if rule.weighted_aggregation else None,
+        buffer=state.buffer)
+    state.buffer = valid.matrix
+    matrix = valid.matrix
+    node_ids = valid.node_ids
+    n = len(node_ids)
+    weight_list = valid.weights
+    outcome = RoundOutcome(None, report, valid.metrics, weight_list)
+    f = rule.resolve_f(n)
     report.f = f
-    report.min_nodes = max(1, int(strategy.min_nodes(f)))
+    report.min_nodes = max(1, int(rule.min_nodes(f)))
     if n < report.min_nodes:
+        _suspect(report, torch.from_numpy(matrix[:n]))
         report.status = RoundStatus.BOUND_FAILED
         report.message = (f"{n} valid replies < {report.min_nodes} needed by "
-                          f"{type(strategy).__name__} with f={f}; model unchanged")
+                          f"{type(rule).__name__} with f={f}; model unchanged")
         log(logging.WARNING, "Round %d: %s", server_round, report.message)
         report.seconds = time.perf_counter() - t0
         return outcome
 
-    device = strategy.torch_device
+    device = rule.torch_device
     updates = torch.from_numpy(matrix[:n]).to(device)
     theta = torch.from_numpy(sent.theta).to(device)
     weights = (torch.tensor(weight_list, dtype=torch.float32, device=device)
                if weight_list is not None else None)
+    _suspect(report, updates)
     try:
-        result = strategy.aggregate_updates(server_round, updates, node_ids, weights,
+        result = rule.aggregate_updates(server_round, updates, node_ids, weights,
                                             f, theta)
         aggregate = result.aggregate.detach().to("cpu", torch.float32).numpy()
         report.selected = _row_ids(result.selected, node_ids)
         report.removed = _row_ids(result.removed, node_ids)
         report.scores = [float(s) for s in result.scores]
         report.weights = [float(w) for w in result.weights]
-        report.extra = dict(strategy.extra_round_metrics(server_round))
+        report.extra = dict(rule.extra_round_metrics(server_round))
         if aggregate.shape != (layout.d,):
             raise ValueError(f"aggregate has shape {aggregate.shape}, "
                              f"expected ({layout.d},)")
@@ -272,34 +220,18 @@ def run_robust_round(strategy: RobustStrategy, server_round: int, sent: SentMode
         report.seconds = time.perf_counter() - t0
         return outcome
 
-    lr = strategy.server_learning_rate
-    new_momentum = None
-    with np.errstate(over="ignore", invalid="ignore"):
-        if strategy.server_momentum > 0.0:
-            if momentum is None or momentum.shape != aggregate.shape:
-                new_momentum = aggregate.copy()
-            else:
-                new_momentum = strategy.server_momentum * momentum + aggregate
-            step = new_momentum * np.float32(lr)
-        else:
-            step = aggregate * np.float32(lr) if lr != 1.0 else aggregate
-        new_arrays: dict[str, np.ndarray] = dict(sent.arrays)
-        finite = math.isfinite(float(np.add.reduce(step, dtype=np.float64)))
-        for i, key, start, stop in layout.segments() if finite else ():
-            old = sent.arrays[key]
-            new = old + step[start:stop].reshape(layout.shapes[i]).astype(
-                old.dtype, copy=False)
-            if not np.isfinite(new).all():
-                finite = False
-                break
-            new_arrays[key] = new
+    step = server_step(theta=sent.arrays, layout=layout, aggregate=aggregate,
+                       lr=rule.server_learning_rate, momentum=rule.server_momentum,
+                       buffer=state.momentum)
+    finite = step.theta is not None
     if not finite:
         report.status = RoundStatus.NON_FINITE_RESULT
         report.message = "the new model would not be finite; model unchanged"
         log(logging.ERROR, "Round %d: %s", server_round, report.message)
     else:
         report.status = RoundStatus.OK
-        outcome.arrays = new_arrays
-        outcome.momentum = new_momentum
+        outcome.arrays = step.theta
+        if rule.server_momentum > 0.0:
+            state.momentum = step.buffer
     report.seconds = time.perf_counter() - t0
     return outcome

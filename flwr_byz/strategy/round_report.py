@@ -51,10 +51,18 @@ class RoundReport:
         Number of nodes the round's instructions went to.
     node_ids : list[int]
         Valid replies' node ids, in the row order the rule saw.
+    partition_ids : list[int]
+        Parallel to ``node_ids``: the partition each node says it holds
+        (``byzantine_mod`` reports it in simulation), ``-1`` when unknown.
     selected : list[int]
         Node ids whose updates entered the aggregate.
     removed : list[int]
-        Node ids the rule discarded, in the order it discarded them.
+        Node ids the rule discarded, in the order it discarded them (what the
+        rule did; not "the attackers": FABA removes f nodes every round).
+    suspected : list[int]
+        Node ids whose update is a robust outlier this round, by one definition
+        for every rule (:mod:`flwr_byz.strategy.suspicion`), ascending. FLTrust
+        and Zeno replace it with their own verdict (``extra``).
     scores : list[float]
         Per-node score (parallel to ``node_ids``) where the rule scores nodes.
     weights : list[float]
@@ -79,8 +87,10 @@ class RoundReport:
     min_nodes: int = 0
     num_sent: int = 0
     node_ids: list[int] = field(default_factory=list)
+    partition_ids: list[int] = field(default_factory=list)
     selected: list[int] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
+    suspected: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
@@ -106,8 +116,10 @@ class RoundReport:
             "num-rejected": len(self.rejected),
             "num-missing": len(self.missing),
             "node-ids": [int(i) for i in self.node_ids],
+            "partition-ids": [int(i) for i in self.partition_ids],
             "selected-node-ids": [int(i) for i in self.selected],
             "removed-node-ids": [int(i) for i in self.removed],
+            "suspected-node-ids": [int(i) for i in self.suspected],
             "scores": [float(s) for s in self.scores],
             "weights": [float(w) for w in self.weights],
             "rejected-node-ids": [int(i) for i, _ in self.rejected],

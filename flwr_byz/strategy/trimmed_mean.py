@@ -20,15 +20,10 @@ class TrimmedMean(RobustStrategy):
         Per coordinate, the ``floor(beta * n)`` largest and smallest values are
         dropped before averaging; ``0 <= beta < 0.5``.
     **kwargs : Any
-        Every other argument of
-        :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy` (Flower's
-        ``fraction_train``, ``min_train_nodes``, ..., and
-        ``num_malicious_nodes`` / ``malicious_fraction``, ``weighted_by_key``,
-        ``server_learning_rate``, ``server_momentum``, ``device``).
+        See :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy`.
     """
 
     rule_name = "trimmed-mean"
-    supports_weights = False
 
     def __init__(self, beta: float = 0.2, **kwargs: Any) -> None:
         if (isinstance(beta, bool) or not isinstance(beta, int | float)

@@ -24,9 +24,9 @@ from flwr.supercore import log
 
 from ..client_metrics import mean_client_metrics
 from ..model_layout import NUMPY_STYPE, parse_npy_header
-from ..reply_validation import RejectReason
+from ..reply_validation import Candidate, RejectReason, SentModel
 from ..robust_strategy import RobustStrategy
-from ..round_core import Candidate, SentModel, run_robust_round
+from ..round_core import run_robust_round
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,11 @@ def parameters_to_record(parameters: Parameters) -> ArrayRecord:
     return ArrayRecord(arrays)
 
 
-def _as_legacy_scalar(value: Any) -> Scalar:
-    # Legacy metric dicts hold no lists: lists travel as JSON strings.
-    return json.dumps(value) if isinstance(value, list) else value
+def _as_legacy_value(value: Any, lists_as_json: bool) -> Any:
+    # Flower's legacy History stores any value; its Value type has int/float lists.
+    if lists_as_json and isinstance(value, list):
+        return json.dumps(value)
+    return value
 
 
 class LegacyRobust(LegacyFedAvg):
@@ -80,6 +82,9 @@ class LegacyRobust(LegacyFedAvg):
         The configured rule, e.g. ``FABA(num_malicious_nodes=3)``: its budget,
         weighting, server learning rate, momentum and device are used, and its
         :attr:`~RobustStrategy.history` receives the round reports.
+    lists_as_json : bool (default: False)
+        Encode the diagnostics lists as JSON strings, for code that needs every
+        metric to be a legacy ``Scalar``.
     **kwargs : Any
         Arguments of ``flwr.server.strategy.FedAvg`` (``fraction_fit``,
         ``min_fit_clients``, ``initial_parameters``, ``on_fit_config_fn``,
@@ -88,10 +93,11 @@ class LegacyRobust(LegacyFedAvg):
     Notes
     -----
     The weight of a reply is ``FitRes.num_examples`` (used only when the wrapped
-    strategy has ``weighted_aggregation=True``). Legacy metrics cannot hold
-    lists, so the diagnostics lists (``"node-ids"``, ``"removed-node-ids"``,
-    ``"rejected-node-ids"``, ...) are JSON strings; rejected replies of failed
-    clients that raised (no FitRes) are counted in ``"num-failures"``.
+    strategy has ``weighted_aggregation=True``). The diagnostics lists
+    (``"node-ids"``, ``"removed-node-ids"``, ``"suspected-node-ids"``, ...) are
+    Flower's native ``list[int]`` / ``list[float]`` values (its legacy ``Value``
+    type; the ``History`` keeps them as they are), the same as the Message API's;
+    failed clients that raised (no FitRes) are counted in ``"num-failures"``.
 
     Examples
     --------
@@ -101,12 +107,14 @@ class LegacyRobust(LegacyFedAvg):
         fl.simulation.start_simulation(client_fn=..., strategy=strategy, ...)
     """
 
-    def __init__(self, strategy: RobustStrategy, **kwargs: Any) -> None:
+    def __init__(self, strategy: RobustStrategy, *, lists_as_json: bool = False,
+                 **kwargs: Any) -> None:
         if not isinstance(strategy, RobustStrategy):
             raise ValueError(f"strategy={strategy!r}: allowed values are "
                              "flwr_byz.strategy.RobustStrategy instances")
         super().__init__(**kwargs)
         self.strategy = strategy
+        self.lists_as_json = bool(lists_as_json)
         self._sent: SentModel | None = None
         self._sent_parameters: Parameters | None = None
 
@@ -153,15 +161,14 @@ class LegacyRobust(LegacyFedAvg):
             except Exception:  # a result object we cannot even read
                 candidates.append(Candidate(0, None, None, RejectReason.MALFORMED))
         inner = self.strategy
+        # The wrapped strategy's round state (momentum, matrix storage) is
+        # handed to the core, which updates it: the same state as its own rounds.
         outcome = run_robust_round(inner, server_round, sent, candidates,
-                                   inner._momentum, inner._buffer)
-        inner._buffer = outcome.buffer
+                                   inner.round_state)
         inner.history.append(outcome.report)
         if outcome.arrays is None:
             parameters = self._sent_parameters
         else:
-            inner._momentum = (outcome.momentum if outcome.momentum is not None
-                               else inner._momentum)
             tensors = [old if offset < 0 else ndarray_to_bytes(outcome.arrays[k])
                        for k, offset, old in zip(sent.layout.keys, sent.layout.offsets,
                                                  self._sent_parameters.tensors,
@@ -180,7 +187,7 @@ class LegacyRobust(LegacyFedAvg):
             metrics.update(mean_client_metrics(outcome.metrics, outcome.weights,
                                                exclude=(key,)))
         for name, value in outcome.report.to_metrics().items():
-            metrics[name] = _as_legacy_scalar(value)
+            metrics[name] = _as_legacy_value(value, self.lists_as_json)
         metrics["num-failures"] = num_failures
         return parameters, metrics
 

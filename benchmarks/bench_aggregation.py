@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m flwr_byz.experiments.bench_aggregation \
+    python -m benchmarks.bench_aggregation \
         [--dims 33130,1000000,11173962] [--n 50] [--f 15] [--repeat 3] \
         [--rules krum,faba]
 
@@ -153,7 +153,7 @@ def _run_case(
     cmd = [
         sys.executable,
         "-m",
-        "flwr_byz.experiments.bench_aggregation",
+        "benchmarks.bench_aggregation",
         "--worker",
         case,
         "--n",

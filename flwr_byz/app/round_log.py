@@ -14,8 +14,8 @@ from typing import Any
 
 from flwr.app import MetricRecord
 
-from flwr_byz.experiments.detection import flagged_by_removals, precision_recall
-from flwr_byz.experiments.results import ResultsFile
+from flwr_byz.app.detection import flagged_by_removals, precision_recall
+from flwr_byz.app.results import ResultsFile
 
 
 def _reason_name(code: int) -> str:
@@ -95,7 +95,7 @@ class RoundLog:
         }
         if "status" in m:
             entry["status"] = m["status"]
-        if "suspected-node-ids" in m:  # FLTrust (zero trust), Zeno (the b discarded)
+        if "suspected-node-ids" in m:  # robust outliers; FLTrust, Zeno: their verdict
             suspected = [int(n) for n in m["suspected-node-ids"]]
             entry["suspected-node-ids"] = suspected
             entry["suspected-partitions"] = self._partitions(suspected)

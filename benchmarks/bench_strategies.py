@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m flwr_byz.experiments.bench_strategies [--dims 1000000,11173962] [--n 50]
+    python -m benchmarks.bench_strategies [--dims 1000000,11173962] [--n 50]
 
 For each model size, ``n`` reply Messages (``f`` of them Byzantine) are built once;
 every strategy then aggregates fresh Message objects over the same serialised bytes.
@@ -166,7 +166,8 @@ def time_once(fx: Fixture, strategy, ours: bool, warm: bool) -> tuple[float, flo
     if ours:
         strategy.remember_sent(1, fx.theta, dict.fromkeys(fx.node_ids, "train"))
         if not warm:
-            strategy._buffer = None  # a first round: the matrix is allocated anew
+            # A first round: the matrix is allocated anew.
+            strategy.round_state.buffer = None
     replies = fresh_replies(fx)
     gc.collect()
     with _PeakRss() as mem:
@@ -177,7 +178,7 @@ def time_once(fx: Fixture, strategy, ours: bool, warm: bool) -> tuple[float, flo
         raise RuntimeError(f"{type(strategy).__name__} returned no arrays")
     del arrays, replies
     if ours and not warm:
-        strategy._buffer = None
+        strategy.round_state.buffer = None
     gc.collect()
     return seconds, mem.extra_mb
 

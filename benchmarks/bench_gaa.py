@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m flwr_byz.experiments.bench_gaa [--rounds 15] [--cases yelp,healthcare]
+    python -m benchmarks.bench_gaa [--rounds 15] [--cases yelp,healthcare]
         [--betas 0.3,0.7] [--policies evidence,paper] [--seeds 0,1]
         [--attacks random-fault,sign-flip] [--out bench_gaa.json]
 
@@ -14,7 +14,7 @@ replaced by N(0.5·1, (2e-6)²), also after PRETENSE_ROUNDS honest rounds
 honest update; ALIE and IPM crafted from the round's honest updates), then
 timed through ``GAA.aggregate_train`` and Flower's ``FedAvg.aggregate_train`` on
 the same replies. GAA+ precision/recall
-(papers/002 Table 4) is averaged over the rounds after the first third, for
+(the GAA paper's Table 4) is averaged over the rounds after the first third, for
 K = 1, βn/3 and βn. Shapes: Yelp-style (10 clients, MLP 1024-10-2) and
 Healthcare-style (50 clients, MLP 1024-32-10).
 """

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flwr_byz.aggregation import byzantine_budget, min_nodes
+from flwr_byz.aggregation.registry import REGISTRY
 from flwr_byz.attacks import ATTACK_DEFAULTS, check_attack_config
 from flwr_byz.data import DATA_DEFAULTS, check_data_config
 from flwr_byz.models import MODELS
@@ -27,30 +28,14 @@ class RunConfigError(ValueError):
     """A run-config value that cannot work; the message says what to change."""
 
 
-STRATEGY_NAMES = (
-    "gaa",
-    "fedavg",
-    "fltrust",
-    "zeno",
-    "faba",
-    "krum",
-    "multikrum",
-    "bulyan",
-    "geomed",
-    "median",
-    "trimmed-mean",
-    "brute-force",
-    "mean",
-)
+#: Every value of the ``strategy`` key: GAA, Flower's own FedAvg (the undefended
+#: peer), and every rule of the registry.
+STRATEGY_NAMES = ("gaa", "fedavg", *(rule.name for rule in REGISTRY))
 
-# Rules that are not a robust defence by themselves still get an f: it only enters
-# their bound check, which is trivially met. GAA and FLTrust need one reply whatever
-# f; Zeno's b = floor(zeno-b-fraction·n) < n always leaves one.
-_RULE_OF_STRATEGY = {
-    name: name
-    for name in STRATEGY_NAMES
-    if name not in ("gaa", "fedavg", "fltrust", "zeno")
-}
+# Strategies whose rule bound is checked against the federation's size before the
+# first round. GAA needs one reply whatever f; FLTrust's and Zeno's bounds (1, b+1)
+# are met by any sampled set, so checking them with the assumed fraction is harmless.
+_RULE_OF_STRATEGY = {rule.name: rule.name for rule in REGISTRY}
 
 
 @dataclass(frozen=True)

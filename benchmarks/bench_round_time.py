@@ -1,16 +1,16 @@
 """Whole-round time of robust strategies ÷ Flower's FedAvg, in the same simulations.
 
-papers/002 Table 3 reports GAA's round time at 1.29–1.65× plain averaging. This runs
-the app once per strategy through Flower's simulation engine (one private
+The GAA paper's Table 3 reports GAA's round time at 1.29–1.65× plain averaging.
+This runs the app once per strategy through Flower's simulation engine (one private
 SuperLink, identical run config and seed; only ``strategy`` differs) and prints each
 strategy's mean round time (rounds after the first, which pays for warm-up) as a
 ratio to FedAvg's measured in the same invocation.
 
 Run::
 
-    python -m flwr_byz.experiments.bench_round_time --strategies gaa,faba \\
+    python -m benchmarks.bench_round_time --strategies gaa,faba \\
         --dataset yelp-style --supernodes 10 --rounds 10
-    python -m flwr_byz.experiments.bench_round_time --strategies gaa \\
+    python -m benchmarks.bench_round_time --strategies gaa \\
         --dataset healthcare-style --supernodes 50 --rounds 8
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from flwr_byz.experiments.grid import GridSpec, run_grid
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def mean_round_time(results: dict) -> float:

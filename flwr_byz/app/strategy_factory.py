@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from flwr_byz.aggregation.registry import get_rule
 from flwr_byz.data import ServerData
 
 
@@ -21,7 +22,8 @@ def build_strategy(
     """The strategy named by ``cfg['strategy']``, with the run's settings.
 
     The Byzantine budget is given as a fraction, so ``f = floor(α·n)`` follows the
-    number of valid replies of each round (DESIGN §3).
+    number of valid replies of each round (``f = floor(α·n)``, as in the FABA
+    paper).
     """
     from flwr_byz import strategy as strategies
 
@@ -89,21 +91,14 @@ def build_strategy(
             seed=int(cfg["seed"]),
             **common,
         )
-    if name == "mean":
-        return strategies.Mean(**common)
-    if name == "median":
-        return strategies.Median(**common)
     if name == "trimmed-mean":
         return strategies.TrimmedMean(beta=alpha, **common)
     if name == "geomed":
         return strategies.GeoMed(
             malicious_fraction=alpha, method=str(cfg["geomed-method"]), **common
         )
-    by_name = {
-        "faba": strategies.FABA,
-        "krum": strategies.Krum,
-        "multikrum": strategies.MultiKrum,
-        "bulyan": strategies.Bulyan,
-        "brute-force": strategies.BruteForce,
-    }
-    return by_name[name](malicious_fraction=alpha, **common)
+    # Every other registered rule: its strategy, with the assumed fraction as the
+    # budget when f changes what it does.
+    rule = get_rule(name)
+    budget = {"malicious_fraction": alpha} if rule.uses_f else {}
+    return strategies.STRATEGIES[name](**budget, **common)

@@ -1,0 +1,17 @@
+"""This repository's Flower app, as a library: its wiring, not its entry points.
+
+``server/server_app.py`` and ``clients/client_app.py`` (the app's thin entry points,
+``flwr run .``) build on these modules:
+
+- :mod:`~flwr_byz.app.config`: every run-config key, its default and its check;
+- :mod:`~flwr_byz.app.strategy_factory`: run config → strategy;
+- :mod:`~flwr_byz.app.federation`: who is in the federation (node id → partition);
+- :mod:`~flwr_byz.app.observed_strategy`, :mod:`~flwr_byz.app.round_log`,
+  :mod:`~flwr_byz.app.results`, :mod:`~flwr_byz.app.detection`: what each round
+  decided, written to ``results.json`` with the ground truth;
+- :mod:`~flwr_byz.app.central_evaluation`, :mod:`~flwr_byz.app.training`: the
+  server's evaluation and the clients' local training.
+
+An existing Flower app needs none of this: it imports ``flwr_byz.strategy`` and
+``flwr_byz.attacks``.
+"""

@@ -1,0 +1,73 @@
+"""``suspected-node-ids``: who looks like an attacker this round, whatever the rule.
+
+What a rule *did* (``removed-node-ids``, ``selected-node-ids``) is not who attacked:
+FABA removes ``f`` nodes every round, attack or not, and Krum removes all but one.
+The suspected set answers the other question with one definition for every rule:
+
+    s_i = ‖Δ_i − median(Δ)‖₂, the L2 distance of node i's update to the
+    coordinate-wise median of the round's valid updates;
+    suspected = { i : s_i > med(s) + k · max(1.4826 · MAD(s), 0.05 · med(s)) }
+
+with ``k = 3`` (:data:`OUTLIER_K`): the robust z-score of the distance exceeds 3
+(1.4826 · MAD estimates the standard deviation of normal data; the floor of 5 % of
+the median distance keeps nearly identical honest updates from being flagged for
+float noise). A non-finite distance (an update whose difference overflows float32)
+is always suspected. With fewer than 3 valid updates nothing is suspected. With no
+attack the set is usually empty; an attacker with an honest-looking update (a small
+minority of label flippers, say) is not in it. Strategies that score nodes against
+the server's own data (FLTrust, Zeno) report their own verdict under the same key
+instead (see their documentation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from flwr_byz.aggregation import coordinate_median
+
+#: Robust z-score above which a node's distance to the median is an outlier.
+OUTLIER_K = 3.0
+_MAD_TO_STD = 1.4826
+_RELATIVE_FLOOR = 0.05
+
+
+def median_distances(updates: torch.Tensor) -> np.ndarray:
+    """``(n,)`` float64 L2 distances of each row to the coordinate-wise median."""
+    centre = coordinate_median(updates).aggregate.to(torch.float64)
+    out = np.empty(updates.shape[0], dtype=np.float64)
+    for i in range(updates.shape[0]):  # one row at a time: no n × d temporary
+        diff = updates[i].to(torch.float64) - centre
+        out[i] = float(torch.linalg.vector_norm(diff))
+    return out
+
+
+def outlier_rows(scores: np.ndarray, k: float = OUTLIER_K) -> list[int]:
+    """Rows whose score exceeds ``med + k · max(1.4826 · MAD, 0.05 · med)``.
+
+    Non-finite scores are outliers; they are left out of the median and MAD.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    if scores.size < 3:
+        return []
+    if finite.sum() < 3:
+        return [int(i) for i in np.flatnonzero(~finite)]
+    values = scores[finite]
+    med = float(np.median(values))
+    mad = float(np.median(np.abs(values - med)))
+    threshold = med + k * max(_MAD_TO_STD * mad, _RELATIVE_FLOOR * abs(med))
+    if not math.isfinite(threshold):
+        return [int(i) for i in np.flatnonzero(~finite)]
+    return [int(i) for i in range(scores.size)
+            if not finite[i] or scores[i] > threshold]
+
+
+def suspected_rows(updates: torch.Tensor, k: float = OUTLIER_K) -> list[int]:
+    """Rows of ``updates`` whose distance to the coordinate-wise median is a
+    robust outlier (the module's definition), ascending."""
+    if updates.shape[0] < 3:
+        return []
+    return outlier_rows(median_distances(updates), k)

@@ -1,0 +1,104 @@
+"""One rule registry: strategies, bounds, the app, the grid and the README derive
+from it; a new rule is one function and one entry (fast)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from strategy_helpers import instructions, model_arrays, reply, server_identity, shifted
+
+from flwr_byz.aggregation import AggregationResult, min_nodes
+from flwr_byz.aggregation import registry as reg
+from flwr_byz.app.config import STRATEGY_NAMES, check_run_config
+from flwr_byz.strategy import STRATEGIES, RobustStrategy, strategy_for
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_rule_table_is_the_registry() -> None:
+    text = README.read_text(encoding="utf-8")
+    found = re.search(
+        r"<!-- rules-table:start -->\n(.*?)\n<!-- rules-table:end -->", text, re.S
+    )
+    assert found, "README lost its generated rule table"
+    assert found.group(1) == reg.readme_table(), (
+        "README rule table is stale: paste `python -m flwr_byz.aggregation.registry`"
+    )
+
+
+def test_everything_lists_the_registry() -> None:
+    names = [rule.name for rule in reg.REGISTRY]
+    assert set(STRATEGIES) - {"gaa"} == set(names)
+    assert set(STRATEGY_NAMES) == {"gaa", "fedavg", *names}
+    for rule in reg.REGISTRY:
+        cls = STRATEGIES[rule.name]
+        assert cls.rule_name == rule.name
+        for f in range(4):
+            assert min_nodes(rule.name, f) == rule.bound(f)
+        check_run_config({"strategy": rule.name})
+
+
+def test_flags_come_from_the_registry() -> None:
+    for rule in reg.REGISTRY:
+        cls = STRATEGIES[rule.name]
+        if "uses_f" not in vars(cls):
+            assert cls.uses_f == rule.uses_f
+        if "supports_weights" not in vars(cls):
+            assert cls.supports_weights == rule.supports_weights
+
+
+def _largest_norm_dropped(x: torch.Tensor, f: int) -> AggregationResult:
+    """A toy rule: drop the f rows of largest norm, average the rest."""
+    order = torch.argsort(torch.linalg.vector_norm(x, dim=1)).tolist()
+    keep, drop = sorted(order[: x.shape[0] - f]), order[x.shape[0] - f:][::-1]
+    return AggregationResult(x[keep].mean(dim=0), tuple(keep), tuple(drop))
+
+
+def test_a_new_rule_is_one_function_and_one_entry(monkeypatch) -> None:
+    toy = reg.Rule(
+        "toy-norm", lambda f: 2 * f + 1, "2f+1", True, False,
+        "drop the f largest norms",
+        aggregate=lambda x, f, w: _largest_norm_dropped(x, f),
+    )
+    monkeypatch.setitem(reg.RULE_BY_NAME, toy.name, toy)
+    cls = strategy_for(toy)
+    assert issubclass(cls, RobustStrategy) and cls.__name__ == "ToyNorm"
+    assert cls.uses_f and not cls.supports_weights
+    with pytest.raises(ValueError, match="Byzantine budget"):
+        cls()
+    with server_identity():
+        strategy = cls(num_malicious_nodes=1)
+        theta = model_arrays(2)
+        msgs = instructions(strategy, 1, theta, [1, 2, 3, 4])
+        steps = {1: 0.1, 2: 0.1, 3: 0.1, 4: 50.0}
+        replies = [reply(m, shifted(theta, steps[m.metadata.dst_node_id]),
+                         {"num-examples": 1}) for m in msgs]
+        arrays, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["removed-node-ids"] == [4]
+    assert metrics["min-nodes"] == 3
+    np.testing.assert_allclose(arrays["b"].numpy(), theta["b"] + 0.1, rtol=1e-6)
+
+
+def test_the_app_builds_every_plain_rule_from_the_registry() -> None:
+    from flwr_byz.app.config import with_defaults
+    from flwr_byz.app.strategy_factory import build_strategy
+
+    for rule in reg.REGISTRY:
+        if rule.name in ("fltrust", "zeno"):  # need the server's data
+            continue
+        cfg = with_defaults({"strategy": rule.name})
+        strategy = build_strategy(cfg, 10, None, None, "cpu")  # type: ignore[arg-type]
+        assert type(strategy) is STRATEGIES[rule.name]
+        expected = 0.3 if rule.uses_f else None
+        assert strategy.malicious_fraction == expected, rule.name
+
+
+def test_readme_strategy_key_lists_every_strategy() -> None:
+    row = next(line for line in README.read_text(encoding="utf-8").splitlines()
+               if line.startswith("| `strategy` | `\"gaa\"` |"))
+    listed = set(re.findall(r"`([a-z-]+)`", row.split("|")[3]))
+    assert listed == set(STRATEGY_NAMES)
