@@ -435,7 +435,11 @@ def test_strategy_survives_any_finite_magnitude(name):
             report = strategy.history[-1]
             assert report.status in (RoundStatus.OK, RoundStatus.NON_FINITE_RESULT), (
                 report.status, report.message)
-            assert not report.rejected  # finite updates are the rules' to decide
+            if name in ROBUST:
+                # Finite updates are the rules' to decide. (Once the undefended
+                # mean has moved the model by 1e37, θ + Δ itself may overflow in
+                # the test's own replies: those are rightly rejected.)
+                assert not report.rejected
             assert all(not math.isnan(s) for s in report.scores)
             if name in ROBUST:
                 assert report.status == RoundStatus.OK, report.message
