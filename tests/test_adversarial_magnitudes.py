@@ -383,7 +383,7 @@ def _strategies():
         "trimmed-mean": TrimmedMean(beta=0.2),
         "brute-force": BruteForce(**budget),
         "mean": Mean(),
-        "gaa": GAA(model_factory=Linear43, qv_set=qv_set(), window=2),
+        "gaa": GAA(model_factory=Linear43, qv_set=qv_set(), episode_length=2),
     }
 
 
@@ -415,7 +415,7 @@ def test_strategy_survives_any_finite_magnitude(name):
         current = theta
         d = flat(theta).size
         byz_nodes = {NODES[positions[i]] for i in range(len(exps))}
-        # Three rounds: GAA trains its policy after its window of 2.
+        # Three rounds: GAA trains its policy after its episode of 2.
         for rnd in (1, 2, 3):
             msgs = instructions(strategy, rnd, current, NODES)
             deltas, bi = {}, 0

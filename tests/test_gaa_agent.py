@@ -46,11 +46,16 @@ def round_updates(r: int, n: int, d: int, scale: float = 0.1) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- reference
-def reference_gradient(policy: nn.Module, objective: QVObjective,
-                       theta0: torch.Tensor, rounds: list[torch.Tensor],
-                       ids: list[int], gamma: float, exact: bool,
-                       ) -> dict[str, torch.Tensor]:
-    """Unroll the window by hand with autograd (same policy, fresh logits)."""
+def reference_gradient(
+    policy: nn.Module,
+    objective: QVObjective,
+    theta0: torch.Tensor,
+    rounds: list[torch.Tensor],
+    ids: list[int],
+    gamma: float,
+    exact: bool,
+) -> dict[str, torch.Tensor]:
+    """Unroll the episode by hand with autograd (same policy, fresh logits)."""
     params = dict(policy.named_parameters())
     logits = torch.zeros(len(ids))
     theta = theta0.clone()
@@ -61,8 +66,11 @@ def reference_gradient(policy: nn.Module, objective: QVObjective,
         f0, grad = objective.value_and_grad(th_obs)
         with torch.no_grad():
             solo = torch.stack([objective(th_obs + row) for row in u])
-        feats = evidence_features(u, f0, grad, solo) if getattr(
-            policy, "needs_features", True) else None
+        feats = (
+            evidence_features(u, f0, grad, solo)
+            if getattr(policy, "needs_features", True)
+            else None
+        )
         obs = Observation(tuple(ids), u, th_obs, f0, feats)
         prev = logits.detach() if not exact else logits
         new = policy(obs, prev)
@@ -81,15 +89,23 @@ def reference_gradient(policy: nn.Module, objective: QVObjective,
         logits, theta = new, nxt
     if exact:
         gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        total = {key: torch.zeros_like(params[key]) if g is None else g
-                 for key, g in zip(params, gs, strict=True)}
+        total = {
+            key: torch.zeros_like(params[key]) if g is None else g
+            for key, g in zip(params, gs, strict=True)
+        }
     return total
 
 
-def run_window(policy_name: str, backprop: str, window: int = 3, n: int = 4):
+def run_episode(policy_name: str, backprop: str, episode_length: int = 3, n: int = 4):
     objective = QVObjective(factory, qv())
-    agent = GAAAgent(objective, policy_name, window=window, backprop=backprop,
-                     optimizer="sgd", policy_lr=0.0)
+    agent = GAAAgent(
+        objective,
+        policy_name,
+        episode_length=episode_length,
+        backprop=backprop,
+        optimizer="sgd",
+        policy_lr=0.0,
+    )
     ids = [11, 22, 33, 44][:n]
     if policy_name == "paper":
         agent.policy.accept(ids, objective.dim)
@@ -100,7 +116,7 @@ def run_window(policy_name: str, backprop: str, window: int = 3, n: int = 4):
     policy0 = copy.deepcopy(agent.policy)
     theta = flat_init()
     theta0 = theta.clone()
-    rounds = [round_updates(r, n, objective.dim) for r in range(window)]
+    rounds = [round_updates(r, n, objective.dim) for r in range(episode_length)]
     for u in rounds:
         res = agent.step(theta, u, ids)
         theta = theta + res.aggregate
@@ -111,9 +127,10 @@ def run_window(policy_name: str, backprop: str, window: int = 3, n: int = 4):
 @pytest.mark.parametrize("policy_name", ["evidence", "paper"])
 @pytest.mark.parametrize("backprop", ["exact", "truncated"])
 def test_window_gradient_matches_hand_unrolled_reference(policy_name, backprop):
-    agent, policy0, objective, theta0, rounds, ids = run_window(policy_name, backprop)
-    ref = reference_gradient(policy0, objective, theta0, rounds, ids, agent.gamma,
-                             exact=backprop == "exact")
+    agent, policy0, objective, theta0, rounds, ids = run_episode(policy_name, backprop)
+    ref = reference_gradient(
+        policy0, objective, theta0, rounds, ids, agent.gamma, exact=backprop == "exact"
+    )
     got = agent.last_gradient
     assert got is not None and set(got) == set(ref)
     scale = max(1.0, max(float(g.abs().max()) for g in ref.values()))
@@ -124,8 +141,8 @@ def test_window_gradient_matches_hand_unrolled_reference(policy_name, backprop):
 
 def test_exact_and_truncated_gradients_differ():
     """Exact BPTT sees the effect of early credits on later losses; truncated not."""
-    a_exact = run_window("evidence", "exact")[0].last_gradient
-    a_trunc = run_window("evidence", "truncated")[0].last_gradient
+    a_exact = run_episode("evidence", "exact")[0].last_gradient
+    a_trunc = run_episode("evidence", "truncated")[0].last_gradient
     diff = max(float((a_exact[k] - a_trunc[k]).abs().max()) for k in a_exact)
     assert diff > 1e-4
 
@@ -134,7 +151,7 @@ def test_exact_and_truncated_gradients_differ():
 @pytest.mark.parametrize("policy_name", ["evidence", "paper"])
 def test_credits_lie_on_the_simplex(policy_name):
     objective = QVObjective(factory, qv())
-    agent = GAAAgent(objective, policy_name, window=2)
+    agent = GAAAgent(objective, policy_name, episode_length=2)
     theta = flat_init()
     ids = [3, 1, 2, 9, 7]
     for r in range(5):
@@ -162,8 +179,9 @@ def test_evidence_policy_is_permutation_equivariant():
     def credits(perm):
         up = u[perm]
         solo = objective.batch(theta + up)
-        obs = Observation(tuple(perm.tolist()), up, theta, f0,
-                          evidence_features(up, f0, g, solo))
+        obs = Observation(
+            tuple(perm.tolist()), up, theta, f0, evidence_features(up, f0, g, solo)
+        )
         return torch.softmax(policy(obs, prev[perm]), 0)
 
     base = credits(torch.arange(6))
@@ -176,7 +194,7 @@ def test_evidence_policy_is_permutation_equivariant():
 
 def test_absent_nodes_are_left_out_and_new_nodes_start_at_the_mean_credit():
     objective = QVObjective(factory, qv())
-    agent = GAAAgent(objective, window=100)
+    agent = GAAAgent(objective, episode_length=100)
     theta = flat_init()
     ids = [10, 20, 30, 40]
     u = round_updates(0, 4, objective.dim)
@@ -191,6 +209,7 @@ def test_absent_nodes_are_left_out_and_new_nodes_start_at_the_mean_credit():
     known = torch.stack([before[i] for i in (10, 30, 40)])
     expected = torch.logsumexp(known, 0) - math.log(3)
     from flwr_byz.gaa.agent import _prev_logits
+
     got = _prev_logits([10, 30, 40, 50], before, torch.device("cpu"))[-1]
     torch.testing.assert_close(got, expected)
     # Node 20 returns and is scored from its stored credit.
@@ -202,8 +221,12 @@ def test_absent_nodes_are_left_out_and_new_nodes_start_at_the_mean_credit():
 def test_detect_returns_lowest_credits_ties_by_lowest_id():
     objective = QVObjective(factory, qv())
     agent = GAAAgent(objective)
-    agent.logits = {5: torch.tensor(0.0), 3: torch.tensor(-2.0),
-                    4: torch.tensor(-2.0), TRUSTED_NODE_ID: torch.tensor(-9.0)}
+    agent.logits = {
+        5: torch.tensor(0.0),
+        3: torch.tensor(-2.0),
+        4: torch.tensor(-2.0),
+        TRUSTED_NODE_ID: torch.tensor(-9.0),
+    }
     assert agent.detect(2) == [3, 4]
     assert agent.detect(10) == [3, 4, 5]
     with pytest.raises(ValueError, match="k"):
@@ -213,10 +236,13 @@ def test_detect_returns_lowest_credits_ties_by_lowest_id():
 # ---------------------------------------------------------------- config
 def test_configuration_errors_name_the_argument():
     objective = QVObjective(factory, qv())
-    for kwargs, key in [({"policy": "greedy"}, "policy"),
-                        ({"backprop": "full"}, "backprop"),
-                        ({"optimizer": "rmsprop"}, "optimizer"),
-                        ({"window": 0}, "window"), ({"gamma": 1.5}, "gamma")]:
+    for kwargs, key in [
+        ({"policy": "greedy"}, "policy"),
+        ({"backprop": "full"}, "backprop"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"episode_length": 0}, "episode_length"),
+        ({"gamma": 1.5}, "gamma"),
+    ]:
         with pytest.raises(ValueError, match=key):
             GAAAgent(objective, **kwargs)
 
@@ -251,7 +277,7 @@ def test_qv_set_forms_and_one_sample():
         qv_tensors((x[:0], y[:0]))
     # A QV set of one sample is enough to run and to learn.
     objective = QVObjective(factory, (x[:1], y[:1]))
-    agent = GAAAgent(objective, window=2)
+    agent = GAAAgent(objective, episode_length=2)
     theta = flat_init()
     for r in range(4):
         res = agent.step(theta, round_updates(r, 3, objective.dim), [1, 2, 3])
@@ -270,9 +296,10 @@ def _drive(agent: GAAAgent, theta, rounds, ids_of):
     return out, theta
 
 
-@pytest.mark.parametrize("policy_name,backprop",
-                         [("evidence", "exact"), ("evidence", "truncated"),
-                          ("paper", "exact")])
+@pytest.mark.parametrize(
+    "policy_name,backprop",
+    [("evidence", "exact"), ("evidence", "truncated"), ("paper", "exact")],
+)
 def test_save_load_continue_equals_uninterrupted(policy_name, backprop):
     objective = QVObjective(factory, qv())
     x, y = qv(20, seed=7)
@@ -282,13 +309,20 @@ def test_save_load_continue_equals_uninterrupted(policy_name, backprop):
         return [1, 2, 3, 4] if r % 3 else [1, 3, 4]  # node 2 drops out
 
     def make():
-        return GAAAgent(objective, policy_name, window=3, backprop=backprop,
-                        trusted=trusted, seed=4, policy_lr=0.05)
+        return GAAAgent(
+            objective,
+            policy_name,
+            episode_length=3,
+            backprop=backprop,
+            trusted=trusted,
+            seed=4,
+            policy_lr=0.05,
+        )
 
     rounds = [(r, round_updates(r, len(ids_of(r)), objective.dim)) for r in range(8)]
     full, _ = _drive(make(), flat_init(), rounds, ids_of)
     first = make()
-    part1, theta = _drive(first, flat_init(), rounds[:4], ids_of)  # mid-window
+    part1, theta = _drive(first, flat_init(), rounds[:4], ids_of)  # mid-episode
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)
     buf.seek(0)
@@ -305,8 +339,9 @@ def test_credit_leaves_random_fault_majority_within_two_rounds():
     w = torch.randn(f_in, 2, generator=torch.Generator().manual_seed(7))
 
     def big() -> nn.Module:
-        return nn.Sequential(nn.Linear(f_in, hidden), nn.Sigmoid(),
-                             nn.Linear(hidden, 2))
+        return nn.Sequential(
+            nn.Linear(f_in, hidden), nn.Sigmoid(), nn.Linear(hidden, 2)
+        )
 
     def region(k: int, m: int):
         g = torch.Generator().manual_seed(1000 + k)
@@ -323,8 +358,10 @@ def test_credit_leaves_random_fault_majority_within_two_rounds():
     ids = list(range(10))
     for r in range(6):
         honest = [-lr * c.value_and_grad(theta)[1] for c in clients]
-        faults = [-lr * (0.5 + 2e-6 * torch.randn(objective.dim, generator=g))
-                  for _ in range(7)]
+        faults = [
+            -lr * (0.5 + 2e-6 * torch.randn(objective.dim, generator=g))
+            for _ in range(7)
+        ]
         res = agent.step(theta, torch.stack(honest + faults), ids)
         theta = theta + res.aggregate
         assert sum(res.weights[:3]) >= 0.99, (r, res.weights)
@@ -337,8 +374,9 @@ def test_sign_flip_minority_loses_credit():
     w = torch.randn(f_in, 2, generator=torch.Generator().manual_seed(7))
 
     def big() -> nn.Module:
-        return nn.Sequential(nn.Linear(f_in, hidden), nn.Sigmoid(),
-                             nn.Linear(hidden, 2))
+        return nn.Sequential(
+            nn.Linear(f_in, hidden), nn.Sigmoid(), nn.Linear(hidden, 2)
+        )
 
     def region(k: int, m: int):
         g = torch.Generator().manual_seed(1000 + k)
@@ -371,14 +409,15 @@ def _sign_flip_majority_run(policy_lr: float, rounds: int = 20):
 
     Every read-out of the prior is zero (no norm, QV or consensus evidence), so
     before learning every worker has the same credit and the model follows the
-    flipped majority. Only the window loss on the QV set can tell the groups apart.
+    flipped majority. Only the episode loss on the QV set can tell the groups apart.
     """
     f_in, hidden, lr = 32, 10, 1.0
     w = torch.randn(f_in, 2, generator=torch.Generator().manual_seed(7))
 
     def big() -> nn.Module:
-        return nn.Sequential(nn.Linear(f_in, hidden), nn.Sigmoid(),
-                             nn.Linear(hidden, 2))
+        return nn.Sequential(
+            nn.Linear(f_in, hidden), nn.Sigmoid(), nn.Linear(hidden, 2)
+        )
 
     def region(k: int, m: int):
         g = torch.Generator().manual_seed(1000 + k)
@@ -388,10 +427,12 @@ def _sign_flip_majority_run(policy_lr: float, rounds: int = 20):
 
     clients = [QVObjective(big, region(k, 200)) for k in range(10)]
     held_out = QVObjective(big, region(55, 2000))
-    neutral = EvidencePolicy(gain_weight=0.0, descent_weight=0.0, norm_weight=0.0,
-                             consensus_weight=0.0)
-    agent = GAAAgent(QVObjective(big, region(100, 10)), neutral, optimizer="sgd",
-                     policy_lr=policy_lr)
+    neutral = EvidencePolicy(
+        gain_weight=0.0, descent_weight=0.0, norm_weight=0.0, consensus_weight=0.0
+    )
+    agent = GAAAgent(
+        QVObjective(big, region(100, 10)), neutral, optimizer="sgd", policy_lr=policy_lr
+    )
     torch.manual_seed(0)
     theta = torch.cat([v.reshape(-1) for v in big().state_dict().values()])
     byzantine = [2, 3, 5, 6, 7, 8, 9]
@@ -408,7 +449,7 @@ def _sign_flip_majority_run(policy_lr: float, rounds: int = 20):
 def test_learning_the_policy_beats_a_sign_flip_majority_the_prior_cannot():
     """Learning ψ is what moves the credit: without the optimiser step the credit
     stays uniform (0.3 honest) and the model follows the 7 flippers; with it the
-    3 honest workers hold all the credit within 4 windows of 5 rounds."""
+    3 honest workers hold all the credit within 4 episodes of 5 rounds."""
     fixed, fixed_loss, _ = _sign_flip_majority_run(policy_lr=0.0)
     learnt, learnt_loss, agent = _sign_flip_majority_run(policy_lr=0.1)
     assert max(fixed) <= 0.35, fixed

@@ -185,7 +185,7 @@ def test_pretense_attack_loses_credit_within_a_few_windows(simulation):
     print("honest credit mass per round:", [round(m, 4) for m in trace])
     # While everyone is honest, the future attackers keep real credit ...
     assert trace[PRETENSE_ROUNDS - 1] < 0.9
-    # ... and lose it within two windows of turning.
+    # ... and lose it within two episodes of turning.
     assert min(trace[PRETENSE_ROUNDS + 10:]) >= 0.9
     assert trace[-1] >= 0.9
     assert accuracy(result.arrays) >= accuracy(simulation["fedavg"].arrays) - 0.05

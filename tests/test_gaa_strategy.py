@@ -57,18 +57,24 @@ def honest_step(theta: dict, node: int, server_round: int) -> np.ndarray:
     return -0.5 * torch.cat([gw.reshape(-1), gb]).numpy()
 
 
-def run_round(strategy: GAA, theta: dict, server_round: int, nodes=NODES,
-              repliers=None):
+def run_round(
+    strategy: GAA, theta: dict, server_round: int, nodes=NODES, repliers=None
+):
     # Rows in node-id order, so that two runs see identical matrices.
-    msgs = sorted(instructions(strategy, server_round, theta, nodes),
-                  key=lambda m: m.metadata.dst_node_id)
+    msgs = sorted(
+        instructions(strategy, server_round, theta, nodes),
+        key=lambda m: m.metadata.dst_node_id,
+    )
     replies = []
     for m in msgs:
         node = m.metadata.dst_node_id
         if repliers is not None and node not in repliers:
             continue
-        step = (np.float32(100.0) if node in BYZANTINE
-                else honest_step(theta, node, server_round))
+        step = (
+            np.float32(100.0)
+            if node in BYZANTINE
+            else honest_step(theta, node, server_round)
+        )
         replies.append(reply(m, shifted(theta, step), {"num-examples": 10}))
     arrays, metrics = strategy.aggregate_train(server_round, replies)
     new = {k: arrays[k].numpy() for k in theta}
@@ -80,7 +86,7 @@ def test_registered_under_its_run_config_name():
 
 
 def test_round_moves_by_credit_weighted_updates_and_reports_credits():
-    strategy = GAA(model_factory=Linear43, qv_set=qv_set(), window=2)
+    strategy = GAA(model_factory=Linear43, qv_set=qv_set(), episode_length=2)
     theta = model_arrays(0)
     new, metrics = run_round(strategy, theta, 1)
     assert metrics["status"] == int(RoundStatus.OK)
@@ -92,11 +98,13 @@ def test_round_moves_by_credit_weighted_updates_and_reports_credits():
     assert sorted(credits) == NODES and abs(sum(credits.values()) - 1) < 1e-6
     assert metrics["policy-updated"] == 0
     assert metrics["reward"] == pytest.approx(
-        metrics["qv-loss-before"] - metrics["qv-loss-after"], abs=1e-6)
+        metrics["qv-loss-before"] - metrics["qv-loss-after"], abs=1e-6
+    )
     # θ_{t+1} = θ_t + Σ α_i Δ_i
     expected = record_flat(_rec(theta)) + sum(
         w * (np.float64(100.0) if n in BYZANTINE else honest_step(theta, n, 1))
-        for n, w in zip(ids, weights, strict=True))
+        for n, w in zip(ids, weights, strict=True)
+    )
     np.testing.assert_allclose(record_flat(_rec(new)), expected, atol=1e-5)
     assert new["count"] == theta["count"]
     _, metrics2 = run_round(strategy, new, 2)
@@ -106,6 +114,7 @@ def test_round_moves_by_credit_weighted_updates_and_reports_credits():
 
 def _rec(arrays):
     from strategy_helpers import to_record
+
     return to_record(arrays)
 
 
@@ -116,7 +125,8 @@ def test_nodes_dropping_out_and_returning():
     present = {101, 102, 103, 106}
     theta, metrics = run_round(strategy, theta, 2, repliers=present)
     assert metrics["num-missing"] == 3 and sorted(metrics["node-ids"]) == sorted(
-        present)
+        present
+    )
     assert abs(sum(metrics["weights"]) - 1.0) < 1e-5
     assert sorted(metrics["credit-node-ids"]) == NODES  # absent nodes kept
     theta, metrics = run_round(strategy, theta, 3)  # everyone is back
@@ -129,8 +139,14 @@ def test_save_load_continue_through_the_strategy():
     theta0 = model_arrays(0)
 
     def make():
-        return GAA(model_factory=Linear43, qv_set=qv_set(), window=2,
-                   trusted_data=qv_set(20), trusted_lr=0.5, trusted_batch_size=8)
+        return GAA(
+            model_factory=Linear43,
+            qv_set=qv_set(),
+            episode_length=2,
+            trusted_data=qv_set(20),
+            trusted_lr=0.5,
+            trusted_batch_size=8,
+        )
 
     full, theta = make(), theta0
     trace = []
@@ -166,8 +182,12 @@ def test_model_factory_that_does_not_match_keeps_the_model():
 
 def test_configuration_errors():
     with pytest.raises(ValueError, match="max_paper_policy_params"):
-        GAA(model_factory=Linear43, qv_set=qv_set(), policy="paper",
-            max_paper_policy_params=10)
+        GAA(
+            model_factory=Linear43,
+            qv_set=qv_set(),
+            policy="paper",
+            max_paper_policy_params=10,
+        )
     with pytest.raises(ValueError, match="policy"):
         GAA(model_factory=Linear43, qv_set=qv_set(), policy="greedy")
     with pytest.raises(ValueError, match="model_factory"):
@@ -179,8 +199,9 @@ def test_configuration_errors():
 
 
 def test_paper_policy_runs_through_the_strategy():
-    strategy = GAA(model_factory=Linear43, qv_set=qv_set(), policy="paper",
-                   window=2)
+    strategy = GAA(
+        model_factory=Linear43, qv_set=qv_set(), policy="paper", episode_length=2
+    )
     theta = model_arrays(0)
     for r in (1, 2):
         theta, metrics = run_round(strategy, theta, r)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,6 +33,15 @@ class AggregationResult:
         One weight per input row with which the aggregate was formed, where
         the rule is a weighted mean of rows (mean, FABA, MultiKrum, GAA
         credits); empty for coordinate-wise rules.
+    suspected : tuple[int, ...] or None
+        Rows the rule itself judges Byzantine (FLTrust: zero trust; Zeno: the b
+        discarded), replacing the strategy's rule-independent suspicion; ``None``
+        (default) when the rule has no verdict of its own.
+    metrics : Mapping[str, Any]
+        Rule-specific diagnostics for the round's MetricRecord (GAA credits, QV
+        losses, FLTrust's server-update norm, ...): numbers or lists of numbers,
+        keyed as MetricRecord keys. They travel with the result, so a strategy
+        keeps no per-round state to report them.
     no_update : str
         Empty when ``aggregate`` is the rule's answer. Otherwise the reason why
         the rule declined to move the model this round (FLTrust: zero total
@@ -43,4 +54,6 @@ class AggregationResult:
     removed: tuple[int, ...] = ()
     scores: tuple[float, ...] = ()
     weights: tuple[float, ...] = field(default=())
+    suspected: tuple[int, ...] | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
     no_update: str = ""

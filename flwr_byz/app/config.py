@@ -118,12 +118,12 @@ SERVER_KEYS: dict[str, Key] = {
     ),
     "geomed-method": Key("medoid", "GeoMed variant", _one_of("medoid", "weiszfeld")),
     "gaa-policy": Key("evidence", "GAA policy", _one_of("evidence", "paper")),
-    "gaa-window": Key(5, "GAA window length T (rounds)", _int_at_least(1)),
+    "gaa-episode-length": Key(5, "GAA episode length T (rounds)", _int_at_least(1)),
     "gaa-gamma": Key(0.9, "GAA discount γ", _float_in(0.0, 1.0)),
     "gaa-policy-lr": Key(
         0.01, "GAA policy learning rate", _float_in(0.0, 1e3, low_open=True)
     ),
-    "gaa-backprop": Key("exact", "GAA window gradient", _one_of("exact", "truncated")),
+    "gaa-backprop": Key("exact", "GAA episode gradient", _one_of("exact", "truncated")),
     "gaa-trusted-worker": Key(
         False, "GAA: add the server's own update from its QV data", _is_bool
     ),

@@ -1,4 +1,5 @@
-"""The GAA agent (papers/002): learned credit over workers from a server-held QV set.
+"""The GAA agent of Justinian's GAAvernor: learned credit over workers from a
+server-held QV set.
 
 Pure torch, no Flower import; ``flwr_byz.strategy.GAA`` wraps it.
 """

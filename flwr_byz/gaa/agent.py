@@ -1,4 +1,4 @@
-"""The GAA agent: credits, the per-round step, window loss and policy updates."""
+"""The GAA agent: credits, the per-round step, episode loss and policy updates."""
 
 from __future__ import annotations
 
@@ -60,8 +60,9 @@ class StepResult:
     refused: tuple[int, ...] = ()
 
 
-def _prev_logits(ids: Sequence[int], logits: dict[int, torch.Tensor],
-                 device: torch.device) -> torch.Tensor:
+def _prev_logits(
+    ids: Sequence[int], logits: dict[int, torch.Tensor], device: torch.device
+) -> torch.Tensor:
     """Previous log-credits of ``ids``; a new id starts at the mean credit.
 
     "Mean credit" is the mean credit of the known nodes present this round,
@@ -77,17 +78,17 @@ def _prev_logits(ids: Sequence[int], logits: dict[int, torch.Tensor],
 
 
 class GAAAgent:
-    """The gradient aggregation agent of papers/002 (no Flower dependency).
+    """The gradient aggregation agent of Justinian's GAAvernor (no Flower dependency).
 
     Each round: credits ``α_t = h_ψ(s_t, α_{t−1})`` on the simplex over the
     present rows, aggregate ``Σ α_t,i Δ_i``, QV loss before and after the step
-    ``θ_t + η·aggregate``, window loss ``ℓ += γ^k (f_B(θ_{t+1}) − f_B(θ_t))``.
-    Every ``window`` rounds ψ takes one optimiser step on ℓ, back-propagated
-    through α and θ over the whole window (``"exact"``: the window's inputs are
-    kept, ``window·n·d`` floats, and replayed with autograd at its end) or
+    ``θ_t + η·aggregate``, episode loss ``ℓ += γ^k (f_B(θ_{t+1}) − f_B(θ_t))``.
+    Every ``episode_length`` rounds ψ takes one optimiser step on ℓ, back-propagated
+    through α and θ over the whole episode (``"exact"``: the episode's inputs are
+    kept, ``T·n·d`` floats, and replayed with autograd at its end) or
     through each round alone (``"truncated"``: previous credit and θ_t
     detached, the gradient accumulated round by round; ``n·d`` floats).
-    Credits carry over windows detached.
+    Credits carry over episodes detached.
 
     Credits are kept per node id as log-credits: nodes absent from a round are
     left out and the present ones renormalised; a node seen for the first time
@@ -101,17 +102,18 @@ class GAAAgent:
         The default :class:`EvidencePolicy`, the paper's :class:`PaperPolicy`,
         or a module with the same ``forward(obs, prev_logits)`` interface.
     gamma : float
-        Discount γ within a window.
-    window : int
-        Window (episode) length T.
+        Discount γ within an episode.
+    episode_length : int
+        Episode length T: ψ learns once every T rounds (paper: 5).
     policy_lr : float
         Learning rate of ψ's optimiser.
     optimizer : {"adam", "sgd"} or callable
         Optimiser of ψ, or a factory ``params -> torch.optim.Optimizer``.
     backprop : {"exact", "truncated"}
-        Gradient through the whole window or through each round only.
-    step_size : float
-        η, the server learning rate the strategy applies to the aggregate.
+        Gradient through the whole episode or through each round only.
+    server_learning_rate : float
+        η, the server learning rate the strategy applies to the aggregate
+        (the strategy's own ``server_learning_rate``).
     trusted : TrustedWorker or None
         Optional server-side honest worker, an extra row with id
         ``TRUSTED_NODE_ID`` (−1) and its own credit.
@@ -130,11 +132,11 @@ class GAAAgent:
         policy: str | nn.Module = "evidence",
         *,
         gamma: float = 0.9,
-        window: int = 5,
-        policy_lr: float = 0.05,
+        episode_length: int = 5,
+        policy_lr: float = 0.01,
         optimizer: str | OptimizerFactory = "adam",
         backprop: str = "exact",
-        step_size: float = 1.0,
+        server_learning_rate: float = 1.0,
         trusted: TrustedWorker | None = None,
         max_paper_policy_params: int = 20_000_000,
         log_credit_gap: float = 1e4,
@@ -150,8 +152,10 @@ class GAAAgent:
             )
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma: got {gamma}; allowed: 0 < gamma <= 1")
-        if window < 1:
-            raise ValueError(f"window: got {window}; allowed: an integer >= 1")
+        if episode_length < 1:
+            raise ValueError(
+                f"episode_length: got {episode_length}; allowed: an integer >= 1"
+            )
         if policy_lr < 0:
             raise ValueError(f"policy_lr: got {policy_lr}; allowed: >= 0")
         self.objective = objective
@@ -163,18 +167,22 @@ class GAAAgent:
         else:
             self.policy = policy
         self.policy.to(self.device)
-        self.gamma, self.window, self.policy_lr = gamma, window, policy_lr
+        self.gamma, self.episode_length, self.policy_lr = (
+            gamma,
+            episode_length,
+            policy_lr,
+        )
         self.optimizer_spec = optimizer
-        self.backprop, self.step_size = backprop, step_size
+        self.backprop, self.server_learning_rate = backprop, server_learning_rate
         self.trusted = trusted
         self.log_credit_gap = log_credit_gap
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer: torch.optim.Optimizer | None = None
         self.logits: dict[int, torch.Tensor] = {}
-        self.window_start: dict[int, torch.Tensor] = {}
+        self.episode_start: dict[int, torch.Tensor] = {}
         self.buffer: list[dict[str, Any]] = []
         self.grad_acc: list[torch.Tensor] | None = None
-        self.position = 0  # k, the round's position in the window
+        self.position = 0  # k, the round's position in the episode
         self.rounds = 0
         self.last_gradient: dict[str, torch.Tensor] | None = None
         if isinstance(self.policy, nn.Module) and any(
@@ -192,7 +200,7 @@ class GAAAgent:
         return {i: float(v) for i, v in zip(ids, c, strict=True)}
 
     def detect(self, k: int) -> list[int]:
-        """GAA+ (papers/002 Procedure 2): the k node ids with the lowest credit.
+        """GAA+ (Justinian's GAAvernor, Procedure 2): the k lowest-credit node ids.
 
         The trusted server worker is never reported; ties break by lowest id.
         """
@@ -223,7 +231,7 @@ class GAAAgent:
                 f"node_ids: must be distinct and not {TRUSTED_NODE_ID}, got {ids}"
             )
         theta = theta.detach().to(self.device, torch.float32)
-        # A copy: the caller may reuse its buffer, and the window keeps the rows.
+        # A copy: the caller may reuse its buffer, and the episode keeps the rows.
         u_all = updates.detach().to(self.device, torch.float32, copy=True)
         if u_all.shape != (len(ids), self.objective.dim):
             raise ValueError(
@@ -247,13 +255,15 @@ class GAAAgent:
 
         obs = self._observe(theta, u, used_ids)
         if self.position == 0:
-            self.window_start = dict(self.logits)
+            self.episode_start = dict(self.logits)
         if self.backprop == "truncated":
             new_logits, alpha, after_loss = self._truncated_round(obs)
         else:
             with torch.no_grad():
                 new_logits, alpha = self._credit_step(obs, self.logits)
-                after_loss = self.objective(theta + self.step_size * alpha @ u)
+                after_loss = self.objective(
+                    theta + self.server_learning_rate * alpha @ u
+                )
             self.buffer.append({"obs": obs})
         for nid, v in zip(used_ids, new_logits.detach(), strict=True):
             self.logits[nid] = v.clone()
@@ -261,7 +271,7 @@ class GAAAgent:
         self.position += 1
         self.rounds += 1
         updated = False
-        if self.position == self.window:
+        if self.position == self.episode_length:
             self._update_policy()
             updated = True
         w_row = dict(zip(used_ids, alpha.detach().tolist(), strict=True))
@@ -285,7 +295,9 @@ class GAAAgent:
         if needs:
             f0, grad = self.objective.value_and_grad(theta)
             with torch.no_grad():
-                solo = self.objective.batch(theta.unsqueeze(0) + self.step_size * u)
+                solo = self.objective.batch(
+                    theta.unsqueeze(0) + self.server_learning_rate * u
+                )
             feats = evidence_features(u, f0, grad, solo)
         else:
             with torch.no_grad():
@@ -311,26 +323,30 @@ class GAAAgent:
         detached = {i: v.detach() for i, v in self.logits.items()}
         with torch.enable_grad():
             new, alpha = self._credit_step(obs, detached)
-            after = self.objective(obs.theta + self.step_size * alpha @ obs.updates)
+            after = self.objective(
+                obs.theta + self.server_learning_rate * alpha @ obs.updates
+            )
             term = self.gamma**self.position * (after - obs.qv_loss)
             grads = torch.autograd.grad(term, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for g, p in
-                 zip(grads, params, strict=True)]
+        grads = [
+            torch.zeros_like(p) if g is None else g
+            for g, p in zip(grads, params, strict=True)
+        ]
         if self.grad_acc is None:
             self.grad_acc = grads
         else:
             self.grad_acc = [a + g for a, g in zip(self.grad_acc, grads, strict=True)]
         return new.detach(), alpha.detach(), after.detach()
 
-    # ------------------------------------------------------------- the window
-    def window_loss(self) -> torch.Tensor:
-        """ℓ of the buffered window, replayed with autograd (``"exact"`` mode).
+    # ------------------------------------------------------------- the episode
+    def episode_loss(self) -> torch.Tensor:
+        """ℓ of the buffered episode, replayed with autograd (``"exact"`` mode).
 
         θ̂_k has the value of the real θ_k (so server momentum, dropouts or a
         changed node set do not falsify it) and the gradient of the recursion
-        θ_{k+1} = θ_k + η Σ α_k,i Δ_k,i from the window start.
+        θ_{k+1} = θ_k + η Σ α_k,i Δ_k,i from the episode start.
         """
-        logits = {i: v.detach() for i, v in self.window_start.items()}
+        logits = {i: v.detach() for i, v in self.episode_start.items()}
         offset: torch.Tensor | None = None
         loss = torch.zeros((), device=self.device)
         for k, rec in enumerate(self.buffer):
@@ -338,10 +354,12 @@ class GAAAgent:
             new, alpha = self._credit_step(obs, logits)
             for nid, v in zip(obs.node_ids, new, strict=True):
                 logits[nid] = v
-            theta_hat = obs.theta if offset is None else (
-                obs.theta + (offset - offset.detach())
+            theta_hat = (
+                obs.theta
+                if offset is None
+                else (obs.theta + (offset - offset.detach()))
             )
-            step = self.step_size * alpha @ obs.updates
+            step = self.server_learning_rate * alpha @ obs.updates
             before = obs.qv_loss if offset is None else self.objective(theta_hat)
             loss = loss + self.gamma**k * (self.objective(theta_hat + step) - before)
             offset = step if offset is None else offset + step
@@ -351,11 +369,16 @@ class GAAAgent:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.backprop == "exact":
             with torch.enable_grad():
-                loss = self.window_loss()
-                grads = torch.autograd.grad(loss, params, allow_unused=True) if (
-                    loss.requires_grad) else [None] * len(params)
-            grads = [torch.zeros_like(p) if g is None else g for g, p in
-                     zip(grads, params, strict=True)]
+                loss = self.episode_loss()
+                grads = (
+                    torch.autograd.grad(loss, params, allow_unused=True)
+                    if (loss.requires_grad)
+                    else [None] * len(params)
+                )
+            grads = [
+                torch.zeros_like(p) if g is None else g
+                for g, p in zip(grads, params, strict=True)
+            ]
         else:
             grads = self.grad_acc or [torch.zeros_like(p) for p in params]
         names = [n for n, p in self.policy.named_parameters() if p.requires_grad]
@@ -366,8 +389,7 @@ class GAAAgent:
             self.optimizer.zero_grad(set_to_none=True)
             for p, g in zip(params, grads, strict=True):
                 # Client input can make a gradient non-finite; never let it into ψ.
-                p.grad = torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0,
-                                          neginf=0.0)
+                p.grad = torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0, neginf=0.0)
             self.optimizer.step()
         self.buffer, self.grad_acc, self.position = [], None, 0
         if self.logits:  # a global shift: changes no credit, keeps logits small
@@ -387,24 +409,31 @@ class GAAAgent:
 
     # ---------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: ψ, optimiser, credits, window, RNG."""
+        """Everything needed to resume exactly: ψ, optimiser, credits, episode, RNG."""
 
         def obs_state(o: Observation) -> dict[str, Any]:
-            return {"node_ids": list(o.node_ids), "updates": o.updates.cpu(),
-                    "theta": o.theta.cpu(), "qv_loss": o.qv_loss.cpu(),
-                    "features": None if o.features is None else o.features.cpu()}
+            return {
+                "node_ids": list(o.node_ids),
+                "updates": o.updates.cpu(),
+                "theta": o.theta.cpu(),
+                "qv_loss": o.qv_loss.cpu(),
+                "features": None if o.features is None else o.features.cpu(),
+            }
 
         return {
             "version": 1,
             "policy": {k: v.cpu() for k, v in self.policy.state_dict().items()},
             "policy_layout": self.policy.layout()
-            if isinstance(self.policy, PaperPolicy) else None,
-            "optimizer": None if self.optimizer is None
+            if isinstance(self.policy, PaperPolicy)
+            else None,
+            "optimizer": None
+            if self.optimizer is None
             else self.optimizer.state_dict(),
             "logits": {i: v.cpu() for i, v in self.logits.items()},
-            "window_start": {i: v.cpu() for i, v in self.window_start.items()},
+            "episode_start": {i: v.cpu() for i, v in self.episode_start.items()},
             "buffer": [obs_state(r["obs"]) for r in self.buffer],
-            "grad_acc": None if self.grad_acc is None
+            "grad_acc": None
+            if self.grad_acc is None
             else [g.cpu() for g in self.grad_acc],
             "position": self.position,
             "rounds": self.rounds,
@@ -416,8 +445,10 @@ class GAAAgent:
         dev = self.device
         if state.get("policy_layout") is not None:
             if not isinstance(self.policy, PaperPolicy):
-                raise ValueError("state: saved from policy='paper', loading into "
-                                 f"{type(self.policy).__name__}")
+                raise ValueError(
+                    "state: saved from policy='paper', loading into "
+                    f"{type(self.policy).__name__}"
+                )
             self.policy.restore_layout(state["policy_layout"])
             self.policy.to(dev)
             self._make_optimizer()
@@ -428,18 +459,26 @@ class GAAAgent:
             assert self.optimizer is not None
             self.optimizer.load_state_dict(state["optimizer"])
         self.logits = {int(i): v.to(dev) for i, v in state["logits"].items()}
-        self.window_start = {
-            int(i): v.to(dev) for i, v in state["window_start"].items()
+        self.episode_start = {
+            int(i): v.to(dev) for i, v in state["episode_start"].items()
         }
         self.buffer = [
-            {"obs": Observation(
-                tuple(r["node_ids"]), r["updates"].to(dev), r["theta"].to(dev),
-                r["qv_loss"].to(dev),
-                None if r["features"] is None else r["features"].to(dev))}
+            {
+                "obs": Observation(
+                    tuple(r["node_ids"]),
+                    r["updates"].to(dev),
+                    r["theta"].to(dev),
+                    r["qv_loss"].to(dev),
+                    None if r["features"] is None else r["features"].to(dev),
+                )
+            }
             for r in state["buffer"]
         ]
-        self.grad_acc = None if state["grad_acc"] is None else [
-            g.to(dev) for g in state["grad_acc"]]
+        self.grad_acc = (
+            None
+            if state["grad_acc"] is None
+            else [g.to(dev) for g in state["grad_acc"]]
+        )
         self.position = int(state["position"])
         self.rounds = int(state["rounds"])
         self.generator.set_state(state["rng"])

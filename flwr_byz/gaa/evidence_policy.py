@@ -35,8 +35,9 @@ NORM_SLACK = 10.0
 NORM_QUANTILE = 0.2
 
 
-def weighted_quantile(values: torch.Tensor, weights: torch.Tensor,
-                      q: float) -> torch.Tensor:
+def weighted_quantile(
+    values: torch.Tensor, weights: torch.Tensor, q: float
+) -> torch.Tensor:
     """Smallest value whose cumulative weight (ascending values) reaches ``q``."""
     order = torch.argsort(values, stable=True)
     cum = torch.cumsum(weights[order], 0)
@@ -112,7 +113,7 @@ class EvidencePolicy(nn.Module):
     in which an honest consensus disagrees with a small QV set hands the
     credit to the attackers, so it is not the default.
 
-    Learning ψ refines the weights of every input from the window loss.
+    Learning ψ refines the weights of every input from the episode loss.
 
     Parameters
     ----------
@@ -128,7 +129,7 @@ class EvidencePolicy(nn.Module):
     fine_weight : float
         Initial weight (a learnt parameter) of the plain centred score
         ``s_i − mean(s)`` added to the evidence: how much differences inside
-        the slack count. It also keeps the window loss differentiable in ψ
+        the slack count. It also keeps the episode loss differentiable in ψ
         when every worker is within the slack.
     seed : int
         Seed of the residual MLP's (hidden layer) initialisation.
@@ -172,8 +173,7 @@ class EvidencePolicy(nn.Module):
             self.head.weight[0, INPUT_NAMES.index("cos-qv-descent")] = descent_weight
             self.head.weight[0, INPUT_NAMES.index("excess-norm")] = -norm_weight
             self.head.weight[0, INPUT_NAMES.index("qv-gain-capped")] = scaled_weight
-            self.head.weight[0, INPUT_NAMES.index("cos-credit-mean")] = (
-                consensus_weight)
+            self.head.weight[0, INPUT_NAMES.index("cos-credit-mean")] = consensus_weight
         self.residual: nn.Module | None = None
         if hidden > 0:
             self.residual = nn.Sequential(

@@ -1,4 +1,4 @@
-"""GAA's policy as papers/002 §5.1.4 implements it: one linear layer + softmax."""
+"""GAA's policy as Justinian's GAAvernor (§5.1.4) builds it: linear + softmax."""
 
 from __future__ import annotations
 

@@ -29,8 +29,10 @@ def qv_tensors(qv_set: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if hasattr(qv_set, "features") and hasattr(qv_set, "labels"):
         x, y = qv_set.features, qv_set.labels
-    elif isinstance(qv_set, (tuple, list)) and len(qv_set) == 2 and all(
-        isinstance(t, torch.Tensor) for t in qv_set
+    elif (
+        isinstance(qv_set, (tuple, list))
+        and len(qv_set) == 2
+        and all(isinstance(t, torch.Tensor) for t in qv_set)
     ):
         x, y = qv_set
     elif isinstance(qv_set, torch.utils.data.DataLoader):
@@ -99,9 +101,7 @@ class QVObjective:
         self.numels = [state[k].numel() for k in self.keys]
         self.dim = int(sum(self.numels))
         # Non-float buffers (BatchNorm counters) keep the factory's value.
-        self.fixed = {
-            k: v for k, v in state.items() if not torch.is_floating_point(v)
-        }
+        self.fixed = {k: v for k, v in state.items() if not torch.is_floating_point(v)}
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a ``(d,)`` vector into the model's float ``state_dict`` tensors."""
@@ -111,8 +111,9 @@ class QVObjective:
                 f"from model_factory, got {tuple(flat.shape)}"
             )
         parts = torch.split(flat, self.numels)
-        out = {k: p.view(s) for k, p, s in zip(self.keys, parts, self.shapes,
-                                               strict=True)}
+        out = {
+            k: p.view(s) for k, p, s in zip(self.keys, parts, self.shapes, strict=True)
+        }
         out.update(self.fixed)
         return out
 

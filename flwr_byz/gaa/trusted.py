@@ -1,4 +1,4 @@
-"""A worker the server runs itself on data it holds (papers/002 §7, Assumption 2)."""
+"""A worker the server runs on its own data (Justinian's GAAvernor §7, Assumption 2)."""
 
 from __future__ import annotations
 

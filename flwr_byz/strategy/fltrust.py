@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -86,25 +87,36 @@ class FLTrust(RobustStrategy):
         if not callable(model_factory):
             raise ValueError(
                 f"model_factory: got {type(model_factory).__name__}; allowed: a "
-                "callable returning a torch.nn.Module")
+                "callable returning a torch.nn.Module"
+            )
         if trusted_batch_size is not None and (
-                isinstance(trusted_batch_size, bool)
-                or not isinstance(trusted_batch_size, int) or trusted_batch_size < 1):
-            raise ValueError(f"trusted_batch_size={trusted_batch_size!r}: allowed "
-                             "values are None or integers >= 1")
+            isinstance(trusted_batch_size, bool)
+            or not isinstance(trusted_batch_size, int)
+            or trusted_batch_size < 1
+        ):
+            raise ValueError(
+                f"trusted_batch_size={trusted_batch_size!r}: allowed "
+                "values are None or integers >= 1"
+            )
         self.seed = check_seed(seed)
-        self.worker = TrustedWorker(model_factory, qv_set, trusted_lr, trusted_steps,
-                                    trusted_batch_size, loss, self.torch_device)
-        self._server_norm: tuple[int, float] | None = None
-        self._suspected: tuple[int, list[int]] | None = None
+        self.worker = TrustedWorker(
+            model_factory,
+            qv_set,
+            trusted_lr,
+            trusted_steps,
+            trusted_batch_size,
+            loss,
+            self.torch_device,
+        )
 
     # ------------------------------------------------------------------ hooks
     def min_nodes(self, f: int) -> int:
         """FLTrust needs one valid reply, whatever ``f``."""
         return 1
 
-    def server_update(self, server_round: int, global_flat: torch.Tensor
-                      ) -> torch.Tensor:
+    def server_update(
+        self, server_round: int, global_flat: torch.Tensor
+    ) -> torch.Tensor:
         """``Δ_0``: the server's own update from ``θ_t`` on its root dataset."""
         check_model_keys(self.layout, self.worker.objective)
         theta = global_flat.to(self.worker.objective.device, torch.float32)
@@ -125,23 +137,19 @@ class FLTrust(RobustStrategy):
         delta0 = self.server_update(server_round, global_flat).to(updates.device)
         result = fltrust(updates, delta0)
         norm = float(torch.linalg.vector_norm(delta0.double()))
-        self._server_norm = (server_round, norm if norm < float("inf") else -1.0)
-        self._suspected = (server_round, [node_ids[r] for r in result.removed])
-        return result
-
-    def extra_round_metrics(
-        self, server_round: int
-    ) -> dict[str, int | float | list[int] | list[float]]:
-        """``suspected-node-ids`` (zero trust) and ``server-update-norm``."""
-        out: dict[str, int | float | list[int] | list[float]] = {}
-        if self._suspected is not None and self._suspected[0] == server_round:
-            out["suspected-node-ids"] = [int(i) for i in self._suspected[1]]
-        if self._server_norm is not None and self._server_norm[0] == server_round:
-            out["server-update-norm"] = self._server_norm[1]
-        return out
+        # Suspected: the zero-trust rows; reported: the server update's norm.
+        return dataclasses.replace(
+            result,
+            suspected=result.removed,
+            metrics={"server-update-norm": norm if norm < float("inf") else -1.0},
+        )
 
     def _settings(self) -> list[tuple[str, object]]:
         w = self.worker
-        return [("Root samples", int(w.x.shape[0])),
-                ("Server SGD lr / steps / batch", f"{w.lr} / {w.steps} / "
-                                                  f"{w.batch_size or 'all'}")]
+        return [
+            ("Root samples", int(w.x.shape[0])),
+            (
+                "Server SGD lr / steps / batch",
+                f"{w.lr} / {w.steps} / {w.batch_size or 'all'}",
+            ),
+        ]

@@ -1,4 +1,4 @@
-"""GAA: the gradient aggregation agent of Justinian's GAAvernor (papers/002)."""
+"""GAA: the gradient aggregation agent of Justinian's GAAvernor (Pan et al.)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ class GAA(RobustStrategy):
     Each round the agent (:class:`flwr_byz.gaa.GAAAgent`) puts a credit
     ``α_t,i`` on the simplex over the valid replies, the model moves by
     ``η Σ α_t,i Δ_i``, and the reward is the decrease of the loss on the
-    quasi-validation (QV) set B. Every ``window`` rounds the policy takes one
-    gradient step on the discounted window loss. No Byzantine budget ``f`` is
+    quasi-validation (QV) set B. Every ``episode_length`` rounds the policy takes one
+    gradient step on the discounted episode loss. No Byzantine budget ``f`` is
     needed: GAA tolerates any share of attackers as long as the QV set is
-    informative (papers/002 Assumptions 2 and 4).
+    informative (Justinian's GAAvernor, Assumptions 2 and 4).
 
     Every round's MetricRecord carries, besides the common diagnostics
     (``weights`` = this round's credits of the valid replies):
@@ -50,23 +50,23 @@ class GAA(RobustStrategy):
     loss : Callable[[logits, targets], Tensor] or None
         Mean loss on B; cross-entropy when ``None``.
     gamma : float
-        Discount γ within a window (paper: 0.9).
-    window : int
-        Window length T in rounds (paper: 5).
+        Discount γ within an episode (paper: 0.9).
+    episode_length : int
+        Episode length T in rounds: ψ learns once per episode (paper: 5).
     policy : {"evidence", "paper"}
         ``"evidence"`` (default): permutation-equivariant additive log-credit
         recurrence with a parameter count independent of n and d.
-        ``"paper"``: papers/002 §5.1.4, one linear layer + softmax over the
+        ``"paper"``: Justinian's GAAvernor, §5.1.4, one linear layer + softmax over the
         concatenated state (n·d + d + 1 + n inputs).
     policy_lr : float
         Learning rate of the policy optimiser.
     optimizer : {"adam", "sgd"} or callable
         Policy optimiser, or a factory ``params -> torch.optim.Optimizer``.
     backprop : {"exact", "truncated"}
-        Back-propagation through the whole window (memory window·n·d) or
+        Back-propagation through the whole episode (memory T·n·d) or
         through each round only (memory n·d).
     trusted_data : same types as ``qv_set``, or None
-        Data of an optional trusted server-side worker (papers/002 §7): the
+        Data of an optional trusted server-side worker (Justinian's GAAvernor, §7): the
         server adds its own honest update as an extra row with its own credit.
     trusted_lr, trusted_steps, trusted_batch_size : float, int, int or None
         Local SGD of the trusted worker; match the clients' training.
@@ -99,7 +99,7 @@ class GAA(RobustStrategy):
         qv_set: Any,
         loss: LossFn | None = None,
         gamma: float = 0.9,
-        window: int = 5,
+        episode_length: int = 5,
         policy: str = "evidence",
         policy_lr: float = 0.01,
         optimizer: str | Callable[[list[nn.Parameter]], torch.optim.Optimizer] = "adam",
@@ -121,9 +121,15 @@ class GAA(RobustStrategy):
         objective = QVObjective(model_factory, qv_set, loss, self.torch_device)
         trusted = None
         if trusted_data is not None:
-            trusted = TrustedWorker(model_factory, trusted_data, trusted_lr,
-                                    trusted_steps, trusted_batch_size, loss,
-                                    self.torch_device)
+            trusted = TrustedWorker(
+                model_factory,
+                trusted_data,
+                trusted_lr,
+                trusted_steps,
+                trusted_batch_size,
+                loss,
+                self.torch_device,
+            )
         if policy == "paper":
             n_min = max(1, self.min_train_nodes) + (trusted is not None)
             count = PaperPolicy.param_count(n_min, objective.dim)
@@ -138,17 +144,16 @@ class GAA(RobustStrategy):
             objective,
             policy,
             gamma=gamma,
-            window=window,
+            episode_length=episode_length,
             policy_lr=policy_lr,
             optimizer=optimizer,
             backprop=backprop,
-            step_size=self.server_learning_rate,
+            server_learning_rate=self.server_learning_rate,
             trusted=trusted,
             max_paper_policy_params=max_paper_policy_params,
             seed=seed,
         )
         self.policy_name = policy if isinstance(policy, str) else type(policy).__name__
-        self._last: tuple[int, StepResult] | None = None
 
     # ------------------------------------------------------------------ hooks
     def min_nodes(self, f: int) -> int:
@@ -168,8 +173,9 @@ class GAA(RobustStrategy):
         layout = self.layout
         objective = self.agent.objective
         if layout is not None:
-            float_keys = [k for k, o in zip(layout.keys, layout.offsets, strict=True)
-                          if o >= 0]
+            float_keys = [
+                k for k, o in zip(layout.keys, layout.offsets, strict=True) if o >= 0
+            ]
             if float_keys != objective.keys:
                 raise ValueError(
                     "model_factory: its state_dict float keys "
@@ -177,22 +183,19 @@ class GAA(RobustStrategy):
                     f"{float_keys[:3]}... (same keys in the same order needed)"
                 )
         res = self.agent.step(global_flat, updates, node_ids)
-        self._last = (server_round, res)
         refused = set(res.refused)
         return AggregationResult(
             aggregate=res.aggregate.to(updates.device, updates.dtype),
             selected=tuple(r for r, i in enumerate(node_ids) if i not in refused),
             removed=tuple(r for r, i in enumerate(node_ids) if i in refused),
             weights=res.weights,
+            metrics=self._round_metrics(res),
         )
 
-    def extra_round_metrics(
-        self, server_round: int
+    def _round_metrics(
+        self, res: StepResult
     ) -> dict[str, int | float | list[int] | list[float]]:
         """Credits of every known node, QV losses, reward, policy update flag."""
-        if self._last is None or self._last[0] != server_round:
-            return {}
-        res = self._last[1]
         credits = self.agent.credits()
         ids = [i for i in credits if i != TRUSTED_NODE_ID]
         out: dict[str, int | float | list[int] | list[float]] = {
@@ -209,7 +212,7 @@ class GAA(RobustStrategy):
 
     # ---------------------------------------------------------------- GAA+
     def detect(self, k: int) -> list[int]:
-        """GAA+ (papers/002 §4.5.1): the k node ids with the lowest credit."""
+        """GAA+ (Justinian's GAAvernor, §4.5.1): the k lowest-credit node ids."""
         return self.agent.detect(k)
 
     def credits(self) -> dict[int, float]:
@@ -228,7 +231,7 @@ class GAA(RobustStrategy):
         a = self.agent
         return [
             ("Policy", self.policy_name),
-            ("Window T / gamma", f"{a.window} / {a.gamma}"),
+            ("Episode length T / gamma", f"{a.episode_length} / {a.gamma}"),
             ("Backprop", a.backprop),
             ("QV samples", int(a.objective.x.shape[0])),
             ("Trusted worker", a.trusted is not None),

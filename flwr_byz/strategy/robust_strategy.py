@@ -277,12 +277,6 @@ class RobustStrategy(FedAvg):
                 "aggregate; override aggregate_updates")
         return rule.aggregate(updates, f, weights)
 
-    def extra_round_metrics(
-        self, server_round: int
-    ) -> dict[str, int | float | list[int] | list[float]]:
-        """Rule-specific values added to the round's MetricRecord (default none)."""
-        return {}
-
     # --------------------------------------------------------------- helpers
     def resolve_f(self, num_valid: int) -> int:
         """Byzantine budget ``f`` for a round with ``num_valid`` valid replies."""

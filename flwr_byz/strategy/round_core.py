@@ -65,14 +65,16 @@ class RoundRule(Protocol):
         """Smallest number of valid replies the rule accepts for ``f``."""
         ...
 
-    def aggregate_updates(self, server_round: int, updates: torch.Tensor,
-                          node_ids: list[int], weights: torch.Tensor | None, f: int,
-                          global_flat: torch.Tensor) -> AggregationResult:
+    def aggregate_updates(
+        self,
+        server_round: int,
+        updates: torch.Tensor,
+        node_ids: list[int],
+        weights: torch.Tensor | None,
+        f: int,
+        global_flat: torch.Tensor,
+    ) -> AggregationResult:
         """The rule on the ``(n, d)`` updates."""
-        ...
-
-    def extra_round_metrics(self, server_round: int) -> Mapping[str, Any]:
-        """Rule-specific values for the round's MetricRecord."""
         ...
 
 
@@ -128,13 +130,21 @@ def _suspect(report: RoundReport, updates: torch.Tensor) -> None:
     try:
         report.suspected = _row_ids(suspected_rows(updates), report.node_ids)
     except Exception:  # pylint: disable=broad-except
-        log(logging.WARNING, "Round %d: suspected-node-ids not computed",
-            report.server_round, exc_info=True)
+        log(
+            logging.WARNING,
+            "Round %d: suspected-node-ids not computed",
+            report.server_round,
+            exc_info=True,
+        )
 
 
-def run_robust_round(rule: RoundRule, server_round: int, sent: SentModel,
-                     candidates: Sequence[Candidate],
-                     state: RoundState) -> RoundOutcome:
+def run_robust_round(
+    rule: RoundRule,
+    server_round: int,
+    sent: SentModel,
+    candidates: Sequence[Candidate],
+    state: RoundState,
+) -> RoundOutcome:
     """Validate replies, aggregate their updates with ``rule`` and step.
 
     Never raises because of reply content: every problem becomes a rejected
@@ -144,8 +154,8 @@ def run_robust_round(rule: RoundRule, server_round: int, sent: SentModel,
     ----------
     rule : RoundRule
         Supplies the budget (``resolve_f``), the bound (``min_nodes``), the
-        aggregate (``aggregate_updates``), ``extra_round_metrics`` and the server
-        step settings.
+        aggregate (``aggregate_updates``, whose result also carries the rule's
+        own metrics and verdict) and the server step settings.
     server_round : int
         The round.
     sent : SentModel
@@ -164,9 +174,12 @@ def run_robust_round(rule: RoundRule, server_round: int, sent: SentModel,
     layout = sent.layout
     report = RoundReport(server_round=server_round, num_sent=len(sent.node_ids))
     valid: ValidReplies = validate_replies(
-        sent, candidates, report,
+        sent,
+        candidates,
+        report,
         weighted_by=rule.weighted_by_key if rule.weighted_aggregation else None,
-        buffer=state.buffer)
+        buffer=state.buffer,
+    )
     state.buffer = valid.matrix
     matrix = valid.matrix
     node_ids = valid.node_ids
@@ -179,8 +192,10 @@ def run_robust_round(rule: RoundRule, server_round: int, sent: SentModel,
     if n < report.min_nodes:
         _suspect(report, torch.from_numpy(matrix[:n]))
         report.status = RoundStatus.BOUND_FAILED
-        report.message = (f"{n} valid replies < {report.min_nodes} needed by "
-                          f"{type(rule).__name__} with f={f}; model unchanged")
+        report.message = (
+            f"{n} valid replies < {report.min_nodes} needed by "
+            f"{type(rule).__name__} with f={f}; model unchanged"
+        )
         log(logging.WARNING, "Round %d: %s", server_round, report.message)
         report.seconds = time.perf_counter() - t0
         return outcome
@@ -188,26 +203,38 @@ def run_robust_round(rule: RoundRule, server_round: int, sent: SentModel,
     device = rule.torch_device
     updates = torch.from_numpy(matrix[:n]).to(device)
     theta = torch.from_numpy(sent.theta).to(device)
-    weights = (torch.tensor(weight_list, dtype=torch.float32, device=device)
-               if weight_list is not None else None)
+    weights = (
+        torch.tensor(weight_list, dtype=torch.float32, device=device)
+        if weight_list is not None
+        else None
+    )
     _suspect(report, updates)
     try:
-        result = rule.aggregate_updates(server_round, updates, node_ids, weights,
-                                            f, theta)
+        result = rule.aggregate_updates(
+            server_round, updates, node_ids, weights, f, theta
+        )
         aggregate = result.aggregate.detach().to("cpu", torch.float32).numpy()
         report.selected = _row_ids(result.selected, node_ids)
         report.removed = _row_ids(result.removed, node_ids)
         report.scores = [float(s) for s in result.scores]
         report.weights = [float(w) for w in result.weights]
-        report.extra = dict(rule.extra_round_metrics(server_round))
+        report.extra = dict(result.metrics)
+        if result.suspected is not None:  # the rule's own verdict
+            report.suspected = _row_ids(result.suspected, node_ids)
         if aggregate.shape != (layout.d,):
-            raise ValueError(f"aggregate has shape {aggregate.shape}, "
-                             f"expected ({layout.d},)")
+            raise ValueError(
+                f"aggregate has shape {aggregate.shape}, expected ({layout.d},)"
+            )
     except Exception as err:  # a rule failure keeps the model, never the server
         report.status = RoundStatus.AGGREGATION_FAILED
         report.message = f"{type(err).__name__}: {err}; model unchanged"
-        log(logging.ERROR, "Round %d: aggregation failed: %s", server_round,
-            report.message, exc_info=True)
+        log(
+            logging.ERROR,
+            "Round %d: aggregation failed: %s",
+            server_round,
+            report.message,
+            exc_info=True,
+        )
         report.seconds = time.perf_counter() - t0
         return outcome
 
@@ -220,9 +247,14 @@ def run_robust_round(rule: RoundRule, server_round: int, sent: SentModel,
         report.seconds = time.perf_counter() - t0
         return outcome
 
-    step = server_step(theta=sent.arrays, layout=layout, aggregate=aggregate,
-                       lr=rule.server_learning_rate, momentum=rule.server_momentum,
-                       buffer=state.momentum)
+    step = server_step(
+        theta=sent.arrays,
+        layout=layout,
+        aggregate=aggregate,
+        lr=rule.server_learning_rate,
+        momentum=rule.server_momentum,
+        buffer=state.momentum,
+    )
     finite = step.theta is not None
     if not finite:
         report.status = RoundStatus.NON_FINITE_RESULT

@@ -75,7 +75,7 @@ class RoundReport:
     missing : list[int]
         Node ids that were sent instructions but did not reply.
     extra : dict
-        Rule-specific values (``extra_round_metrics``), e.g. GAA credits.
+        Rule-specific values (``AggregationResult.metrics``), e.g. GAA credits.
     seconds : float
         Wall time of the server-side aggregation.
     """

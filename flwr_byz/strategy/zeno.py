@@ -102,42 +102,55 @@ class Zeno(RobustStrategy):
             raise ValueError(
                 "Zeno needs b, the number of updates to discard: give "
                 "num_malicious_nodes (an integer >= 0) or malicious_fraction "
-                "(a number in [0, 1)), got neither")
+                "(a number in [0, 1)), got neither"
+            )
         if num_malicious_nodes is not None and malicious_fraction is not None:
             raise ValueError(
                 "give at most one of num_malicious_nodes and malicious_fraction, "
                 f"got num_malicious_nodes={num_malicious_nodes!r} and "
-                f"malicious_fraction={malicious_fraction!r}")
+                f"malicious_fraction={malicious_fraction!r}"
+            )
         if malicious_fraction is not None and (
-                isinstance(malicious_fraction, bool)
-                or not isinstance(malicious_fraction, int | float)
-                or not 0.0 <= malicious_fraction < 1.0):
-            raise ValueError(f"malicious_fraction={malicious_fraction!r}: allowed "
-                             "values are numbers in [0, 1)")
+            isinstance(malicious_fraction, bool)
+            or not isinstance(malicious_fraction, int | float)
+            or not 0.0 <= malicious_fraction < 1.0
+        ):
+            raise ValueError(
+                f"malicious_fraction={malicious_fraction!r}: allowed "
+                "values are numbers in [0, 1)"
+            )
         super().__init__(num_malicious_nodes=num_malicious_nodes, **kwargs)
         if malicious_fraction is not None:
             self.malicious_fraction = float(malicious_fraction)
         for name, value, low_open in (("rho", rho, False), ("gamma", gamma, True)):
-            if (isinstance(value, bool) or not isinstance(value, int | float)
-                    or not math.isfinite(value) or value < 0
-                    or (low_open and value == 0)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+                or (low_open and value == 0)
+            ):
                 allowed = "> 0" if low_open else ">= 0"
-                raise ValueError(f"{name}={value!r}: allowed values are finite "
-                                 f"numbers {allowed}")
+                raise ValueError(
+                    f"{name}={value!r}: allowed values are finite numbers {allowed}"
+                )
         if batch_size is not None and (
-                isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                or batch_size < 1):
-            raise ValueError(f"batch_size={batch_size!r}: allowed values are None "
-                             "or integers >= 1")
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or batch_size < 1
+        ):
+            raise ValueError(
+                f"batch_size={batch_size!r}: allowed values are None or integers >= 1"
+            )
         if not callable(model_factory):
             raise ValueError(
                 f"model_factory: got {type(model_factory).__name__}; allowed: a "
-                "callable returning a torch.nn.Module")
+                "callable returning a torch.nn.Module"
+            )
         self.rho, self.gamma = float(rho), float(gamma)
         self.batch_size = batch_size
         self.seed = check_seed(seed)
         self.objective = QVObjective(model_factory, qv_set, loss, self.torch_device)
-        self._last: tuple[int, list[int], float, int] | None = None
 
     # ------------------------------------------------------------------ hooks
     def min_nodes(self, f: int) -> int:
@@ -188,26 +201,27 @@ class Zeno(RobustStrategy):
         result = zeno(updates, global_flat, loss_fn, f, self.rho, self.gamma)
         with torch.no_grad():
             before = float(loss_fn(global_flat[None])[0])
-        self._last = (server_round, [node_ids[r] for r in result.removed],
-                      before if math.isfinite(before) else -1.0,
-                      int(self.batch_indices(server_round).numel()))
         # MetricRecords and results.json hold finite numbers only.
-        scores = tuple(s if math.isfinite(s) else -sys.float_info.max
-                       for s in result.scores)
-        return AggregationResult(result.aggregate, result.selected, result.removed,
-                                 scores, result.weights)
-
-    def extra_round_metrics(
-        self, server_round: int
-    ) -> dict[str, int | float | list[int] | list[float]]:
-        """``suspected-node-ids``, ``zeno-loss-before``, ``zeno-batch-size``."""
-        if self._last is None or self._last[0] != server_round:
-            return {}
-        _, suspected, before, size = self._last
-        return {"suspected-node-ids": [int(i) for i in suspected],
-                "zeno-loss-before": before, "zeno-batch-size": size}
+        scores = tuple(
+            s if math.isfinite(s) else -sys.float_info.max for s in result.scores
+        )
+        # Suspected: the b discarded rows.
+        return AggregationResult(
+            result.aggregate,
+            result.selected,
+            result.removed,
+            scores,
+            result.weights,
+            suspected=result.removed,
+            metrics={
+                "zeno-loss-before": before if math.isfinite(before) else -1.0,
+                "zeno-batch-size": int(self.batch_indices(server_round).numel()),
+            },
+        )
 
     def _settings(self) -> list[tuple[str, object]]:
-        return [("rho / gamma (update units)", f"{self.rho} / {self.gamma}"),
-                ("Batch size n_r", self.batch_size or "all"),
-                ("Server samples", int(self.objective.x.shape[0]))]
+        return [
+            ("rho / gamma (update units)", f"{self.rho} / {self.gamma}"),
+            ("Batch size n_r", self.batch_size or "all"),
+            ("Server samples", int(self.objective.x.shape[0])),
+        ]
