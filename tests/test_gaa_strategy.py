@@ -207,3 +207,8 @@ def test_paper_policy_runs_through_the_strategy():
         theta, metrics = run_round(strategy, theta, r)
         assert metrics["status"] == int(RoundStatus.OK)
         assert abs(sum(metrics["weights"]) - 1.0) < 1e-5
+
+
+def test_server_momentum_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="server_momentum"):
+        GAA(model_factory=Linear43, qv_set=qv_set(), server_momentum=0.9)

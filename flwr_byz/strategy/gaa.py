@@ -113,6 +113,13 @@ class GAA(RobustStrategy):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if self.server_momentum != 0.0:
+            # The agent learns through θ_{t+1} = θ_t + η Σ α_i Δ_i, the step it
+            # scores on the QV set; a momentum buffer would apply another one.
+            raise ValueError(
+                f"server_momentum={self.server_momentum!r}: GAA learns through the "
+                "plain step θ + η·Σ α_i Δ_i; allowed value: 0.0"
+            )
         if not callable(model_factory):
             raise ValueError(
                 f"model_factory: got {type(model_factory).__name__}; allowed: a "
