@@ -43,14 +43,25 @@ from flwr_byz.strategy.gaa import GAA
 
 CASES = {"yelp": ("yelp-style", 10), "healthcare": ("healthcare-style", 50)}
 LR = 0.5
-ATTACKS = ("random-fault", "random-fault-pretense", "sign-flip", "alie", "ipm",
-           "scaling")
+ATTACKS = (
+    "random-fault",
+    "random-fault-pretense",
+    "sign-flip",
+    "alie",
+    "ipm",
+    "scaling",
+)
 PRETENSE_ROUNDS = 5
 
 
-def _tamper(attack: str, rnd: int, deltas: dict[int, dict[str, torch.Tensor]],
-            byz: set[int], n: int, gen: torch.Generator,
-            ) -> dict[int, dict[str, torch.Tensor]]:
+def _tamper(
+    attack: str,
+    rnd: int,
+    deltas: dict[int, dict[str, torch.Tensor]],
+    byz: set[int],
+    n: int,
+    gen: torch.Generator,
+) -> dict[int, dict[str, torch.Tensor]]:
     """The updates the Byzantine partitions send instead of their honest ones."""
     if attack == "random-fault-pretense" and rnd <= PRETENSE_ROUNDS:
         return {}
@@ -59,15 +70,16 @@ def _tamper(attack: str, rnd: int, deltas: dict[int, dict[str, torch.Tensor]],
     for pid in sorted(byz):
         d = deltas[pid]
         if attack.startswith("random-fault"):
-            out[pid] = {k: random_fault(v, gen, learning_rate=LR)
-                        for k, v in d.items()}
+            out[pid] = {k: random_fault(v, gen, learning_rate=LR) for k, v in d.items()}
         elif attack == "sign-flip":
             out[pid] = {k: sign_flip(v) for k, v in d.items()}
         elif attack == "scaling":
             out[pid] = {k: scaling(v) for k, v in d.items()}
         else:
-            stack = {k: torch.stack([deltas[h][k].reshape(-1) for h in honest_ids])
-                     for k in d}
+            stack = {
+                k: torch.stack([deltas[h][k].reshape(-1) for h in honest_ids])
+                for k in d
+            }
             if attack == "alie":
                 z = alie_z(n, len(byz))
                 out[pid] = {k: alie(x, z).reshape(d[k].shape) for k, x in stack.items()}
@@ -106,22 +118,33 @@ class _Nodes(Grid):
 
 
 def _reply(instruction: Message, state: dict[str, torch.Tensor], m: int) -> Message:
-    content = RecordDict({"arrays": ArrayRecord(state),
-                          "metrics": MetricRecord({"num-examples": m})})
+    content = RecordDict(
+        {"arrays": ArrayRecord(state), "metrics": MetricRecord({"num-examples": m})}
+    )
     return Message(content, reply_to=instruction)
 
 
-def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
-             max_paper_params: int, verbose: bool = False,
-             attack: str = "random-fault") -> dict:
+def run_case(
+    case: str,
+    beta: float,
+    policy: str,
+    rounds: int,
+    seed: int,
+    max_paper_params: int,
+    verbose: bool = False,
+    attack: str = "random-fault",
+) -> dict:
     """One configuration; returns timings, detection and accuracy."""
     dataset, n = CASES[case]
     cfg = {"dataset": dataset, "seed": seed, "qv-size": 10}
     server = load_server_data(cfg, n)
     # The app's choice of Byzantine partitions (regions differ a lot in how
     # their updates agree with the QV set); node id = 1000 + partition.
-    byz = set(byzantine_partitions({"seed": seed, "byzantine-fraction": beta,
-                                    "attack": "random-fault"}, n))
+    byz = set(
+        byzantine_partitions(
+            {"seed": seed, "byzantine-fraction": beta, "attack": "random-fault"}, n
+        )
+    )
     num_byz = len(byz)
     data_of = {p: load_partition(cfg, p, n).train for p in range(n)}
 
@@ -130,10 +153,16 @@ def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
 
     torch.manual_seed(seed)
     net = factory()
-    strategy = GAA(model_factory=factory,
-                   qv_set=(server.qv.features, server.qv.labels), policy=policy,
-                   max_paper_policy_params=max_paper_params, seed=seed,
-                   fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
+    strategy = GAA(
+        model_factory=factory,
+        qv_set=(server.qv.features, server.qv.labels),
+        policy=policy,
+        max_paper_policy_params=max_paper_params,
+        seed=seed,
+        fraction_evaluate=0.0,
+        min_train_nodes=n,
+        min_available_nodes=n,
+    )
     fedavg = FedAvg(fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
     grid = _Nodes(1000 + p for p in range(n))
     gen = torch.Generator().manual_seed(seed)
@@ -155,8 +184,9 @@ def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
             with torch.no_grad():
                 for p in local.parameters():
                     p -= LR * p.grad
-            deltas[pid] = {k: v.detach() - base[k] for k, v in
-                           local.state_dict().items()}
+            deltas[pid] = {
+                k: v.detach() - base[k] for k, v in local.state_dict().items()
+            }
         tampered = _tamper(attack, rnd, deltas, byz, n, gen)
         replies = []
         for msg in msgs:
@@ -172,30 +202,45 @@ def run_case(case: str, beta: float, policy: str, rounds: int, seed: int,
         arrays, metrics = strategy.aggregate_train(rnd, replies)
         gaa_ms.append(1000 * (time.perf_counter() - t0))
         net.load_state_dict(arrays.to_torch_state_dict())
-        credits = dict(zip(metrics["credit-node-ids"], metrics["credits"],
-                           strict=True))
+        credits = dict(zip(metrics["credit-node-ids"], metrics["credits"], strict=True))
         if verbose:
             logits = strategy.agent.logits
-            print(rnd, " ".join(f"{'B' if i - 1000 in byz else 'h'}{i - 1000}:"
-                                f"{float(logits[i]):.1f}" for i in sorted(logits)))
+            print(
+                rnd,
+                " ".join(
+                    f"{'B' if i - 1000 in byz else 'h'}{i - 1000}:"
+                    f"{float(logits[i]):.1f}"
+                    for i in sorted(logits)
+                ),
+            )
         trace.append(sum(c for i, c in credits.items() if i - 1000 not in byz))
         if rnd > rounds // 3:
             for label, k in ks.items():
                 found = {i - 1000 for i in strategy.detect(k)} & byz
                 detection[label].append((len(found) / k, len(found) / num_byz))
     with torch.no_grad():
-        acc = float((net(server.test.features).argmax(1)
-                     == server.test.labels).float().mean())
+        acc = float(
+            (net(server.test.features).argmax(1) == server.test.labels).float().mean()
+        )
     return {
-        "case": case, "n": n, "beta": beta, "policy": policy, "rounds": rounds,
-        "attack": attack, "seed": seed,
+        "case": case,
+        "n": n,
+        "beta": beta,
+        "policy": policy,
+        "rounds": rounds,
+        "attack": attack,
+        "seed": seed,
         "gaa_ms_median": statistics.median(gaa_ms),
         "fedavg_ms_median": statistics.median(fedavg_ms),
         "gaa_ms_after_first": statistics.median(gaa_ms[1:] or gaa_ms),
-        "detection": {f"K={label}={ks[label]}": {
-            "precision": statistics.mean(p for p, _ in v),
-            "recall": statistics.mean(r for _, r in v)}
-            for label, v in detection.items() if v},
+        "detection": {
+            f"K={label}={ks[label]}": {
+                "precision": statistics.mean(p for p, _ in v),
+                "recall": statistics.mean(r for _, r in v),
+            }
+            for label, v in detection.items()
+            if v
+        },
         "honest_credit_trace": [round(x, 6) for x in trace],
         "final_accuracy": acc,
     }
@@ -213,15 +258,17 @@ def fedavg_accuracy(case: str, rounds: int, seed: int) -> float:
         grads = []
         for data in parts:
             net.zero_grad()
-            torch.nn.functional.cross_entropy(net(data.features),
-                                              data.labels).backward()
+            torch.nn.functional.cross_entropy(
+                net(data.features), data.labels
+            ).backward()
             grads.append([p.grad.clone() for p in net.parameters()])
         with torch.no_grad():
             for i, p in enumerate(net.parameters()):
                 p -= LR * torch.stack([g[i] for g in grads]).mean(0)
     with torch.no_grad():
-        return float((net(server.test.features).argmax(1)
-                      == server.test.labels).float().mean())
+        return float(
+            (net(server.test.features).argmax(1) == server.test.labels).float().mean()
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,11 +278,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default="yelp,healthcare")
     parser.add_argument("--betas", default="0.3,0.7")
     parser.add_argument("--policies", default="evidence,paper")
-    parser.add_argument("--attacks", default="random-fault",
-                        help=f"comma-separated, from {','.join(ATTACKS)}")
+    parser.add_argument(
+        "--attacks",
+        default="random-fault",
+        help=f"comma-separated, from {','.join(ATTACKS)}",
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
-    parser.add_argument("--max-paper-params", type=int, default=100_000_000,
-                        help="max_paper_policy_params for policy='paper'")
+    parser.add_argument(
+        "--max-paper-params",
+        type=int,
+        default=100_000_000,
+        help="max_paper_policy_params for policy='paper'",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     attacks = args.attacks.split(",")
@@ -251,40 +305,66 @@ def main(argv: list[str] | None = None) -> None:
     for case in args.cases.split(","):
         for seed in seeds:
             reference[case, seed] = fedavg_accuracy(case, args.rounds, seed)
-            print(json.dumps({"case": case, "seed": seed,
-                              "fedavg_no_attack_accuracy": reference[case, seed]}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "case": case,
+                        "seed": seed,
+                        "fedavg_no_attack_accuracy": reference[case, seed],
+                    }
+                ),
+                flush=True,
+            )
         for attack in attacks:
             for beta in (float(b) for b in args.betas.split(",")):
                 for policy in args.policies.split(","):
                     for seed in seeds:
                         try:
-                            row = run_case(case, beta, policy, args.rounds, seed,
-                                           args.max_paper_params, attack=attack)
+                            row = run_case(
+                                case,
+                                beta,
+                                policy,
+                                args.rounds,
+                                seed,
+                                args.max_paper_params,
+                                attack=attack,
+                            )
                         except ValueError as err:  # the paper policy refusing
-                            row = {"case": case, "beta": beta, "policy": policy,
-                                   "attack": attack, "seed": seed,
-                                   "error": str(err)}
+                            row = {
+                                "case": case,
+                                "beta": beta,
+                                "policy": policy,
+                                "attack": attack,
+                                "seed": seed,
+                                "error": str(err),
+                            }
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-    print("\n| case | attack | β | policy | seed | GAA ms/round | FedAvg ms | ratio | "
-          "P/R K=1 | P/R K=βn/3 | P/R K=βn | honest credit (end) | accuracy | "
-          "FedAvg no attack |")
+    print(
+        "\n| case | attack | β | policy | seed | GAA ms/round | FedAvg ms | ratio | "
+        "P/R K=1 | P/R K=βn/3 | P/R K=βn | honest credit (end) | accuracy | "
+        "FedAvg no attack |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['case']} | {r['attack']} | {r['beta']} | {r['policy']} | "
-                  f"{r['seed']} | refused: {r['error'][:60]}… |")
+            print(
+                f"| {r['case']} | {r['attack']} | {r['beta']} | {r['policy']} | "
+                f"{r['seed']} | refused: {r['error'][:60]}… |"
+            )
             continue
-        det = [f"{v['precision']:.3f}/{v['recall']:.3f}"
-               for v in r["detection"].values()]
+        det = [
+            f"{v['precision']:.3f}/{v['recall']:.3f}" for v in r["detection"].values()
+        ]
         det += ["–"] * (3 - len(det))
-        print(f"| {r['case']} | {r['attack']} | {r['beta']} | {r['policy']} | "
-              f"{r['seed']} | {r['gaa_ms_median']:.1f} | "
-              f"{r['fedavg_ms_median']:.1f} | "
-              f"{r['gaa_ms_median'] / r['fedavg_ms_median']:.1f}× | "
-              f"{' | '.join(det)} | {r['honest_credit_trace'][-1]:.4f} | "
-              f"{r['final_accuracy']:.3f} | {reference[r['case'], r['seed']]:.3f} |")
+        print(
+            f"| {r['case']} | {r['attack']} | {r['beta']} | {r['policy']} | "
+            f"{r['seed']} | {r['gaa_ms_median']:.1f} | "
+            f"{r['fedavg_ms_median']:.1f} | "
+            f"{r['gaa_ms_median'] / r['fedavg_ms_median']:.1f}× | "
+            f"{' | '.join(det)} | {r['honest_credit_trace'][-1]:.4f} | "
+            f"{r['final_accuracy']:.3f} | {reference[r['case'], r['seed']]:.3f} |"
+        )
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(rows, handle, indent=1)

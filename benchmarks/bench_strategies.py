@@ -95,8 +95,10 @@ def build_fixture(d: int, n: int, f: int, seed: int = 0) -> Fixture:
     """``n`` replies: ``n - f`` honest (θ + small noise), ``f`` Byzantine (θ + 10)."""
     rng = np.random.default_rng(seed)
     shapes = _split(d)
-    theta_np = {f"layer{i}": rng.standard_normal(s, dtype=np.float32)
-                for i, s in enumerate(shapes)}
+    theta_np = {
+        f"layer{i}": rng.standard_normal(s, dtype=np.float32)
+        for i, s in enumerate(shapes)
+    }
     theta = ArrayRecord({k: Array(v) for k, v in theta_np.items()})
     replies = []
     for i in range(n):
@@ -117,8 +119,12 @@ def fresh_replies(fx: Fixture) -> list[Message]:
     out = []
     for node, arrays in zip(fx.node_ids, fx.reply_arrays, strict=True):
         instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
-        content = RecordDict({"arrays": ArrayRecord(dict(arrays)),
-                              "metrics": MetricRecord({"num-examples": 100})})
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(dict(arrays)),
+                "metrics": MetricRecord({"num-examples": 100}),
+            }
+        )
         out.append(Message(content, reply_to=instruction))
     return out
 
@@ -132,8 +138,9 @@ def floor_seconds(fx: Fixture, x: np.ndarray) -> tuple[float, float]:
             for array in arrays.values():
                 header = parse_npy_header(array.data)
                 size = math.prod(header.shape)
-                row[start:start + size] = np.frombuffer(
-                    array.data, dtype=header.dtype, count=size, offset=header.offset)
+                row[start : start + size] = np.frombuffer(
+                    array.data, dtype=header.dtype, count=size, offset=header.offset
+                )
                 start += size
         xt = torch.from_numpy(x)
         gram = xt @ xt.T
@@ -152,12 +159,16 @@ class _Floor:
         self.best, self.peak_mb = math.inf, 0.0
 
     def sample(self) -> None:
-        x = (self.matrix if self.matrix is not None
-             else np.empty((self.fx.n, self.fx.d), dtype=np.float32))
+        x = (
+            self.matrix
+            if self.matrix is not None
+            else np.empty((self.fx.n, self.fx.d), dtype=np.float32)
+        )
         seconds, extra = floor_seconds(self.fx, x)
         self.best = min(self.best, seconds)
-        self.peak_mb = max(self.peak_mb,
-                           extra + (x.nbytes / 2**20 if self.warm else 0.0))
+        self.peak_mb = max(
+            self.peak_mb, extra + (x.nbytes / 2**20 if self.warm else 0.0)
+        )
         del x
 
 
@@ -183,8 +194,9 @@ def time_once(fx: Fixture, strategy, ours: bool, warm: bool) -> tuple[float, flo
     return seconds, mem.extra_mb
 
 
-def run(dims: list[int], n: int, f: int, bulyan_f: int, beta: float, repeats: int
-        ) -> list[dict]:
+def run(
+    dims: list[int], n: int, f: int, bulyan_f: int, beta: float, repeats: int
+) -> list[dict]:
     """Benchmark every pair at every size; returns one row per (size, rule).
 
     Runs are interleaved (floor, ours, Flower's, floor, ...) so that all three
@@ -196,17 +208,30 @@ def run(dims: list[int], n: int, f: int, bulyan_f: int, beta: float, repeats: in
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     m = n - f
     pairs: list[tuple[str, Callable, Callable | None]] = [
-        ("Krum", lambda: Krum(num_malicious_nodes=f),
-         lambda: flwr_strategies.Krum(num_malicious_nodes=f)),
-        ("MultiKrum", lambda: MultiKrum(num_malicious_nodes=f, num_nodes_to_select=m),
-         lambda: flwr_strategies.MultiKrum(num_malicious_nodes=f,
-                                           num_nodes_to_select=m)),
+        (
+            "Krum",
+            lambda: Krum(num_malicious_nodes=f),
+            lambda: flwr_strategies.Krum(num_malicious_nodes=f),
+        ),
+        (
+            "MultiKrum",
+            lambda: MultiKrum(num_malicious_nodes=f, num_nodes_to_select=m),
+            lambda: flwr_strategies.MultiKrum(
+                num_malicious_nodes=f, num_nodes_to_select=m
+            ),
+        ),
         (f"FABA(f={f})", lambda: FABA(num_malicious_nodes=f), None),
-        ("Bulyan", lambda: Bulyan(num_malicious_nodes=bulyan_f),
-         lambda: flwr_strategies.Bulyan(num_malicious_nodes=bulyan_f)),
+        (
+            "Bulyan",
+            lambda: Bulyan(num_malicious_nodes=bulyan_f),
+            lambda: flwr_strategies.Bulyan(num_malicious_nodes=bulyan_f),
+        ),
         ("Median", Median, flwr_strategies.FedMedian),
-        ("TrimmedMean", lambda: TrimmedMean(beta=beta),
-         lambda: flwr_strategies.FedTrimmedAvg(beta=beta)),
+        (
+            "TrimmedMean",
+            lambda: TrimmedMean(beta=beta),
+            lambda: flwr_strategies.FedTrimmedAvg(beta=beta),
+        ),
     ]
     fast = {"Krum", "MultiKrum", f"FABA(f={f})"}
     rows = []
@@ -215,8 +240,11 @@ def run(dims: list[int], n: int, f: int, bulyan_f: int, beta: float, repeats: in
         fx = build_fixture(d, n, f)
         floor = _Floor(fx, warm)
         floor.sample()
-        print(f"\n## d = {d:,}, n = {n}, f = {f} (Bulyan f = {bulyan_f}), "
-              f"{'warm (reused) matrices' if warm else 'fresh matrices'}", flush=True)
+        print(
+            f"\n## d = {d:,}, n = {n}, f = {f} (Bulyan f = {bulyan_f}), "
+            f"{'warm (reused) matrices' if warm else 'fresh matrices'}",
+            flush=True,
+        )
         # One untimed round first: library initialisation is not a round's cost.
         time_once(fx, pairs[0][1](), True, warm)
         results = {}
@@ -237,20 +265,35 @@ def run(dims: list[int], n: int, f: int, bulyan_f: int, beta: float, repeats: in
             del ours, theirs
             gc.collect()
             results[name] = (reps, t_ours, t_flwr, mb_ours, mb_flwr)
-            print(f"  {name:12s} best of {reps}: ours {t_ours:7.3f} s "
-                  f"(+{mb_ours:6.0f} MB) | Flower {t_flwr:7.3f} s "
-                  f"(+{mb_flwr:6.0f} MB)", flush=True)
-        print(f"  floor (copy + Gram): {floor.best:.3f} s (+{floor.peak_mb:.0f} MB)",
-              flush=True)
+            print(
+                f"  {name:12s} best of {reps}: ours {t_ours:7.3f} s "
+                f"(+{mb_ours:6.0f} MB) | Flower {t_flwr:7.3f} s "
+                f"(+{mb_flwr:6.0f} MB)",
+                flush=True,
+            )
+        print(
+            f"  floor (copy + Gram): {floor.best:.3f} s (+{floor.peak_mb:.0f} MB)",
+            flush=True,
+        )
         ours_krum = results["Krum"][1]
         for name, (reps, t_ours, t_flwr, mb_ours, mb_flwr) in results.items():
-            rows.append({"d": d, "n": n, "rule": name, "runs": reps,
-                         "ours_s": t_ours, "flower_s": t_flwr,
-                         "speedup": t_flwr / t_ours,
-                         "ours_over_krum": t_ours / ours_krum,
-                         "ours_over_floor": t_ours / floor.best,
-                         "floor_s": floor.best, "floor_peak_mb": floor.peak_mb,
-                         "ours_peak_mb": mb_ours, "flower_peak_mb": mb_flwr})
+            rows.append(
+                {
+                    "d": d,
+                    "n": n,
+                    "rule": name,
+                    "runs": reps,
+                    "ours_s": t_ours,
+                    "flower_s": t_flwr,
+                    "speedup": t_flwr / t_ours,
+                    "ours_over_krum": t_ours / ours_krum,
+                    "ours_over_floor": t_ours / floor.best,
+                    "floor_s": floor.best,
+                    "floor_peak_mb": floor.peak_mb,
+                    "ours_peak_mb": mb_ours,
+                    "flower_peak_mb": mb_flwr,
+                }
+            )
         del fx, floor
         gc.collect()
     return rows
@@ -258,38 +301,57 @@ def run(dims: list[int], n: int, f: int, bulyan_f: int, beta: float, repeats: in
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a README table."""
-    lines = ["| d | rule | runs | ours (s) | Flower (s) | Flower / ours | "
-             "ours / floor | ours / our Krum | peak MB ours | peak MB Flower |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| d | rule | runs | ours (s) | Flower (s) | Flower / ours | "
+        "ours / floor | ours / our Krum | peak MB ours | peak MB Flower |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['d']:,} | {r['rule']} | {r['runs']} | {r['ours_s']:.3f} | "
             f"{r['flower_s']:.3f} | "
             f"{r['speedup']:.2f}× | {r['ours_over_floor']:.2f} | "
             f"{r['ours_over_krum']:.2f} | {r['ours_peak_mb']:.0f} | "
-            f"{r['flower_peak_mb']:.0f} |")
+            f"{r['flower_peak_mb']:.0f} |"
+        )
     floors = {r["d"]: (r["floor_s"], r["floor_peak_mb"]) for r in rows}
     lines.append("")
-    lines += [f"Floor at d = {d:,}: {s:.3f} s, +{mb:.0f} MB (one copy of the "
-              "replies' bytes into (n, d) float32 + one Gram product)."
-              for d, (s, mb) in floors.items()]
+    lines += [
+        f"Floor at d = {d:,}: {s:.3f} s, +{mb:.0f} MB (one copy of the "
+        "replies' bytes into (n, d) float32 + one Gram product)."
+        for d, (s, mb) in floors.items()
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dims", default="1000000",
-                        help="comma-separated model sizes (default: 1000000)")
+    parser.add_argument(
+        "--dims",
+        default="1000000",
+        help="comma-separated model sizes (default: 1000000)",
+    )
     parser.add_argument("--n", type=int, default=50, help="replies (default: 50)")
-    parser.add_argument("--f", type=int, default=15,
-                        help="Byzantine replies and Krum/FABA budget (default: 15)")
-    parser.add_argument("--bulyan-f", type=int, default=None,
-                        help="Bulyan budget (default: largest with n >= 4f + 3)")
+    parser.add_argument(
+        "--f",
+        type=int,
+        default=15,
+        help="Byzantine replies and Krum/FABA budget (default: 15)",
+    )
+    parser.add_argument(
+        "--bulyan-f",
+        type=int,
+        default=None,
+        help="Bulyan budget (default: largest with n >= 4f + 3)",
+    )
     parser.add_argument("--beta", type=float, default=0.2, help="trimmed-mean beta")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per rule at d <= 2M (above: 2 for the fast "
-                        "rules, 1 for the others)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs per rule at d <= 2M (above: 2 for the fast rules, 1 for the others)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--json", default=None, help="also write rows to this file")
     args = parser.parse_args(argv)
@@ -297,8 +359,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     dims = [int(x) for x in args.dims.split(",") if x]
     bulyan_f = args.bulyan_f if args.bulyan_f is not None else (args.n - 3) // 4
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"numpy {np.__version__}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"numpy {np.__version__}"
+    )
     rows = run(dims, args.n, args.f, bulyan_f, args.beta, args.repeats)
     print("\n" + markdown(rows))
     if args.json:
@@ -308,4 +372,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

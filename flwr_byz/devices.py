@@ -25,7 +25,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cpu")
     if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available; "
-                             f"allowed values: {DEVICES}")
+            raise ValueError(
+                f"device={device!r} but CUDA is not available; "
+                f"allowed values: {DEVICES}"
+            )
         return torch.device(device)
     raise ValueError(f"device={device!r} is not one of {DEVICES} (or 'cuda:N')")

@@ -87,8 +87,9 @@ class ModelLayout:
                 out.append((i, key, start, start + math.prod(self.shapes[i])))
         return out
 
-    def flatten(self, arrays: Mapping[str, np.ndarray],
-                dtype: np.dtype | type = np.float32) -> np.ndarray:
+    def flatten(
+        self, arrays: Mapping[str, np.ndarray], dtype: np.dtype | type = np.float32
+    ) -> np.ndarray:
         """Concatenate the float arrays of ``arrays`` into a new vector of
         ``dtype`` (float32 by default; the attacks work in float64)."""
         flat = np.empty(self.d, dtype=dtype)
@@ -98,5 +99,7 @@ class ModelLayout:
 
     def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Views of ``flat`` with each float array's shape, keyed like the model."""
-        return {key: flat[start:stop].reshape(self.shapes[i])
-                for i, key, start, stop in self.segments()}
+        return {
+            key: flat[start:stop].reshape(self.shapes[i])
+            for i, key, start, stop in self.segments()
+        }

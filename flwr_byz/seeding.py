@@ -24,8 +24,9 @@ def _entropy(seed: int, keys: tuple[int, ...]) -> list[int]:
 
 def numpy_stream(seed: int, *keys: int) -> np.random.Generator:
     """A PCG64 numpy generator for the stream ``(seed, *keys)``."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        _entropy(seed, keys))))
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence(_entropy(seed, keys)))
+    )
 
 
 def torch_stream(seed: int, *keys: int) -> torch.Generator:

@@ -252,8 +252,13 @@ def ref_fltrust(x: torch.Tensor, server: torch.Tensor) -> Ref:
             trust.append(0.0)
             continue
         dot = sum((a * b for a, b in zip(row, s, strict=True)), Fraction(0))
-        cos = 0.0 if dot == 0 else math.copysign(
-            math.exp(_log(abs(dot)) - 0.5 * _log(n2) - 0.5 * _log(n2_s)), dot)
+        cos = (
+            0.0
+            if dot == 0
+            else math.copysign(
+                math.exp(_log(abs(dot)) - 0.5 * _log(n2) - 0.5 * _log(n2_s)), dot
+            )
+        )
         trust.append(max(0.0, min(1.0, cos)))
     total = sum(trust)
     n, d = len(rows), len(s)
@@ -267,12 +272,17 @@ def ref_fltrust(x: torch.Tensor, server: torch.Tensor) -> Ref:
         c = trust[i] / total * math.exp(0.5 * _log(n2_s) - 0.5 * _log(n2))
         for j in range(d):
             agg[j] += c * float(row[j])
-    return Ref(agg, tuple(i for i in range(n) if trust[i] > 0),
-               tuple(i for i in range(n) if trust[i] == 0), trust)
+    return Ref(
+        agg,
+        tuple(i for i in range(n) if trust[i] > 0),
+        tuple(i for i in range(n) if trust[i] == 0),
+        trust,
+    )
 
 
-def ref_zeno(x: torch.Tensor, theta: torch.Tensor, loss, b: int, rho: float,
-             gamma: float = 1.0) -> Ref:
+def ref_zeno(
+    x: torch.Tensor, theta: torch.Tensor, loss, b: int, rho: float, gamma: float = 1.0
+) -> Ref:
     """Zeno: score every row on its own, keep the n − b best (ties: lowest index).
 
     ``loss`` maps one ``(d,)`` float64 vector to a float.
@@ -288,5 +298,9 @@ def ref_zeno(x: torch.Tensor, theta: torch.Tensor, loss, b: int, rho: float,
         scores.append(s if math.isfinite(s) else -math.inf)
     order = sorted(range(len(rows)), key=lambda i: (-scores[i], i))
     kept = sorted(order[: len(rows) - b])
-    return Ref(floats(average(rows, kept)), tuple(kept),
-               tuple(sorted(order[len(rows) - b:])), scores)
+    return Ref(
+        floats(average(rows, kept)),
+        tuple(kept),
+        tuple(sorted(order[len(rows) - b :])),
+        scores,
+    )

@@ -28,9 +28,11 @@ SHAPES = {"w": (4, 3), "b": (3,), "count": ()}
 def model_arrays(seed: int = 0) -> dict[str, np.ndarray]:
     """A small model: two float arrays and an integer counter."""
     rng = np.random.default_rng(seed)
-    return {"w": rng.normal(size=(4, 3)).astype(np.float32),
-            "b": rng.normal(size=(3,)).astype(np.float32),
-            "count": np.array(7, dtype=np.int64)}
+    return {
+        "w": rng.normal(size=(4, 3)).astype(np.float32),
+        "b": rng.normal(size=(3,)).astype(np.float32),
+        "count": np.array(7, dtype=np.int64),
+    }
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -38,8 +40,9 @@ def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
 
 
-def flat(arrays: Mapping[str, np.ndarray], keys: Iterable[str] = ("w", "b")
-         ) -> np.ndarray:
+def flat(
+    arrays: Mapping[str, np.ndarray], keys: Iterable[str] = ("w", "b")
+) -> np.ndarray:
     """Float arrays concatenated in key order (float64 for exact comparisons)."""
     return np.concatenate([np.asarray(arrays[k], np.float64).ravel() for k in keys])
 
@@ -54,7 +57,10 @@ def server_identity(run_id: int = 1, node_id: int = 0, task_id: int = 0):
     """Set the task identity a ServerApp process has (Message() reads it)."""
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (
-        run_id, node_id, task_id)
+        run_id,
+        node_id,
+        task_id,
+    )
     try:
         yield
     finally:
@@ -90,21 +96,33 @@ class StaticGrid(Grid):
         raise NotImplementedError
 
 
-def instructions(strategy: RobustStrategy, server_round: int,
-                 arrays: Mapping[str, np.ndarray], node_ids: Iterable[int]
-                 ) -> list[Message]:
+def instructions(
+    strategy: RobustStrategy,
+    server_round: int,
+    arrays: Mapping[str, np.ndarray],
+    node_ids: Iterable[int],
+) -> list[Message]:
     """Run the strategy's own configure_train on a grid of ``node_ids``."""
-    return list(strategy.configure_train(server_round, to_record(arrays),
-                                         ConfigRecord(), StaticGrid(node_ids)))
+    return list(
+        strategy.configure_train(
+            server_round, to_record(arrays), ConfigRecord(), StaticGrid(node_ids)
+        )
+    )
 
 
-def reply(instruction: Message, arrays: ArrayRecord | Mapping[str, np.ndarray] | None,
-          metrics: Mapping | None = None, *, extra: Mapping | None = None) -> Message:
+def reply(
+    instruction: Message,
+    arrays: ArrayRecord | Mapping[str, np.ndarray] | None,
+    metrics: Mapping | None = None,
+    *,
+    extra: Mapping | None = None,
+) -> Message:
     """A real reply Message to ``instruction`` with the given records."""
     content = RecordDict()
     if arrays is not None:
-        content["arrays"] = (arrays if isinstance(arrays, ArrayRecord)
-                             else to_record(arrays))
+        content["arrays"] = (
+            arrays if isinstance(arrays, ArrayRecord) else to_record(arrays)
+        )
     if metrics is not None:
         content["metrics"] = MetricRecord(dict(metrics))
     for key, value in (extra or {}).items():
@@ -117,8 +135,9 @@ def error_reply(instruction: Message) -> Message:
     return Message(Error(code=0, reason="boom"), reply_to=instruction)
 
 
-def shifted(arrays: Mapping[str, np.ndarray], delta: float | np.ndarray
-            ) -> dict[str, np.ndarray]:
+def shifted(
+    arrays: Mapping[str, np.ndarray], delta: float | np.ndarray
+) -> dict[str, np.ndarray]:
     """Model with every float array shifted by ``delta`` (scalar or flat vector)."""
     out, offset = {}, 0
     for key, value in arrays.items():
@@ -127,8 +146,10 @@ def shifted(arrays: Mapping[str, np.ndarray], delta: float | np.ndarray
                 out[key] = (value + delta).astype(value.dtype)
             else:
                 size = value.size
-                out[key] = (value + np.asarray(delta[offset:offset + size]).reshape(
-                    value.shape)).astype(value.dtype)
+                out[key] = (
+                    value
+                    + np.asarray(delta[offset : offset + size]).reshape(value.shape)
+                ).astype(value.dtype)
                 offset += size
         else:
             out[key] = value.copy()
@@ -160,11 +181,16 @@ class LocalMean(RobustStrategy):
     def min_nodes(self, f: int) -> int:
         return 2 * f + 1
 
-    def aggregate_updates(self, server_round, updates, node_ids, weights, f,
-                          global_flat) -> AggregationResult:
-        self.seen = (updates.clone(), list(node_ids),
-                     None if weights is None else weights.clone(), f,
-                     global_flat.clone())
+    def aggregate_updates(
+        self, server_round, updates, node_ids, weights, f, global_flat
+    ) -> AggregationResult:
+        self.seen = (
+            updates.clone(),
+            list(node_ids),
+            None if weights is None else weights.clone(),
+            f,
+            global_flat.clone(),
+        )
         if weights is None:
             agg = updates.mean(dim=0)
         else:

@@ -184,8 +184,17 @@ def extreme_matrices(draw, dtype: torch.dtype):
     info = torch.finfo(dtype)
     n = draw(st.integers(3, 9))
     d = draw(st.integers(1, 6))
-    pool = [info.max, -info.max, info.max / 3, -info.max / 7, info.tiny / 4,
-            -info.tiny, 0.0, 1.0, -2.5]
+    pool = [
+        info.max,
+        -info.max,
+        info.max / 3,
+        -info.max / 7,
+        info.tiny / 4,
+        -info.tiny,
+        0.0,
+        1.0,
+        -2.5,
+    ]
     values = draw(st.lists(st.sampled_from(pool), min_size=n * d, max_size=n * d))
     return torch.tensor(values, dtype=torch.float64).reshape(n, d).to(dtype)
 
@@ -387,8 +396,18 @@ def _strategies():
     }
 
 
-ROBUST = {"faba", "krum", "multikrum", "bulyan", "geomed", "weiszfeld", "median",
-          "trimmed-mean", "brute-force", "gaa"}
+ROBUST = {
+    "faba",
+    "krum",
+    "multikrum",
+    "bulyan",
+    "geomed",
+    "weiszfeld",
+    "median",
+    "trimmed-mean",
+    "brute-force",
+    "gaa",
+}
 NODES = list(range(201, 211))
 
 
@@ -405,10 +424,16 @@ def test_strategy_survives_any_finite_magnitude(name):
     theta = model_arrays(3)
     top = math.log10(torch.finfo(torch.float32).max)
 
-    @settings(max_examples=15, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(exps=st.lists(st.floats(4.0, top), min_size=0, max_size=2),
-           positions=st.permutations(range(10)), seed=st.integers(0, 1000))
+    @settings(
+        max_examples=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        exps=st.lists(st.floats(4.0, top), min_size=0, max_size=2),
+        positions=st.permutations(range(10)),
+        seed=st.integers(0, 1000),
+    )
     def run(exps, positions, seed):
         strategy = _strategies()[name]
         rng = np.random.default_rng(seed)
@@ -422,19 +447,24 @@ def test_strategy_survives_any_finite_magnitude(name):
             for node in NODES:
                 if node in byz_nodes:
                     v = rng.uniform(-1, 1, d)
-                    deltas[node] = np.clip(10.0 ** exps[bi] * v / np.abs(v).max(),
-                                           -3.4e38, 3.4e38)
+                    deltas[node] = np.clip(
+                        10.0 ** exps[bi] * v / np.abs(v).max(), -3.4e38, 3.4e38
+                    )
                     bi += 1
                 else:
                     deltas[node] = 0.01 + 1e-4 * rng.standard_normal(d)
-            replies = [reply(m, shifted(current, deltas[m.metadata.dst_node_id]),
-                             {"a": 1}) for m in msgs]
+            replies = [
+                reply(m, shifted(current, deltas[m.metadata.dst_node_id]), {"a": 1})
+                for m in msgs
+            ]
             arrays, _ = strategy.aggregate_train(rnd, replies)
             new = record_flat(arrays)
             assert np.isfinite(new).all()
             report = strategy.history[-1]
             assert report.status in (RoundStatus.OK, RoundStatus.NON_FINITE_RESULT), (
-                report.status, report.message)
+                report.status,
+                report.message,
+            )
             if name in ROBUST:
                 # Finite updates are the rules' to decide. (Once the undefended
                 # mean has moved the model by 1e37, θ + Δ itself may overflow in
@@ -493,8 +523,10 @@ def test_server_learning_rate_scales_the_step(momentum):
     current, expected, velocity = theta, flat(theta), 0.0
     for rnd in (1, 2, 3):
         msgs = instructions(strategy, rnd, current, [1, 2])
-        replies = [reply(msgs[0], shifted(current, 1.0), {"a": 1}),
-                   reply(msgs[1], shifted(current, 3.0), {"a": 1})]
+        replies = [
+            reply(msgs[0], shifted(current, 1.0), {"a": 1}),
+            reply(msgs[1], shifted(current, 3.0), {"a": 1}),
+        ]
         arrays, _ = strategy.aggregate_train(rnd, replies)
         velocity = momentum * velocity + 2.0
         expected = expected + 0.25 * velocity
@@ -507,8 +539,9 @@ def test_fraction_budget_is_floor_not_round_in_a_round():
     theta = model_arrays(6)
     strategy = FABA(malicious_fraction=0.3)
     msgs = instructions(strategy, 1, theta, NODES[:9])
-    replies = [reply(m, shifted(theta, 0.01 * (i + 1)), {"a": 1})
-               for i, m in enumerate(msgs)]
+    replies = [
+        reply(m, shifted(theta, 0.01 * (i + 1)), {"a": 1}) for i, m in enumerate(msgs)
+    ]
     _, metrics = strategy.aggregate_train(1, replies)
     assert metrics["f"] == 2
     assert len(strategy.history[-1].removed) == 2

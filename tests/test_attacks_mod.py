@@ -330,9 +330,13 @@ def test_strategy_metrics_map_node_ids_to_partitions() -> None:
         replies = []
         for m in msgs:
             pid = m.metadata.dst_node_id - 6
-            ctx = Context(run_id=1, node_id=m.metadata.dst_node_id,
-                          node_config={"partition-id": pid, "num-partitions": 9},
-                          state=RecordDict(), run_config={})
+            ctx = Context(
+                run_id=1,
+                node_id=m.metadata.dst_node_id,
+                node_config={"partition-id": pid, "num-partitions": 9},
+                state=RecordDict(),
+                run_config={},
+            )
             train_msg = Message(m.content, metadata=m.metadata)
             reply = wrapped(train_msg, ctx)
             reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
@@ -480,8 +484,9 @@ def test_configured_mod_in_an_app_without_attack_keys() -> None:
     _check_sign_flip_after_pretense()
     # Every reply names its partition (node id -> partition id on the server).
     for server_round in (1, 2):
-        assert all(ident == {"partition-id": pid}
-                   for pid, ident in SIM_IDENTITY[server_round])
+        assert all(
+            ident == {"partition-id": pid} for pid, ident in SIM_IDENTITY[server_round]
+        )
 
 
 @pytest.mark.slow

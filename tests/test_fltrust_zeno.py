@@ -37,22 +37,28 @@ def make_rows(n: int, d: int, kind: str, seed: int, dtype: torch.dtype):
         return (torch.randint(-2, 3, (n, d), generator=gen) * 0.5).to(dtype)
     x = torch.randn(d, generator=gen) + torch.randn(n, d, generator=gen)
     if kind == "duplicates" and n > 2:
-        x[n // 2:] = 3 * torch.randn(d, generator=gen)  # one repeated far row
+        x[n // 2 :] = 3 * torch.randn(d, generator=gen)  # one repeated far row
     return x.to(dtype)
 
 
 def cases(count: int = 36):
     for seed in range(count):
         gen = np.random.default_rng(seed)
-        yield (int(gen.integers(1, 10)), int(gen.integers(1, 7)), KINDS[seed % 3],
-               seed, (torch.float32, torch.float64)[seed % 2])
+        yield (
+            int(gen.integers(1, 10)),
+            int(gen.integers(1, 7)),
+            KINDS[seed % 3],
+            seed,
+            (torch.float32, torch.float64)[seed % 2],
+        )
 
 
 def close(fast: torch.Tensor, expected: list[float], scale: float) -> None:
     tol = 1e-5 if fast.dtype == torch.float32 else 1e-10
     want = torch.tensor(expected, dtype=torch.float64)
-    torch.testing.assert_close(fast.double(), want, rtol=tol,
-                               atol=tol * (scale + 1e-30))
+    torch.testing.assert_close(
+        fast.double(), want, rtol=tol, atol=tol * (scale + 1e-30)
+    )
 
 
 # ------------------------------------------------------------------ FLTrust
@@ -124,9 +130,10 @@ def test_fltrust_zero_and_nonfinite_rows_get_zero_trust():
     assert torch.isfinite(res.aggregate).all()
 
 
-@pytest.mark.parametrize(("dtype", "huge"), [(torch.float32, 1e38),
-                                             (torch.float32, 3.4e38),
-                                             (torch.float64, 1e300)])
+@pytest.mark.parametrize(
+    ("dtype", "huge"),
+    [(torch.float32, 1e38), (torch.float32, 3.4e38), (torch.float64, 1e300)],
+)
 def test_fltrust_huge_but_finite_row_never_takes_over(dtype, huge):
     gen = torch.Generator().manual_seed(1)
     server = torch.randn(64, generator=gen).to(dtype)
@@ -152,7 +159,8 @@ def test_fltrust_is_permutation_equivariant():
     a, b = fltrust(x, server), fltrust(x[perm], server)
     torch.testing.assert_close(a.aggregate, b.aggregate, rtol=1e-6, atol=1e-6)
     assert [b.scores[k] for k in range(9)] == pytest.approx(
-        [a.scores[int(perm[k])] for k in range(9)])
+        [a.scores[int(perm[k])] for k in range(9)]
+    )
     assert sorted(int(perm[k]) for k in b.selected) == list(a.selected)
 
 
@@ -219,7 +227,7 @@ def test_zeno_ties_keep_the_lowest_index():
 
 def test_zeno_nonfinite_scores_rank_worst():
     def loss(points: torch.Tensor) -> torch.Tensor:
-        out = (points ** 2).sum(dim=-1)
+        out = (points**2).sum(dim=-1)
         return torch.where(points[:, 0] > 50, torch.full_like(out, math.nan), out)
 
     theta = torch.ones(3)
@@ -229,9 +237,10 @@ def test_zeno_nonfinite_scores_rank_worst():
     assert res.selected == (1, 3) and res.removed == (0, 2)
 
 
-@pytest.mark.parametrize(("dtype", "huge"), [(torch.float32, 1e38),
-                                             (torch.float32, 3.4e38),
-                                             (torch.float64, 1e300)])
+@pytest.mark.parametrize(
+    ("dtype", "huge"),
+    [(torch.float32, 1e38), (torch.float32, 3.4e38), (torch.float64, 1e300)],
+)
 def test_zeno_huge_but_finite_row_never_takes_over(dtype, huge):
     batch, _ = quadratic(4)
     gen = torch.Generator().manual_seed(2)
@@ -255,7 +264,8 @@ def test_zeno_is_permutation_equivariant():
     torch.testing.assert_close(a.aggregate, b.aggregate)
     assert sorted(int(perm[k]) for k in b.selected) == list(a.selected)
     assert [b.scores[k] for k in range(8)] == pytest.approx(
-        [a.scores[int(perm[k])] for k in range(8)])
+        [a.scores[int(perm[k])] for k in range(8)]
+    )
 
 
 def test_zeno_arguments_are_checked():
@@ -267,7 +277,7 @@ def test_zeno_arguments_are_checked():
         zeno(x, theta, batch, b=1, rho=-1.0)
     with pytest.raises(ValueError, match="loss_fn must map"):
         zeno(x, theta, lambda p: p.sum(), b=1, rho=0.0)
-    res = zeno(x, theta, lambda p: float((p ** 2).sum()), 1, 0.0, batched=False)
+    res = zeno(x, theta, lambda p: float((p**2).sum()), 1, 0.0, batched=False)
     assert len(res.selected) == 2
 
 
@@ -308,10 +318,14 @@ def honest_step(theta: dict, node: int) -> np.ndarray:
 
 
 def run_round(strategy, theta: dict, server_round: int, step_of):
-    msgs = sorted(instructions(strategy, server_round, theta, NODES),
-                  key=lambda m: m.metadata.dst_node_id)
-    replies = [reply(m, shifted(theta, step_of(m.metadata.dst_node_id)),
-                     {"num-examples": 10}) for m in msgs]
+    msgs = sorted(
+        instructions(strategy, server_round, theta, NODES),
+        key=lambda m: m.metadata.dst_node_id,
+    )
+    replies = [
+        reply(m, shifted(theta, step_of(m.metadata.dst_node_id)), {"num-examples": 10})
+        for m in msgs
+    ]
     return strategy.aggregate_train(server_round, replies)
 
 
@@ -338,7 +352,8 @@ def test_fltrust_strategy_zero_trust_keeps_the_model_and_says_why():
     theta = model_arrays(0)
     delta0 = strategy.worker.update(
         torch.as_tensor(np.concatenate([theta["w"].ravel(), theta["b"]])),
-        torch.Generator().manual_seed(0)).numpy()
+        torch.Generator().manual_seed(0),
+    ).numpy()
     arrays, m = run_round(strategy, theta, 1, lambda node: -delta0)
     assert m["status"] == int(RoundStatus.NO_UPDATE)
     assert "zero total trust" in strategy.history[-1].message
@@ -351,8 +366,14 @@ def test_zeno_strategy_discards_b_and_repeats_for_a_seed():
     theta = model_arrays(0)
     seen = []
     for _ in range(2):
-        strategy = Zeno(model_factory=Linear43, qv_set=QV, num_malicious_nodes=3,
-                        rho=1e-3, batch_size=4, seed=5)
+        strategy = Zeno(
+            model_factory=Linear43,
+            qv_set=QV,
+            num_malicious_nodes=3,
+            rho=1e-3,
+            batch_size=4,
+            seed=5,
+        )
         arrays, m = run_round(strategy, theta, 1, sign_flip(theta))
         seen.append((record_flat(arrays), list(m["scores"])))
         assert m["status"] == int(RoundStatus.OK)

@@ -61,12 +61,13 @@ def region(k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-
 def root_set() -> tuple[torch.Tensor, torch.Tensor]:
     """10 samples per client region that no client trains on (rows 200..209)."""
     parts = [region(k, 210) for k in range(NUM_NODES)]
-    return (torch.cat([x[200:] for x, _ in parts]),
-            torch.cat([y[200:] for _, y in parts]))
+    return (
+        torch.cat([x[200:] for x, _ in parts]),
+        torch.cat([y[200:] for _, y in parts]),
+    )
 
 
 ROOT = root_set()
@@ -78,8 +79,9 @@ client = ClientApp()
 @client.query()
 def identify(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
-    return Message(RecordDict({"identity": ConfigRecord({"partition-id": pid})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"identity": ConfigRecord({"partition-id": pid})}), reply_to=msg
+    )
 
 
 @client.train()
@@ -97,8 +99,10 @@ def train(msg: Message, context: Context) -> Message:
         for p in net.parameters():
             p -= sign * LR * p.grad
     metrics = MetricRecord({"num-examples": len(y), "train-loss": float(loss)})
-    return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()),
-                               "metrics": metrics}), reply_to=msg)
+    return Message(
+        RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}),
+        reply_to=msg,
+    )
 
 
 def _partition_of_nodes(grid: Grid) -> dict[int, int]:
@@ -107,11 +111,19 @@ def _partition_of_nodes(grid: Grid) -> dict[int, int]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(nodes)} of {NUM_NODES} nodes connected")
         time.sleep(0.2)
-    msgs = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n,
-                    message_type=MessageType.QUERY) for n in nodes]
+    msgs = [
+        Message(
+            RecordDict({"config": ConfigRecord()}),
+            dst_node_id=n,
+            message_type=MessageType.QUERY,
+        )
+        for n in nodes
+    ]
     replies = grid.send_and_receive(msgs, timeout=60)
-    return {r.metadata.src_node_id: int(r.content["identity"]["partition-id"])
-            for r in replies}
+    return {
+        r.metadata.src_node_id: int(r.content["identity"]["partition-id"])
+        for r in replies
+    }
 
 
 def accuracy(arrays: ArrayRecord) -> float:
@@ -134,21 +146,46 @@ def simulation() -> dict:
         runs = {
             "clean": (FedAvg(fraction_evaluate=0.0), "none"),
             "fedavg": (FedAvg(fraction_evaluate=0.0), "sign-flip"),
-            "fltrust": (FLTrust(model_factory=model, qv_set=ROOT, trusted_lr=LR,
-                                fraction_evaluate=0.0, seed=0), "sign-flip"),
-            "zeno": (Zeno(model_factory=model, qv_set=ROOT, num_malicious_nodes=7,
-                          rho=5e-4 / LR**2, batch_size=4, fraction_evaluate=0.0,
-                          seed=0), "sign-flip"),
+            "fltrust": (
+                FLTrust(
+                    model_factory=model,
+                    qv_set=ROOT,
+                    trusted_lr=LR,
+                    fraction_evaluate=0.0,
+                    seed=0,
+                ),
+                "sign-flip",
+            ),
+            "zeno": (
+                Zeno(
+                    model_factory=model,
+                    qv_set=ROOT,
+                    num_malicious_nodes=7,
+                    rho=5e-4 / LR**2,
+                    batch_size=4,
+                    fraction_evaluate=0.0,
+                    seed=0,
+                ),
+                "sign-flip",
+            ),
         }
         for name, (strategy, attack) in runs.items():
             seen[name] = strategy.start(
-                grid=grid, initial_arrays=initial, num_rounds=ROUNDS,
-                train_config=ConfigRecord({"attack": attack}))
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=ROUNDS,
+                train_config=ConfigRecord({"attack": attack}),
+            )
 
-    run_simulation(server_app=server, client_app=client, num_supernodes=NUM_NODES,
-                   backend_config={"client_resources": {"num_cpus": 1,
-                                                        "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2}})
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=NUM_NODES,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2},
+        },
+    )
     return seen
 
 
@@ -157,8 +194,10 @@ def test_fltrust_holds_where_fedavg_falls(simulation):
     fedavg = accuracy(simulation["fedavg"].arrays)
     fltrust = accuracy(simulation["fltrust"].arrays)
     zeno = accuracy(simulation["zeno"].arrays)
-    print(f"accuracy: FedAvg no attack {clean:.4f}, under a 70 % sign flip: "
-          f"FedAvg {fedavg:.4f}, FLTrust {fltrust:.4f}, Zeno {zeno:.4f}")
+    print(
+        f"accuracy: FedAvg no attack {clean:.4f}, under a 70 % sign flip: "
+        f"FedAvg {fedavg:.4f}, FLTrust {fltrust:.4f}, Zeno {zeno:.4f}"
+    )
     assert clean >= 0.7  # the task is learnable
     assert fedavg <= clean - 0.15  # the attack works on the undefended mean
     assert fltrust >= clean - 0.05  # FLTrust holds

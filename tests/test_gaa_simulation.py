@@ -64,8 +64,9 @@ client = ClientApp()
 @client.query()
 def identify(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
-    return Message(RecordDict({"identity": ConfigRecord({"partition-id": pid})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"identity": ConfigRecord({"partition-id": pid})}), reply_to=msg
+    )
 
 
 @client.train()
@@ -82,7 +83,8 @@ def train(msg: Message, context: Context) -> Message:
     loss.backward()
     byzantine = pid in BYZANTINE and (
         attack == "static"
-        or (attack == "pretense" and rnd > int(config["pretense-rounds"])))
+        or (attack == "pretense" and rnd > int(config["pretense-rounds"]))
+    )
     gen = torch.Generator().manual_seed(100_000 * pid + rnd)
     with torch.no_grad():
         for p in net.parameters():
@@ -91,8 +93,10 @@ def train(msg: Message, context: Context) -> Message:
                 grad = 0.5 + 2e-6 * torch.randn(p.shape, generator=gen)
             p -= LR * grad
     metrics = MetricRecord({"num-examples": len(y), "train-loss": float(loss)})
-    return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()),
-                               "metrics": metrics}), reply_to=msg)
+    return Message(
+        RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}),
+        reply_to=msg,
+    )
 
 
 def _partition_of_nodes(grid: Grid) -> dict[int, int]:
@@ -101,11 +105,19 @@ def _partition_of_nodes(grid: Grid) -> dict[int, int]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(nodes)} of {NUM_NODES} nodes connected")
         time.sleep(0.2)
-    msgs = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n,
-                    message_type=MessageType.QUERY) for n in nodes]
+    msgs = [
+        Message(
+            RecordDict({"config": ConfigRecord()}),
+            dst_node_id=n,
+            message_type=MessageType.QUERY,
+        )
+        for n in nodes
+    ]
     replies = grid.send_and_receive(msgs, timeout=60)
-    return {r.metadata.src_node_id: int(r.content["identity"]["partition-id"])
-            for r in replies}
+    return {
+        r.metadata.src_node_id: int(r.content["identity"]["partition-id"])
+        for r in replies
+    }
 
 
 def accuracy(arrays: ArrayRecord) -> float:
@@ -126,34 +138,52 @@ def simulation() -> dict:
         torch.manual_seed(0)
         initial = ArrayRecord(model().state_dict())
         seen["fedavg"] = FedAvg(fraction_evaluate=0.0).start(
-            grid=grid, initial_arrays=initial, num_rounds=ROUNDS,
-            train_config=ConfigRecord({"attack": "none"}))
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=ROUNDS,
+            train_config=ConfigRecord({"attack": "none"}),
+        )
         for attack in ("static", "pretense"):
-            strategy = GAA(model_factory=model, qv_set=QV, fraction_evaluate=0.0,
-                           seed=0)
+            strategy = GAA(
+                model_factory=model, qv_set=QV, fraction_evaluate=0.0, seed=0
+            )
             seen[attack] = strategy.start(
-                grid=grid, initial_arrays=initial, num_rounds=ROUNDS,
-                train_config=ConfigRecord({"attack": attack,
-                                           "pretense-rounds": PRETENSE_ROUNDS}))
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=ROUNDS,
+                train_config=ConfigRecord(
+                    {"attack": attack, "pretense-rounds": PRETENSE_ROUNDS}
+                ),
+            )
             seen[f"{attack}-strategy"] = strategy
 
-    run_simulation(server_app=server, client_app=client, num_supernodes=NUM_NODES,
-                   backend_config={"client_resources": {"num_cpus": 1,
-                                                        "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2}})
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=NUM_NODES,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2},
+        },
+    )
     return seen
 
 
 def honest_mass(metrics: MetricRecord, partition: dict[int, int]) -> float:
-    return sum(c for n, c in zip(metrics["credit-node-ids"], metrics["credits"],
-                                 strict=True) if partition[n] not in BYZANTINE)
+    return sum(
+        c
+        for n, c in zip(metrics["credit-node-ids"], metrics["credits"], strict=True)
+        if partition[n] not in BYZANTINE
+    )
 
 
 def test_static_random_fault_majority(simulation):
     partition = simulation["partition"]
     result = simulation["static"]
-    trace = [honest_mass(result.train_metrics_clientapp[r], partition)
-             for r in range(1, ROUNDS + 1)]
+    trace = [
+        honest_mass(result.train_metrics_clientapp[r], partition)
+        for r in range(1, ROUNDS + 1)
+    ]
     print("honest credit mass per round:", [round(m, 4) for m in trace])
     assert trace[-1] >= 0.9
     assert min(trace[1:]) >= 0.9  # from the second round on
@@ -180,12 +210,14 @@ def test_round_metrics_hold_the_full_credit_trace(simulation):
 def test_pretense_attack_loses_credit_within_a_few_windows(simulation):
     partition = simulation["partition"]
     result = simulation["pretense"]
-    trace = [honest_mass(result.train_metrics_clientapp[r], partition)
-             for r in range(1, ROUNDS + 1)]
+    trace = [
+        honest_mass(result.train_metrics_clientapp[r], partition)
+        for r in range(1, ROUNDS + 1)
+    ]
     print("honest credit mass per round:", [round(m, 4) for m in trace])
     # While everyone is honest, the future attackers keep real credit ...
     assert trace[PRETENSE_ROUNDS - 1] < 0.9
     # ... and lose it within two episodes of turning.
-    assert min(trace[PRETENSE_ROUNDS + 10:]) >= 0.9
+    assert min(trace[PRETENSE_ROUNDS + 10 :]) >= 0.9
     assert trace[-1] >= 0.9
     assert accuracy(result.arrays) >= accuracy(simulation["fedavg"].arrays) - 0.05

@@ -54,13 +54,17 @@ def test_flags_come_from_the_registry() -> None:
 def _largest_norm_dropped(x: torch.Tensor, f: int) -> AggregationResult:
     """A toy rule: drop the f rows of largest norm, average the rest."""
     order = torch.argsort(torch.linalg.vector_norm(x, dim=1)).tolist()
-    keep, drop = sorted(order[: x.shape[0] - f]), order[x.shape[0] - f:][::-1]
+    keep, drop = sorted(order[: x.shape[0] - f]), order[x.shape[0] - f :][::-1]
     return AggregationResult(x[keep].mean(dim=0), tuple(keep), tuple(drop))
 
 
 def test_a_new_rule_is_one_function_and_one_entry(monkeypatch) -> None:
     toy = reg.Rule(
-        "toy-norm", lambda f: 2 * f + 1, "2f+1", True, False,
+        "toy-norm",
+        lambda f: 2 * f + 1,
+        "2f+1",
+        True,
+        False,
         "drop the f largest norms",
         aggregate=lambda x, f, w: _largest_norm_dropped(x, f),
     )
@@ -75,8 +79,10 @@ def test_a_new_rule_is_one_function_and_one_entry(monkeypatch) -> None:
         theta = model_arrays(2)
         msgs = instructions(strategy, 1, theta, [1, 2, 3, 4])
         steps = {1: 0.1, 2: 0.1, 3: 0.1, 4: 50.0}
-        replies = [reply(m, shifted(theta, steps[m.metadata.dst_node_id]),
-                         {"num-examples": 1}) for m in msgs]
+        replies = [
+            reply(m, shifted(theta, steps[m.metadata.dst_node_id]), {"num-examples": 1})
+            for m in msgs
+        ]
         arrays, metrics = strategy.aggregate_train(1, replies)
     assert metrics["removed-node-ids"] == [4]
     assert metrics["min-nodes"] == 3
@@ -98,7 +104,10 @@ def test_the_app_builds_every_plain_rule_from_the_registry() -> None:
 
 
 def test_readme_strategy_key_lists_every_strategy() -> None:
-    row = next(line for line in README.read_text(encoding="utf-8").splitlines()
-               if line.startswith("| `strategy` | `\"gaa\"` |"))
+    row = next(
+        line
+        for line in README.read_text(encoding="utf-8").splitlines()
+        if line.startswith('| `strategy` | `"gaa"` |')
+    )
     listed = set(re.findall(r"`([a-z-]+)`", row.split("|")[3]))
     assert listed == set(STRATEGY_NAMES)

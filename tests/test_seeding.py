@@ -14,8 +14,9 @@ def test_streams_are_seedsequence_of_the_folded_keys() -> None:
     a = numpy_stream(3, 7, 2**64 + 5, -1).random(4)
     b = np.random.default_rng([3, 7, 5, 2**64 - 1]).random(4)
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(rng_for(3, 1, 2).random(3),
-                                  np.random.default_rng([3, 1, 2]).random(3))
+    np.testing.assert_array_equal(
+        rng_for(3, 1, 2).random(3), np.random.default_rng([3, 1, 2]).random(3)
+    )
     state = np.random.SeedSequence([9, 4, 2]).generate_state(1, np.uint64)[0]
     expected = torch.rand(5, generator=torch.Generator().manual_seed(int(state) >> 1))
     assert torch.equal(torch.rand(5, generator=torch_stream(9, 4, 2)), expected)

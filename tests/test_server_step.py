@@ -27,8 +27,7 @@ def test_step_is_theta_plus_lr_times_aggregate() -> None:
     aggregate = np.arange(layout.d, dtype=np.float32)
     out = server_step(theta=theta, layout=layout, aggregate=aggregate, lr=0.25)
     got = layout.flatten(out.theta)
-    np.testing.assert_allclose(got, layout.flatten(theta) + 0.25 * aggregate,
-                               rtol=1e-6)
+    np.testing.assert_allclose(got, layout.flatten(theta) + 0.25 * aggregate, rtol=1e-6)
     assert out.buffer is None
     # Integer arrays are the sent ones; the input is not modified.
     assert out.theta["count"] is theta["count"]
@@ -40,20 +39,29 @@ def test_momentum_buffer_is_returned_not_stored() -> None:
     a = np.ones(layout.d, dtype=np.float32)
     first = server_step(theta=theta, layout=layout, aggregate=a, lr=0.5, momentum=0.9)
     np.testing.assert_array_equal(first.buffer, a)
-    second = server_step(theta=first.theta, layout=layout, aggregate=a, lr=0.5,
-                         momentum=0.9, buffer=first.buffer)
+    second = server_step(
+        theta=first.theta,
+        layout=layout,
+        aggregate=a,
+        lr=0.5,
+        momentum=0.9,
+        buffer=first.buffer,
+    )
     np.testing.assert_allclose(second.buffer, 1.9 * a, rtol=1e-6)
-    np.testing.assert_allclose(layout.flatten(second.theta),
-                               layout.flatten(theta) + 0.5 * a + 0.5 * 1.9 * a,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        layout.flatten(second.theta),
+        layout.flatten(theta) + 0.5 * a + 0.5 * 1.9 * a,
+        rtol=1e-6,
+    )
 
 
 def test_non_finite_result_keeps_the_model_and_the_buffer() -> None:
     layout, theta = _theta()
     huge = np.full(layout.d, 3e38, dtype=np.float32)
     old = np.ones(layout.d, dtype=np.float32)
-    out = server_step(theta=theta, layout=layout, aggregate=huge, lr=10.0,
-                      momentum=0.5, buffer=old)
+    out = server_step(
+        theta=theta, layout=layout, aggregate=huge, lr=10.0, momentum=0.5, buffer=old
+    )
     assert out.theta is None and out.buffer is old
 
 

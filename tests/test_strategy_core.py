@@ -65,8 +65,10 @@ def test_honest_round_moves_model_by_mean_update_and_reports():
     strategy = LocalMean(num_malicious_nodes=1)
     msgs = instructions(strategy, 1, theta, [11, 12, 13, 14])
     steps = [0.5, -1.0, 2.0, 0.25]
-    replies = [reply(m, _good(theta, s), {"num-examples": 10, "train-loss": float(i)})
-               for i, (m, s) in enumerate(zip(msgs, steps, strict=True))]
+    replies = [
+        reply(m, _good(theta, s), {"num-examples": 10, "train-loss": float(i)})
+        for i, (m, s) in enumerate(zip(msgs, steps, strict=True))
+    ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     expected = flat(theta) + np.mean(steps)
     np.testing.assert_allclose(record_flat(arrays), expected, atol=1e-6)
@@ -118,51 +120,123 @@ def _malformed_cases(theta, msg_by_node, extra_inst):
         (101, error_reply(msg_by_node[101]), R.ERROR_REPLY),
         (102, reply(msg_by_node[102], good, m), R.WRONG_MESSAGE_TYPE),
         (103, reply(msg_by_node[103], None, m), R.MISSING_ARRAY_RECORD),
-        (104, reply(msg_by_node[104], rec, m, extra={"more": to_record(good)}),
-         R.EXTRA_ARRAY_RECORD),
+        (
+            104,
+            reply(msg_by_node[104], rec, m, extra={"more": to_record(good)}),
+            R.EXTRA_ARRAY_RECORD,
+        ),
         (105, reply(msg_by_node[105], good, None), R.MISSING_METRIC_RECORD),
-        (106, reply(msg_by_node[106], good, m, extra={"m2": MetricRecord({"a": 1})}),
-         R.EXTRA_METRIC_RECORD),
+        (
+            106,
+            reply(msg_by_node[106], good, m, extra={"m2": MetricRecord({"a": 1})}),
+            R.EXTRA_METRIC_RECORD,
+        ),
         (107, reply(msg_by_node[107], without("b"), m), R.MISSING_KEYS),
-        (108, reply(msg_by_node[108], with_array("z", Array(np.ones(2))), m),
-         R.EXTRA_KEYS),
-        (109, reply(msg_by_node[109], with_array(
-            "w", _raw("float32", (4, 3), _npy(good["w"]), stype="torch.Tensor")), m),
-         R.WRONG_STYPE),
+        (
+            108,
+            reply(msg_by_node[108], with_array("z", Array(np.ones(2))), m),
+            R.EXTRA_KEYS,
+        ),
+        (
+            109,
+            reply(
+                msg_by_node[109],
+                with_array(
+                    "w", _raw("float32", (4, 3), _npy(good["w"]), stype="torch.Tensor")
+                ),
+                m,
+            ),
+            R.WRONG_STYPE,
+        ),
         (110, reply(msg_by_node[110], with_array("w", Array(w64)), m), R.WRONG_DTYPE),
-        (111, reply(msg_by_node[111], with_array(
-            "w", _raw("float32", (4, 3), _npy(w64))), m), R.WRONG_DTYPE),
-        (112, reply(msg_by_node[112], with_array(
-            "w", Array(good["w"].reshape(3, 4))), m), R.WRONG_SHAPE),
-        (113, reply(msg_by_node[113], with_array(
-            "w", _raw("float32", (4, 3), _npy(good["w"].reshape(2, 6)))), m),
-         R.WRONG_SHAPE),
-        (114, reply(msg_by_node[114], with_array(
-            "w", _raw("float32", (4, 3), _npy(good["w"])[:-4])), m),
-         R.WRONG_BYTE_LENGTH),
-        (115, reply(msg_by_node[115], with_array(
-            "w", _raw("float32", (4, 3), _npy(good["w"]) + b"\0\0\0\0")), m),
-         R.WRONG_BYTE_LENGTH),
-        (116, reply(msg_by_node[116], with_array(
-            "w", _raw("float32", (4, 3), b"not a numpy file at all" * 3)), m),
-         R.WRONG_BYTE_LENGTH),
-        (117, reply(msg_by_node[117], with_array(
-            "w", _raw("float32", (4, 3), b"")), m), R.WRONG_BYTE_LENGTH),
+        (
+            111,
+            reply(
+                msg_by_node[111], with_array("w", _raw("float32", (4, 3), _npy(w64))), m
+            ),
+            R.WRONG_DTYPE,
+        ),
+        (
+            112,
+            reply(msg_by_node[112], with_array("w", Array(good["w"].reshape(3, 4))), m),
+            R.WRONG_SHAPE,
+        ),
+        (
+            113,
+            reply(
+                msg_by_node[113],
+                with_array("w", _raw("float32", (4, 3), _npy(good["w"].reshape(2, 6)))),
+                m,
+            ),
+            R.WRONG_SHAPE,
+        ),
+        (
+            114,
+            reply(
+                msg_by_node[114],
+                with_array("w", _raw("float32", (4, 3), _npy(good["w"])[:-4])),
+                m,
+            ),
+            R.WRONG_BYTE_LENGTH,
+        ),
+        (
+            115,
+            reply(
+                msg_by_node[115],
+                with_array("w", _raw("float32", (4, 3), _npy(good["w"]) + b"\0\0\0\0")),
+                m,
+            ),
+            R.WRONG_BYTE_LENGTH,
+        ),
+        (
+            116,
+            reply(
+                msg_by_node[116],
+                with_array(
+                    "w", _raw("float32", (4, 3), b"not a numpy file at all" * 3)
+                ),
+                m,
+            ),
+            R.WRONG_BYTE_LENGTH,
+        ),
+        (
+            117,
+            reply(msg_by_node[117], with_array("w", _raw("float32", (4, 3), b"")), m),
+            R.WRONG_BYTE_LENGTH,
+        ),
         (118, reply(msg_by_node[118], with_array("w", Array(nan_w)), m), R.NON_FINITE),
         (119, reply(msg_by_node[119], with_array("b", Array(inf_b)), m), R.NON_FINITE),
-        (120, reply(msg_by_node[120], with_array(
-            "count", Array(np.array(7.0))), m), R.WRONG_DTYPE),
-        (121, reply(msg_by_node[121], with_array(
-            "count", _raw("int64", (), _npy(np.array(7))[:-1])), m),
-         R.WRONG_BYTE_LENGTH),
-        (122, reply(msg_by_node[122], with_array(
-            "w", _raw("float32", (4, 3), b"\x93NUMPY\x01\x00" + b"{" * 30)), m),
-         R.WRONG_BYTE_LENGTH),
+        (
+            120,
+            reply(msg_by_node[120], with_array("count", Array(np.array(7.0))), m),
+            R.WRONG_DTYPE,
+        ),
+        (
+            121,
+            reply(
+                msg_by_node[121],
+                with_array("count", _raw("int64", (), _npy(np.array(7))[:-1])),
+                m,
+            ),
+            R.WRONG_BYTE_LENGTH,
+        ),
+        (
+            122,
+            reply(
+                msg_by_node[122],
+                with_array(
+                    "w", _raw("float32", (4, 3), b"\x93NUMPY\x01\x00" + b"{" * 30)
+                ),
+                m,
+            ),
+            R.WRONG_BYTE_LENGTH,
+        ),
         (123, reply(extra_inst, good, m), R.UNEXPECTED_NODE),
     ]
     # A Fortran-ordered payload is well formed: accepted and read correctly.
-    accepted_fortran = reply(msg_by_node[124], with_array(
-        "w", _raw("float32", (4, 3), _npy(wrong_order))), m)
+    accepted_fortran = reply(
+        msg_by_node[124], with_array("w", _raw("float32", (4, 3), _npy(wrong_order))), m
+    )
     return cases, accepted_fortran
 
 
@@ -177,8 +251,10 @@ def test_every_malformed_reply_is_rejected_with_its_reason(caplog):
     by_node[102] = Message(RecordDict(), dst_node_id=102, message_type="evaluate")
     stranger = Message(RecordDict(), dst_node_id=123, message_type="train")
     cases, fortran = _malformed_cases(theta, by_node, stranger)
-    good = [reply(by_node[n], _good(theta, s), {"num-examples": 5})
-            for n, s in zip(good_nodes, [1.0, 2.0, 3.0], strict=True)]
+    good = [
+        reply(by_node[n], _good(theta, s), {"num-examples": 5})
+        for n, s in zip(good_nodes, [1.0, 2.0, 3.0], strict=True)
+    ]
     bad = [c[1] for c in cases]
     replies = [good[0], *bad[:10], good[1], *bad[10:], fortran, good[2]]
     with caplog.at_level(logging.WARNING):
@@ -186,8 +262,9 @@ def test_every_malformed_reply_is_rejected_with_its_reason(caplog):
     # The Fortran-ordered reply is θ + 1 like good[0]: mean of 1, 2, 3, 1.
     np.testing.assert_allclose(record_flat(arrays), flat(theta) + 7 / 4, atol=1e-5)
     assert np.isfinite(record_flat(arrays)).all()
-    got = dict(zip(metrics["rejected-node-ids"], metrics["rejected-reasons"],
-                   strict=True))
+    got = dict(
+        zip(metrics["rejected-node-ids"], metrics["rejected-reasons"], strict=True)
+    )
     assert got == {node: int(reason) for node, _, reason in cases}
     assert metrics["num-rejected"] == len(cases)
     assert sorted(metrics["node-ids"]) == [1, 2, 3, 124]
@@ -200,10 +277,12 @@ def test_duplicate_node_rejects_all_its_replies():
     theta = model_arrays(2)
     strategy = LocalMean(num_malicious_nodes=0)
     msgs = instructions(strategy, 1, theta, [1, 2, 3])
-    replies = [reply(msgs[0], _good(theta, 1.0), {"n": 1}),
-               reply(msgs[0], _good(theta, 100.0), {"n": 1}),
-               reply(msgs[1], _good(theta, 2.0), {"n": 1}),
-               reply(msgs[2], _good(theta, 3.0), {"n": 1})]
+    replies = [
+        reply(msgs[0], _good(theta, 1.0), {"n": 1}),
+        reply(msgs[0], _good(theta, 100.0), {"n": 1}),
+        reply(msgs[1], _good(theta, 2.0), {"n": 1}),
+        reply(msgs[2], _good(theta, 3.0), {"n": 1}),
+    ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     dup = msgs[0].metadata.dst_node_id
     assert metrics["rejected-node-ids"] == [dup, dup]
@@ -217,16 +296,25 @@ def test_weighted_aggregation_checks_num_examples():
     nodes = list(range(1, 10))
     msgs = instructions(strategy, 2, theta, nodes)
     by_node = {m.metadata.dst_node_id: m for m in msgs}
-    bad = {3: {"x": 1}, 4: {"num-examples": 0}, 5: {"num-examples": -3},
-           6: {"num-examples": float("nan")}, 7: {"num-examples": float("inf")},
-           8: {"num-examples": [1, 2]}, 9: {"num-examples": MAX_NUM_EXAMPLES + 1}}
-    replies = [reply(by_node[1], _good(theta, 1.0), {"num-examples": 1}),
-               reply(by_node[2], _good(theta, 4.0), {"num-examples": 3})]
+    bad = {
+        3: {"x": 1},
+        4: {"num-examples": 0},
+        5: {"num-examples": -3},
+        6: {"num-examples": float("nan")},
+        7: {"num-examples": float("inf")},
+        8: {"num-examples": [1, 2]},
+        9: {"num-examples": MAX_NUM_EXAMPLES + 1},
+    }
+    replies = [
+        reply(by_node[1], _good(theta, 1.0), {"num-examples": 1}),
+        reply(by_node[2], _good(theta, 4.0), {"num-examples": 3}),
+    ]
     replies += [reply(by_node[n], _good(theta, 50.0), mm) for n, mm in bad.items()]
     arrays, metrics = strategy.aggregate_train(2, replies)
     np.testing.assert_allclose(record_flat(arrays), flat(theta) + 13 / 4, atol=1e-5)
-    got = dict(zip(metrics["rejected-node-ids"], metrics["rejected-reasons"],
-                   strict=True))
+    got = dict(
+        zip(metrics["rejected-node-ids"], metrics["rejected-reasons"], strict=True)
+    )
     assert got[3] == R.MISSING_NUM_EXAMPLES
     assert all(got[n] == R.INVALID_NUM_EXAMPLES for n in range(4, 10))
     assert strategy.seen[2].tolist() == [1.0, 3.0]
@@ -236,8 +324,10 @@ def test_unweighted_by_default_ignores_claimed_sizes():
     theta = model_arrays(3)
     strategy = LocalMean(num_malicious_nodes=0)
     msgs = instructions(strategy, 1, theta, [1, 2])
-    replies = [reply(msgs[0], _good(theta, 1.0), {"num-examples": 1}),
-               reply(msgs[1], _good(theta, 3.0), {"num-examples": 10**6})]
+    replies = [
+        reply(msgs[0], _good(theta, 1.0), {"num-examples": 1}),
+        reply(msgs[1], _good(theta, 3.0), {"num-examples": 10**6}),
+    ]
     arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(record_flat(arrays), flat(theta) + 2.0, atol=1e-6)
 
@@ -246,10 +336,12 @@ def test_bound_failure_returns_unchanged_weights_and_says_why(caplog):
     theta = model_arrays(4)
     strategy = LocalMean(num_malicious_nodes=2)  # needs 5 valid replies
     msgs = instructions(strategy, 5, theta, [1, 2, 3, 4, 5])
-    replies = [reply(msgs[0], _good(theta, 1.0), {"a": 1.0}),
-               reply(msgs[1], _good(theta, 1.0), {"a": 1.0}),
-               error_reply(msgs[2]),
-               reply(msgs[3], _good(theta, np.nan), {"a": 1.0})]
+    replies = [
+        reply(msgs[0], _good(theta, 1.0), {"a": 1.0}),
+        reply(msgs[1], _good(theta, 1.0), {"a": 1.0}),
+        error_reply(msgs[2]),
+        reply(msgs[3], _good(theta, np.nan), {"a": 1.0}),
+    ]
     with caplog.at_level(logging.WARNING):
         arrays, metrics = strategy.aggregate_train(5, replies)
     assert arrays is not None
@@ -304,15 +396,18 @@ def test_malicious_fraction_sets_f_from_valid_replies():
 
 def test_server_learning_rate_and_momentum():
     theta = model_arrays(7)
-    strategy = LocalMean(num_malicious_nodes=0, server_learning_rate=0.5,
-                         server_momentum=0.9)
+    strategy = LocalMean(
+        num_malicious_nodes=0, server_learning_rate=0.5, server_momentum=0.9
+    )
     current = theta
     expected = flat(theta)
     velocity = 0.0
     for rnd in (1, 2):
         msgs = instructions(strategy, rnd, current, [1, 2])
-        replies = [reply(msgs[0], _good(current, 1.0), {"a": 1}),
-                   reply(msgs[1], _good(current, 3.0), {"a": 1})]
+        replies = [
+            reply(msgs[0], _good(current, 1.0), {"a": 1}),
+            reply(msgs[1], _good(current, 3.0), {"a": 1}),
+        ]
         arrays, _ = strategy.aggregate_train(rnd, replies)
         velocity = 0.9 * velocity + 2.0
         expected = expected + 0.5 * velocity
@@ -333,8 +428,13 @@ class _Raises(LocalMean):
         raise ValueError("n=2 < 5 = bound")
 
 
-@pytest.mark.parametrize(("cls", "status"), [(_Explodes, RoundStatus.NON_FINITE_RESULT),
-                                             (_Raises, RoundStatus.AGGREGATION_FAILED)])
+@pytest.mark.parametrize(
+    ("cls", "status"),
+    [
+        (_Explodes, RoundStatus.NON_FINITE_RESULT),
+        (_Raises, RoundStatus.AGGREGATION_FAILED),
+    ],
+)
 def test_rule_failures_keep_the_model(cls, status):
     theta = model_arrays(8)
     strategy = cls(num_malicious_nodes=0)
@@ -346,16 +446,21 @@ def test_rule_failures_keep_the_model(cls, status):
 
 
 def test_float64_model_updates_are_exact_and_dtypes_kept():
-    theta = {"w": np.random.default_rng(0).normal(size=(5,)) * 1e3,  # float64
-             "h": np.ones((2, 2), dtype=np.float16)}
+    theta = {
+        "w": np.random.default_rng(0).normal(size=(5,)) * 1e3,  # float64
+        "h": np.ones((2, 2), dtype=np.float16),
+    }
     strategy = LocalMean(num_malicious_nodes=0)
     msgs = instructions(strategy, 1, theta, [1, 2])
-    replies = [reply(m, {"w": theta["w"] + 0.125, "h": theta["h"] + np.float16(1)},
-                     {"a": 1}) for m in msgs]
+    replies = [
+        reply(m, {"w": theta["w"] + 0.125, "h": theta["h"] + np.float16(1)}, {"a": 1})
+        for m in msgs
+    ]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays["w"].dtype == "float64" and arrays["h"].dtype == "float16"
-    np.testing.assert_allclose(arrays["w"].numpy(), theta["w"] + 0.125, rtol=0,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        arrays["w"].numpy(), theta["w"] + 0.125, rtol=0, atol=1e-9
+    )
     np.testing.assert_array_equal(arrays["h"].numpy(), np.full((2, 2), 2, np.float16))
 
 
@@ -363,10 +468,11 @@ def test_client_metrics_skip_non_finite_and_strings():
     theta = model_arrays(9)
     strategy = LocalMean(num_malicious_nodes=0)
     msgs = instructions(strategy, 1, theta, [1, 2, 3])
-    replies = [reply(msgs[0], _good(theta, 1.0), {"loss": 1.0, "hist": [1.0, 2.0]}),
-               reply(msgs[1], _good(theta, 1.0), {"loss": float("nan"),
-                                                  "hist": [3.0, 4.0]}),
-               reply(msgs[2], _good(theta, 1.0), {"loss": 3.0, "hist": [1.0]})]
+    replies = [
+        reply(msgs[0], _good(theta, 1.0), {"loss": 1.0, "hist": [1.0, 2.0]}),
+        reply(msgs[1], _good(theta, 1.0), {"loss": float("nan"), "hist": [3.0, 4.0]}),
+        reply(msgs[2], _good(theta, 1.0), {"loss": 3.0, "hist": [1.0]}),
+    ]
     _, metrics = strategy.aggregate_train(1, replies)
     assert metrics["loss"] == pytest.approx(2.0)
     assert metrics["hist"] == pytest.approx([2.0, 3.0])
@@ -375,29 +481,37 @@ def test_client_metrics_skip_non_finite_and_strings():
 def test_aggregate_evaluate_skips_bad_replies():
     theta = model_arrays(9)
     strategy = LocalMean()
-    msgs = list(strategy.configure_evaluate(1, to_record(theta), ConfigRecord(),
-                                            StaticGrid([1, 2, 3, 4])))
-    replies = [reply(msgs[0], None, {"num-examples": 1, "eval-acc": 0.5}),
-               reply(msgs[1], None, {"num-examples": 3, "eval-acc": 1.0}),
-               reply(msgs[2], None, {"num-examples": -1, "eval-acc": 0.0}),
-               error_reply(msgs[3])]
+    msgs = list(
+        strategy.configure_evaluate(
+            1, to_record(theta), ConfigRecord(), StaticGrid([1, 2, 3, 4])
+        )
+    )
+    replies = [
+        reply(msgs[0], None, {"num-examples": 1, "eval-acc": 0.5}),
+        reply(msgs[1], None, {"num-examples": 3, "eval-acc": 1.0}),
+        reply(msgs[2], None, {"num-examples": -1, "eval-acc": 0.0}),
+        error_reply(msgs[3]),
+    ]
     metrics = strategy.aggregate_evaluate(1, replies)
     assert metrics["eval-acc"] == pytest.approx(0.875)
 
 
-@pytest.mark.parametrize(("kwargs", "name"), [
-    ({"num_malicious_nodes": 1, "malicious_fraction": 0.1}, "malicious_fraction"),
-    ({"num_malicious_nodes": -1}, "num_malicious_nodes"),
-    ({"num_malicious_nodes": 1.5}, "num_malicious_nodes"),
-    ({"malicious_fraction": 0.5}, "malicious_fraction"),
-    ({"malicious_fraction": -0.1}, "malicious_fraction"),
-    ({"server_learning_rate": 0.0}, "server_learning_rate"),
-    ({"server_learning_rate": float("nan")}, "server_learning_rate"),
-    ({"server_momentum": 1.0}, "server_momentum"),
-    ({"device": "tpu"}, "device"),
-    ({"fraction_train": 1.5}, "fraction_train"),
-    ({"weighted_aggregation": "yes"}, "weighted_aggregation"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"num_malicious_nodes": 1, "malicious_fraction": 0.1}, "malicious_fraction"),
+        ({"num_malicious_nodes": -1}, "num_malicious_nodes"),
+        ({"num_malicious_nodes": 1.5}, "num_malicious_nodes"),
+        ({"malicious_fraction": 0.5}, "malicious_fraction"),
+        ({"malicious_fraction": -0.1}, "malicious_fraction"),
+        ({"server_learning_rate": 0.0}, "server_learning_rate"),
+        ({"server_learning_rate": float("nan")}, "server_learning_rate"),
+        ({"server_momentum": 1.0}, "server_momentum"),
+        ({"device": "tpu"}, "device"),
+        ({"fraction_train": 1.5}, "fraction_train"),
+        ({"weighted_aggregation": "yes"}, "weighted_aggregation"),
+    ],
+)
 def test_bad_configuration_raises_value_error_naming_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         LocalMean(**kwargs)

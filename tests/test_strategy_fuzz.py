@@ -34,8 +34,9 @@ NODES = list(range(1, 8))
 THETA = model_arrays(0)
 
 _floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
-_dtypes = st.sampled_from(["float32", "float64", "float16", "int64", "int32", "uint8",
-                           "bool", "complex64"])
+_dtypes = st.sampled_from(
+    ["float32", "float64", "float16", "int64", "int32", "uint8", "bool", "complex64"]
+)
 _shapes = st.sampled_from([(4, 3), (3,), (), (3, 4), (12,), (0,), (4, 3, 1)])
 
 
@@ -49,15 +50,22 @@ def _npy(value: np.ndarray) -> bytes:
 def _array(draw, key: str) -> Array:
     """A well-formed, subtly wrong or garbage Array for ``key``."""
     base = THETA[key]
-    kind = draw(st.sampled_from(["good", "values", "dtype", "shape", "bytes", "raw",
-                                 "declared"]))
+    kind = draw(
+        st.sampled_from(
+            ["good", "values", "dtype", "shape", "bytes", "raw", "declared"]
+        )
+    )
     if kind == "good":
-        return Array(base + np.asarray(draw(_floats), dtype=base.dtype)
-                     if base.dtype.kind == "f" else base.copy())
+        return Array(
+            base + np.asarray(draw(_floats), dtype=base.dtype)
+            if base.dtype.kind == "f"
+            else base.copy()
+        )
     if kind == "values":
         values = draw(st.lists(_floats, min_size=base.size, max_size=base.size))
-        return Array(np.asarray(values, dtype=np.float64).astype(base.dtype)
-                     .reshape(base.shape))
+        return Array(
+            np.asarray(values, dtype=np.float64).astype(base.dtype).reshape(base.shape)
+        )
     if kind == "dtype":
         return Array(np.zeros(base.shape, dtype=draw(_dtypes)))
     if kind == "shape":
@@ -68,22 +76,36 @@ def _array(draw, key: str) -> Array:
             pos = draw(st.integers(0, len(data) - 1))
             data[pos] = draw(st.integers(0, 255))
         cut = draw(st.integers(0, len(data)))
-        return Array(dtype=str(base.dtype), shape=tuple(base.shape),
-                     stype="numpy.ndarray", data=bytes(data[:cut]))
+        return Array(
+            dtype=str(base.dtype),
+            shape=tuple(base.shape),
+            stype="numpy.ndarray",
+            data=bytes(data[:cut]),
+        )
     if kind == "raw":
-        return Array(dtype=str(base.dtype), shape=tuple(base.shape),
-                     stype=draw(st.sampled_from(["numpy.ndarray", "torch", ""])),
-                     data=draw(st.binary(max_size=200)))
+        return Array(
+            dtype=str(base.dtype),
+            shape=tuple(base.shape),
+            stype=draw(st.sampled_from(["numpy.ndarray", "torch", ""])),
+            data=draw(st.binary(max_size=200)),
+        )
     # Declared fields disagree with a valid payload.
-    return Array(dtype=draw(st.sampled_from(["float32", "int64", "weird"])),
-                 shape=draw(_shapes), stype="numpy.ndarray", data=_npy(base))
+    return Array(
+        dtype=draw(st.sampled_from(["float32", "int64", "weird"])),
+        shape=draw(_shapes),
+        stype="numpy.ndarray",
+        data=_npy(base),
+    )
 
 
 @st.composite
 def _metrics(draw) -> MetricRecord:
-    values = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(),
-                       st.lists(st.floats(), max_size=3),
-                       st.lists(st.integers(-5, 5), max_size=3))
+    values = st.one_of(
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(),
+        st.lists(st.floats(), max_size=3),
+        st.lists(st.integers(-5, 5), max_size=3),
+    )
     keys = st.sampled_from(["num-examples", "train-loss", "acc", "x"])
     return MetricRecord(draw(st.dictionaries(keys, values, max_size=4)))
 
@@ -95,8 +117,14 @@ def _content(draw, instruction: Message) -> Message:
         return error_reply(instruction)
     content = RecordDict()
     for i in range(draw(st.sampled_from([0, 1, 1, 1, 2]))):
-        keys = draw(st.lists(st.sampled_from(["w", "b", "count", "extra"]),
-                             unique=True, min_size=0, max_size=4))
+        keys = draw(
+            st.lists(
+                st.sampled_from(["w", "b", "count", "extra"]),
+                unique=True,
+                min_size=0,
+                max_size=4,
+            )
+        )
         if draw(st.booleans()):
             keys = ["w", "b", "count"]
         record = ArrayRecord({k: draw(_array(k if k in THETA else "b")) for k in keys})
@@ -106,21 +134,27 @@ def _content(draw, instruction: Message) -> Message:
     return Message(content, reply_to=instruction)
 
 
-_STRATEGIES = st.sampled_from([
-    lambda: FABA(num_malicious_nodes=1),
-    lambda: Krum(num_malicious_nodes=1),
-    lambda: Median(),
-    lambda: TrimmedMean(beta=0.2),
-    lambda: GeoMed(malicious_fraction=0.2, method="weiszfeld"),
-    lambda: Mean(weighted_aggregation=True),
-    lambda: FLTrust(model_factory=Linear43, qv_set=linear43_data(0, 8)),
-    lambda: Zeno(model_factory=Linear43, qv_set=linear43_data(0, 8),
-                 num_malicious_nodes=1),
-])
+_STRATEGIES = st.sampled_from(
+    [
+        lambda: FABA(num_malicious_nodes=1),
+        lambda: Krum(num_malicious_nodes=1),
+        lambda: Median(),
+        lambda: TrimmedMean(beta=0.2),
+        lambda: GeoMed(malicious_fraction=0.2, method="weiszfeld"),
+        lambda: Mean(weighted_aggregation=True),
+        lambda: FLTrust(model_factory=Linear43, qv_set=linear43_data(0, 8)),
+        lambda: Zeno(
+            model_factory=Linear43, qv_set=linear43_data(0, 8), num_malicious_nodes=1
+        ),
+    ]
+)
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=st.data(), make=_STRATEGIES)
 def test_fuzzed_replies_never_crash_and_never_poison_with_nan(data, make):
     with server_identity():
@@ -129,10 +163,18 @@ def test_fuzzed_replies_never_crash_and_never_poison_with_nan(data, make):
         replies = []
         for m in msgs:
             if data.draw(st.booleans()):
-                replies.append(reply(m, {k: v + np.asarray(0.1, v.dtype)
-                                         if v.dtype.kind == "f" else v
-                                         for k, v in THETA.items()},
-                                     {"num-examples": 5}))
+                replies.append(
+                    reply(
+                        m,
+                        {
+                            k: v + np.asarray(0.1, v.dtype)
+                            if v.dtype.kind == "f"
+                            else v
+                            for k, v in THETA.items()
+                        },
+                        {"num-examples": 5},
+                    )
+                )
             else:
                 replies.append(data.draw(_content(m)))
         # Strangers and duplicates too.

@@ -54,8 +54,11 @@ def _identity():
 
 def _honest_steps(d: int, seed: int = 0) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {n: (0.5 + 0.2 * rng.standard_normal(d)).astype(np.float32)
-            for n in NODES if n not in BYZANTINE}
+    return {
+        n: (0.5 + 0.2 * rng.standard_normal(d)).astype(np.float32)
+        for n in NODES
+        if n not in BYZANTINE
+    }
 
 
 def _round(strategy, theta, steps, server_round=1, byz_shift=100.0):
@@ -64,8 +67,9 @@ def _round(strategy, theta, steps, server_round=1, byz_shift=100.0):
     for m in msgs:
         node = m.metadata.dst_node_id
         step = steps[node] if node in steps else np.float32(byz_shift)
-        replies.append(reply(m, shifted(theta, step), {"num-examples": 10,
-                                                       "train-loss": 1.0}))
+        replies.append(
+            reply(m, shifted(theta, step), {"num-examples": 10, "train-loss": 1.0})
+        )
     return strategy.aggregate_train(server_round, replies)
 
 
@@ -82,8 +86,9 @@ ROBUST = [
 ]
 
 
-@pytest.mark.parametrize(("cls", "kwargs"), ROBUST,
-                         ids=[f"{c.__name__}-{k}" for c, k in ROBUST])
+@pytest.mark.parametrize(
+    ("cls", "kwargs"), ROBUST, ids=[f"{c.__name__}-{k}" for c, k in ROBUST]
+)
 def test_robust_rules_stay_near_the_honest_mean(cls, kwargs):
     theta = model_arrays(0)
     steps = _honest_steps(15)
@@ -104,8 +109,9 @@ def test_subset_rules_give_exactly_the_honest_mean(cls):
     steps = _honest_steps(15, seed=1)
     arrays, metrics = _round(cls(num_malicious_nodes=2), theta, steps)
     honest_mean = np.stack(list(steps.values())).astype(np.float64).mean(0)
-    np.testing.assert_allclose(record_flat(arrays) - flat(theta), honest_mean,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        record_flat(arrays) - flat(theta), honest_mean, atol=1e-5
+    )
     assert set(metrics["selected-node-ids"]) == set(NODES) - BYZANTINE
     assert set(metrics["removed-node-ids"]) == BYZANTINE
 
@@ -119,8 +125,13 @@ def test_faba_reports_removal_order_and_scores_by_node():
     for m in msgs:
         node = m.metadata.dst_node_id
         shift = {106: 50.0, 107: 100.0}.get(node)
-        replies.append(reply(m, shifted(theta, steps[node] if shift is None else
-                                        np.float32(shift)), {"num-examples": 1}))
+        replies.append(
+            reply(
+                m,
+                shifted(theta, steps[node] if shift is None else np.float32(shift)),
+                {"num-examples": 1},
+            )
+        )
     _, metrics = strategy.aggregate_train(1, replies)
     assert metrics["removed-node-ids"] == [107, 106]  # farthest first
     assert len(metrics["node-ids"]) == len(metrics["weights"]) == 7
@@ -145,31 +156,56 @@ def _flower_replies(theta, steps, nodes):
     """Replies as Flower's strategies need them (each also valid for ours)."""
     strategy = Mean()
     msgs = instructions(strategy, 1, theta, nodes)
-    return [reply(m, shifted(theta, steps[m.metadata.dst_node_id]
-                             if m.metadata.dst_node_id in steps else np.float32(100)),
-                  {"num-examples": 10}) for m in msgs]
+    return [
+        reply(
+            m,
+            shifted(
+                theta,
+                steps[m.metadata.dst_node_id]
+                if m.metadata.dst_node_id in steps
+                else np.float32(100),
+            ),
+            {"num-examples": 10},
+        )
+        for m in msgs
+    ]
 
 
-@pytest.mark.parametrize(("ours", "theirs"), [
-    (Krum(num_malicious_nodes=2), flwr_strategies.Krum(num_malicious_nodes=2)),
-    (MultiKrum(num_malicious_nodes=2, num_nodes_to_select=3),
-     flwr_strategies.MultiKrum(num_malicious_nodes=2, num_nodes_to_select=3)),
-    (Median(), flwr_strategies.FedMedian()),
-    (TrimmedMean(beta=0.3), flwr_strategies.FedTrimmedAvg(beta=0.3)),
-], ids=["krum", "multikrum", "median", "trimmed-mean"])
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (Krum(num_malicious_nodes=2), flwr_strategies.Krum(num_malicious_nodes=2)),
+        (
+            MultiKrum(num_malicious_nodes=2, num_nodes_to_select=3),
+            flwr_strategies.MultiKrum(num_malicious_nodes=2, num_nodes_to_select=3),
+        ),
+        (Median(), flwr_strategies.FedMedian()),
+        (TrimmedMean(beta=0.3), flwr_strategies.FedTrimmedAvg(beta=0.3)),
+    ],
+    ids=["krum", "multikrum", "median", "trimmed-mean"],
+)
 # Bulyan is left out on purpose: Flower scores Krum once, ours re-scores after
 # each choice as in the paper (DESIGN §4), so the chosen sets may differ.
 def test_same_model_as_flower_on_wellformed_replies(ours, theirs):
     theta = model_arrays(4)
     steps = _honest_steps(15, seed=4)
     msgs = instructions(ours, 1, theta, NODES)
-    make = lambda: [reply(m, shifted(theta, steps.get(m.metadata.dst_node_id,  # noqa: E731
-                                                      np.float32(100))),
-                          {"num-examples": 10}) for m in msgs]
+
+    def make():
+        return [
+            reply(
+                m,
+                shifted(theta, steps.get(m.metadata.dst_node_id, np.float32(100))),
+                {"num-examples": 10},
+            )
+            for m in msgs
+        ]
+
     ours_arrays, _ = ours.aggregate_train(1, make())
     theirs_arrays, _ = theirs.aggregate_train(1, make())
-    np.testing.assert_allclose(record_flat(ours_arrays), record_flat(theirs_arrays),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        record_flat(ours_arrays), record_flat(theirs_arrays), atol=1e-5
+    )
 
 
 def test_one_malformed_reply_crashes_flower_krum_not_ours():
@@ -177,9 +213,14 @@ def test_one_malformed_reply_crashes_flower_krum_not_ours():
     steps = _honest_steps(15)
     ours = Krum(num_malicious_nodes=2)
     msgs = instructions(ours, 1, theta, NODES)
-    replies = [reply(m, shifted(theta, steps.get(m.metadata.dst_node_id,
-                                                 np.float32(100))),
-                     {"num-examples": 10}) for m in msgs[:-1]]
+    replies = [
+        reply(
+            m,
+            shifted(theta, steps.get(m.metadata.dst_node_id, np.float32(100))),
+            {"num-examples": 10},
+        )
+        for m in msgs[:-1]
+    ]
     bad = model_arrays(5)
     del bad["b"]
     replies.append(reply(msgs[-1], bad, {"num-examples": 10}))
@@ -191,9 +232,19 @@ def test_one_malformed_reply_crashes_flower_krum_not_ours():
 
 
 def test_strategies_registry_and_summary(caplog):
-    assert set(STRATEGIES) >= {"faba", "krum", "multikrum", "bulyan", "geomed",
-                               "median", "trimmed-mean", "brute-force", "mean"}
+    assert set(STRATEGIES) >= {
+        "faba",
+        "krum",
+        "multikrum",
+        "bulyan",
+        "geomed",
+        "median",
+        "trimmed-mean",
+        "brute-force",
+        "mean",
+    }
     import logging
+
     with caplog.at_level(logging.INFO):
         TrimmedMean(beta=0.1).summary()
         FABA(malicious_fraction=0.25).summary()
@@ -202,6 +253,7 @@ def test_strategies_registry_and_summary(caplog):
 
 def test_summary_does_not_contradict_itself_on_weighting(caplog):
     import logging
+
     with caplog.at_level(logging.INFO):
         FABA(num_malicious_nodes=1).summary()
     text = caplog.text
@@ -214,19 +266,31 @@ def test_summary_does_not_contradict_itself_on_weighting(caplog):
     assert "Training aggregation: weighted by clients' 'num-examples'" in caplog.text
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "name"), [
-    (Krum, {"weighted_aggregation": True, "num_malicious_nodes": 1},
-     "weighted_aggregation"),
-    (FABA, {}, "num_malicious_nodes"),
-    (Krum, {}, "malicious_fraction"),
-    (BruteForce, {"num_malicious_nodes": 1, "malicious_fraction": 0.1},
-     "malicious_fraction"),
-    (GeoMed, {"method": "mean", "num_malicious_nodes": 1}, "method"),
-    (TrimmedMean, {"beta": 0.5}, "beta"),
-    (MultiKrum, {"num_nodes_to_select": 0, "num_malicious_nodes": 1},
-     "num_nodes_to_select"),
-    (BruteForce, {"max_subsets": 0, "num_malicious_nodes": 1}, "max_subsets"),
-])
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "name"),
+    [
+        (
+            Krum,
+            {"weighted_aggregation": True, "num_malicious_nodes": 1},
+            "weighted_aggregation",
+        ),
+        (FABA, {}, "num_malicious_nodes"),
+        (Krum, {}, "malicious_fraction"),
+        (
+            BruteForce,
+            {"num_malicious_nodes": 1, "malicious_fraction": 0.1},
+            "malicious_fraction",
+        ),
+        (GeoMed, {"method": "mean", "num_malicious_nodes": 1}, "method"),
+        (TrimmedMean, {"beta": 0.5}, "beta"),
+        (
+            MultiKrum,
+            {"num_nodes_to_select": 0, "num_malicious_nodes": 1},
+            "num_nodes_to_select",
+        ),
+        (BruteForce, {"max_subsets": 0, "num_malicious_nodes": 1}, "max_subsets"),
+    ],
+)
 def test_rule_configuration_errors(cls, kwargs, name):
     with pytest.raises(ValueError, match=name):
         cls(**kwargs)
@@ -261,22 +325,31 @@ class _Proxy(ClientProxy):
         raise NotImplementedError
 
 
-@pytest.mark.parametrize("make", [lambda: FABA(num_malicious_nodes=2),
-                                  lambda: Krum(num_malicious_nodes=2),
-                                  lambda: Median(),
-                                  lambda: GeoMed(num_malicious_nodes=2)],
-                         ids=["faba", "krum", "median", "geomed"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: FABA(num_malicious_nodes=2),
+        lambda: Krum(num_malicious_nodes=2),
+        lambda: Median(),
+        lambda: GeoMed(num_malicious_nodes=2),
+    ],
+    ids=["faba", "krum", "median", "geomed"],
+)
 def test_legacy_gives_the_same_aggregate_as_the_message_api(make):
     theta = model_arrays(6)
     steps = _honest_steps(15, seed=6)
     keys = list(theta)
     modern = make()
     msgs = instructions(modern, 1, theta, NODES)
-    models = {m.metadata.dst_node_id: shifted(theta, steps.get(m.metadata.dst_node_id,
-                                                               np.float32(100)))
-              for m in msgs}
-    replies = [reply(m, models[m.metadata.dst_node_id], {"num-examples": 3})
-               for m in msgs]
+    models = {
+        m.metadata.dst_node_id: shifted(
+            theta, steps.get(m.metadata.dst_node_id, np.float32(100))
+        )
+        for m in msgs
+    }
+    replies = [
+        reply(m, models[m.metadata.dst_node_id], {"num-examples": 3}) for m in msgs
+    ]
     arrays, metrics = modern.aggregate_train(1, replies)
 
     legacy = LegacyRobust(make())
@@ -285,9 +358,15 @@ def test_legacy_gives_the_same_aggregate_as_the_message_api(make):
     clients = [_Proxy(m.metadata.dst_node_id) for m in msgs]
     legacy.remember_sent(1, sent, clients)
     ok = Status(code=Code.OK, message="")
-    results = [(c, FitRes(ok, ndarrays_to_parameters([models[c.node_id][k]
-                                                      for k in keys]), 3, {}))
-               for c in clients]
+    results = [
+        (
+            c,
+            FitRes(
+                ok, ndarrays_to_parameters([models[c.node_id][k] for k in keys]), 3, {}
+            ),
+        )
+        for c in clients
+    ]
     bad_proxy = _Proxy(999)
     junk = Parameters([b"junk"], "numpy.ndarray")
     results.append((bad_proxy, FitRes(ok, junk, 3, {})))
@@ -321,9 +400,11 @@ def test_error_reply_in_message_api_counts_as_rejected():
     theta = model_arrays(8)
     strategy = Median()
     msgs = instructions(strategy, 1, theta, [1, 2, 3])
-    replies = [reply(msgs[0], shifted(theta, 1.0), {"a": 1}),
-               reply(msgs[1], shifted(theta, 2.0), {"a": 1}),
-               error_reply(msgs[2])]
+    replies = [
+        reply(msgs[0], shifted(theta, 1.0), {"a": 1}),
+        reply(msgs[1], shifted(theta, 2.0), {"a": 1}),
+        error_reply(msgs[2]),
+    ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(record_flat(arrays), flat(theta) + 1.5, atol=1e-6)
     assert metrics["rejected-reasons"] == [int(RejectReason.ERROR_REPLY)]

@@ -51,11 +51,14 @@ def honest_step(partition: int) -> np.ndarray:
     return (0.1 * (partition + 1) + 0.01 * ((partition * j) % 7)).astype(np.float32)
 
 
-HONEST_MEAN = np.mean([honest_step(p) for p in range(NUM_NODES)
-                       if p not in BYZANTINE], axis=0)
-THETA0 = {"w": np.linspace(-1, 1, D - 8, dtype=np.float32).reshape(4, 8),
-          "b": np.zeros(8, dtype=np.float32),
-          "steps": np.array(0, dtype=np.int64)}
+HONEST_MEAN = np.mean(
+    [honest_step(p) for p in range(NUM_NODES) if p not in BYZANTINE], axis=0
+)
+THETA0 = {
+    "w": np.linspace(-1, 1, D - 8, dtype=np.float32).reshape(4, 8),
+    "b": np.zeros(8, dtype=np.float32),
+    "steps": np.array(0, dtype=np.int64),
+}
 
 client = ClientApp()
 
@@ -63,8 +66,9 @@ client = ClientApp()
 @client.query()
 def identify(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
-    return Message(RecordDict({"identity": ConfigRecord({"partition-id": pid})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"identity": ConfigRecord({"partition-id": pid})}), reply_to=msg
+    )
 
 
 @client.train()
@@ -78,7 +82,7 @@ def train(msg: Message, context: Context) -> Message:
         flat = flat + np.float32(100.0)
     else:
         flat = flat + honest_step(pid)
-    out = {"w": flat[: w.size].reshape(w.shape), "b": flat[w.size:], "steps": steps}
+    out = {"w": flat[: w.size].reshape(w.shape), "b": flat[w.size :], "steps": steps}
     if mode == "malformed":
         if pid == 3:
             raise RuntimeError("client crashed")  # becomes an error reply
@@ -106,11 +110,19 @@ def _partition_of_nodes(grid: Grid) -> dict[int, int]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(nodes)} of {NUM_NODES} nodes connected")
         time.sleep(0.2)
-    msgs = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n,
-                    message_type=MessageType.QUERY) for n in nodes]
+    msgs = [
+        Message(
+            RecordDict({"config": ConfigRecord()}),
+            dst_node_id=n,
+            message_type=MessageType.QUERY,
+        )
+        for n in nodes
+    ]
     replies = grid.send_and_receive(msgs, timeout=60)
-    mapping = {r.metadata.src_node_id: int(r.content["identity"]["partition-id"])
-               for r in replies}
+    mapping = {
+        r.metadata.src_node_id: int(r.content["identity"]["partition-id"])
+        for r in replies
+    }
     assert sorted(mapping.values()) == list(range(NUM_NODES))
     return mapping
 
@@ -143,26 +155,49 @@ def simulation() -> dict:
         seen["partition"] = _partition_of_nodes(grid)
         initial = ArrayRecord({k: _array(v) for k, v in THETA0.items()})
         for name, make in CASES.items():
-            seen[name] = make().start(grid=grid, initial_arrays=initial, num_rounds=1,
-                                      train_config=ConfigRecord({"mode": "shift"}))
+            seen[name] = make().start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=1,
+                train_config=ConfigRecord({"mode": "shift"}),
+            )
         strategy = Median(fraction_evaluate=0.0)
         seen["malformed"] = strategy.start(
-            grid=grid, initial_arrays=initial, num_rounds=2,
-            train_config=ConfigRecord({"mode": "malformed"}))
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=2,
+            train_config=ConfigRecord({"mode": "malformed"}),
+        )
         seen["malformed-history"] = strategy.history
-        sampled = FABA(num_malicious_nodes=1, fraction_train=0.5, min_train_nodes=3,
-                       fraction_evaluate=0.0)
-        seen["sampled"] = sampled.start(grid=grid, initial_arrays=initial,
-                                        num_rounds=1,
-                                        train_config=ConfigRecord({"mode": "honest"}))
+        sampled = FABA(
+            num_malicious_nodes=1,
+            fraction_train=0.5,
+            min_train_nodes=3,
+            fraction_evaluate=0.0,
+        )
+        seen["sampled"] = sampled.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=1,
+            train_config=ConfigRecord({"mode": "honest"}),
+        )
         bound = Krum(num_malicious_nodes=3, fraction_evaluate=0.0)  # needs 9 nodes
-        seen["bound"] = bound.start(grid=grid, initial_arrays=initial, num_rounds=1,
-                                    train_config=ConfigRecord({"mode": "shift"}))
+        seen["bound"] = bound.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=1,
+            train_config=ConfigRecord({"mode": "shift"}),
+        )
 
-    run_simulation(server_app=server, client_app=client, num_supernodes=NUM_NODES,
-                   backend_config={"client_resources": {"num_cpus": 1,
-                                                        "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2}})
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=NUM_NODES,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2},
+        },
+    )
     return seen
 
 
@@ -195,18 +230,26 @@ def test_malformed_replies_through_a_whole_start(simulation):
     honest = [honest_step(p) for p in (0, 1, 2)]
     expected = _flat_theta0() + 2 * np.median(honest, axis=0)
     np.testing.assert_allclose(final, expected, atol=1e-5)
-    expected_reasons = {3: RejectReason.ERROR_REPLY, 4: RejectReason.WRONG_SHAPE,
-                        5: RejectReason.NON_FINITE, 6: RejectReason.EXTRA_KEYS}
+    expected_reasons = {
+        3: RejectReason.ERROR_REPLY,
+        4: RejectReason.WRONG_SHAPE,
+        5: RejectReason.NON_FINITE,
+        6: RejectReason.EXTRA_KEYS,
+    }
     for rnd in (1, 2):
         metrics = result.train_metrics_clientapp[rnd]
-        got = {partition[n]: RejectReason(c) for n, c in
-               zip(metrics["rejected-node-ids"], metrics["rejected-reasons"],
-                   strict=True)}
+        got = {
+            partition[n]: RejectReason(c)
+            for n, c in zip(
+                metrics["rejected-node-ids"], metrics["rejected-reasons"], strict=True
+            )
+        }
         assert got == expected_reasons
         assert metrics["num-valid"] == 3
     history = simulation["malformed-history"]
     assert {partition[n]: r for n, r in history[-1].rejected} == {
-        p: r.name for p, r in expected_reasons.items()}
+        p: r.name for p, r in expected_reasons.items()
+    }
 
 
 def test_fraction_train_samples_nodes(simulation):

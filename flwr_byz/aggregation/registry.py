@@ -115,40 +115,119 @@ def _twice_plus_three(f: int) -> int:
 
 
 REGISTRY: tuple[Rule, ...] = (
-    Rule("faba", _twice_plus_one, "2f+1", True, True,
-         "FABA (Xia et al., IJCAI 2019): f times, drop the update farthest from the "
-         "mean of the rest; mean of the n − f left", "FABA", _faba),
-    Rule("krum", _twice_plus_three, "2f+3", True, False,
-         "Krum (Blanchard et al., NeurIPS 2017): the update with the smallest sum "
-         "of squared distances to its n − f − 2 nearest", "Krum", _krum),
-    Rule("multikrum", _twice_plus_three, "2f+3", True, True,
-         "MultiKrum (Blanchard et al., NeurIPS 2017): mean of the m lowest Krum "
-         "scores", "MultiKrum"),
-    Rule("bulyan", lambda f: 4 * f + 3, "4f+3", True, False,
-         "Bulyan (El Mhamdi et al., ICML 2018): n − 2f updates by repeated Krum, "
-         "then per coordinate the mean of the n − 4f closest to the median",
-         "Bulyan", _bulyan),
-    Rule("geomed", _twice_plus_one, "2f+1", True, False,
-         "GeoMed: the medoid (FABA paper's baseline) or the smoothed-Weiszfeld "
-         "geometric median (weighted)", "GeoMed"),
-    Rule("median", _twice_plus_one, "2f+1", False, False,
-         "coordinate-wise median (Yin et al., ICML 2018); numpy's even-n median",
-         "Median", _median),
-    Rule("trimmed-mean", _twice_plus_one, "2f+1", False, False,
-         "coordinate-wise trimmed mean (Yin et al., ICML 2018): drop the "
-         "floor(βn) largest and smallest per coordinate", "TrimmedMean"),
-    Rule("brute-force", _twice_plus_one, "2f+1", True, False,
-         "brute force (FABA paper's baseline): mean of the (n − f)-subset of "
-         "smallest diameter", "BruteForce", _brute),
-    Rule("fltrust", lambda f: 1, "1", False, False,
-         "FLTrust (Cao et al., NDSS 2021): trust ReLU(cos) to the server's own "
-         "update, updates rescaled to its norm", "FLTrust"),
-    Rule("zeno", lambda f: f + 1, "f+1", True, False,
-         "Zeno (Xie et al., ICML 2019): mean of the n − b updates with the best "
-         "descendant score on the server's data", "Zeno"),
-    Rule("mean", lambda f: 1, "1", False, True,
-         "mean of the updates: no defence, with flwr-byz's reply validation",
-         "Mean", _mean),
+    Rule(
+        "faba",
+        _twice_plus_one,
+        "2f+1",
+        True,
+        True,
+        "FABA (Xia et al., IJCAI 2019): f times, drop the update farthest from the "
+        "mean of the rest; mean of the n − f left",
+        "FABA",
+        _faba,
+    ),
+    Rule(
+        "krum",
+        _twice_plus_three,
+        "2f+3",
+        True,
+        False,
+        "Krum (Blanchard et al., NeurIPS 2017): the update with the smallest sum "
+        "of squared distances to its n − f − 2 nearest",
+        "Krum",
+        _krum,
+    ),
+    Rule(
+        "multikrum",
+        _twice_plus_three,
+        "2f+3",
+        True,
+        True,
+        "MultiKrum (Blanchard et al., NeurIPS 2017): mean of the m lowest Krum scores",
+        "MultiKrum",
+    ),
+    Rule(
+        "bulyan",
+        lambda f: 4 * f + 3,
+        "4f+3",
+        True,
+        False,
+        "Bulyan (El Mhamdi et al., ICML 2018): n − 2f updates by repeated Krum, "
+        "then per coordinate the mean of the n − 4f closest to the median",
+        "Bulyan",
+        _bulyan,
+    ),
+    Rule(
+        "geomed",
+        _twice_plus_one,
+        "2f+1",
+        True,
+        False,
+        "GeoMed: the medoid (FABA paper's baseline) or the smoothed-Weiszfeld "
+        "geometric median (weighted)",
+        "GeoMed",
+    ),
+    Rule(
+        "median",
+        _twice_plus_one,
+        "2f+1",
+        False,
+        False,
+        "coordinate-wise median (Yin et al., ICML 2018); numpy's even-n median",
+        "Median",
+        _median,
+    ),
+    Rule(
+        "trimmed-mean",
+        _twice_plus_one,
+        "2f+1",
+        False,
+        False,
+        "coordinate-wise trimmed mean (Yin et al., ICML 2018): drop the "
+        "floor(βn) largest and smallest per coordinate",
+        "TrimmedMean",
+    ),
+    Rule(
+        "brute-force",
+        _twice_plus_one,
+        "2f+1",
+        True,
+        False,
+        "brute force (FABA paper's baseline): mean of the (n − f)-subset of "
+        "smallest diameter",
+        "BruteForce",
+        _brute,
+    ),
+    Rule(
+        "fltrust",
+        lambda f: 1,
+        "1",
+        False,
+        False,
+        "FLTrust (Cao et al., NDSS 2021): trust ReLU(cos) to the server's own "
+        "update, updates rescaled to its norm",
+        "FLTrust",
+    ),
+    Rule(
+        "zeno",
+        lambda f: f + 1,
+        "f+1",
+        True,
+        False,
+        "Zeno (Xie et al., ICML 2019): mean of the n − b updates with the best "
+        "descendant score on the server's data",
+        "Zeno",
+    ),
+    Rule(
+        "mean",
+        lambda f: 1,
+        "1",
+        False,
+        True,
+        "mean of the updates: no defence, with flwr-byz's reply validation",
+        "Mean",
+        _mean,
+    ),
 )
 
 #: Rule name -> :class:`Rule`.

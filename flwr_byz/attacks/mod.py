@@ -70,9 +70,7 @@ def node_key(context: Context) -> int:
     return int(pid) if pid is not None else int(context.node_id)
 
 
-def is_compromised(
-    context: Context, config: Mapping[str, Any] | None = None
-) -> bool:
+def is_compromised(context: Context, config: Mapping[str, Any] | None = None) -> bool:
     """Whether this node is one of the attacker's nodes.
 
     ``node_config["byzantine"]`` (true/false) decides when present (deployments:
@@ -221,7 +219,7 @@ class ByzantineMod:
                 "'attack' key and the mod was given no arguments, so every node "
                 "would run honest. Configure it in the app: "
                 'ClientApp(mods=[byzantine_mod(attack="sign-flip", fraction=0.3, '
-                'seed=0)]), or define the attack keys in [tool.flwr.app.config] '
+                "seed=0)]), or define the attack keys in [tool.flwr.app.config] "
                 '(attack = "none" for an honest run).'
             )
         check_attack_config(cfg)

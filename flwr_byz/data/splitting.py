@@ -41,9 +41,7 @@ def train_test_indices(
     return perm[n_test:], perm[:n_test]
 
 
-def qv_indices(
-    labels: np.ndarray, qv_size: int, seed: int, source: str
-) -> np.ndarray:
+def qv_indices(labels: np.ndarray, qv_size: int, seed: int, source: str) -> np.ndarray:
     """``qv_size`` distinct indices of a QV pool, as class-balanced as possible.
 
     The pool is shuffled (seeded) and classes are then taken in turn, so a 10-sample

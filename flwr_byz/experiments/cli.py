@@ -103,9 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--set expects KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         base[key.strip()] = _parse_value(value.strip())
-    strategies = (
-        list(STRATEGY_NAMES) if args.strategies == ["all"] else args.strategies
-    )
+    strategies = list(STRATEGY_NAMES) if args.strategies == ["all"] else args.strategies
     spec = GridSpec(
         strategies=strategies,
         attacks=args.attacks,

@@ -28,10 +28,15 @@ def strategy_for(rule: Rule) -> type[RobustStrategy]:
     if rule.strategy:
         return globals()[rule.strategy]
     name = "".join(part.capitalize() for part in rule.name.split("-"))
-    doc = (f"{rule.description}.\n\nNeeds n >= {rule.bound_text} valid replies. "
-           "Arguments: see :class:`RobustStrategy`.")
-    return type(name, (RobustStrategy,), {"rule_name": rule.name, "__doc__": doc,
-                                          "__module__": __name__})
+    doc = (
+        f"{rule.description}.\n\nNeeds n >= {rule.bound_text} valid replies. "
+        "Arguments: see :class:`RobustStrategy`."
+    )
+    return type(
+        name,
+        (RobustStrategy,),
+        {"rule_name": rule.name, "__doc__": doc, "__module__": __name__},
+    )
 
 
 #: Strategy class per run-config name (``strategy`` key), from the rule registry.

@@ -25,10 +25,14 @@ class BruteForce(RobustStrategy):
     rule_name = "brute-force"
 
     def __init__(self, max_subsets: int = 200_000, **kwargs: Any) -> None:
-        if isinstance(max_subsets, bool) or not isinstance(max_subsets, int) or (
-                max_subsets < 1):
-            raise ValueError(f"max_subsets={max_subsets!r}: allowed values are "
-                             "integers >= 1")
+        if (
+            isinstance(max_subsets, bool)
+            or not isinstance(max_subsets, int)
+            or (max_subsets < 1)
+        ):
+            raise ValueError(
+                f"max_subsets={max_subsets!r}: allowed values are integers >= 1"
+            )
         super().__init__(**kwargs)
         self.max_subsets = max_subsets
 

@@ -8,13 +8,18 @@ from typing import Any
 
 
 def _finite_number(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
-def mean_client_metrics(metrics: Sequence[Mapping[str, Any]],
-                        weights: Sequence[float] | None = None,
-                        exclude: Sequence[str] = ()) -> dict[str, float | list[float]]:
+def mean_client_metrics(
+    metrics: Sequence[Mapping[str, Any]],
+    weights: Sequence[float] | None = None,
+    exclude: Sequence[str] = (),
+) -> dict[str, float | list[float]]:
     """Mean of the clients' numeric metrics, key by key, skipping bad values.
 
     Parameters
@@ -49,8 +54,9 @@ def mean_client_metrics(metrics: Sequence[Mapping[str, Any]],
                 current = sums.setdefault(key, [0.0] * len(value))
                 if not isinstance(current, list) or len(current) != len(value):
                     continue
-                sums[key] = [c + weight * v
-                             for c, v in zip(current, value, strict=True)]
+                sums[key] = [
+                    c + weight * v for c, v in zip(current, value, strict=True)
+                ]
             elif _finite_number(value):
                 current = sums.setdefault(key, 0.0)
                 if isinstance(current, list):
@@ -62,10 +68,14 @@ def mean_client_metrics(metrics: Sequence[Mapping[str, Any]],
     out: dict[str, float | list[float]] = {}
     for key, total in totals.items():
         value = sums[key]
-        mean = ([float(v / total) for v in value] if isinstance(value, list)
-                else float(value / total))
+        mean = (
+            [float(v / total) for v in value]
+            if isinstance(value, list)
+            else float(value / total)
+        )
         # Finite inputs can still overflow the sum; such a key is dropped.
-        if total > 0 and all(math.isfinite(v) for v in
-                             (mean if isinstance(mean, list) else [mean])):
+        if total > 0 and all(
+            math.isfinite(v) for v in (mean if isinstance(mean, list) else [mean])
+        ):
             out[key] = mean
     return out

@@ -38,8 +38,14 @@ class GeoMed(RobustStrategy):
 
     rule_name = "geomed"
 
-    def __init__(self, method: str = "medoid", eps: float = 1e-8, max_iter: int = 100,
-                 tol: float = 1e-7, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        method: str = "medoid",
+        eps: float = 1e-8,
+        max_iter: int = 100,
+        tol: float = 1e-7,
+        **kwargs: Any,
+    ) -> None:
         if method not in _METHODS:
             raise ValueError(f"method={method!r}: allowed values are {_METHODS}")
         if not (isinstance(max_iter, int) and max_iter >= 1):
@@ -59,17 +65,33 @@ class GeoMed(RobustStrategy):
     def _settings(self) -> list[tuple[str, object]]:
         if self.method == "medoid":
             return [("Method", self.method)]
-        return [("Method", self.method), ("eps", self.eps),
-                ("max_iter", self.max_iter), ("tol", self.tol)]
+        return [
+            ("Method", self.method),
+            ("eps", self.eps),
+            ("max_iter", self.max_iter),
+            ("tol", self.tol),
+        ]
 
-    def aggregate_updates(self, server_round: int, updates: torch.Tensor,
-                          node_ids: list[int], weights: torch.Tensor | None, f: int,
-                          global_flat: torch.Tensor) -> AggregationResult:
+    def aggregate_updates(
+        self,
+        server_round: int,
+        updates: torch.Tensor,
+        node_ids: list[int],
+        weights: torch.Tensor | None,
+        f: int,
+        global_flat: torch.Tensor,
+    ) -> AggregationResult:
         """Aggregate with :func:`flwr_byz.aggregation.geomed_medoid` or
         :func:`flwr_byz.aggregation.geometric_median`."""
         from flwr_byz.aggregation import geomed_medoid, geometric_median
 
         if self.method == "medoid":
             return geomed_medoid(updates, f)
-        return geometric_median(updates, f, weights=weights, eps=self.eps,
-                                max_iter=self.max_iter, tol=self.tol)
+        return geometric_median(
+            updates,
+            f,
+            weights=weights,
+            eps=self.eps,
+            max_iter=self.max_iter,
+            tol=self.tol,
+        )

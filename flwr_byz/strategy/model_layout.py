@@ -87,8 +87,9 @@ def parse_npy_header(data: bytes) -> NpyHeader:
         raise ValueError(f"unsupported .npy version {version}")
     if dtype.hasobject:
         raise ValueError("object arrays are never accepted")
-    return NpyHeader(dtype, tuple(int(s) for s in shape), bool(fortran_order),
-                     stream.tell())
+    return NpyHeader(
+        dtype, tuple(int(s) for s in shape), bool(fortran_order), stream.tell()
+    )
 
 
 def npy_view(array: ArrayLike) -> np.ndarray:
@@ -117,8 +118,9 @@ def npy_view(array: ArrayLike) -> np.ndarray:
     count = math.prod(header.shape)
     if len(array.data) != header.offset + count * header.dtype.itemsize:
         raise ValueError("payload length does not match the .npy header")
-    flat = np.frombuffer(array.data, dtype=header.dtype, count=count,
-                         offset=header.offset)
+    flat = np.frombuffer(
+        array.data, dtype=header.dtype, count=count, offset=header.offset
+    )
     order = "F" if header.fortran_order else "C"
     return flat.reshape(header.shape, order=order)
 
@@ -154,5 +156,9 @@ def decode_arrayrecord(
 
 def encode_arrays(arrays: Mapping[str, np.ndarray | Array]) -> ArrayRecord:
     """ArrayRecord of numpy arrays (or already serialised Arrays), order kept."""
-    return ArrayRecord({k: v if isinstance(v, Array) else Array(np.ascontiguousarray(v))
-                        for k, v in arrays.items()})
+    return ArrayRecord(
+        {
+            k: v if isinstance(v, Array) else Array(np.ascontiguousarray(v))
+            for k, v in arrays.items()
+        }
+    )

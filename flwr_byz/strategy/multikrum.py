@@ -31,21 +31,29 @@ class MultiKrum(RobustStrategy):
 
     def __init__(self, num_nodes_to_select: int | None = None, **kwargs: Any) -> None:
         if num_nodes_to_select is not None and (
-                isinstance(num_nodes_to_select, bool)
-                or not isinstance(num_nodes_to_select, int)
-                or num_nodes_to_select < 1):
-            raise ValueError(f"num_nodes_to_select={num_nodes_to_select!r}: allowed "
-                             "values are None or integers >= 1")
+            isinstance(num_nodes_to_select, bool)
+            or not isinstance(num_nodes_to_select, int)
+            or num_nodes_to_select < 1
+        ):
+            raise ValueError(
+                f"num_nodes_to_select={num_nodes_to_select!r}: allowed "
+                "values are None or integers >= 1"
+            )
         super().__init__(**kwargs)
         self.num_nodes_to_select = num_nodes_to_select
 
     def _settings(self) -> list[tuple[str, object]]:
-        return [("Number of nodes to select",
-                 self.num_nodes_to_select or "n - f")]
+        return [("Number of nodes to select", self.num_nodes_to_select or "n - f")]
 
-    def aggregate_updates(self, server_round: int, updates: torch.Tensor,
-                          node_ids: list[int], weights: torch.Tensor | None, f: int,
-                          global_flat: torch.Tensor) -> AggregationResult:
+    def aggregate_updates(
+        self,
+        server_round: int,
+        updates: torch.Tensor,
+        node_ids: list[int],
+        weights: torch.Tensor | None,
+        f: int,
+        global_flat: torch.Tensor,
+    ) -> AggregationResult:
         """Aggregate with :func:`flwr_byz.aggregation.multikrum`."""
         from flwr_byz.aggregation import multikrum
 

@@ -107,8 +107,9 @@ class RejectReason(IntEnum):
     UPDATE_OVERFLOW = 19
 
 
-def check_num_examples(metrics: Mapping[str, Any] | None, key: str
-                       ) -> tuple[RejectReason | None, float]:
+def check_num_examples(
+    metrics: Mapping[str, Any] | None, key: str
+) -> tuple[RejectReason | None, float]:
     """Check the self-reported weight of a reply.
 
     Parameters
@@ -134,8 +135,9 @@ def check_num_examples(metrics: Mapping[str, Any] | None, key: str
     return None, value
 
 
-def check_array_structure(arrays: Mapping[str, ArrayLike], layout: ModelLayout
-                          ) -> RejectReason | None:
+def check_array_structure(
+    arrays: Mapping[str, ArrayLike], layout: ModelLayout
+) -> RejectReason | None:
     """Check keys, stype, declared dtype and declared shape against the sent model.
 
     Parameters
@@ -156,8 +158,9 @@ def check_array_structure(arrays: Mapping[str, ArrayLike], layout: ModelLayout
         return RejectReason.MISSING_KEYS
     if reply_keys - expected:
         return RejectReason.EXTRA_KEYS
-    for key, shape, dtype_name in zip(layout.keys, layout.shapes, layout.dtype_names,
-                                      strict=True):
+    for key, shape, dtype_name in zip(
+        layout.keys, layout.shapes, layout.dtype_names, strict=True
+    ):
         array = arrays[key]
         if array.stype != NUMPY_STYPE:
             return RejectReason.WRONG_STYPE
@@ -170,9 +173,12 @@ def check_array_structure(arrays: Mapping[str, ArrayLike], layout: ModelLayout
     return None
 
 
-def _payload(array: ArrayLike, shape: tuple[int, ...], dtype: np.dtype,
-             known_header: bytes | None = None
-             ) -> tuple[RejectReason | None, np.ndarray | None]:
+def _payload(
+    array: ArrayLike,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    known_header: bytes | None = None,
+) -> tuple[RejectReason | None, np.ndarray | None]:
     """Zero-copy view of an array's values, checked against the sent dtype/shape.
 
     ``known_header`` is the C-order ``.npy`` header of the sent array: a reply
@@ -181,7 +187,7 @@ def _payload(array: ArrayLike, shape: tuple[int, ...], dtype: np.dtype,
     """
     data = array.data
     count = math.prod(shape)
-    if known_header is not None and data[:len(known_header)] == known_header:
+    if known_header is not None and data[: len(known_header)] == known_header:
         offset, fortran_order = len(known_header), False
     else:
         try:
@@ -202,10 +208,13 @@ def _payload(array: ArrayLike, shape: tuple[int, ...], dtype: np.dtype,
     return None, flat
 
 
-def decode_update_into(arrays: Mapping[str, ArrayLike], layout: ModelLayout,
-                       theta: Mapping[str, np.ndarray], out: np.ndarray,
-                       headers: Mapping[str, bytes] | None = None
-                       ) -> RejectReason | None:
+def decode_update_into(
+    arrays: Mapping[str, ArrayLike],
+    layout: ModelLayout,
+    theta: Mapping[str, np.ndarray],
+    out: np.ndarray,
+    headers: Mapping[str, bytes] | None = None,
+) -> RejectReason | None:
     """Validate a reply's arrays and write its update ``w - theta`` into ``out``.
 
     Reads every array through a zero-copy view of its ``.npy`` bytes; the only
@@ -241,20 +250,22 @@ def decode_update_into(arrays: Mapping[str, ArrayLike], layout: ModelLayout,
     headers = headers or {}
     for i, key in enumerate(layout.keys):
         if layout.offsets[i] < 0:
-            reason, _ = _payload(arrays[key], layout.shapes[i], layout.dtypes[i],
-                                 headers.get(key))
+            reason, _ = _payload(
+                arrays[key], layout.shapes[i], layout.dtypes[i], headers.get(key)
+            )
             if reason is not None:
                 return reason
     with np.errstate(over="ignore", invalid="ignore"):
         for i, key, start, stop in layout.segments():
-            reason, src = _payload(arrays[key], layout.shapes[i], layout.dtypes[i],
-                                   headers.get(key))
+            reason, src = _payload(
+                arrays[key], layout.shapes[i], layout.dtypes[i], headers.get(key)
+            )
             if reason is not None:
                 return reason
             sent = theta[key]
             for a in range(0, stop - start, _BLOCK):
                 b = min(a + _BLOCK, stop - start)
-                block = out[start + a:start + b]
+                block = out[start + a : start + b]
                 np.subtract(src[a:b], sent[a:b], out=block, casting="same_kind")
                 # One cheap reduction: a finite sum means finite values. A sum
                 # that is not may only have overflowed on huge finite values, so
@@ -302,18 +313,30 @@ class SentModel:
     headers: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
-    def from_record(cls, server_round: int, record: ArrayRecord,
-                    node_ids: Sequence[int] = (),
-                    message_types: Mapping[int, str] | None = None) -> SentModel:
+    def from_record(
+        cls,
+        server_round: int,
+        record: ArrayRecord,
+        node_ids: Sequence[int] = (),
+        message_types: Mapping[int, str] | None = None,
+    ) -> SentModel:
         """Decode (zero-copy) the model sent in ``server_round``."""
         layout, arrays = decode_arrayrecord(record)
         headers = {}
         for key, array in record.items():
             header = parse_npy_header(array.data)
             if not header.fortran_order:
-                headers[key] = bytes(array.data[:header.offset])
-        return cls(server_round, record, layout, arrays, layout.flatten(arrays),
-                   tuple(node_ids), dict(message_types or {}), headers)
+                headers[key] = bytes(array.data[: header.offset])
+        return cls(
+            server_round,
+            record,
+            layout,
+            arrays,
+            layout.flatten(arrays),
+            tuple(node_ids),
+            dict(message_types or {}),
+            headers,
+        )
 
 
 @dataclass
@@ -378,8 +401,12 @@ def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
         reason = RejectReason.EXTRA_METRIC_RECORD
     if reason is not None:
         return Candidate(node_id, None, None, reason)
-    return Candidate(node_id, array_records[0], metric_records[0],
-                     partition_id=_claimed_partition(content))
+    return Candidate(
+        node_id,
+        array_records[0],
+        metric_records[0],
+        partition_id=_claimed_partition(content),
+    )
 
 
 def _claimed_partition(content: Any) -> int:
@@ -421,19 +448,30 @@ class ValidReplies:
     @property
     def updates(self) -> np.ndarray:
         """``(n, d)`` view of the valid rows."""
-        return self.matrix[:len(self.node_ids)]
+        return self.matrix[: len(self.node_ids)]
 
 
 def _reject(report: RoundReport, node_id: int, reason: RejectReason) -> None:
     report.rejected.append((int(node_id), reason.name))
     report.rejected_codes.append(int(reason))
-    log(logging.WARNING, "Round %d: rejected reply from node %d: %s (code %d)",
-        report.server_round, node_id, reason.name, int(reason))
+    log(
+        logging.WARNING,
+        "Round %d: rejected reply from node %d: %s (code %d)",
+        report.server_round,
+        node_id,
+        reason.name,
+        int(reason),
+    )
 
 
-def validate_replies(sent: SentModel, candidates: Sequence[Candidate],
-                     report: RoundReport, *, weighted_by: str | None,
-                     buffer: np.ndarray | None = None) -> ValidReplies:
+def validate_replies(
+    sent: SentModel,
+    candidates: Sequence[Candidate],
+    report: RoundReport,
+    *,
+    weighted_by: str | None,
+    buffer: np.ndarray | None = None,
+) -> ValidReplies:
     """Check every reply on its own and write the valid updates into one matrix.
 
     Never raises because of reply content: a reply that fails is excluded and
@@ -484,8 +522,13 @@ def validate_replies(sent: SentModel, candidates: Sequence[Candidate],
             pending.append((cand, weight))
 
     # One preallocated matrix; a rejected reply's row is reused by the next.
-    if (buffer is not None and buffer.dtype == np.float32 and buffer.ndim == 2
-            and buffer.shape[1] == layout.d and buffer.shape[0] >= len(pending)):
+    if (
+        buffer is not None
+        and buffer.dtype == np.float32
+        and buffer.ndim == 2
+        and buffer.shape[1] == layout.d
+        and buffer.shape[0] >= len(pending)
+    ):
         matrix = buffer
     else:
         matrix = np.empty((len(pending), layout.d), dtype=np.float32)
@@ -493,8 +536,9 @@ def validate_replies(sent: SentModel, candidates: Sequence[Candidate],
     valid: list[tuple[Candidate, float]] = []
     for cand, weight in pending:
         try:
-            reason = decode_update_into(cand.arrays, layout, flat_sent,
-                                        matrix[len(valid)], sent.headers)
+            reason = decode_update_into(
+                cand.arrays, layout, flat_sent, matrix[len(valid)], sent.headers
+            )
         except Exception:  # client bytes must never crash the server
             log(logging.DEBUG, "decode failure", exc_info=True)
             reason = RejectReason.MALFORMED
@@ -506,7 +550,9 @@ def validate_replies(sent: SentModel, candidates: Sequence[Candidate],
     report.node_ids = node_ids
     report.partition_ids = [int(c.partition_id) for c, _ in valid]
     return ValidReplies(
-        matrix, node_ids,
+        matrix,
+        node_ids,
         [c.metrics if c.metrics is not None else {} for c, _ in valid],
         [w for _, w in valid] if weighted_by is not None else None,
-        list(report.partition_ids))
+        list(report.partition_ids),
+    )

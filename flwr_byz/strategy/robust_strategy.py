@@ -173,47 +173,68 @@ class RobustStrategy(FedAvg):
             raise ValueError(
                 "give at most one of num_malicious_nodes and malicious_fraction, "
                 f"got num_malicious_nodes={num_malicious_nodes!r} and "
-                f"malicious_fraction={malicious_fraction!r}")
+                f"malicious_fraction={malicious_fraction!r}"
+            )
         if self.uses_f and num_malicious_nodes is None and malicious_fraction is None:
             raise ValueError(
                 f"{type(self).__name__} needs a Byzantine budget: give "
                 "num_malicious_nodes (an integer >= 0) or malicious_fraction "
-                "(a number in [0, 0.5)), got neither")
+                "(a number in [0, 0.5)), got neither"
+            )
         if num_malicious_nodes is not None and (
-                isinstance(num_malicious_nodes, bool)
-                or not isinstance(num_malicious_nodes, int | np.integer)
-                or num_malicious_nodes < 0):
-            raise ValueError(f"num_malicious_nodes={num_malicious_nodes!r}: allowed "
-                             "values are integers >= 0")
+            isinstance(num_malicious_nodes, bool)
+            or not isinstance(num_malicious_nodes, int | np.integer)
+            or num_malicious_nodes < 0
+        ):
+            raise ValueError(
+                f"num_malicious_nodes={num_malicious_nodes!r}: allowed "
+                "values are integers >= 0"
+            )
         if malicious_fraction is not None and (
-                isinstance(malicious_fraction, bool)
-                or not isinstance(malicious_fraction, int | float)
-                or not 0.0 <= malicious_fraction < 0.5):
-            raise ValueError(f"malicious_fraction={malicious_fraction!r}: allowed "
-                             "values are numbers in [0, 0.5)")
-        if (isinstance(server_learning_rate, bool)
-                or not isinstance(server_learning_rate, int | float)
-                or not math.isfinite(server_learning_rate)
-                or server_learning_rate <= 0):
-            raise ValueError(f"server_learning_rate={server_learning_rate!r}: "
-                             "allowed values are finite numbers > 0")
-        if (isinstance(server_momentum, bool)
-                or not isinstance(server_momentum, int | float)
-                or not 0.0 <= server_momentum < 1.0):
-            raise ValueError(f"server_momentum={server_momentum!r}: allowed values "
-                             "are numbers in [0, 1)")
+            isinstance(malicious_fraction, bool)
+            or not isinstance(malicious_fraction, int | float)
+            or not 0.0 <= malicious_fraction < 0.5
+        ):
+            raise ValueError(
+                f"malicious_fraction={malicious_fraction!r}: allowed "
+                "values are numbers in [0, 0.5)"
+            )
+        if (
+            isinstance(server_learning_rate, bool)
+            or not isinstance(server_learning_rate, int | float)
+            or not math.isfinite(server_learning_rate)
+            or server_learning_rate <= 0
+        ):
+            raise ValueError(
+                f"server_learning_rate={server_learning_rate!r}: "
+                "allowed values are finite numbers > 0"
+            )
+        if (
+            isinstance(server_momentum, bool)
+            or not isinstance(server_momentum, int | float)
+            or not 0.0 <= server_momentum < 1.0
+        ):
+            raise ValueError(
+                f"server_momentum={server_momentum!r}: allowed values "
+                "are numbers in [0, 1)"
+            )
         if not isinstance(weighted_aggregation, bool):
-            raise ValueError(f"weighted_aggregation={weighted_aggregation!r}: "
-                             "allowed values are True, False")
+            raise ValueError(
+                f"weighted_aggregation={weighted_aggregation!r}: "
+                "allowed values are True, False"
+            )
         if weighted_aggregation and not self.supports_weights:
             raise ValueError(
                 f"weighted_aggregation=True is not supported by "
                 f"{type(self).__name__} (its rule does not weight updates); "
-                "allowed value: False")
-        self.num_malicious_nodes = (None if num_malicious_nodes is None
-                                    else int(num_malicious_nodes))
-        self.malicious_fraction = (None if malicious_fraction is None
-                                   else float(malicious_fraction))
+                "allowed value: False"
+            )
+        self.num_malicious_nodes = (
+            None if num_malicious_nodes is None else int(num_malicious_nodes)
+        )
+        self.malicious_fraction = (
+            None if malicious_fraction is None else float(malicious_fraction)
+        )
         self.weighted_aggregation = weighted_aggregation
         self.server_learning_rate = float(server_learning_rate)
         self.server_momentum = float(server_momentum)
@@ -274,7 +295,8 @@ class RobustStrategy(FedAvg):
         if rule is None or rule.aggregate is None:
             raise NotImplementedError(
                 f"{type(self).__name__}: rule {self.rule_name!r} has no registry "
-                "aggregate; override aggregate_updates")
+                "aggregate; override aggregate_updates"
+            )
         return rule.aggregate(updates, f, weights)
 
     # --------------------------------------------------------------- helpers
@@ -300,31 +322,43 @@ class RobustStrategy(FedAvg):
         unweighted training aggregation.
         """
         log(INFO, "\t├──> %s settings:", type(self).__name__)
-        budget = (f"floor({self.malicious_fraction} * num-valid)"
-                  if self.malicious_fraction is not None
-                  else str(self.num_malicious_nodes or 0))
-        training = (f"weighted by clients' '{self.weighted_by_key}'"
-                    if self.weighted_aggregation
-                    else "unweighted (clients' sizes are not trusted)")
-        rows: list[tuple[str, object]] = [("Byzantine budget f", budget),
-                                          *self._settings(),
-                                          ("Training aggregation", training),
-                                          ("Server learning rate",
-                                           self.server_learning_rate),
-                                          ("Server momentum", self.server_momentum),
-                                          ("Device", str(self.torch_device))]
+        budget = (
+            f"floor({self.malicious_fraction} * num-valid)"
+            if self.malicious_fraction is not None
+            else str(self.num_malicious_nodes or 0)
+        )
+        training = (
+            f"weighted by clients' '{self.weighted_by_key}'"
+            if self.weighted_aggregation
+            else "unweighted (clients' sizes are not trusted)"
+        )
+        rows: list[tuple[str, object]] = [
+            ("Byzantine budget f", budget),
+            *self._settings(),
+            ("Training aggregation", training),
+            ("Server learning rate", self.server_learning_rate),
+            ("Server momentum", self.server_momentum),
+            ("Device", str(self.torch_device)),
+        ]
         for i, (name, value) in enumerate(rows):
             branch = "└──" if i == len(rows) - 1 else "├──"
             log(INFO, "\t│\t%s %s: %s", branch, name, value)
         log(INFO, "\t├──> Sampling:")
-        log(INFO, "\t│\t├──Fraction: train (%.2f) | evaluate ( %.2f)",
-            self.fraction_train, self.fraction_evaluate)
-        log(INFO, "\t│\t├──Minimum nodes: train (%d) | evaluate (%d)",
-            self.min_train_nodes, self.min_evaluate_nodes)
+        log(
+            INFO,
+            "\t│\t├──Fraction: train (%.2f) | evaluate ( %.2f)",
+            self.fraction_train,
+            self.fraction_evaluate,
+        )
+        log(
+            INFO,
+            "\t│\t├──Minimum nodes: train (%d) | evaluate (%d)",
+            self.min_train_nodes,
+            self.min_evaluate_nodes,
+        )
         log(INFO, "\t│\t└──Minimum available nodes: %d", self.min_available_nodes)
         log(INFO, "\t└──> Keys in records:")
-        log(INFO, "\t\t├── Evaluation metrics weighted by: '%s'",
-            self.weighted_by_key)
+        log(INFO, "\t\t├── Evaluation metrics weighted by: '%s'", self.weighted_by_key)
         log(INFO, "\t\t├── ArrayRecord key: '%s'", self.arrayrecord_key)
         log(INFO, "\t\t└── ConfigRecord key: '%s'", self.configrecord_key)
 
@@ -334,16 +368,20 @@ class RobustStrategy(FedAvg):
     ) -> Iterable[Message]:
         """Configure the next round of training and remember what is sent."""
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.remember_sent(server_round, arrays,
-                           {m.metadata.dst_node_id: m.metadata.message_type
-                            for m in messages})
+        self.remember_sent(
+            server_round,
+            arrays,
+            {m.metadata.dst_node_id: m.metadata.message_type for m in messages},
+        )
         return messages
 
-    def remember_sent(self, server_round: int, arrays: ArrayRecord,
-                      message_types: dict[int, str]) -> None:
+    def remember_sent(
+        self, server_round: int, arrays: ArrayRecord, message_types: dict[int, str]
+    ) -> None:
         """Record the model and recipients (node id -> message type) of a round."""
-        self._sent = SentModel.from_record(server_round, arrays,
-                                           list(message_types), message_types)
+        self._sent = SentModel.from_record(
+            server_round, arrays, list(message_types), message_types
+        )
 
     def aggregate_train(
         self,
@@ -360,7 +398,8 @@ class RobustStrategy(FedAvg):
         if sent is None or sent.server_round != server_round:
             raise RuntimeError(
                 f"aggregate_train(server_round={server_round}) without a matching "
-                "configure_train: the strategy needs the model it sent")
+                "configure_train: the strategy needs the model it sent"
+            )
         candidates = []
         for msg in replies:
             try:
@@ -368,21 +407,38 @@ class RobustStrategy(FedAvg):
             except Exception:  # a reply object we cannot even read
                 # 0 (the SuperLink's id, never a client's) marks an unreadable sender.
                 node = getattr(getattr(msg, "metadata", None), "src_node_id", 0)
-                candidates.append(Candidate(node if isinstance(node, int) else 0,
-                                            None, None, RejectReason.MALFORMED))
-        log(INFO, "aggregate_train: received %d replies from %d nodes sent to",
-            len(candidates), len(sent.node_ids))
-        outcome = run_robust_round(self, server_round, sent, candidates,
-                                   self.round_state)
+                candidates.append(
+                    Candidate(
+                        node if isinstance(node, int) else 0,
+                        None,
+                        None,
+                        RejectReason.MALFORMED,
+                    )
+                )
+        log(
+            INFO,
+            "aggregate_train: received %d replies from %d nodes sent to",
+            len(candidates),
+            len(sent.node_ids),
+        )
+        outcome = run_robust_round(
+            self, server_round, sent, candidates, self.round_state
+        )
         report = outcome.report
         self.history.append(report)
         if outcome.arrays is None:
             arrays = sent.record
         else:
-            arrays = ArrayRecord({
-                key: (sent.record[key] if offset < 0 else Array(outcome.arrays[key]))
-                for key, offset in zip(sent.layout.keys, sent.layout.offsets,
-                                       strict=True)})
+            arrays = ArrayRecord(
+                {
+                    key: (
+                        sent.record[key] if offset < 0 else Array(outcome.arrays[key])
+                    )
+                    for key, offset in zip(
+                        sent.layout.keys, sent.layout.offsets, strict=True
+                    )
+                }
+            )
         metrics = MetricRecord(self._client_train_metrics(outcome))
         for key, value in report.to_metrics().items():
             metrics[key] = value
@@ -392,13 +448,16 @@ class RobustStrategy(FedAvg):
     def _client_train_metrics(self, outcome) -> dict:
         """The clients' own metrics, aggregated over the valid replies."""
         if self._user_train_metrics_aggr_fn is None:
-            return mean_client_metrics(outcome.metrics, outcome.weights,
-                                       exclude=(self.weighted_by_key,))
-        contents = [RecordDict({"metrics": MetricRecord(dict(m))})
-                    for m in outcome.metrics]
+            return mean_client_metrics(
+                outcome.metrics, outcome.weights, exclude=(self.weighted_by_key,)
+            )
+        contents = [
+            RecordDict({"metrics": MetricRecord(dict(m))}) for m in outcome.metrics
+        ]
         try:
-            return dict(self._user_train_metrics_aggr_fn(contents,
-                                                         self.weighted_by_key))
+            return dict(
+                self._user_train_metrics_aggr_fn(contents, self.weighted_by_key)
+            )
         except Exception:  # user aggregation on client values: log, carry on
             log(logging.WARNING, "train_metrics_aggr_fn failed", exc_info=True)
             return {}
@@ -420,8 +479,11 @@ class RobustStrategy(FedAvg):
                 if len(found) != 1:
                     continue
                 value = found[0].get(self.weighted_by_key, 1.0)
-                weight = (float(value) if isinstance(value, int | float)
-                          and not isinstance(value, bool) else math.nan)
+                weight = (
+                    float(value)
+                    if isinstance(value, int | float) and not isinstance(value, bool)
+                    else math.nan
+                )
                 if not (math.isfinite(weight) and weight > 0):
                     continue
                 records.append(found[0])
@@ -433,24 +495,32 @@ class RobustStrategy(FedAvg):
         if self._user_evaluate_metrics_aggr_fn is not None:
             try:
                 return self._user_evaluate_metrics_aggr_fn(
-                    [RecordDict({"metrics": r}) for r in records],
-                    self.weighted_by_key)
+                    [RecordDict({"metrics": r}) for r in records], self.weighted_by_key
+                )
             except Exception:  # pylint: disable=broad-except
                 log(logging.WARNING, "evaluate_metrics_aggr_fn failed", exc_info=True)
                 return None
-        return MetricRecord(mean_client_metrics(records, weights,
-                                                exclude=(self.weighted_by_key,)))
+        return MetricRecord(
+            mean_client_metrics(records, weights, exclude=(self.weighted_by_key,))
+        )
 
 
 def _check_fraction(name: str, value: float) -> None:
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not 0.0 <= value <= 1.0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0.0 <= value <= 1.0
+    ):
         raise ValueError(f"{name}={value!r}: allowed values are numbers in [0, 1]")
 
 
 def _report_line(report: RoundReport) -> str:
-    parts = [f"status={report.status.name}", f"valid={report.num_valid}",
-             f"f={report.f}", f"removed={report.removed}"]
+    parts = [
+        f"status={report.status.name}",
+        f"valid={report.num_valid}",
+        f"f={report.f}",
+        f"removed={report.removed}",
+    ]
     if report.rejected:
         parts.append(f"rejected={report.rejected}")
     if report.missing:

@@ -28,8 +28,9 @@ def check_model_keys(layout: ModelLayout | None, objective: QVObjective) -> None
 
 def round_generator(seed: int, server_round: int) -> torch.Generator:
     """A generator that depends only on (seed, round): reruns and resumes repeat."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(server_round))
-                                         % (2**63 - 1))
+    return torch.Generator().manual_seed(
+        (int(seed) * 1_000_003 + int(server_round)) % (2**63 - 1)
+    )
 
 
 def check_seed(seed: int) -> int:

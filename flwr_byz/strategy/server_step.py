@@ -84,7 +84,8 @@ def server_step(
         for i, key, start, stop in layout.segments() if finite else ():
             old = theta[key]
             new = old + step[start:stop].reshape(layout.shapes[i]).astype(
-                old.dtype, copy=False)
+                old.dtype, copy=False
+            )
             if not np.isfinite(new).all():
                 finite = False
                 break

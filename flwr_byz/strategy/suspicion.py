@@ -61,8 +61,9 @@ def outlier_rows(scores: np.ndarray, k: float = OUTLIER_K) -> list[int]:
     threshold = med + k * max(_MAD_TO_STD * mad, _RELATIVE_FLOOR * abs(med))
     if not math.isfinite(threshold):
         return [int(i) for i in np.flatnonzero(~finite)]
-    return [int(i) for i in range(scores.size)
-            if not finite[i] or scores[i] > threshold]
+    return [
+        int(i) for i in range(scores.size) if not finite[i] or scores[i] > threshold
+    ]
 
 
 def suspected_rows(updates: torch.Tensor, k: float = OUTLIER_K) -> list[int]:

@@ -26,8 +26,11 @@ class TrimmedMean(RobustStrategy):
     rule_name = "trimmed-mean"
 
     def __init__(self, beta: float = 0.2, **kwargs: Any) -> None:
-        if (isinstance(beta, bool) or not isinstance(beta, int | float)
-                or not 0.0 <= beta < 0.5):
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, int | float)
+            or not 0.0 <= beta < 0.5
+        ):
             raise ValueError(f"beta={beta!r}: allowed values are numbers in [0, 0.5)")
         super().__init__(**kwargs)
         self.beta = float(beta)
@@ -35,9 +38,15 @@ class TrimmedMean(RobustStrategy):
     def _settings(self) -> list[tuple[str, object]]:
         return [("beta", self.beta)]
 
-    def aggregate_updates(self, server_round: int, updates: torch.Tensor,
-                          node_ids: list[int], weights: torch.Tensor | None, f: int,
-                          global_flat: torch.Tensor) -> AggregationResult:
+    def aggregate_updates(
+        self,
+        server_round: int,
+        updates: torch.Tensor,
+        node_ids: list[int],
+        weights: torch.Tensor | None,
+        f: int,
+        global_flat: torch.Tensor,
+    ) -> AggregationResult:
         """Aggregate with :func:`flwr_byz.aggregation.trimmed_mean`."""
         from flwr_byz.aggregation import trimmed_mean
 

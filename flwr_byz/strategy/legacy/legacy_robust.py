@@ -52,13 +52,18 @@ def _node_id(proxy: ClientProxy) -> int:
 def parameters_to_record(parameters: Parameters) -> ArrayRecord:
     """View legacy Parameters as an ArrayRecord keyed "0", "1", ... (no copy)."""
     if parameters.tensor_type != NUMPY_STYPE:
-        raise ValueError(f"tensor_type={parameters.tensor_type!r}: only "
-                         f"{NUMPY_STYPE!r} is supported")
+        raise ValueError(
+            f"tensor_type={parameters.tensor_type!r}: only {NUMPY_STYPE!r} is supported"
+        )
     arrays = {}
     for i, tensor in enumerate(parameters.tensors):
         header = parse_npy_header(tensor)
-        arrays[str(i)] = Array(dtype=str(header.dtype), shape=header.shape,
-                               stype=NUMPY_STYPE, data=bytes(tensor))
+        arrays[str(i)] = Array(
+            dtype=str(header.dtype),
+            shape=header.shape,
+            stype=NUMPY_STYPE,
+            data=bytes(tensor),
+        )
     return ArrayRecord(arrays)
 
 
@@ -107,11 +112,14 @@ class LegacyRobust(LegacyFedAvg):
         fl.simulation.start_simulation(client_fn=..., strategy=strategy, ...)
     """
 
-    def __init__(self, strategy: RobustStrategy, *, lists_as_json: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, strategy: RobustStrategy, *, lists_as_json: bool = False, **kwargs: Any
+    ) -> None:
         if not isinstance(strategy, RobustStrategy):
-            raise ValueError(f"strategy={strategy!r}: allowed values are "
-                             "flwr_byz.strategy.RobustStrategy instances")
+            raise ValueError(
+                f"strategy={strategy!r}: allowed values are "
+                "flwr_byz.strategy.RobustStrategy instances"
+            )
         super().__init__(**kwargs)
         self.strategy = strategy
         self.lists_as_json = bool(lists_as_json)
@@ -129,12 +137,15 @@ class LegacyRobust(LegacyFedAvg):
         self.remember_sent(server_round, parameters, [p for p, _ in pairs])
         return pairs
 
-    def remember_sent(self, server_round: int, parameters: Parameters,
-                      clients: list[ClientProxy]) -> None:
+    def remember_sent(
+        self, server_round: int, parameters: Parameters, clients: list[ClientProxy]
+    ) -> None:
         """Record the parameters and recipients of a round."""
-        self._sent = SentModel.from_record(server_round,
-                                           parameters_to_record(parameters),
-                                           [_node_id(c) for c in clients])
+        self._sent = SentModel.from_record(
+            server_round,
+            parameters_to_record(parameters),
+            [_node_id(c) for c in clients],
+        )
         self._sent_parameters = parameters
 
     def aggregate_fit(
@@ -148,7 +159,8 @@ class LegacyRobust(LegacyFedAvg):
         if sent is None or sent.server_round != server_round:
             raise RuntimeError(
                 f"aggregate_fit(server_round={server_round}) without a matching "
-                "configure_fit: the strategy needs the parameters it sent")
+                "configure_fit: the strategy needs the parameters it sent"
+            )
         key = self.strategy.weighted_by_key
         candidates: list[Candidate] = []
         num_failures = 0
@@ -163,37 +175,46 @@ class LegacyRobust(LegacyFedAvg):
         inner = self.strategy
         # The wrapped strategy's round state (momentum, matrix storage) is
         # handed to the core, which updates it: the same state as its own rounds.
-        outcome = run_robust_round(inner, server_round, sent, candidates,
-                                   inner.round_state)
+        outcome = run_robust_round(
+            inner, server_round, sent, candidates, inner.round_state
+        )
         inner.history.append(outcome.report)
         if outcome.arrays is None:
             parameters = self._sent_parameters
         else:
-            tensors = [old if offset < 0 else ndarray_to_bytes(outcome.arrays[k])
-                       for k, offset, old in zip(sent.layout.keys, sent.layout.offsets,
-                                                 self._sent_parameters.tensors,
-                                                 strict=True)]
+            tensors = [
+                old if offset < 0 else ndarray_to_bytes(outcome.arrays[k])
+                for k, offset, old in zip(
+                    sent.layout.keys,
+                    sent.layout.offsets,
+                    self._sent_parameters.tensors,
+                    strict=True,
+                )
+            ]
             parameters = Parameters(tensors=tensors, tensor_type=NUMPY_STYPE)
         metrics: dict[str, Scalar] = {}
         if self.fit_metrics_aggregation_fn is not None:
-            pairs = [(int(m.get(key, 0)), {k: v for k, v in m.items() if k != key})
-                     for m in outcome.metrics]
+            pairs = [
+                (int(m.get(key, 0)), {k: v for k, v in m.items() if k != key})
+                for m in outcome.metrics
+            ]
             try:
                 metrics.update(self.fit_metrics_aggregation_fn(pairs))
             except Exception:  # user code on client values: log, carry on
-                log(logging.WARNING, "fit_metrics_aggregation_fn failed",
-                    exc_info=True)
+                log(logging.WARNING, "fit_metrics_aggregation_fn failed", exc_info=True)
         else:
-            metrics.update(mean_client_metrics(outcome.metrics, outcome.weights,
-                                               exclude=(key,)))
+            metrics.update(
+                mean_client_metrics(outcome.metrics, outcome.weights, exclude=(key,))
+            )
         for name, value in outcome.report.to_metrics().items():
             metrics[name] = _as_legacy_value(value, self.lists_as_json)
         metrics["num-failures"] = num_failures
         return parameters, metrics
 
     @staticmethod
-    def _candidate(item: tuple[ClientProxy, FitRes], sent: SentModel,
-                   key: str) -> Candidate:
+    def _candidate(
+        item: tuple[ClientProxy, FitRes], sent: SentModel, key: str
+    ) -> Candidate:
         proxy, res = item
         node_id = _node_id(proxy)
         if not isinstance(res, FitRes) or res.status.code != Code.OK:
@@ -206,15 +227,19 @@ class LegacyRobust(LegacyFedAvg):
         layout = sent.layout
         num = len(params.tensors)
         if num != len(layout.keys):
-            reason = (RejectReason.MISSING_KEYS if num < len(layout.keys)
-                      else RejectReason.EXTRA_KEYS)
+            reason = (
+                RejectReason.MISSING_KEYS
+                if num < len(layout.keys)
+                else RejectReason.EXTRA_KEYS
+            )
             return Candidate(node_id, None, metrics, reason)
-        arrays = {k: _RawArray(NUMPY_STYPE, str(dtype), shape, tensor)
-                  for k, dtype, shape, tensor in zip(layout.keys, layout.dtypes,
-                                                     layout.shapes, params.tensors,
-                                                     strict=True)}
+        arrays = {
+            k: _RawArray(NUMPY_STYPE, str(dtype), shape, tensor)
+            for k, dtype, shape, tensor in zip(
+                layout.keys, layout.dtypes, layout.shapes, params.tensors, strict=True
+            )
+        }
         return Candidate(node_id, arrays, metrics)
 
 
 __all__ = ["LegacyRobust", "parameters_to_record"]
-
