@@ -66,10 +66,11 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _sample_columns(x: torch.Tensor) -> torch.Tensor:
-    """Evenly spread column blocks: 1/32 of the columns, >= 2048 and <= 8192."""
+def sample_columns(x: torch.Tensor, most: int = _SAMPLE_MAX) -> torch.Tensor:
+    """Evenly spread column blocks: 1/32 of the columns, >= 2048 and <= ``most``
+    (8192 by default); all of them when there are no more than that."""
     d = x.shape[1]
-    wanted = min(max(4 * _SAMPLE_BLOCK, d // _SAMPLE_FRACTION), _SAMPLE_MAX)
+    wanted = min(max(4 * _SAMPLE_BLOCK, d // _SAMPLE_FRACTION), most)
     if wanted >= d:
         return x
     blocks = wanted // _SAMPLE_BLOCK
@@ -92,14 +93,10 @@ def _conditioning(gram: torch.Tensor, centred: torch.Tensor, ref: int) -> float:
     huge norm would otherwise dwarf everybody's error in a maximum over rows.
     """
     size = gram.diagonal() + gram[ref, ref]
-    spread = centred.diagonal()
-    others = torch.ones(size.shape[0], dtype=torch.bool)
-    others[ref] = False
-    size, spread = size[others], spread[others]
-    if size.numel() == 0 or float(size.max()) <= 0.0:
-        return 1.0  # all rows zero here: nothing to cancel
-    ratio = size / spread.clamp(min=1e-300)
-    return float(ratio[size > 0].max())
+    # Rows with nothing to cancel (size 0) and the reference itself count 1.
+    ratio = torch.where(size > 0, size / centred.diagonal().clamp(min=1e-300), 1.0)
+    ratio[ref] = 1.0
+    return float(ratio.max())
 
 
 def reference_row(x: torch.Tensor) -> tuple[int, float]:
@@ -113,7 +110,7 @@ def reference_row(x: torch.Tensor) -> tuple[int, float]:
     """
     n = x.shape[0]
     work = _work_dtype(x)
-    sample = _sample_columns(x)
+    sample = sample_columns(x)
     raw, work = _gram64(sample, work)
     raw = raw.cpu()
     if n <= 2:
@@ -159,9 +156,12 @@ def _reliable(product: torch.Tensor, cols: torch.Tensor) -> bool:
     Judged row by row: a row whose squared norm is below ``_TINY`` may have lost its
     values to underflow, even when another row is large.
     """
-    if not bool(torch.isfinite(product).all()):
+    # |G_ij| sums to at most n² · 1e82 for finite float32 input: finite iff all are.
+    if not math.isfinite(float(product.abs().sum())):
         return False
     diag = product.diagonal()
+    if float(diag.min()) >= _TINY:
+        return True
     if bool(((diag > 0) & (diag < _TINY)).any()):
         return False
     zero = diag == 0
