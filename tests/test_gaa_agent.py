@@ -333,21 +333,28 @@ def test_save_load_continue_equals_uninterrupted(policy_name, backprop):
 
 
 # ---------------------------------------------------------------- learning
+_TOY_IN, _TOY_HIDDEN = 32, 10
+_TOY_W = torch.randn(_TOY_IN, 2, generator=torch.Generator().manual_seed(7))
+
+
+def big() -> nn.Module:
+    """The toy task's model: 32 features, 10 sigmoid units, 2 classes."""
+    return nn.Sequential(
+        nn.Linear(_TOY_IN, _TOY_HIDDEN), nn.Sigmoid(), nn.Linear(_TOY_HIDDEN, 2)
+    )
+
+
+def region(k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``m`` samples of region ``k``: its own covariate shift, one shared labelling."""
+    g = torch.Generator().manual_seed(1000 + k)
+    shift = 0.5 * torch.randn(_TOY_IN, generator=g)
+    x = torch.randn(m, _TOY_IN, generator=g) + shift
+    return x, ((x - shift) @ _TOY_W + 0.8 * torch.randn(m, 2, generator=g)).argmax(1)
+
+
 def test_credit_leaves_random_fault_majority_within_two_rounds():
     """7 of 10 random-fault updates (Δ = −λ·N(0.5·1, (2e-6)²)), in-process."""
-    f_in, hidden, lr = 32, 10, 1.0
-    w = torch.randn(f_in, 2, generator=torch.Generator().manual_seed(7))
-
-    def big() -> nn.Module:
-        return nn.Sequential(
-            nn.Linear(f_in, hidden), nn.Sigmoid(), nn.Linear(hidden, 2)
-        )
-
-    def region(k: int, m: int):
-        g = torch.Generator().manual_seed(1000 + k)
-        shift = 0.5 * torch.randn(f_in, generator=g)
-        x = torch.randn(m, f_in, generator=g) + shift
-        return x, ((x - shift) @ w + 0.8 * torch.randn(m, 2, generator=g)).argmax(1)
+    lr = 1.0
 
     clients = [QVObjective(big, region(k, 200)) for k in range(3)]
     objective = QVObjective(big, region(100, 10))
@@ -370,19 +377,7 @@ def test_credit_leaves_random_fault_majority_within_two_rounds():
 
 def test_sign_flip_minority_loses_credit():
     """3 of 10 send −Δ of their own honest update (same norm as honest), in-process."""
-    f_in, hidden, lr = 32, 10, 1.0
-    w = torch.randn(f_in, 2, generator=torch.Generator().manual_seed(7))
-
-    def big() -> nn.Module:
-        return nn.Sequential(
-            nn.Linear(f_in, hidden), nn.Sigmoid(), nn.Linear(hidden, 2)
-        )
-
-    def region(k: int, m: int):
-        g = torch.Generator().manual_seed(1000 + k)
-        shift = 0.5 * torch.randn(f_in, generator=g)
-        x = torch.randn(m, f_in, generator=g) + shift
-        return x, ((x - shift) @ w + 0.8 * torch.randn(m, 2, generator=g)).argmax(1)
+    lr = 1.0
 
     clients = [QVObjective(big, region(k, 200)) for k in range(10)]
     objective = QVObjective(big, region(100, 10))
@@ -411,19 +406,7 @@ def _sign_flip_majority_run(policy_lr: float, rounds: int = 20):
     before learning every worker has the same credit and the model follows the
     flipped majority. Only the episode loss on the QV set can tell the groups apart.
     """
-    f_in, hidden, lr = 32, 10, 1.0
-    w = torch.randn(f_in, 2, generator=torch.Generator().manual_seed(7))
-
-    def big() -> nn.Module:
-        return nn.Sequential(
-            nn.Linear(f_in, hidden), nn.Sigmoid(), nn.Linear(hidden, 2)
-        )
-
-    def region(k: int, m: int):
-        g = torch.Generator().manual_seed(1000 + k)
-        shift = 0.5 * torch.randn(f_in, generator=g)
-        x = torch.randn(m, f_in, generator=g) + shift
-        return x, ((x - shift) @ w + 0.8 * torch.randn(m, 2, generator=g)).argmax(1)
+    lr = 1.0
 
     clients = [QVObjective(big, region(k, 200)) for k in range(10)]
     held_out = QVObjective(big, region(55, 2000))
