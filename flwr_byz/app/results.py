@@ -7,6 +7,7 @@ every round it finished and a reader never sees half a file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -67,11 +68,27 @@ class ResultsFile:
         self.flush()
 
     def flush(self) -> None:
-        """Write the whole file atomically (temporary file + rename)."""
+        """Write the whole file atomically (temporary file + rename).
+
+        The file is strict JSON whatever the numbers: a non-finite float (a score
+        of an update too large for float32, a diverged loss) is written as the
+        string ``"inf"``, ``"-inf"`` or ``"nan"`` instead of stopping the run.
+        """
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
-            json.dump(self.data, handle, indent=1, allow_nan=False)
+            json.dump(finite_json(self.data), handle, indent=1, allow_nan=False)
         os.replace(tmp, self.path)
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with each non-finite float as the string "inf", "-inf" or "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def without_timings(results: dict[str, Any]) -> dict[str, Any]:
