@@ -59,6 +59,9 @@ def test_defaults_are_valid() -> None:
         ("model", "transformer", "model"),
         ("learning-rate", -0.1, "learning-rate"),
         ("no-such-key", 1, "unknown run-config key(s) 'no-such-key'"),
+        ("output-dir", "", "output-dir"),
+        ("output-dir", "../elsewhere", "output-dir"),
+        ("output-dir", "results/../../etc", "output-dir"),
     ],
 )
 def test_each_bad_value_is_named(key: str, value: object, named: str) -> None:
@@ -68,6 +71,11 @@ def test_each_bad_value_is_named(key: str, value: object, named: str) -> None:
     assert named in message
     if named == key:
         assert str(value) in message
+
+
+def test_output_dir_inside_the_working_directory_or_absolute() -> None:
+    for value in ("results", "runs/a/b", "/tmp/flwr-byz-results"):
+        assert check_run_config({"output-dir": value})["output-dir"] == value
 
 
 def test_rule_bound_is_checked_against_the_federation() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from flwr_byz.aggregation import byzantine_budget, min_nodes
@@ -88,6 +89,21 @@ def _is_bool(value: Any) -> str | None:
 
 def _is_str(value: Any) -> str | None:
     return None if isinstance(value, str) else "a string"
+
+
+def _output_dir(value: Any) -> str | None:
+    """A directory inside the working directory, or an absolute path: never ``""``
+    and never a relative path that climbs out with ``..``."""
+    allowed = (
+        "a non-empty directory path inside the ServerApp's working directory (no "
+        "'..'), or an absolute path"
+    )
+    if not isinstance(value, str) or not value.strip():
+        return allowed
+    path = PurePath(value)
+    if not path.is_absolute() and ".." in path.parts:
+        return allowed
+    return None
 
 
 SERVER_KEYS: dict[str, Key] = {
@@ -165,7 +181,7 @@ SERVER_KEYS: dict[str, Key] = {
         "results",
         "where results.json goes (relative paths resolve against the ServerApp's "
         "working directory, printed at the end of the run)",
-        _is_str,
+        _output_dir,
     ),
 }
 
