@@ -346,3 +346,31 @@ def test_partition_id_out_of_range() -> None:
         ValueError, match=r"'qv-source' = 'partition:7'.*num_partitions"
     ):
         load_server_data({"qv-source": "partition:7"}, 5)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".parquet", ".csv"])
+def test_unreadable_file_names_the_key_and_how_to_write_one(tmp_path, suffix) -> None:
+    path = tmp_path / f"junk{suffix}"
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    path.write_bytes(b"\x00\xff" + raw if suffix == ".csv" else raw)
+    with pytest.raises(ValueError) as info:
+        load_partition(_files(str(path)), 0, 3)
+    message = str(info.value)
+    assert "'data-path'" in message and "junk" in message
+    assert "allow_pickle" not in message and "write it with" in message
+
+
+def test_a_text_cell_in_a_feature_column_is_refused_not_dropped(tmp_path) -> None:
+    cols = _table()
+    frame = pd.DataFrame(cols["features"], columns=[f"f{i}" for i in range(6)])
+    frame["f3"] = frame["f3"].astype(object)
+    frame.loc[7, "f3"] = "abc"
+    frame["label"], frame["region"] = cols["label"], cols["region"]
+    path = tmp_path / "text.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"\['f3'\] are not numeric"):
+        load_partition(_files(str(path)), 0, 3)
+    # Naming the features explicitly leaves no doubt, and the text cell is named.
+    with pytest.raises(ValueError, match="f3"):
+        load_partition(_files(str(path), **{"feature-columns": "f0,f1,f2,f3"}), 0, 3)

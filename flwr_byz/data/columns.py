@@ -85,6 +85,15 @@ def resolve_feature_columns(
             f"{what} has no numeric feature columns besides label/region; set run "
             f"config 'feature-columns' (available columns: {columns})"
         )
+    others = [c for c in candidates if c not in scalars and c not in images]
+    if others:
+        # A CSV column with one text cell is read as text: taking only the numeric
+        # columns would silently drop a feature.
+        raise ValueError(
+            f"{what}: column(s) {others} are not numeric (e.g. a text cell in a "
+            "feature column), so they cannot be features; fix the file, or list the "
+            "feature columns in run config 'feature-columns'"
+        )
     return scalars
 
 

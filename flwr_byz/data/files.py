@@ -14,6 +14,7 @@ Formats
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import datasets
@@ -31,10 +32,38 @@ from flwr_byz.data.columns import (
 )
 from flwr_byz.data.config import FILE_SUFFIXES, DataConfig
 
+#: What can go wrong while parsing a file that exists (bytes that are not the format).
+_PARSE_ERRORS = (
+    OSError,
+    EOFError,
+    UnicodeDecodeError,
+    zipfile.BadZipFile,
+    pa.ArrowException,
+    pd.errors.ParserError,
+    pd.errors.EmptyDataError,
+)
+_WRITERS = {
+    ".parquet": "pyarrow.parquet.write_table or DataFrame.to_parquet",
+    ".csv": "DataFrame.to_csv (a header row, one column per feature)",
+    ".npz": "numpy.savez with numeric arrays (no objects)",
+}
+
+
+def _unreadable(path: Path, key: str, suffix: str, err: Exception) -> ValueError:
+    return ValueError(
+        f"run config '{key}' = {str(path)!r}: the file is not a readable {suffix} file "
+        f"({type(err).__name__}); write it with {_WRITERS[suffix]}"
+    )
+
 
 def _npz_table(path: Path, key: str) -> pa.Table:
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except ValueError as err:  # pickled objects, or bytes numpy cannot parse
+        raise _unreadable(path, key, ".npz", err) from None
+    except _PARSE_ERRORS as err:
+        raise _unreadable(path, key, ".npz", err) from None
     lengths = {name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(
@@ -74,7 +103,8 @@ def read_table_file(path: str, cfg: DataConfig, key: str) -> datasets.Dataset:
     Raises
     ------
     ValueError
-        Unknown suffix or missing file (naming ``key``), malformed ``.npz``.
+        Unknown suffix, missing or unreadable file (naming ``key`` and how to
+        write a readable one), malformed ``.npz``.
     """
     p = Path(path)
     suffix = p.suffix.lower()
@@ -85,12 +115,16 @@ def read_table_file(path: str, cfg: DataConfig, key: str) -> datasets.Dataset:
         )
     if not p.is_file():
         raise ValueError(f"run config '{key}' = {path!r}: no such file")
-    if suffix == ".parquet":
-        table = pq.read_table(p)
-    elif suffix == ".csv":
-        table = pa.Table.from_pandas(pd.read_csv(p), preserve_index=False)
-    else:
+    if suffix == ".npz":
         table = _npz_table(p, key)
+    else:
+        try:
+            if suffix == ".parquet":
+                table = pq.read_table(p)
+            else:
+                table = pa.Table.from_pandas(pd.read_csv(p), preserve_index=False)
+        except _PARSE_ERRORS as err:
+            raise _unreadable(p, key, suffix, err) from None
     table = pack_feature_columns(table, cfg, f"{key} file {path!r}")
     # Keep everything in memory: no cache files under ~/.cache for local data.
     return datasets.Dataset(InMemoryTable(table))
