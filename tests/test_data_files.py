@@ -374,3 +374,11 @@ def test_a_text_cell_in_a_feature_column_is_refused_not_dropped(tmp_path) -> Non
     # Naming the features explicitly leaves no doubt, and the text cell is named.
     with pytest.raises(ValueError, match="f3"):
         load_partition(_files(str(path), **{"feature-columns": "f0,f1,f2,f3"}), 0, 3)
+
+
+def test_huge_integer_labels_are_refused_before_any_allocation(tmp_path) -> None:
+    cols = _table()
+    cols["label"] = cols["label"].astype(np.int64) * 10**12
+    path = _write(cols, tmp_path / "huge.npz")
+    with pytest.raises(ValueError, match=r"at most 100000.*renumber"):
+        load_partition(_files(path), 0, 3)

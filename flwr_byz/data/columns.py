@@ -233,6 +233,10 @@ def extract_labels(
     return torch.tensor([index[v] for v in raw], dtype=torch.int64)
 
 
+#: Most classes integer labels may imply (max label + 1): one output unit each.
+MAX_CLASSES = 100_000
+
+
 def num_classes_of(ds: datasets.Dataset, cfg: DataConfig, values: tuple | None) -> int:
     """Number of classes: the ClassLabel size, the mapping size, or max label + 1."""
     feature = ds.features.get(cfg.label_column)
@@ -248,4 +252,13 @@ def num_classes_of(ds: datasets.Dataset, cfg: DataConfig, values: tuple | None) 
             f"label column {cfg.label_column!r} has negative labels; integer labels "
             "must be 0..C-1"
         )
-    return int(y.max()) + 1
+    classes = int(y.max()) + 1
+    if classes > MAX_CLASSES:
+        # The model's output layer has one unit per class: 1e12 would not fit.
+        raise ValueError(
+            f"label column {cfg.label_column!r} has integer labels up to "
+            f"{int(y.max())}, i.e. {classes} classes (at most {MAX_CLASSES}); integer "
+            "labels must be 0..C-1: renumber them, or store them as strings (then "
+            "they are mapped to 0..C-1)"
+        )
+    return classes
