@@ -44,11 +44,30 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated; 'all' = every strategy (the rule registry, GAA, "
         f"FedAvg): {', '.join(STRATEGY_NAMES)}",
     )
-    grid.add_argument("--attacks", type=_csv(str), default=["none", "random-fault"])
-    grid.add_argument("--fractions", type=_csv(float), default=[0.0, 0.3])
-    grid.add_argument("--seeds", type=_csv(int), default=[0])
-    grid.add_argument("--rounds", type=int, default=20)
-    grid.add_argument("--supernodes", type=int, default=10)
+    grid.add_argument(
+        "--attacks",
+        type=_csv(str),
+        default=["none", "random-fault"],
+        help="comma-separated attacks ('none' pairs only with fraction 0)",
+    )
+    grid.add_argument(
+        "--fractions",
+        type=_csv(float),
+        default=[0.0, 0.3],
+        help="comma-separated real Byzantine fractions ('byzantine-fraction')",
+    )
+    grid.add_argument(
+        "--seeds", type=_csv(int), default=[0], help="comma-separated seeds"
+    )
+    grid.add_argument(
+        "--rounds", type=int, default=20, help="rounds per cell ('num-server-rounds')"
+    )
+    grid.add_argument(
+        "--supernodes",
+        type=int,
+        default=10,
+        help="simulated SuperNodes per cell (one per partition)",
+    )
     grid.add_argument(
         "--set",
         action="append",
@@ -57,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         help="any other run-config key for every cell (repeatable)",
     )
     grid.add_argument("--app", default=".", help="the Flower app directory")
-    grid.add_argument("--out", default="results/grid")
+    grid.add_argument(
+        "--out",
+        default="results/grid",
+        help="output directory: one folder per cell (named by every value that "
+        "differs from the defaults), summary tables and plots",
+    )
     grid.add_argument(
         "--dry-run", action="store_true", help="validate and list the cells only"
     )

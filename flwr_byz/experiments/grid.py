@@ -8,14 +8,21 @@ values as run-config overrides; each writes its own ``results.json``. A cell who
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr_byz.app.config import check_run_config
+from flwr_byz.app.config import (
+    RunConfigError,
+    app_defaults,
+    check_against_nodes,
+    check_run_config,
+)
 from flwr_byz.experiments.local_superlink import LocalSuperLink
 
 
@@ -47,16 +54,48 @@ class GridSpec:
             }
 
 
+_AXES = ("strategy", "attack", "byzantine-fraction", "seed")
+# Where results go is not what a cell computes.
+_NOT_IDENTITY = frozenset({"output-dir"})
+_MAX_NAME = 200
+
+
 def cell_name(cell: Mapping[str, Any]) -> str:
-    """A directory name that identifies a cell."""
-    return (
+    """A directory name that identifies a cell: every run-config value it runs with.
+
+    The four axes come first; then, sorted, every other key whose value differs from
+    the app's default (``attack-pattern=pretense``, ``num-server-rounds=30``, every
+    ``--set``). So changing any value gives another directory, and a grid re-run with
+    other settings never reuses a result. A name that would be too long for a file
+    system ends in a digest of those values instead.
+    """
+    defaults = app_defaults()
+    name = (
         f"{cell['strategy']}__{cell['attack']}__b{cell['byzantine-fraction']}"
         f"__s{cell['seed']}"
     )
+    extra = sorted(
+        (k, v)
+        for k, v in cell.items()
+        if k not in _AXES and k not in _NOT_IDENTITY and defaults.get(k) != v
+    )
+    if not extra:
+        return name
+    text = "__".join(f"{k}={v}" for k, v in extra)
+    safe = re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
+    if len(name) + 2 + len(safe) <= _MAX_NAME and safe == text:
+        return f"{name}__{safe}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"{name}__cfg-{digest}"
 
 
 def check_grid(spec: GridSpec) -> list[dict[str, Any]]:
-    """Validate every cell's run config before running any; return the cells."""
+    """Validate every cell before running any; return the cells.
+
+    Each cell's run config is checked as the app checks it, including the rule's
+    bound against the federation's size (``--supernodes``), so a cell the app
+    would refuse fails here with the app's own message, not after others ran.
+    """
     cells = list(spec.cells())
     if not cells:
         raise ValueError(
@@ -64,7 +103,10 @@ def check_grid(spec: GridSpec) -> list[dict[str, Any]]:
             "and every other attack needs a fraction > 0"
         )
     for cell in cells:
-        check_run_config(cell)
+        try:
+            check_against_nodes(check_run_config(cell), spec.num_supernodes)
+        except RunConfigError as err:
+            raise ValueError(f"cell {cell_name(cell)}: {err}") from err
     return cells
 
 
@@ -88,6 +130,7 @@ def run_grid(
                 app_dir, overrides, num_supernodes=spec.num_supernodes
             )
             if completed.returncode != 0 or not _finished(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
                 (path.parent / "flwr-run.log").write_text(
                     completed.stdout + completed.stderr
                 )

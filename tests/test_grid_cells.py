@@ -1,0 +1,63 @@
+"""The grid's cells: identity and validation before anything runs (fast)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flwr_byz.app.config import app_defaults
+from flwr_byz.experiments.cli import main
+from flwr_byz.experiments.grid import GridSpec, cell_name, check_grid
+
+AXES = {"strategy": "faba", "attack": "sign-flip", "byzantine-fraction": 0.3, "seed": 0}
+
+
+def _other(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.375
+    return f"{value}x"
+
+
+def test_changing_any_run_config_value_changes_the_cell() -> None:
+    base = {**app_defaults(), **AXES}
+    name = cell_name(base)
+    assert name == "faba__sign-flip__b0.3__s0"  # defaults add nothing: old names hold
+    seen = {name}
+    for key, value in app_defaults().items():
+        if key in AXES or key == "output-dir":
+            continue
+        changed = cell_name({**base, key: _other(value)})
+        assert changed != name, key
+        assert changed not in seen, key
+        seen.add(changed)
+    assert cell_name({**base, "output-dir": "elsewhere"}) == name
+
+
+def test_long_or_odd_values_get_a_digest_name() -> None:
+    cell = {**AXES, "data-path": "/very/long/" + "x" * 300 + ".parquet"}
+    name = cell_name(cell)
+    assert name.startswith("faba__sign-flip__b0.3__s0__cfg-") and len(name) < 80
+    assert cell_name({**cell, "data-path": cell["data-path"] + "2"}) != name
+
+
+def test_a_cell_the_app_refuses_fails_before_anything_runs(capsys) -> None:
+    spec = GridSpec(["bulyan"], ["sign-flip"], [0.3], [0], num_supernodes=10)
+    with pytest.raises(ValueError, match="needs at least 15 replies"):
+        check_grid(spec)
+    code = main(
+        [
+            "grid",
+            "--strategies",
+            "bulyan",
+            "--attacks",
+            "sign-flip",
+            "--fractions",
+            "0.3",
+            "--dry-run",
+        ]
+    )
+    assert code == 2
+    assert "bulyan__sign-flip__b0.3__s0" in capsys.readouterr().err
