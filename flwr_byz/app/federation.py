@@ -8,7 +8,9 @@ record which node ids were Byzantine — and never reaches the defence.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from logging import INFO, WARNING
 
@@ -57,9 +59,8 @@ def discover_nodes(
         new = [nid for nid in node_ids if nid not in identities]
         if new:
             last_change = time.monotonic()
-            for nid, identity in _query(grid, new).items():
-                identities[nid] = identity
-                expected = max(expected, identity.num_partitions)
+            identities.update(_query(grid, new))
+            expected = expected_nodes(min_nodes, identities.values())
         complete = len(identities) >= expected
         settled = time.monotonic() - last_change >= settle
         if complete and (expected > min_nodes or settled):
@@ -89,11 +90,49 @@ def _query(grid: Grid, node_ids: list[int]) -> dict[int, NodeIdentity]:
             # A node that cannot say who it is still takes part in training.
             found[nid] = NodeIdentity()
             continue
-        record = reply.content[IDENTITY_RECORD]
-        flag = record.get("byzantine")
-        found[nid] = NodeIdentity(
-            partition_id=int(record.get("partition-id", -1)),
-            num_partitions=int(record.get("num-partitions", 0)),
-            byzantine=None if flag is None else bool(flag),
-        )
+        found[nid] = parse_identity(nid, reply.content[IDENTITY_RECORD])
     return found
+
+
+def _count(value: object, low: int) -> int | None:
+    """``value`` as an integer >= ``low`` (an integral float counts), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if value >= low else None
+
+
+def parse_identity(node_id: int, record: Mapping[str, object]) -> NodeIdentity:
+    """A node's identity reply, validated like a training reply: a malformed one
+    leaves that node without a partition (and is logged), it never stops the run."""
+    partition = _count(record.get("partition-id", -1), -1)
+    claimed = _count(record.get("num-partitions", 0), 0)
+    flag = record.get("byzantine")
+    if (
+        partition is None
+        or claimed is None
+        or not isinstance(flag, (bool, int, type(None)))
+    ):
+        log(
+            WARNING,
+            "Node %d sent a malformed identity (%s); it trains without a partition "
+            "id in the record",
+            node_id,
+            dict(record),
+        )
+        return NodeIdentity()
+    return NodeIdentity(
+        partition_id=partition,
+        num_partitions=claimed,
+        byzantine=None if flag is None else bool(flag),
+    )
+
+
+def expected_nodes(min_nodes: int, identities: Iterable[NodeIdentity]) -> int:
+    """How many nodes to wait for: ``min_nodes``, or the *median* federation size
+    the nodes state (one node claiming 10**6 partitions cannot stall round 1)."""
+    claims = sorted(i.num_partitions for i in identities if i.num_partitions > 0)
+    if not claims:
+        return min_nodes
+    return max(min_nodes, claims[(len(claims) - 1) // 2])
