@@ -10,6 +10,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,9 +146,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cell in cells:
             print(cell)
         return 0
-    run_grid(spec, args.app, args.out)
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so the private SuperLink
+    # and everything it started are stopped by their context manager.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_grid(spec, args.app, args.out)
+    except KeyboardInterrupt:
+        print("flwr-byz grid: interrupted; finished cells are kept", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _report(Path(args.out))
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
