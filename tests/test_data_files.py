@@ -382,3 +382,10 @@ def test_huge_integer_labels_are_refused_before_any_allocation(tmp_path) -> None
     path = _write(cols, tmp_path / "huge.npz")
     with pytest.raises(ValueError, match=r"at most 100000.*renumber"):
         load_partition(_files(path), 0, 3)
+
+
+def test_a_bad_test_file_is_named_as_the_test_path(tmp_path) -> None:
+    data = _write(_table(), tmp_path / "data.npz")
+    test = _write(_table(n_regions=1, d=5), tmp_path / "test.npz")
+    with pytest.raises(ValueError, match=r"test-path file .*test\.npz.* 5 features"):
+        load_server_data(_files(data, **{"test-path": test}), 3)

@@ -236,7 +236,11 @@ def federation_server_data(
     _check_count(fed, cfg, num_partitions)
     test_ds = _split(fed, TEST_SPLIT)
     if test_ds is not None:
-        what = f"the test split of {_what(cfg)}"
+        what = (
+            f"test-path file {cfg.test_path!r}"
+            if cfg.test_path
+            else f"the test split of {_what(cfg)}"
+        )
         x, y = _labeled(test_ds, cfg, meta, what)
     else:
         what = "the global test set"
