@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from flwr_byz.experiments.local_superlink import session_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,10 +34,27 @@ def _processes_under(home_prefix: str) -> list[int]:
     return found
 
 
+def _in_sessions(sessions: set[int]) -> list[int]:
+    """PIDs in ``sessions`` (Ray's agents hide their environment behind their
+    process title, so they are followed through their session)."""
+    return [
+        int(e.name)
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and session_of(int(e.name)) in sessions
+    ]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.mark.slow
 def test_sigterm_stops_the_grid_and_everything_it_started(tmp_path) -> None:
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    # A short TMPDIR: Ray's socket paths under it must stay below 108 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="fbg", dir="/tmp"))
     log = tmp_path / "grid.log"
     env = {**os.environ, "TMPDIR": str(tmp)}
     command = [
@@ -47,7 +69,7 @@ def test_sigterm_stops_the_grid_and_everything_it_started(tmp_path) -> None:
         "--fractions",
         "0.3",
         "--rounds",
-        "50",
+        "1000",
         "--out",
         str(tmp_path / "out"),
     ]
@@ -55,23 +77,35 @@ def test_sigterm_stops_the_grid_and_everything_it_started(tmp_path) -> None:
         grid = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT
         )
+    sessions: set[int] = set()
     try:
-        deadline = time.monotonic() + 120
-        # Wait until the cell's simulation runs under the grid's private SuperLink.
-        while time.monotonic() < deadline and len(_processes_under(str(tmp))) < 3:
+        deadline = time.monotonic() + 30
+        # Wait until the cell's simulation runs under the grid's private SuperLink,
+        # Ray's agents included (they start sessions of their own).
+        while time.monotonic() < deadline and not any(
+            b"Agent" in _cmdline(pid) for pid in _processes_under(str(tmp))
+        ):
             assert grid.poll() is None, log.read_text()
             time.sleep(0.5)
-        time.sleep(3)
-        assert _processes_under(str(tmp)), "the grid never started its SuperLink"
+        time.sleep(2)
+        started = _processes_under(str(tmp))
+        assert started, "the grid never started its SuperLink"
+        sessions = {session_of(pid) for pid in started} - {
+            None,
+            session_of(os.getpid()),
+        }
         grid.send_signal(signal.SIGTERM)
         assert grid.wait(timeout=60) == 130, log.read_text()
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _processes_under(str(tmp)):
+        while time.monotonic() < deadline and _in_sessions(sessions):
             time.sleep(0.5)
-        assert _processes_under(str(tmp)) == [], "processes outlived the grid"
+        left = _processes_under(str(tmp)) + _in_sessions(sessions)
+        assert left == [], f"processes outlived the grid: {left}"
         assert "interrupted" in log.read_text()
     finally:
         if grid.poll() is None:
             grid.kill()
-        for pid in _processes_under(str(tmp)):
-            os.kill(pid, signal.SIGKILL)
+        for pid in _processes_under(str(tmp)) + _in_sessions(sessions):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)

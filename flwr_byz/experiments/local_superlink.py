@@ -45,6 +45,46 @@ def run_config_arg(overrides: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
 
 
+def session_of(pid: int) -> int | None:
+    """The session id of ``pid`` (from ``/proc/<pid>/stat``), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parens.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[3]) if len(fields) > 3 else None
+
+
+def processes_with_home(flwr_home: str | Path) -> list[int]:
+    """PIDs of the processes a SuperLink with ``flwr_home`` started (Linux ``/proc``;
+    an empty list where it is not available).
+
+    Those whose environment has ``FLWR_HOME=flwr_home``, and every process in their
+    sessions: Ray's agents rewrite their environment area with their process title,
+    so they are found through the session of the SuperExec that started them.
+    """
+    wanted = f"FLWR_HOME={flwr_home}".encode()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    pids = [int(e.name) for e in proc.iterdir() if e.name.isdigit()]
+    pids = [pid for pid in pids if pid != os.getpid()]
+    sessions = {}
+    found = set()
+    for pid in pids:
+        sessions[pid] = session_of(pid)
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in env:
+            found.add(pid)
+    ours = {sessions[pid] for pid in found} - {None, session_of(os.getpid())}
+    found |= {pid for pid in pids if sessions.get(pid) in ours}
+    return sorted(found)
+
+
 class LocalSuperLink:
     """A SuperLink subprocess in simulation mode; use as a context manager.
 
@@ -160,6 +200,12 @@ class LocalSuperLink:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=15)
         self.process = None
+        # The SuperExec and Ray start their own sessions, so their helpers (Ray's
+        # dashboard and runtime-env agents) can outlive the process group. Every
+        # process this SuperLink started carries its FLWR_HOME: end those too.
+        for pid in processes_with_home(self.flwr_home):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         if self._own_home:
             shutil.rmtree(self.flwr_home, ignore_errors=True)
 
