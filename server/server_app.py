@@ -115,15 +115,19 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         return metrics
 
     started = time.perf_counter()
-    observed.start(
-        grid=grid,
-        initial_arrays=initial_arrays,
-        num_rounds=int(cfg["num-server-rounds"]),
-        # The clients build their model from what the server's model is.
-        train_config=ConfigRecord({"seed": seed, "num-classes": num_classes}),
-        evaluate_config=ConfigRecord({"num-classes": num_classes}),
-        evaluate_fn=evaluate_fn,
-    )
+    # GAA's outer loop (Algorithm 1): every episode restarts from the same θ₀;
+    # the strategy keeps its policy and credits (a new start is a new episode).
+    for episode in range(1, int(cfg["gaa-episodes"]) + 1):
+        round_log.episode = episode
+        observed.start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=int(cfg["num-server-rounds"]),
+            # The clients build their model from what the server's model is.
+            train_config=ConfigRecord({"seed": seed, "num-classes": num_classes}),
+            evaluate_config=ConfigRecord({"num-classes": num_classes}),
+            evaluate_fn=evaluate_fn,
+        )
     summary = round_log.summary(
         strategy=strategy,
         detection_k=int(cfg["detection-k"]) or len(byz_nodes),

@@ -56,6 +56,7 @@ def test_defaults_are_valid() -> None:
         ("dataset", "files", "data-path"),  # files need a path
         ("device", "tpu", "device"),
         ("gaa-policy", "oracle", "gaa-policy"),
+        ("gaa-episodes", 0, "gaa-episodes"),
         ("model", "transformer", "model"),
         ("learning-rate", -0.1, "learning-rate"),
         ("no-such-key", 1, "unknown run-config key(s) 'no-such-key'"),
@@ -76,6 +77,12 @@ def test_each_bad_value_is_named(key: str, value: object, named: str) -> None:
 def test_output_dir_inside_the_working_directory_or_absolute() -> None:
     for value in ("results", "runs/a/b", "/tmp/flwr-byz-results"):
         assert check_run_config({"output-dir": value})["output-dir"] == value
+
+
+def test_episodes_need_gaa() -> None:
+    with pytest.raises(RunConfigError, match="'gaa-episodes' = 2 needs strategy"):
+        check_run_config({"strategy": "faba", "gaa-episodes": 2})
+    assert check_run_config({"gaa-episodes": 2})["gaa-episodes"] == 2
 
 
 def test_rule_bound_is_checked_against_the_federation() -> None:
@@ -152,3 +159,35 @@ def test_bad_value_stops_the_run_before_round_one(
     assert "'strategy'" in log and "fedprox" in log, log[-3000:]
     assert "[ROUND 1" not in log
     assert not results
+
+
+@pytest.mark.slow
+def test_gaa_episodes_restart_the_model_and_report_each_episode(
+    superlink: LocalSuperLink, tmp_path: Path
+) -> None:
+    done, log = _run(
+        superlink,
+        tmp_path,
+        strategy="gaa",
+        **{"gaa-episodes": 2, "num-server-rounds": 2, "gaa-episode-length": 3},
+    )
+    assert done.get("summary"), log[-3000:]
+    rounds = done["rounds"]
+    assert [(r["episode"], r["round"]) for r in rounds] == [
+        (1, 0),
+        (1, 1),
+        (1, 2),
+        (2, 0),
+        (2, 1),
+        (2, 2),
+    ]
+    # θ restarts: both episodes begin from the same model.
+    assert rounds[0]["accuracy"] == rounds[3]["accuracy"]
+    assert rounds[0]["loss"] == rounds[3]["loss"]
+    # Each window was cut by the end of its training: ψ learnt at the restart,
+    # so the second episode's credits are not the first one's.
+    assert rounds[4]["weights"] != rounds[1]["weights"]
+    episodes = done["summary"]["episodes"]
+    assert [e["episode"] for e in episodes] == [1, 2]
+    assert episodes[-1]["final-accuracy"] == done["summary"]["final-accuracy"]
+    assert "episode 2:" in log

@@ -212,3 +212,53 @@ def test_paper_policy_runs_through_the_strategy():
 def test_server_momentum_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="server_momentum"):
         GAA(model_factory=Linear43, qv_set=qv_set(), server_momentum=0.9)
+
+
+def _episodes(rounds: int, episodes: int) -> tuple[GAA, list]:
+    """Run ``episodes`` trainings of ``rounds`` rounds, each from the same θ₀."""
+    strategy = GAA(model_factory=Linear43, qv_set=qv_set(), episode_length=2)
+    trace = []
+    for _ in range(episodes):
+        theta = model_arrays(0)
+        for r in range(1, rounds + 1):
+            theta, m = run_round(strategy, theta, r)
+            trace.append((m["episode"], m["weights"], m["credits"], theta))
+    return strategy, trace
+
+
+def test_a_new_episode_restarts_the_model_and_carries_policy_and_credits():
+    strategy, _ = _episodes(rounds=3, episodes=1)
+    psi = {k: v.clone() for k, v in strategy.agent.policy.state_dict().items()}
+    credits = strategy.agent.credits()
+    assert strategy.agent.position == 1  # round 3 opened a window of T = 2
+    logits = dict(strategy.agent.logits)
+    # Round 1 again: a second training from θ₀, the paper's next episode.
+    instructions(strategy, 1, model_arrays(0), NODES)
+    # α carries over (the global shift after a policy step changes no credit).
+    assert strategy.agent.logits.keys() == logits.keys()
+    torch.testing.assert_close(
+        torch.softmax(torch.stack(list(strategy.agent.logits.values())), 0),
+        torch.softmax(torch.stack(list(logits.values())), 0),
+    )
+    assert strategy.agent.episode == 2
+    # The cut window (round 3) taught ψ, and is not chained to the new θ₀.
+    changed = [
+        k
+        for k, v in strategy.agent.policy.state_dict().items()
+        if not torch.equal(v, psi[k])
+    ]
+    assert changed and strategy.agent.position == 0
+    _, m = run_round(strategy, model_arrays(0), 1)  # configures again: idempotent
+    assert m["episode"] == 2 and strategy.agent.episode == 2
+    assert sum(c for n, c in credits.items() if n in BYZANTINE) < 1e-6
+    assert set(strategy.detect(2)) == BYZANTINE
+
+
+def test_episodes_repeat_bit_for_bit():
+    _, a = _episodes(rounds=3, episodes=2)
+    _, b = _episodes(rounds=3, episodes=2)
+    assert [e for e, *_ in a] == [1, 1, 1, 2, 2, 2]
+    for (ea, wa, ca, ta), (eb, wb, cb, tb) in zip(a, b, strict=True):
+        assert (ea, wa, ca) == (eb, wb, cb)
+        for k in ta:
+            np.testing.assert_array_equal(ta[k], tb[k])

@@ -135,9 +135,24 @@ SERVER_KEYS: dict[str, Key] = {
     "geomed-method": Key("medoid", "GeoMed variant", _one_of("medoid", "weiszfeld")),
     "gaa-policy": Key("evidence", "GAA policy", _one_of("evidence", "paper")),
     "gaa-episode-length": Key(5, "GAA episode length T (rounds)", _int_at_least(1)),
+    "gaa-episodes": Key(
+        1,
+        "GAA: episodes of the paper's outer loop (Algorithm 1): the model restarts "
+        "from the same initial weights each episode, the policy and the credits "
+        "carry over; results.json reports every episode",
+        _int_at_least(1),
+    ),
     "gaa-gamma": Key(0.9, "GAA discount γ", _float_in(0.0, 1.0)),
     "gaa-policy-lr": Key(
-        0.01, "GAA policy learning rate", _float_in(0.0, 1e3, low_open=True)
+        0.01,
+        "GAA policy learning rate (0: the prior policy, no learning)",
+        _float_in(0.0, 1e3),
+    ),
+    "gaa-reference-gain": Key(
+        0.0,
+        "GAA evidence policy: how hard the consensus reference leans towards "
+        "QV descent when the credit-weighted consensus goes uphill on the QV set",
+        _float_in(0.0, 1e3),
     ),
     "gaa-backprop": Key("exact", "GAA episode gradient", _one_of("exact", "truncated")),
     "gaa-trusted-worker": Key(
@@ -231,6 +246,11 @@ def check_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
                 f"run-config key {name!r} = {cfg[name]!r} is invalid: expected "
                 f"{expected} ({key.help})"
             )
+    if cfg["gaa-episodes"] > 1 and cfg["strategy"] != "gaa":
+        raise RunConfigError(
+            f"run-config key 'gaa-episodes' = {cfg['gaa-episodes']!r} needs "
+            f"strategy = 'gaa' (got {cfg['strategy']!r}); set 'gaa-episodes' = 1"
+        )
     for component_check in (check_data_config, check_attack_config):
         try:
             component_check(cfg)

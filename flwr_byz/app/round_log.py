@@ -58,6 +58,7 @@ class RoundLog:
         self._removed: list[list[int]] = []
         self._seen: list[list[int]] = []
         self._credits: dict[int, float] = {}
+        self.episode = 1
 
     def _partitions(self, node_ids: list[int]) -> list[int]:
         return [self.identities.get(int(n), -1) for n in node_ids]
@@ -74,6 +75,7 @@ class RoundLog:
         reasons = [int(r) for r in m.get("rejected-reasons", [])]
         entry: dict[str, Any] = {
             "round": server_round,
+            "episode": self.episode,
             "node-ids": node_ids,
             "partitions": self._partitions(node_ids),
             "f": m.get("f"),
@@ -113,7 +115,9 @@ class RoundLog:
     def on_evaluate(self, server_round: int, metrics: MetricRecord) -> None:
         """Complete the round's entry with the global evaluation and flush it."""
         now = time.perf_counter()
-        entry = self._pending if server_round > 0 else {"round": 0}
+        entry = (
+            self._pending if server_round > 0 else {"round": 0, "episode": self.episode}
+        )
         entry["accuracy"] = _finite(float(metrics["accuracy"]))
         entry["loss"] = _finite(float(metrics["loss"]))
         entry["round-time-s"] = round(now - self._last_eval, 4)
@@ -136,9 +140,20 @@ class RoundLog:
             flagged = flagged_by_removals(self._removed, self._seen)
             method = "removed in more than half of the rounds it took part in"
         precision, recall = precision_recall(flagged, self.byzantine)
+        episodes = []
+        for e in sorted({r.get("episode", 1) for r in rounds}):
+            own = [r for r in rounds if r.get("episode", 1) == e]
+            episodes.append(
+                {
+                    "episode": e,
+                    "initial-accuracy": own[0].get("accuracy"),
+                    "final-accuracy": own[-1].get("accuracy"),
+                }
+            )
         return {
             "final-accuracy": rounds[-1].get("accuracy") if rounds else None,
             "initial-accuracy": rounds[0].get("accuracy") if rounds else None,
+            "episodes": episodes,
             "detection-method": method,
             "detected-node-ids": sorted(flagged),
             "detected-partitions": sorted(self._partitions(flagged)),
@@ -163,6 +178,12 @@ class RoundLog:
             f"byzantine-fraction={cfg['byzantine-fraction']})",
             f"  global test accuracy: {_pct(acc0)} before round 1 -> {_pct(acc)} after "
             f"round {cfg['num-server-rounds']}",
+            *(
+                f"    episode {e['episode']}: {_pct(e['initial-accuracy'])} -> "
+                f"{_pct(e['final-accuracy'])}"
+                for e in summary.get("episodes", [])
+                if len(summary["episodes"]) > 1
+            ),
             f"  Byzantine partitions (truth): {summary['byzantine-partitions']}",
             f"  detected ({summary['detection-method']}): "
             f"{summary['detected-partitions']} -> {verdict} "

@@ -64,6 +64,11 @@ def build_strategy(
             trusted_steps=int(cfg["local-steps"]),
             trusted_batch_size=int(cfg["batch-size"]) or None,
             seed=int(cfg["seed"]),
+            policy_options=(
+                {"reference_gain": float(cfg["gaa-reference-gain"])}
+                if cfg["gaa-policy"] == "evidence"
+                else None
+            ),
             **common,
         )
     if name == "fltrust":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +124,9 @@ class GAAAgent:
         (keeps logits finite; trust comes back through the policy's decay).
     seed : int
         Seeds the paper policy's initialisation and the trusted worker's batches.
+    policy_options : mapping or None
+        Keyword arguments of :class:`EvidencePolicy` (``policy="evidence"``
+        only), e.g. ``{"reference_gain": 20.0}``.
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class GAAAgent:
         max_paper_policy_params: int = 20_000_000,
         log_credit_gap: float = 1e4,
         seed: int = 0,
+        policy_options: Mapping[str, float] | None = None,
     ) -> None:
         if isinstance(policy, str) and policy not in POLICIES:
             raise ValueError(f"policy: got {policy!r}; allowed: {POLICIES}")
@@ -160,8 +164,13 @@ class GAAAgent:
             raise ValueError(f"policy_lr: got {policy_lr}; allowed: >= 0")
         self.objective = objective
         self.device = objective.device
+        if policy_options and policy != "evidence":
+            raise ValueError(
+                f"policy_options {sorted(policy_options)} apply to "
+                "policy='evidence' only"
+            )
         if policy == "evidence":
-            self.policy: nn.Module = EvidencePolicy(seed=seed)
+            self.policy: nn.Module = EvidencePolicy(seed=seed, **(policy_options or {}))
         elif policy == "paper":
             self.policy = PaperPolicy(max_paper_policy_params, seed)
         else:
@@ -182,8 +191,10 @@ class GAAAgent:
         self.episode_start: dict[int, torch.Tensor] = {}
         self.buffer: list[dict[str, Any]] = []
         self.grad_acc: list[torch.Tensor] | None = None
-        self.position = 0  # k, the round's position in the episode
+        self.position = 0  # k, the round's position in the window of T rounds
         self.rounds = 0
+        self.episode = 1  # Algorithm 1's outer loop (the model restarts each one)
+        self.episode_rounds = 0
         self.last_gradient: dict[str, torch.Tensor] | None = None
         if isinstance(self.policy, nn.Module) and any(
             True for _ in self.policy.parameters()
@@ -270,6 +281,7 @@ class GAAAgent:
         aggregate = alpha.detach() @ u
         self.position += 1
         self.rounds += 1
+        self.episode_rounds += 1
         updated = False
         if self.position == self.episode_length:
             self._update_policy()
@@ -287,6 +299,24 @@ class GAAAgent:
             policy_updated=updated,
             refused=refused,
         )
+
+    def new_episode(self) -> bool:
+        """Start an episode of Algorithm 1's outer loop: the model restarts from θ₀.
+
+        ψ, its optimiser and the credits α carry over (the paper's
+        ``α_old ← α_T``). A window cut short by the end of the previous
+        training run still teaches ψ: its loss is complete for the rounds it
+        has, and it must not be chained to the restarted model's rounds.
+        Does nothing before the current episode has played a round, so calling
+        it twice starts one episode. Returns whether a new episode started.
+        """
+        if self.episode_rounds == 0:
+            return False
+        if self.position > 0:
+            self._update_policy()
+        self.episode += 1
+        self.episode_rounds = 0
+        return True
 
     def _observe(
         self, theta: torch.Tensor, u: torch.Tensor, ids: tuple[int, ...]
@@ -437,6 +467,8 @@ class GAAAgent:
             else [g.cpu() for g in self.grad_acc],
             "position": self.position,
             "rounds": self.rounds,
+            "episode": self.episode,
+            "episode_rounds": self.episode_rounds,
             "rng": self.generator.get_state(),
         }
 
@@ -481,4 +513,6 @@ class GAAAgent:
         )
         self.position = int(state["position"])
         self.rounds = int(state["rounds"])
+        self.episode = int(state.get("episode", 1))
+        self.episode_rounds = int(state.get("episode_rounds", self.rounds))
         self.generator.set_state(state["rng"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
 from torch import nn
 
 from flwr_byz.aggregation.result import AggregationResult
@@ -33,12 +35,17 @@ class GAA(RobustStrategy):
     needed: GAA tolerates any share of attackers as long as the QV set is
     informative (Justinian's GAAvernor, Assumptions 2 and 4).
 
+    Calling :meth:`start` again (its round numbers restart at 1) runs another
+    episode of the paper's outer loop (Algorithm 1): the model starts again from
+    the ``initial_arrays`` given, while ψ, its optimiser and the credits carry
+    over, so the policy keeps learning across trainings.
+
     Every round's MetricRecord carries, besides the common diagnostics
     (``weights`` = this round's credits of the valid replies):
     ``credit-node-ids`` / ``credits`` (every node seen so far, softmax over all
     stored log-credits: the GAA+ trace), ``qv-loss-before``, ``qv-loss-after``,
-    ``reward``, ``policy-updated`` (0/1), and ``trusted-credit`` when a trusted
-    server worker is used.
+    ``reward``, ``policy-updated`` (0/1), ``episode``, and ``trusted-credit``
+    when a trusted server worker is used.
 
     Parameters
     ----------
@@ -75,6 +82,9 @@ class GAA(RobustStrategy):
         parameters than this.
     seed : int
         Seed of the agent (paper-policy initialisation, trusted batches).
+    policy_options : mapping or None
+        Keyword arguments of :class:`~flwr_byz.gaa.EvidencePolicy`
+        (``policy="evidence"`` only).
     **kwargs : Any
         Every argument of :class:`RobustStrategy` (``fraction_train``,
         ``min_train_nodes``, ``server_learning_rate``, ``device``, ...).
@@ -110,6 +120,7 @@ class GAA(RobustStrategy):
         trusted_batch_size: int | None = None,
         max_paper_policy_params: int = 20_000_000,
         seed: int = 0,
+        policy_options: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -159,10 +170,19 @@ class GAA(RobustStrategy):
             trusted=trusted,
             max_paper_policy_params=max_paper_policy_params,
             seed=seed,
+            policy_options=policy_options,
         )
         self.policy_name = policy if isinstance(policy, str) else type(policy).__name__
 
     # ------------------------------------------------------------------ hooks
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Configure the round; round 1 after rounds were played is a new episode."""
+        if server_round == 1:
+            self.agent.new_episode()
+        return super().configure_train(server_round, arrays, config, grid)
+
     def min_nodes(self, f: int) -> int:
         """GAA needs one valid reply, whatever ``f``."""
         return 1
@@ -212,6 +232,7 @@ class GAA(RobustStrategy):
             "qv-loss-after": res.qv_loss_after,
             "reward": res.reward,
             "policy-updated": int(res.policy_updated),
+            "episode": self.agent.episode,
         }
         if res.trusted_credit is not None:
             out["trusted-credit"] = res.trusted_credit
