@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .buffers import weighted_coordinate_median
 from .evidence_policy import EvidencePolicy
 from .features import evidence_features
 from .observation import Observation
@@ -32,7 +33,9 @@ class StepResult:
     Attributes
     ----------
     aggregate : torch.Tensor
-        ``(d,)`` credit-weighted update ``Σ α_i Δ_i`` (trusted row included).
+        ``(d,)`` credit-weighted update ``Σ α_i Δ_i`` (trusted row included);
+        on float-buffer coordinates the credit-weighted median instead (see
+        :meth:`GAAAgent.aggregate`).
     node_ids : tuple[int, ...]
         Node ids of the rows given to :meth:`GAAAgent.step`.
     weights : tuple[float, ...]
@@ -88,7 +91,9 @@ class GAAAgent:
     kept, ``T·n·d`` floats, and replayed with autograd at its end) or
     through each round alone (``"truncated"``: previous credit and θ_t
     detached, the gradient accumulated round by round; ``n·d`` floats).
-    Credits carry over episodes detached.
+    Credits carry over episodes detached. Float buffers (BatchNorm running
+    statistics) move by the credit-weighted median instead of the mean
+    (:meth:`aggregate`).
 
     Credits are kept per node id as log-credits: nodes absent from a round are
     left out and the present ones renormalised; a node seen for the first time
@@ -273,12 +278,12 @@ class GAAAgent:
             with torch.no_grad():
                 new_logits, alpha = self._credit_step(obs, self.logits)
                 after_loss = self.objective(
-                    theta + self.server_learning_rate * alpha @ u
+                    theta + self.server_learning_rate * self.aggregate(alpha, u)
                 )
             self.buffer.append({"obs": obs})
         for nid, v in zip(used_ids, new_logits.detach(), strict=True):
             self.logits[nid] = v.clone()
-        aggregate = alpha.detach() @ u
+        aggregate = self.aggregate(alpha.detach(), u)
         self.position += 1
         self.rounds += 1
         self.episode_rounds += 1
@@ -318,6 +323,25 @@ class GAAAgent:
         self.episode_rounds = 0
         return True
 
+    def aggregate(self, alpha: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        """The round's aggregate: ``Σ α_i Δ_i``, buffers by credit-weighted median.
+
+        Parameters move by the credit-weighted mean (differentiable in α: the
+        step the policy learns through). Float buffers (BatchNorm running
+        statistics, :attr:`QVObjective.buffer_mask`) are statistics with no
+        gradient; a weighted mean would let a node move them by credit ×
+        value, however small its credit, so they take the per-coordinate
+        median weighted by the same credits
+        (:func:`~flwr_byz.gaa.buffers.weighted_coordinate_median`): it stays
+        within the values of the nodes holding most of the credit.
+        """
+        mean = alpha @ updates
+        mask = self.objective.buffer_mask
+        if not self.objective.buffer_keys:
+            return mean
+        median = weighted_coordinate_median(updates[:, mask], alpha.detach())
+        return mean.masked_scatter(mask, median.to(mean.dtype))
+
     def _observe(
         self, theta: torch.Tensor, u: torch.Tensor, ids: tuple[int, ...]
     ) -> Observation:
@@ -354,7 +378,8 @@ class GAAAgent:
         with torch.enable_grad():
             new, alpha = self._credit_step(obs, detached)
             after = self.objective(
-                obs.theta + self.server_learning_rate * alpha @ obs.updates
+                obs.theta
+                + self.server_learning_rate * self.aggregate(alpha, obs.updates)
             )
             term = self.gamma**self.position * (after - obs.qv_loss)
             grads = torch.autograd.grad(term, params, allow_unused=True)
@@ -389,7 +414,7 @@ class GAAAgent:
                 if offset is None
                 else (obs.theta + (offset - offset.detach()))
             )
-            step = self.server_learning_rate * alpha @ obs.updates
+            step = self.server_learning_rate * self.aggregate(alpha, obs.updates)
             before = obs.qv_loss if offset is None else self.objective(theta_hat)
             loss = loss + self.gamma**k * (self.objective(theta_hat + step) - before)
             offset = step if offset is None else offset + step

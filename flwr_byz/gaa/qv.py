@@ -66,9 +66,14 @@ class QVObjective:
     The flat vector holds the model's floating-point ``state_dict`` entries
     (parameters and float buffers) flattened in ``state_dict`` order — the
     layout of the strategy's ArrayRecord. The model is evaluated in ``eval``
-    mode through :func:`torch.func.functional_call`, so the loss is
-    differentiable with respect to the flat vector and can be batched over
-    many vectors with :func:`torch.func.vmap`.
+    mode through :func:`torch.func.functional_call`: BatchNorm normalises with
+    the running statistics held in the flat vector (the model the federation
+    would deploy), never with the statistics of the small QV batch, and
+    nothing is updated in place. The loss is differentiable with respect to
+    the parameter coordinates and can be batched over many vectors with
+    :func:`torch.func.vmap`. Float buffers (running statistics) are
+    statistics, not parameters: they enter the loss detached, so the
+    gradient is 0 on their coordinates (:attr:`buffer_mask`).
 
     Parameters
     ----------
@@ -100,11 +105,27 @@ class QVObjective:
         self.shapes = [state[k].shape for k in self.keys]
         self.numels = [state[k].numel() for k in self.keys]
         self.dim = int(sum(self.numels))
+        params = {n for n, _ in self.model.named_parameters(remove_duplicate=False)}
+        #: Float ``state_dict`` keys that are buffers, not parameters.
+        self.buffer_keys = [k for k in self.keys if k not in params]
+        self._buffer_set = frozenset(self.buffer_keys)
+        #: ``(dim,)`` bool, True on the coordinates of float buffers.
+        self.buffer_mask = torch.cat(
+            [
+                torch.full((n,), k not in params, dtype=torch.bool)
+                for k, n in zip(self.keys, self.numels, strict=True)
+            ]
+            or [torch.zeros(0, dtype=torch.bool)]
+        ).to(self.device)
         # Non-float buffers (BatchNorm counters) keep the factory's value.
         self.fixed = {k: v for k, v in state.items() if not torch.is_floating_point(v)}
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Split a ``(d,)`` vector into the model's float ``state_dict`` tensors."""
+        """Split a ``(d,)`` vector into the model's float ``state_dict`` tensors.
+
+        Views of ``flat``; those of float buffers are detached (no gradient
+        flows into running statistics: ``native_batch_norm`` refuses one).
+        """
         if flat.shape != (self.dim,):
             raise ValueError(
                 f"flat parameters: expected shape ({self.dim},) for the model "
@@ -112,7 +133,8 @@ class QVObjective:
             )
         parts = torch.split(flat, self.numels)
         out = {
-            k: p.view(s) for k, p, s in zip(self.keys, parts, self.shapes, strict=True)
+            k: p.view(s).detach() if k in self._buffer_set else p.view(s)
+            for k, p, s in zip(self.keys, parts, self.shapes, strict=True)
         }
         out.update(self.fixed)
         return out

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -19,6 +20,13 @@ class TrustedWorker:
     ``Δ_s = θ' − θ_t`` after ``steps`` plain SGD steps of size ``lr`` on
     mini-batches of the trusted data — set them like the clients' local
     training so that Δ_s is on the same scale as the clients' updates.
+
+    Layers with running statistics (BatchNorm) train as on a client in
+    ``train`` mode: each step normalises with its batch's statistics and
+    moves the running statistics, which are part of Δ_s like a client's
+    reply. Every other module stays in ``eval`` mode (no dropout), so Δ_s
+    depends only on θ_t and the generator. Integer buffers (BatchNorm's
+    ``num_batches_tracked``) are not in the flat vector.
 
     Parameters
     ----------
@@ -70,7 +78,34 @@ class TrustedWorker:
                 idx = idx.to(obj.x.device)
                 x, y = obj.x[idx], obj.y[idx]
             w = w.requires_grad_(True)
-            out = torch.func.functional_call(obj.model, obj.unflatten(w), (x,))
+            state = obj.unflatten(w)
+            # Own copies of every buffer: train-mode BatchNorm updates them in place.
+            for key in (*obj.buffer_keys, *obj.fixed):
+                state[key] = state[key].clone()
+            with _running_stats_training(obj.model):
+                out = torch.func.functional_call(obj.model, state, (x,))
             (g,) = torch.autograd.grad(obj.loss_fn(out, y), w)
-            w = (w - self.lr * g).detach()
+            w = (w - self.lr * g).detach()  # 0 gradient on buffer coordinates
+            if obj.buffer_keys:
+                w[obj.buffer_mask] = torch.cat(
+                    [state[k].reshape(-1) for k in obj.buffer_keys]
+                ).to(w.dtype)
         return w - theta.detach()
+
+
+@contextlib.contextmanager
+def _running_stats_training(model: nn.Module) -> Iterator[None]:
+    """Put the modules that keep running statistics in train mode, then back."""
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+    ]
+    modes = [m.training for m in layers]
+    try:
+        for m in layers:
+            m.train()
+        yield
+    finally:
+        for m, mode in zip(layers, modes, strict=True):
+            m.train(mode)

@@ -30,6 +30,10 @@ class FLTrust(RobustStrategy):
     share of attackers is tolerated as long as the root data is
     representative. A round with zero total trust (or a zero server update)
     keeps the model unchanged with status ``NO_UPDATE`` (4) and says why.
+    Float buffers (BatchNorm running statistics) are part of every update:
+    the server trains BatchNorm in ``train`` mode like a client, so ``Δ_0``
+    carries running statistics, and the rescaling to ``‖Δ_0‖`` bounds what a
+    reply with huge buffer values can move.
 
     Every round's MetricRecord carries, besides the common diagnostics
     (``scores`` = trust scores, ``weights`` = normalised trust, per

@@ -40,6 +40,22 @@ class GAA(RobustStrategy):
     the ``initial_arrays`` given, while ψ, its optimiser and the credits carry
     over, so the policy keeps learning across trainings.
 
+    Buffers (a model with BatchNorm, e.g. ResNet-18): only parameters move by
+    the credit-weighted mean ``Σ α_t,i Δ_i``, the step the policy learns
+    through. Float buffers (running mean and variance) have no gradient, and a
+    weighted mean would let any node shift them by credit × value however
+    small its credit (one huge ``running_var`` would do), so they move by the
+    per-coordinate median of the replies' buffer updates weighted by the same
+    credits: the new statistics lie within the values of the nodes that hold
+    most of the credit (:meth:`flwr_byz.gaa.GAAAgent.aggregate`). Integer
+    buffers (``num_batches_tracked``) are not aggregated: the model keeps the
+    sent value and dtype, as with every rule. The QV loss ``f_B`` evaluates
+    the model in ``eval`` mode, so BatchNorm normalises with the model's
+    running statistics — not with those of the few QV samples — and each
+    reply's own statistics count in its solo QV loss. A trusted worker trains
+    BatchNorm in ``train`` mode like a client, so its update carries running
+    statistics too.
+
     Every round's MetricRecord carries, besides the common diagnostics
     (``weights`` = this round's credits of the valid replies):
     ``credit-node-ids`` / ``credits`` (every node seen so far, softmax over all
