@@ -3,8 +3,9 @@
 A small generated task: 10 regions with covariate shift, an MLP 32-10-2
 (sigmoid hidden), one full-batch SGD step per round (FedSGD, Δ = −λ g). Seven
 of the ten partitions send random faults: the gradient replaced by
-N(0.5·1, (2e-6)²), i.e. Δ = −λ·g_fault. One simulation runs FedAvg without
-attack, GAA under the static attack and GAA under a pretense attack.
+N(0.5·1, (2e-6)²), i.e. Δ = −λ·g_fault, or flip the sign of their honest
+update. One simulation runs FedAvg without attack and under the sign-flip
+majority, GAA under the static and pretense random faults and the sign flip.
 """
 
 from __future__ import annotations
@@ -82,14 +83,16 @@ def train(msg: Message, context: Context) -> Message:
     net.zero_grad()
     loss.backward()
     byzantine = pid in BYZANTINE and (
-        attack == "static"
+        attack in ("static", "sign-flip")
         or (attack == "pretense" and rnd > int(config["pretense-rounds"]))
     )
     gen = torch.Generator().manual_seed(100_000 * pid + rnd)
     with torch.no_grad():
         for p in net.parameters():
             grad = p.grad
-            if byzantine:  # random fault: the gradient is N(0.5, (2e-6)^2)
+            if byzantine and attack == "sign-flip":  # an honest norm, reversed
+                grad = -grad
+            elif byzantine:  # random fault: the gradient is N(0.5, (2e-6)^2)
                 grad = 0.5 + 2e-6 * torch.randn(p.shape, generator=gen)
             p -= LR * grad
     metrics = MetricRecord({"num-examples": len(y), "train-loss": float(loss)})
@@ -143,7 +146,13 @@ def simulation() -> dict:
             num_rounds=ROUNDS,
             train_config=ConfigRecord({"attack": "none"}),
         )
-        for attack in ("static", "pretense"):
+        seen["fedavg-sign-flip"] = FedAvg(fraction_evaluate=0.0).start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=ROUNDS,
+            train_config=ConfigRecord({"attack": "sign-flip"}),
+        )
+        for attack in ("static", "pretense", "sign-flip"):
             strategy = GAA(
                 model_factory=model, qv_set=QV, fraction_evaluate=0.0, seed=0
             )
@@ -221,3 +230,27 @@ def test_pretense_attack_loses_credit_within_a_few_windows(simulation):
     assert min(trace[PRETENSE_ROUNDS + 10 :]) >= 0.9
     assert trace[-1] >= 0.9
     assert accuracy(result.arrays) >= accuracy(simulation["fedavg"].arrays) - 0.05
+
+
+def test_sign_flip_majority_holds_where_fedavg_falls(simulation):
+    """7 of 10 send the honest update reversed (honest norms): only the QV set
+    can tell who is right, and GAA must side with it, not with the majority."""
+    partition = simulation["partition"]
+    result = simulation["sign-flip"]
+    trace = [
+        honest_mass(result.train_metrics_clientapp[r], partition)
+        for r in range(1, ROUNDS + 1)
+    ]
+    print("honest credit mass per round:", [round(m, 4) for m in trace])
+    acc_gaa = accuracy(result.arrays)
+    acc_clean = accuracy(simulation["fedavg"].arrays)
+    acc_poisoned = accuracy(simulation["fedavg-sign-flip"].arrays)
+    print(
+        f"accuracy: GAA {acc_gaa:.4f}, FedAvg no attack {acc_clean:.4f}, "
+        f"FedAvg attacked {acc_poisoned:.4f}"
+    )
+    assert acc_poisoned <= acc_clean - 0.15  # the attack bites
+    assert acc_gaa >= acc_clean - 0.05
+    assert trace[-1] >= 0.9
+    detected = simulation["sign-flip-strategy"].detect(len(BYZANTINE))
+    assert {partition[n] for n in detected} == BYZANTINE

@@ -154,6 +154,12 @@ SERVER_KEYS: dict[str, Key] = {
         "QV descent when the credit-weighted consensus goes uphill on the QV set",
         _float_in(0.0, 1e3),
     ),
+    "gaa-uphill-margin": Key(
+        0.1,
+        "GAA evidence policy: the consensus counts as going uphill when its cosine "
+        "with the QV descent direction is below minus this margin",
+        _float_in(0.0, 1.0),
+    ),
     "gaa-backprop": Key("exact", "GAA episode gradient", _one_of("exact", "truncated")),
     "gaa-trusted-worker": Key(
         False, "GAA: add the server's own update from its QV data", _is_bool

@@ -65,7 +65,10 @@ def build_strategy(
             trusted_batch_size=int(cfg["batch-size"]) or None,
             seed=int(cfg["seed"]),
             policy_options=(
-                {"reference_gain": float(cfg["gaa-reference-gain"])}
+                {
+                    "reference_gain": float(cfg["gaa-reference-gain"]),
+                    "uphill_margin": float(cfg["gaa-uphill-margin"]),
+                }
                 if cfg["gaa-policy"] == "evidence"
                 else None
             ),
