@@ -17,6 +17,7 @@ By hand::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -33,8 +34,11 @@ import httpx
 
 from flwr_byz.experiments.certificates import (
     Certificates,
+    KeyMaterialExistsError,
+    SuperNodeKeys,
     connection_toml,
     make_certificates,
+    make_supernode_keys,
 )
 from flwr_byz.experiments.local_superlink import free_port, run_config_arg
 from flwr_byz.experiments.processes import stop_processes
@@ -43,13 +47,48 @@ __all__ = [
     "CONNECTION",
     "Certificates",
     "LocalDeployment",
+    "SuperNodeKeys",
     "connection_toml",
     "main",
     "make_certificates",
+    "make_supernode_keys",
+    "register_supernode",
     "stop_processes",
 ]
 
 CONNECTION = "local-tls"
+
+
+def register_supernode(
+    public_key: str | Path,
+    connection: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> int:
+    """Register a SuperNode's public key with ``flwr supernode register``; its node id.
+
+    ``connection`` names a Control API connection in ``$FLWR_HOME/config.toml``
+    (``env`` may set ``FLWR_HOME``); ``None``: the default one.
+    """
+    flwr = Path(sys.executable).parent / "flwr"
+    command = [str(flwr if flwr.exists() else "flwr"), "supernode", "register"]
+    command += [str(public_key), *([connection] if connection else [])]
+    done = subprocess.run(
+        [*command, "--format", "json"],
+        env=dict(env) if env is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    try:
+        reply = json.loads(done.stdout[done.stdout.index("{") :])
+        return int(reply["node-id"])
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(
+            f"`{' '.join(command)}` failed (exit {done.returncode}):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        ) from None
 
 
 class LocalDeployment:
@@ -289,15 +328,44 @@ class LocalDeployment:
         return self.flwr(*args, timeout=timeout)
 
 
+def _make_key_material(args: argparse.Namespace) -> int:
+    if args.make_certificates:
+        hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+        paths = make_certificates(
+            args.make_certificates, hosts, overwrite=args.overwrite
+        )
+        hosts += [] if "127.0.0.1" in hosts else ["127.0.0.1"]
+        print(f"CA certificate:     {paths.ca_cert} (public)")
+        print(f"CA key:             {paths.ca_cert.with_suffix('.key')} (keep offline)")
+        print(f"server certificate: {paths.server_cert} (valid for {', '.join(hosts)})")
+        print(f"server key:         {paths.server_key} (SuperLink machine only)")
+    if args.make_supernode_keys:
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+        pairs = make_supernode_keys(
+            args.make_supernode_keys, names, overwrite=args.overwrite
+        )
+        for pair in pairs:
+            line = f"{pair.name}: private {pair.private_key}, public {pair.public_key}"
+            if args.register:
+                node_id = register_supernode(pair.public_key, args.register)
+                line += f" registered as node {node_id}"
+            print(line)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start a TLS deployment, run this repo's app once, stop everything.
+    """Start a local deployment, run this repo's app once, stop everything.
 
     With ``--make-certificates DIR`` only write a CA and a server certificate for
-    ``--hosts`` to ``DIR`` (for a deployment across machines) and exit.
+    ``--hosts`` to ``DIR``; with ``--make-supernode-keys DIR --names ...`` only
+    write one SuperNode key pair per name (and, with ``--register CONNECTION``,
+    register each public key at that SuperLink). Both refuse to replace existing
+    files without ``--overwrite``.
     """
     parser = argparse.ArgumentParser(
         prog="python -m flwr_byz.experiments.deployment",
-        description="Run this app on a local TLS SuperLink and SuperNodes.",
+        description="Run this app on a local TLS SuperLink and SuperNodes, or make "
+        "the certificates and SuperNode keys of a real deployment.",
     )
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
@@ -318,16 +386,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--hosts",
         default="127.0.0.1,localhost",
         help="comma-separated names/IPs the server certificate is valid for "
-        "(with --make-certificates; default: %(default)s)",
+        "(with --make-certificates; 127.0.0.1 is always added; default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--make-supernode-keys",
+        metavar="DIR",
+        help="only write DIR/<name>.key (private, 0600) and DIR/<name>.pub for "
+        "each of --names and exit",
+    )
+    parser.add_argument(
+        "--names",
+        default="",
+        help="comma-separated SuperNode names (with --make-supernode-keys)",
+    )
+    parser.add_argument(
+        "--register",
+        metavar="CONNECTION",
+        help="with --make-supernode-keys: register each public key through this "
+        "flwr connection (the SuperLink's loopback Control API)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --make-certificates/--make-supernode-keys replace existing "
+        "files (a new CA must then reach every SuperNode and flwr user)",
     )
     args = parser.parse_args(argv)
-    if args.make_certificates:
-        hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
-        paths = make_certificates(args.make_certificates, hosts)
-        print(f"CA certificate:     {paths.ca_cert}")
-        print(f"server certificate: {paths.server_cert} (valid for {', '.join(hosts)})")
-        print(f"server key:         {paths.server_key}")
-        return 0
+    if args.make_certificates or args.make_supernode_keys:
+        try:
+            return _make_key_material(args)
+        except (KeyMaterialExistsError, ValueError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     run_config = {
         "num-server-rounds": args.rounds,
         "strategy": args.strategy,
