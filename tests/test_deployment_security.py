@@ -1,15 +1,24 @@
-"""Deployment key material and the Fleet gateway.
+"""The deployment is secure by default: the README's threat model, checked.
 
-Key files are private from creation, an existing CA is never replaced, SuperNode
-keys are what Flower loads, and the gateway forwards the Fleet API only.
+Fast: key files are private from creation, an existing CA is never replaced, the
+SuperNode keys are what Flower loads, the gateway forwards the Fleet API only.
+Slow (real flower-superlink, gateway and flower-supernode processes on 127.0.0.1):
+only registered SuperNodes join and run the federation; someone holding only
+``ca.crt`` can neither use the Control API nor reach the SuperLink's listener.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import os
 import re
+import shutil
+import socket
 import stat
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +34,11 @@ from flwr_byz.experiments.certificates import (
     make_certificates,
     make_supernode_keys,
 )
-from flwr_byz.experiments.deployment import main
+from flwr_byz.experiments.deployment import LocalDeployment, connection_toml, main
 from flwr_byz.experiments.fleet_gateway import FLEET_PATHS, create_app
+
+REPO = Path(__file__).resolve().parents[1]
+LINUX = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
 
 
 def _mode(path: Path) -> int:
@@ -213,3 +225,192 @@ def test_gateway_forwards_the_fleet_api_and_nothing_else(tmp_path: Path) -> None
     assert forwarded.content == b"\x01\x02"
     assert forwarded.headers["flwr-public-key"] == "cGs="
     assert forwarded.headers["flwr-signature"] == "c2ln"
+
+
+# --- real processes -------------------------------------------------------------
+def _wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _supernode_list(deployment: LocalDeployment) -> list[dict[str, Any]]:
+    done = deployment.flwr("supernode", "ls", "--format", "json", timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    nodes: list[dict[str, Any]] = json.loads(done.stdout[done.stdout.index("{") :])[
+        "nodes"
+    ]
+    return nodes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@LINUX
+def test_only_registered_supernodes_join_and_run_the_federation(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    with LocalDeployment(2, workdir=tmp_path / "deployment") as deployment:
+        registered = deployment.node_ids(timeout=60)
+        assert registered == deployment.registered_node_ids
+        # A stranger with ca.crt and nothing else, and one with a key of their own
+        # that nobody registered, both claiming partitions of the federation.
+        (stranger_key,) = make_supernode_keys(tmp_path / "stranger", ["rogue"])
+        rogues = {
+            "rogue-ca-only": deployment.spawn_supernode(
+                "rogue-ca-only", {"partition-id": 0, "num-partitions": 3}
+            ),
+            "rogue-own-key": deployment.spawn_supernode(
+                "rogue-own-key",
+                {"partition-id": 1, "num-partitions": 3},
+                stranger_key.private_key,
+            ),
+        }
+
+        def settled() -> bool:
+            return all(
+                p.poll() is not None or "SuperNode ID" in deployment.log(name)
+                for name, p in rogues.items()
+            )
+
+        _wait_for(settled, 60, "the unregistered SuperNodes neither left nor joined")
+        for name, process in rogues.items():
+            log = deployment.log(name)
+            assert "SuperNode ID" not in log, f"{name} joined:\n{log[-2000:]}"
+            assert process.returncode not in (None, 0), log[-2000:]
+        assert "must be registered" in deployment.log("rogue-ca-only")
+        assert "Failed to activate SuperNode" in deployment.log("rogue-own-key")
+        listed = {int(n["node-id"]) for n in _supernode_list(deployment)}
+        assert listed == set(registered)
+
+        done = deployment.run(
+            REPO,
+            {
+                "num-server-rounds": 1,
+                "strategy": "fedavg",
+                "attack": "none",
+                "seed": 0,
+                "output-dir": str(out),
+            },
+            timeout=150,
+        )
+        assert done.returncode == 0, (
+            done.stdout[-3000:] + done.stderr[-2000:] + deployment.log()[-2000:]
+        )
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"] is not None
+    # Exactly the registered nodes took part, each with its own partition.
+    assert results["ground-truth"]["node-partitions"] == {
+        str(node): i for i, node in enumerate(registered)
+    }
+    assert [r["round"] for r in results["rounds"]] == [0, 1]
+
+
+def _listening(
+    pid: int,
+) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """(address, port) of every TCP socket ``pid`` listens on (``/proc``)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if match := re.fullmatch(r"socket:\[(\d+)\]", target):
+            inodes.add(match.group(1))
+    found = []
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = local.split(":")
+            raw = bytes.fromhex(hex_ip)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((ipaddress.ip_address(raw), int(hex_port, 16)))
+    return found
+
+
+def _non_loopback_ipv4() -> str | None:
+    """This machine's address on its default route, if any (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 9))
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@LINUX
+@pytest.mark.skipif(sys.byteorder != "little", reason="/proc/net/tcp decoding")
+def test_a_stranger_with_only_the_ca_cannot_use_the_control_api(
+    tmp_path: Path,
+) -> None:
+    # One SuperNode: the victim's run then waits (idle) for a second node, so it
+    # stays running while the stranger tries their luck.
+    with LocalDeployment(1, workdir=tmp_path / "deployment") as deployment:
+        victim = deployment.flwr(
+            "run",
+            str(REPO),
+            "local-tls",
+            "--format",
+            "json",
+            "--run-config",
+            'num-server-rounds=50 strategy="fedavg" attack="none"',
+            timeout=120,
+        )
+        assert victim.returncode == 0, victim.stdout + victim.stderr
+        run_id = json.loads(victim.stdout[victim.stdout.index("{") :])["run-id"]
+
+        # The stranger's own FLWR_HOME, with a copy of the public ca.crt, pointed at
+        # the only address SuperNodes are given.
+        assert deployment.certificates is not None
+        home = tmp_path / "stranger"
+        home.mkdir()
+        shutil.copy(deployment.certificates.ca_cert, home / "ca.crt")
+        (home / "config.toml").write_text(
+            connection_toml("stolen", deployment.fleet_address, home / "ca.crt")
+        )
+        (key,) = make_supernode_keys(home / "keys", ["mine"])
+
+        def stranger(*args: str) -> Any:
+            env = {**deployment.env, "FLWR_HOME": str(home)}
+            return deployment.flwr(*args, timeout=120, env=env)
+
+        attempts = {
+            "ls": stranger("ls", "stolen"),
+            "stop": stranger("stop", str(run_id), "stolen"),
+            "run": stranger("run", str(REPO), "stolen"),
+            "supernode ls": stranger("supernode", "ls", "stolen"),
+            "supernode register": stranger(
+                "supernode", "register", str(key.public_key), "stolen"
+            ),
+        }
+        for what, done in attempts.items():
+            assert done.returncode != 0, f"flwr {what}: {done.stdout}{done.stderr}"
+
+        # The victim's run is untouched and the stranger's never started.
+        listed = deployment.flwr("ls", "--format", "json", timeout=60)
+        runs = json.loads(listed.stdout[listed.stdout.index("{") :])["runs"]
+        assert [int(r["run-id"]) for r in runs] == [int(run_id)], runs
+        assert "stopped" not in runs[0]["status"], runs[0]
+        assert len(_supernode_list(deployment)) == 1
+
+        # The SuperLink's one listener (Control, Runtime and Fleet APIs) is on
+        # loopback only; from this machine's own network address it is closed.
+        assert deployment.superlink is not None
+        sockets = _listening(deployment.superlink.pid)
+        assert deployment.port in {port for _, port in sockets}, sockets
+        assert all(address.is_loopback for address, _ in sockets), sockets
+        if (address := _non_loopback_ipv4()) is not None:
+            with pytest.raises(OSError):
+                socket.create_connection((address, deployment.port), timeout=3).close()
