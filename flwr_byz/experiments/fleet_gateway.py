@@ -101,9 +101,8 @@ def create_app(
     )
 
     async def fleet(request: Request) -> Response:
-        # The decoded path must be one of Flower's Fleet paths exactly; the
-        # upstream URL is then built from our own constant, so no ``..``, percent
-        # encoding or query string of the caller's reaches the SuperLink.
+        # The decoded path must equal one of Flower's Fleet paths, so no ``..`` or
+        # percent-encoding reaches the SuperLink; the query string is dropped.
         path = request.scope["path"]
         if path not in FLEET_PATHS:
             return PlainTextResponse("Not Found", status_code=404)
