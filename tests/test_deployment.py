@@ -1,4 +1,8 @@
-"""The app in a real deployment: a TLS SuperLink and SuperNodes on 127.0.0.1."""
+"""The app in a real deployment: a TLS SuperLink and SuperNodes on 127.0.0.1.
+
+Its security (SuperNode authentication, the loopback Control API, key files) is
+checked in ``test_deployment_security.py``.
+"""
 
 from __future__ import annotations
 
@@ -105,7 +109,12 @@ def test_tls_deployment_runs_the_app_and_faba_removes_the_attacker(
 ) -> None:
     out = tmp_path / "out"
     deployment = LocalDeployment(4, workdir=tmp_path / "deployment")
-    needles = [deployment.address, *deployment.node_addresses, str(deployment.workdir)]
+    needles = [
+        deployment.address,
+        deployment.fleet_address,
+        *deployment.node_addresses,
+        str(deployment.workdir),
+    ]
     with deployment:
         # Without the CA the CLI cannot even list runs: the SuperLink speaks TLS
         # only, with a certificate no system trust store knows.

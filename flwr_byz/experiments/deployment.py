@@ -1,11 +1,23 @@
-"""A real Flower deployment on 127.0.0.1 with TLS: one SuperLink, N SuperNodes.
+"""A real Flower deployment on 127.0.0.1: TLS, SuperNode auth, a Fleet-only gateway.
 
 Simulation (:mod:`flwr_byz.experiments.local_superlink`) runs every ClientApp
 inside the SuperLink's Ray backend. A deployment is what runs across machines:
 ``flower-superlink`` serves the Fleet, Control and Runtime APIs over HTTPS on one
-port, each ``flower-supernode`` connects to it with the CA certificate, pulls the
-app (FAB) for a run and starts the ClientApp for every message, and ``flwr run``
-submits the run through a named connection in ``$FLWR_HOME/config.toml``.
+listener, each ``flower-supernode`` connects with the CA certificate and its own
+registered key, pulls the app (FAB) for a run and starts the ClientApp for every
+message, and ``flwr run`` submits the run through a named connection in
+``$FLWR_HOME/config.toml``.
+
+Secure by default, as the README's threat model asks:
+
+* ``--enable-supernode-auth``: only SuperNodes whose public key the operator
+  registered (``flwr supernode register``) may join; the CA certificate is public
+  and admits nobody.
+* The SuperLink listens on 127.0.0.1 only, so its Control API (run, list and stop
+  runs; register SuperNodes) and Runtime API are out of the SuperNodes' reach;
+  SuperNodes connect to :mod:`~flwr_byz.experiments.fleet_gateway`, which forwards
+  the Fleet API and nothing else.
+
 :class:`LocalDeployment` starts all of it on this machine, on free ports, each
 process in its own process group, and stops them by PID.
 
@@ -17,6 +29,7 @@ By hand::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -33,8 +46,11 @@ import httpx
 
 from flwr_byz.experiments.certificates import (
     Certificates,
+    KeyMaterialExistsError,
+    SuperNodeKeys,
     connection_toml,
     make_certificates,
+    make_supernode_keys,
 )
 from flwr_byz.experiments.local_superlink import free_port, run_config_arg
 from flwr_byz.experiments.processes import stop_processes
@@ -43,36 +59,89 @@ __all__ = [
     "CONNECTION",
     "Certificates",
     "LocalDeployment",
+    "SuperNodeKeys",
     "connection_toml",
     "main",
     "make_certificates",
+    "make_supernode_keys",
+    "register_supernode",
     "stop_processes",
 ]
 
 CONNECTION = "local-tls"
 
+# The directory holding this flwr_byz, for ``python -m`` in child processes
+# (an editable install may point elsewhere).
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def register_supernode(
+    public_key: str | Path,
+    connection: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> int:
+    """Register a SuperNode's public key with ``flwr supernode register``; its node id.
+
+    ``connection`` names a Control API connection in ``$FLWR_HOME/config.toml``
+    (``env`` may set ``FLWR_HOME``); ``None``: the default one.
+    """
+    flwr = Path(sys.executable).parent / "flwr"
+    command = [str(flwr if flwr.exists() else "flwr"), "supernode", "register"]
+    command += [str(public_key), *([connection] if connection else [])]
+    done = subprocess.run(
+        [*command, "--format", "json"],
+        env=dict(env) if env is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    try:
+        reply = json.loads(done.stdout[done.stdout.index("{") :])
+        return int(reply["node-id"])
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(
+            f"`{' '.join(command)}` failed (exit {done.returncode}):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        ) from None
+
 
 class LocalDeployment:
-    """A TLS SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1; a context manager.
+    """A TLS SuperLink, its Fleet gateway and ``num_nodes`` SuperNodes on 127.0.0.1.
+
+    The SuperLink runs with ``--enable-supernode-auth`` and listens on 127.0.0.1:
+    :attr:`address` (Control, Runtime and Fleet APIs; the ``flwr`` connection
+    :data:`CONNECTION` points there). The SuperNodes connect to the gateway at
+    :attr:`fleet_address`, each with its own key pair, registered before it starts.
+    A context manager.
 
     Parameters
     ----------
     num_nodes : int
-        How many SuperNodes to start.
+        How many (registered) SuperNodes to start.
     node_configs : Sequence[Mapping[str, Any]] | None
         One ``--node-config`` mapping per SuperNode. ``None``: node ``i`` gets
         ``partition-id=i num-partitions=num_nodes`` (this app's generated data).
     workdir : str | Path | None
-        Where certificates, logs, state and the ``flwr`` CLI's ``FLWR_HOME`` go;
-        a fresh temporary directory (removed at :meth:`stop`) when ``None``.
+        Where certificates, keys, logs, state and the ``flwr`` CLI's
+        ``FLWR_HOME`` go; a fresh temporary directory (removed at :meth:`stop`)
+        when ``None``. One that already holds certificates is refused
+        (:class:`~flwr_byz.experiments.certificates.KeyMaterialExistsError`).
 
     Attributes
     ----------
     port : int
-        The SuperLink's HTTPS port (Fleet, Control and Runtime APIs).
+        The SuperLink's HTTPS port on 127.0.0.1 (Fleet, Control and Runtime APIs).
+    fleet_port : int
+        The gateway's HTTPS port: the Fleet API only, what SuperNodes use.
     flwr_home : Path
         ``FLWR_HOME`` of :meth:`run`; its ``config.toml`` holds the connection
         :data:`CONNECTION`.
+    supernode_keys : list[SuperNodeKeys]
+        Each SuperNode's key pair, in start order.
+    registered_node_ids : list[int]
+        The node id the SuperLink gave each registered public key.
     """
 
     def __init__(
@@ -99,9 +168,16 @@ class LocalDeployment:
         self.flwr_home = self.workdir / "cli-home"
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.fleet_port = free_port()
+        self.fleet_address = f"127.0.0.1:{self.fleet_port}"
         self.certificates: Certificates | None = None
+        self.supernode_keys: list[SuperNodeKeys] = []
+        self.registered_node_ids: list[int] = []
         self.superlink: subprocess.Popen[bytes] | None = None
+        self.gateway: subprocess.Popen[bytes] | None = None
         self.supernodes: list[subprocess.Popen[bytes]] = []
+        #: SuperNodes started by :meth:`spawn_supernode` (stopped with the rest).
+        self.other_supernodes: list[subprocess.Popen[bytes]] = []
         # Each SuperNode's own Runtime API, where its ClientApp processes connect.
         self.node_addresses = [f"127.0.0.1:{free_port()}" for _ in range(num_nodes)]
         self._bin = Path(sys.executable).parent
@@ -115,20 +191,57 @@ class LocalDeployment:
 
     # --- lifecycle ----------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> LocalDeployment:
-        """Make certificates, start the SuperLink, then the SuperNodes."""
+        """Make keys, start the SuperLink and gateway, register and start SuperNodes."""
         try:
             self.certificates = make_certificates(self.workdir / "certificates")
+            self.supernode_keys = make_supernode_keys(
+                self.workdir / "supernode-keys",
+                [f"supernode-{i}" for i in range(self.num_nodes)],
+            )
             self._start_superlink(timeout)
-            for i, node_config in enumerate(self.node_configs):
-                self._start_supernode(i, node_config)
             self.flwr_home.mkdir(parents=True, exist_ok=True)
             (self.flwr_home / "config.toml").write_text(
                 connection_toml(CONNECTION, self.address, self.certificates.ca_cert)
             )
+            self._start_gateway(timeout)
+            cli_env = {**self.env, "FLWR_HOME": str(self.flwr_home)}
+            self.registered_node_ids = [
+                register_supernode(keys.public_key, CONNECTION, cli_env)
+                for keys in self.supernode_keys
+            ]
+            for i, node_config in enumerate(self.node_configs):
+                self.supernodes.append(
+                    self._popen_supernode(
+                        f"supernode-{i}",
+                        node_config,
+                        self.supernode_keys[i].private_key,
+                        self.node_addresses[i],
+                    )
+                )
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_healthy(
+        self, process: subprocess.Popen[bytes], url: str, log_file: Path, timeout: float
+    ) -> None:
+        assert self.certificates is not None
+        tls = ssl.create_default_context(cafile=str(self.certificates.ca_cert))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{process.args[0]} exited with code {process.returncode}; "
+                    f"see {log_file}:\n{log_file.read_text()[-2000:]}"
+                )
+            try:
+                if httpx.get(url, verify=tls, timeout=0.5).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
     def _start_superlink(self, timeout: float) -> None:
         assert self.certificates is not None
@@ -143,9 +256,12 @@ class LocalDeployment:
             str(self.certificates.server_cert),
             "--ssl-keyfile",
             str(self.certificates.server_key),
+            # Only SuperNodes whose public key was registered may join.
+            "--enable-supernode-auth",
             "--isolation",
             "subprocess",
             "--disable-runtime-dependency-installation",
+            # Control, Runtime and Fleet APIs share this listener: loopback only.
             "--host",
             "127.0.0.1",
             "--port",
@@ -162,32 +278,52 @@ class LocalDeployment:
                 cwd=home,
                 start_new_session=True,
             )
-        tls = ssl.create_default_context(cafile=str(self.certificates.ca_cert))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.superlink.poll() is not None:
-                raise RuntimeError(
-                    f"flower-superlink exited with code {self.superlink.returncode}; "
-                    f"see {log_file}:\n{log_file.read_text()[-2000:]}"
-                )
-            try:
-                if httpx.get(
-                    f"https://{self.address}/health", verify=tls, timeout=0.5
-                ).is_success:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"flower-superlink did not answer within {timeout:.0f} s")
+        self._wait_healthy(
+            self.superlink, f"https://{self.address}/health", log_file, timeout
+        )
 
-    def _start_supernode(self, index: int, node_config: Mapping[str, Any]) -> None:
+    def _start_gateway(self, timeout: float) -> None:
         assert self.certificates is not None
-        home = self.workdir / f"supernode-{index}"
+        log_file = self.workdir / "gateway.log"
+        command = [
+            sys.executable,
+            "-m",
+            "flwr_byz.experiments.fleet_gateway",
+            "--listen",
+            self.fleet_address,
+            "--superlink",
+            self.address,
+            "--certificates",
+            str(self.certificates.ca_cert.parent),
+        ]
+        path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.getenv("PYTHONPATH")]))
+        with log_file.open("wb") as out:
+            self.gateway = subprocess.Popen(
+                command,
+                env={**self.env, "PYTHONPATH": path},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        self._wait_healthy(
+            self.gateway, f"https://{self.fleet_address}/health", log_file, timeout
+        )
+
+    def _popen_supernode(
+        self,
+        name: str,
+        node_config: Mapping[str, Any],
+        private_key: Path | None,
+        runtime_address: str,
+    ) -> subprocess.Popen[bytes]:
+        assert self.certificates is not None
+        home = self.workdir / name
         home.mkdir(parents=True, exist_ok=True)
         command = [
             str(self._bin / "flower-supernode"),
             "--superlink",
-            self.address,
+            self.fleet_address,
             "--root-certificates",
             str(self.certificates.ca_cert),
             "--isolation",
@@ -195,30 +331,56 @@ class LocalDeployment:
             "--host",
             "127.0.0.1",
             "--port",
-            self.node_addresses[index].rsplit(":", 1)[1],
+            runtime_address.rsplit(":", 1)[1],
             "--node-config",
             run_config_arg(node_config),
         ]
-        with (self.workdir / f"supernode-{index}.log").open("wb") as out:
-            self.supernodes.append(
-                subprocess.Popen(
-                    command,
-                    env={**self.env, "FLWR_HOME": str(home)},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=home,
-                    start_new_session=True,
-                )
+        if private_key is not None:
+            command += ["--auth-supernode-private-key", str(private_key)]
+        with (self.workdir / f"{name}.log").open("wb") as out:
+            return subprocess.Popen(
+                command,
+                env={**self.env, "FLWR_HOME": str(home)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=home,
+                start_new_session=True,
             )
 
+    def spawn_supernode(
+        self,
+        name: str,
+        node_config: Mapping[str, Any] | None = None,
+        private_key: str | Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start one more SuperNode against the gateway, logging to ``<name>.log``.
+
+        It is *not* registered: this is what a stranger holding ``ca.crt`` (and,
+        with ``private_key``, a key of their own) can start. :meth:`stop` ends it.
+        """
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name in {
+            f"supernode-{i}" for i in range(self.num_nodes)
+        }:
+            raise ValueError(f"name={name!r} is not a free, plain file name")
+        process = self._popen_supernode(
+            name,
+            node_config or {},
+            None if private_key is None else Path(private_key),
+            f"127.0.0.1:{free_port()}",
+        )
+        self.other_supernodes.append(process)
+        return process
+
     def stop(self) -> None:
-        """Stop the SuperNodes, then the SuperLink, with everything they started."""
-        # SuperNodes first, all at once: each deregisters from the live SuperLink.
-        stop_processes(self.supernodes)
-        self.supernodes = []
-        if self.superlink is not None:
-            stop_processes([self.superlink])
-            self.superlink = None
+        """Stop the SuperNodes, the gateway, then the SuperLink, and their children."""
+        # SuperNodes first, all at once: each deactivates at the live SuperLink.
+        stop_processes([*self.supernodes, *self.other_supernodes])
+        self.supernodes, self.other_supernodes = [], []
+        for attribute in ("gateway", "superlink"):
+            process = getattr(self, attribute)
+            if process is not None:
+                stop_processes([process])
+                setattr(self, attribute, None)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -229,14 +391,14 @@ class LocalDeployment:
         self.stop()
 
     def pids(self) -> list[int]:
-        """PIDs of the SuperLink and SuperNode processes (process-group leaders)."""
-        procs = [self.superlink, *self.supernodes]
+        """PIDs of the SuperLink, gateway and SuperNodes (process-group leaders)."""
+        procs = [self.superlink, self.gateway, *self.supernodes, *self.other_supernodes]
         return [p.pid for p in procs if p is not None]
 
     def node_ids(self, timeout: float = 60.0) -> list[int]:
         """The Flower node id of each SuperNode, in start order, once all have one.
 
-        A SuperNode logs ``SuperNode ID: <id>`` after the SuperLink registered it,
+        A SuperNode logs ``SuperNode ID: <id>`` once the SuperLink activated it,
         so this also waits until every node has joined the federation.
         """
         deadline = time.monotonic() + timeout
@@ -257,18 +419,23 @@ class LocalDeployment:
             time.sleep(0.2)
 
     def log(self, name: str = "superlink") -> str:
-        """The text of ``superlink.log`` or ``supernode-<i>.log``."""
+        """The text of ``superlink.log``, ``gateway.log`` or ``<supernode>.log``."""
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     # --- the flwr CLI ---------------------------------------------------------------
     def flwr(
-        self, *args: str, timeout: float = 600.0
+        self,
+        *args: str,
+        timeout: float = 600.0,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """``flwr <args>`` with this deployment's ``FLWR_HOME``."""
+        """``flwr <args>`` with this deployment's ``FLWR_HOME`` (or ``env``)."""
         return subprocess.run(
             [str(self._bin / "flwr"), *args],
-            env={**self.env, "FLWR_HOME": str(self.flwr_home)},
+            env=dict(env)
+            if env is not None
+            else {**self.env, "FLWR_HOME": str(self.flwr_home)},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -289,15 +456,44 @@ class LocalDeployment:
         return self.flwr(*args, timeout=timeout)
 
 
+def _make_key_material(args: argparse.Namespace) -> int:
+    if args.make_certificates:
+        hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+        paths = make_certificates(
+            args.make_certificates, hosts, overwrite=args.overwrite
+        )
+        hosts += [] if "127.0.0.1" in hosts else ["127.0.0.1"]
+        print(f"CA certificate:     {paths.ca_cert} (public)")
+        print(f"CA key:             {paths.ca_cert.with_suffix('.key')} (keep offline)")
+        print(f"server certificate: {paths.server_cert} (valid for {', '.join(hosts)})")
+        print(f"server key:         {paths.server_key} (SuperLink machine only)")
+    if args.make_supernode_keys:
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+        pairs = make_supernode_keys(
+            args.make_supernode_keys, names, overwrite=args.overwrite
+        )
+        for pair in pairs:
+            line = f"{pair.name}: private {pair.private_key}, public {pair.public_key}"
+            if args.register:
+                node_id = register_supernode(pair.public_key, args.register)
+                line += f" registered as node {node_id}"
+            print(line)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start a TLS deployment, run this repo's app once, stop everything.
+    """Start a local deployment, run this repo's app once, stop everything.
 
     With ``--make-certificates DIR`` only write a CA and a server certificate for
-    ``--hosts`` to ``DIR`` (for a deployment across machines) and exit.
+    ``--hosts`` to ``DIR``; with ``--make-supernode-keys DIR --names ...`` only
+    write one SuperNode key pair per name (and, with ``--register CONNECTION``,
+    register each public key at that SuperLink). Both refuse to replace existing
+    files without ``--overwrite``.
     """
     parser = argparse.ArgumentParser(
         prog="python -m flwr_byz.experiments.deployment",
-        description="Run this app on a local TLS SuperLink and SuperNodes.",
+        description="Run this app on a local TLS SuperLink and SuperNodes, or make "
+        "the certificates and SuperNode keys of a real deployment.",
     )
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
@@ -318,16 +514,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--hosts",
         default="127.0.0.1,localhost",
         help="comma-separated names/IPs the server certificate is valid for "
-        "(with --make-certificates; default: %(default)s)",
+        "(with --make-certificates; 127.0.0.1 is always added; default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--make-supernode-keys",
+        metavar="DIR",
+        help="only write DIR/<name>.key (private, 0600) and DIR/<name>.pub for "
+        "each of --names and exit",
+    )
+    parser.add_argument(
+        "--names",
+        default="",
+        help="comma-separated SuperNode names (with --make-supernode-keys)",
+    )
+    parser.add_argument(
+        "--register",
+        metavar="CONNECTION",
+        help="with --make-supernode-keys: register each public key through this "
+        "flwr connection (the SuperLink's loopback Control API)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --make-certificates/--make-supernode-keys replace existing "
+        "files (a new CA must then reach every SuperNode and flwr user)",
     )
     args = parser.parse_args(argv)
-    if args.make_certificates:
-        hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
-        paths = make_certificates(args.make_certificates, hosts)
-        print(f"CA certificate:     {paths.ca_cert}")
-        print(f"server certificate: {paths.server_cert} (valid for {', '.join(hosts)})")
-        print(f"server key:         {paths.server_key}")
-        return 0
+    if args.make_certificates or args.make_supernode_keys:
+        try:
+            return _make_key_material(args)
+        except (KeyMaterialExistsError, ValueError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     run_config = {
         "num-server-rounds": args.rounds,
         "strategy": args.strategy,
@@ -337,7 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "output-dir": str(Path(args.output_dir).resolve()),
     }
     with LocalDeployment(args.nodes, workdir=args.keep) as deployment:
-        print(f"SuperLink (TLS) on {deployment.address}; {args.nodes} SuperNodes")
+        print(
+            f"SuperLink (TLS, SuperNode auth) on {deployment.address}; Fleet gateway "
+            f"on {deployment.fleet_address}; {args.nodes} registered SuperNodes"
+        )
         print("node ids:", ", ".join(map(str, deployment.node_ids())))
         done = deployment.run(args.app, run_config)
         print(done.stdout, end="")
