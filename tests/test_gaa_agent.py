@@ -375,13 +375,31 @@ def test_credit_leaves_random_fault_majority_within_two_rounds():
     assert sorted(agent.detect(7)) == list(range(3, 10))
 
 
-def test_sign_flip_minority_loses_credit():
+def mixed_qv() -> tuple[torch.Tensor, torch.Tensor]:
+    """The GAA paper's QV set: one fresh sample of each client region 0..9."""
+    samples = [tuple(t[200:] for t in region(k, 201)) for k in range(10)]
+    return torch.cat([x for x, _ in samples]), torch.cat([y for _, y in samples])
+
+
+@pytest.mark.parametrize(
+    ("qv_set", "reference_gain"),
+    [
+        # A representative QV set: the QV lean of the consensus is on (default).
+        (mixed_qv, 20.0),
+        # A QV set from a region no client has: the honest consensus itself goes
+        # uphill on it in round 1, so the lean would side with the flippers for a
+        # round; without the lean the consensus alone removes a minority.
+        (lambda: region(100, 10), 0.0),
+    ],
+    ids=["representative-qv", "foreign-qv-no-lean"],
+)
+def test_sign_flip_minority_loses_credit(qv_set, reference_gain):
     """3 of 10 send −Δ of their own honest update (same norm as honest), in-process."""
     lr = 1.0
 
     clients = [QVObjective(big, region(k, 200)) for k in range(10)]
-    objective = QVObjective(big, region(100, 10))
-    agent = GAAAgent(objective)
+    objective = QVObjective(big, qv_set())
+    agent = GAAAgent(objective, EvidencePolicy(reference_gain=reference_gain))
     torch.manual_seed(0)
     theta = torch.cat([v.reshape(-1) for v in big().state_dict().values()])
     byzantine = [2, 5, 9]

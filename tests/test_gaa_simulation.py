@@ -57,6 +57,20 @@ def region(k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 QV = region(100, 10)  # a region no client has; 10 samples
+
+
+def _fresh_sample(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample of region k that is not in that region's training data."""
+    x, y = region(k, 201)
+    return x[200:], y[200:]
+
+
+# The GAA paper's QV set: a few samples of the clients' own distribution, one
+# per region here. Only a QV set the honest updates descend on can overrule a
+# majority: on QV (another region) the honest consensus goes uphill for the
+# first rounds, and no QV verdict could tell who is right.
+_SAMPLES = [_fresh_sample(k) for k in range(10)]
+QV_MIXED = (torch.cat([x for x, _ in _SAMPLES]), torch.cat([y for _, y in _SAMPLES]))
 TEST = region(101, 2000)
 
 client = ClientApp()
@@ -154,7 +168,10 @@ def simulation() -> dict:
         )
         for attack in ("static", "pretense", "sign-flip"):
             strategy = GAA(
-                model_factory=model, qv_set=QV, fraction_evaluate=0.0, seed=0
+                model_factory=model,
+                qv_set=QV_MIXED if attack == "sign-flip" else QV,
+                fraction_evaluate=0.0,
+                seed=0,
             )
             seen[attack] = strategy.start(
                 grid=grid,

@@ -149,7 +149,7 @@ SERVER_KEYS: dict[str, Key] = {
         _float_in(0.0, 1e3),
     ),
     "gaa-reference-gain": Key(
-        0.0,
+        20.0,
         "GAA evidence policy: how hard the consensus reference leans towards "
         "QV descent when the credit-weighted consensus goes uphill on the QV set",
         _float_in(0.0, 1e3),

@@ -105,13 +105,18 @@ class EvidencePolicy(nn.Module):
     over-fits the QV set through the worker closest to it); learning decides
     how much they should count.
 
-    Optional, off by default (``reference_gain > 0``): when the credit-
-    weighted reference itself goes uphill on the QV set by more than
-    ``uphill_margin`` (its cosine with −∇f_B), the reference leans towards
-    the workers aligned with −∇f_B, with weight ``reference_gain ×`` that
-    excess. It lets a QV set beat a majority of sign-flippers, but one round
-    in which an honest consensus disagrees with a small QV set hands the
-    credit to the attackers, so it is not the default.
+    The QV verdict on the consensus (``reference_gain``, default 20): when the
+    credit-weighted reference itself goes uphill on the QV set — its cosine
+    with −∇f_B below ``−uphill_margin`` — the reference leans towards the
+    workers aligned with −∇f_B, with weight ``reference_gain ×`` that excess.
+    A majority pulling against the QV set (sign flip, IPM, label flip at
+    β = 0.7) then makes a reference that the honest minority agrees with, so
+    ``cos-credit-mean`` takes credit from the majority round after round, and
+    the recurrence accumulates it per node. An honest consensus that goes
+    downhill on the QV set leaves the lean off. Its cost: when an honest
+    consensus itself goes uphill on a QV set from another region (large
+    steps that overshoot the QV set's minimum), the lean favours the honest
+    workers closest to the QV region (``reference_gain=0`` turns it off).
 
     Learning ψ refines the weights of every input from the episode loss.
 
@@ -136,7 +141,7 @@ class EvidencePolicy(nn.Module):
     consensus_weight, scaled_weight : float
         Initial weights of ``cos-credit-mean`` and ``qv-gain-capped``.
     reference_gain, uphill_margin : float
-        The optional QV lean of the reference (see above); fixed, not learnt.
+        The QV lean of the reference (see above); fixed, not learnt.
     """
 
     needs_features = True
@@ -153,7 +158,7 @@ class EvidencePolicy(nn.Module):
         seed: int = 0,
         consensus_weight: float = 8.0,
         scaled_weight: float = 0.0,
-        reference_gain: float = 0.0,
+        reference_gain: float = 20.0,
         uphill_margin: float = 0.1,
     ) -> None:
         super().__init__()
