@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from flwr_byz.app.config import app_defaults
+from flwr_byz.app.config import app_defaults, strategy_of_option
 from flwr_byz.experiments.cli import main
 from flwr_byz.experiments.grid import GridSpec, cell_name, check_grid
+from flwr_byz.experiments.tables import summarise
 
 AXES = {"strategy": "faba", "attack": "sign-flip", "byzantine-fraction": 0.3, "seed": 0}
 
@@ -29,10 +30,18 @@ def test_changing_any_run_config_value_changes_the_cell() -> None:
     for key, value in app_defaults().items():
         if key in AXES or key == "output-dir":
             continue
-        changed = cell_name({**base, key: _other(value)})
+        owner = strategy_of_option(key)
+        cell = {**base, key: _other(value)}
+        if owner is not None:  # another strategy's option: only its own cells
+            assert cell_name(cell) == name, key
+            cell["strategy"] = owner
+            assert cell_name(cell) != cell_name({**base, "strategy": owner}), key
+            continue
+        changed = cell_name(cell)
         assert changed != name, key
         assert changed not in seen, key
         seen.add(changed)
+    assert {strategy_of_option(k) for k in app_defaults()} >= {"gaa", "zeno", None}
     assert cell_name({**base, "output-dir": "elsewhere"}) == name
 
 
@@ -61,3 +70,28 @@ def test_a_cell_the_app_refuses_fails_before_anything_runs(capsys) -> None:
     )
     assert code == 2
     assert "bulyan__sign-flip__b0.3__s0" in capsys.readouterr().err
+
+
+def test_summary_never_averages_runs_that_differ_in_more_than_the_seed() -> None:
+    def run(seed: int, acc: float, **extra) -> dict:
+        cfg = {**app_defaults(), **AXES, "strategy": "gaa", "seed": seed, **extra}
+        summary = {
+            "final-accuracy": acc,
+            "detection-precision": 1.0,
+            "detection-recall": 1.0,
+        }
+        return {"config": cfg, "summary": summary, "rounds": []}
+
+    rows = summarise(
+        [
+            run(0, 0.8),
+            run(1, 0.6, **{"zeno-rho": 0.1}),  # Zeno's option: same GAA experiment
+            run(0, 0.5, **{"gaa-policy-lr": 0.0}),
+            run(0, 0.4, **{"attack-pattern": "pretense"}),
+        ]
+    )
+    by_settings = {r["settings"]: r for r in rows}
+    assert by_settings[""]["seeds"] == 2
+    assert by_settings[""]["final-accuracy"] == "70.0 ± 14.1"
+    assert by_settings["gaa-policy-lr=0.0"]["final-accuracy"] == "50.0"
+    assert by_settings["attack-pattern=pretense"]["final-accuracy"] == "40.0"

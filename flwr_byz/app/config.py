@@ -13,7 +13,7 @@ puts the three together.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -205,6 +205,35 @@ SERVER_KEYS: dict[str, Key] = {
         _output_dir,
     ),
 }
+
+
+def strategy_of_option(key: str) -> str | None:
+    """The strategy a run-config key configures (``zeno-rho`` → ``zeno``), or None.
+
+    Keys named ``<strategy>-...`` change nothing for any other strategy, so they are
+    not part of another strategy's experiment identity.
+    """
+    for name in STRATEGY_NAMES:
+        if key.startswith(f"{name}-"):
+            return name
+    return None
+
+
+def non_default_settings(cfg: Mapping[str, Any], skip: Iterable[str] = ()) -> dict:
+    """The run-config values of ``cfg`` that differ from the app's defaults.
+
+    Options of another strategy than ``cfg['strategy']`` (see
+    :func:`strategy_of_option`) and the keys in ``skip`` are left out.
+    """
+    defaults = app_defaults()
+    skipped = set(skip)
+    return {
+        k: v
+        for k, v in sorted(cfg.items())
+        if k not in skipped
+        and defaults.get(k) != v
+        and strategy_of_option(k) in (None, cfg.get("strategy"))
+    }
 
 
 def app_defaults() -> dict[str, Any]:

@@ -19,9 +19,9 @@ from typing import Any
 
 from flwr_byz.app.config import (
     RunConfigError,
-    app_defaults,
     check_against_nodes,
     check_run_config,
+    non_default_settings,
 )
 from flwr_byz.experiments.local_superlink import LocalSuperLink
 
@@ -65,20 +65,17 @@ def cell_name(cell: Mapping[str, Any]) -> str:
 
     The four axes come first; then, sorted, every other key whose value differs from
     the app's default (``attack-pattern=pretense``, ``num-server-rounds=30``, every
-    ``--set``). So changing any value gives another directory, and a grid re-run with
-    other settings never reuses a result. A name that would be too long for a file
-    system ends in a digest of those values instead.
+    ``--set``), except another strategy's own options (``zeno-rho`` does not change
+    a FABA cell). So changing any value that the cell uses gives another
+    directory, and a grid re-run with other settings never reuses a result. A
+    name that would be too long for a file system ends in a digest of those
+    values instead.
     """
-    defaults = app_defaults()
     name = (
         f"{cell['strategy']}__{cell['attack']}__b{cell['byzantine-fraction']}"
         f"__s{cell['seed']}"
     )
-    extra = sorted(
-        (k, v)
-        for k, v in cell.items()
-        if k not in _AXES and k not in _NOT_IDENTITY and defaults.get(k) != v
-    )
+    extra = list(non_default_settings(cell, skip=(*_AXES, *_NOT_IDENTITY)).items())
     if not extra:
         return name
     text = "__".join(f"{k}={v}" for k, v in extra)

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from flwr_byz.app.config import non_default_settings
+
 
 def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Every finished ``results.json`` among ``paths``."""
@@ -28,15 +30,35 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+_NOT_SETTINGS = ("strategy", "attack", "byzantine-fraction", "seed", "output-dir")
+
+
+def settings_text(cfg: dict[str, Any]) -> str:
+    """What else a run changed from the defaults (its own strategy's options only)."""
+    return " ".join(
+        f"{k}={v}" for k, v in non_default_settings(cfg, skip=_NOT_SETTINGS).items()
+    )
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (strategy, attack, byzantine fraction), aggregated over seeds."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    """One row per (strategy, attack, byzantine fraction, settings), over seeds.
+
+    ``settings`` is every other run-config value that differs from the defaults
+    (an attack pattern, ``gaa-policy-lr=0``, ...), so runs that differ in anything
+    but the seed are never averaged together.
+    """
+    groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         cfg = run["config"]
-        key = (cfg["strategy"], cfg["attack"], float(cfg["byzantine-fraction"]))
+        key = (
+            cfg["strategy"],
+            cfg["attack"],
+            float(cfg["byzantine-fraction"]),
+            settings_text(cfg),
+        )
         groups[key].append(run)
     rows = []
-    for (strategy, attack, fraction), group in sorted(groups.items()):
+    for (strategy, attack, fraction, settings), group in sorted(groups.items()):
         summaries = [r["summary"] for r in group]
         accs = [
             s["final-accuracy"] for s in summaries if s["final-accuracy"] is not None
@@ -46,6 +68,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "strategy": strategy,
                 "attack": attack,
                 "byzantine-fraction": fraction,
+                "settings": settings,
                 "seeds": len(group),
                 "final-accuracy": _mean_std(accs),
                 "detection-precision": _mean_std(
