@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 from uuid import uuid4
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.common.constant import (
     HEARTBEAT_INTERVAL_INF,
     NOOP_ACCOUNT_NAME,
@@ -47,7 +46,8 @@ Behaviour = Callable[[Message], Message | None]
 class LinkFederation:
     """A LinkState, an InMemoryGrid on it and ``num_nodes`` scripted nodes.
 
-    Use as a context manager; every node thread is stopped and joined on exit.
+    Use as a context manager: each node (registered before entering) is served by
+    its own thread, stopped and joined on exit.
 
     Parameters
     ----------
@@ -116,9 +116,12 @@ class LinkFederation:
         TaskIdentity.run_id = self.run.run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         TaskIdentity.task_id = int(self.run.primary_task_id)
-        thread = threading.Thread(target=self._serve, name="link-nodes", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        for node_id in self.node_ids:  # one thread per node: a slow one blocks no other
+            thread = threading.Thread(
+                target=self._serve, args=(node_id,), name=f"node-{node_id}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -133,12 +136,10 @@ class LinkFederation:
                 TaskIdentity._task_id,
             ) = self._saved_identity
 
-    def _serve(self) -> None:
+    def _serve(self, node_id: int) -> None:
         while not self._stop.is_set():
-            for node_id in list(self.received):
-                if node_id not in self.state.get_nodes(self.run.run_id):
-                    continue  # offline: it pulls nothing
-                for ins in self.state.get_message_ins(node_id=node_id, limit=None):
+            if node_id in self.state.get_nodes(self.run.run_id):  # offline: no pulls
+                for ins in self.state.get_message_ins(node_id=node_id, limit=1):
                     self.received[node_id].append(ins.metadata.message_type)
                     answer = self.behaviours.get(node_id, self.behaviour)(ins)
                     if answer is not None:
@@ -152,16 +153,33 @@ def silent(_ins: Message) -> None:
     return None
 
 
-def empty_reply(ins: Message) -> Message:
-    """An empty (content) reply."""
-    return Message(RecordDict(), reply_to=ins)
+def echo(ins: Message) -> Message:
+    """A node that trains nothing: it sends the model back (train) or a metric."""
+    content = RecordDict({"metrics": MetricRecord({"num-examples": 1})})
+    for key, record in ins.content.array_records.items():
+        if ins.metadata.message_type == "train":
+            content[key] = record
+    return Message(content, reply_to=ins)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+def _round(ins: Message) -> int:
+    return int(next(iter(ins.content.config_records.values()))["server-round"])
+
+
+def dies_in_round(
+    fed: LinkFederation,
+    node_id: int,
+    server_round: int,
+    answer: Behaviour | None = None,
+) -> Behaviour:
+    """Answer like ``answer`` (default :func:`echo`) until the train instruction of
+    ``server_round`` arrives; then die (the LinkState marks the node offline)
+    without answering."""
+
+    def behaviour(ins: Message) -> Message | None:
+        if ins.metadata.message_type == "train" and _round(ins) >= server_round:
+            fed.kill(node_id)
+            return None
+        return (answer or echo)(ins)
+
+    return behaviour

@@ -11,10 +11,10 @@ import random
 import time
 
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg
-from link_federation import LinkFederation, silent
+from link_federation import LinkFederation, dies_in_round, echo, silent
 from strategy_helpers import (
     LocalMean,
     StaticGrid,
@@ -27,32 +27,6 @@ from flwr_byz.app.observed_strategy import ObservedStrategy
 from flwr_byz.strategy.reply_validation import attribute_replies
 from flwr_byz.strategy.round_report import MissingReason
 from flwr_byz.strategy.sampling import NotEnoughNodesError
-
-
-def echo(ins: Message) -> Message:
-    """A node that trains nothing: it sends the model back (train) or a metric."""
-    content = RecordDict({"metrics": MetricRecord({"num-examples": 1})})
-    for key, record in ins.content.array_records.items():
-        if ins.metadata.message_type == "train":
-            content[key] = record
-    return Message(content, reply_to=ins)
-
-
-def _round(ins: Message) -> int:
-    return int(next(iter(ins.content.config_records.values()))["server-round"])
-
-
-def dies_in_round(fed: LinkFederation, node_id: int, server_round: int):
-    """Answer like :func:`echo` until the instruction of ``server_round`` arrives;
-    then die (the LinkState marks the node offline) without answering."""
-
-    def behaviour(ins: Message) -> Message | None:
-        if ins.metadata.message_type == "train" and _round(ins) >= server_round:
-            fed.kill(node_id)
-            return None
-        return echo(ins)
-
-    return behaviour
 
 
 def _no_superlink_id(metrics) -> None:
