@@ -76,7 +76,9 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         grid,
         min_nodes=max(2, int(cfg["min-available-nodes"])),
         timeout=node_wait_timeout,
-        query_timeout=min(60.0, round_timeout),
+        # The first message a node gets also installs the app and starts a
+        # ClientApp process: slower than a round, bounded like the node wait.
+        query_timeout=min(60.0, node_wait_timeout),
     )
     identities = {nid: node.partition_id for nid, node in nodes.items()}
     num_nodes = len(nodes)
