@@ -2,6 +2,12 @@
 
 ``flwr run .`` starts it. Every run-config key is checked before round 1; a bad
 value stops the run with one message that names the key and what is allowed.
+
+Liveness: every round waits at most ``round-timeout`` seconds for replies (the
+sampled nodes without one are recorded as missing, by node id and reason), samples
+from the nodes connected at that moment, and waits at most ``node-wait-timeout``
+seconds for ``min-available-nodes`` of them; past that the run stops with a
+message (kept in ``results.json``) instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from flwr_byz.app.config import (
     check_run_config,
 )
 from flwr_byz.app.federation import discover_nodes
+from flwr_byz.app.liveness import node_floor
 from flwr_byz.app.observed_strategy import ObservedStrategy
 from flwr_byz.app.results import ResultsFile
 from flwr_byz.app.round_log import RoundLog
@@ -31,6 +38,7 @@ from flwr_byz.attacks import ServerSideAttack, byzantine_partitions
 from flwr_byz.data import dataset_shape, load_server_data
 from flwr_byz.devices import resolve_device
 from flwr_byz.models import build_model
+from flwr_byz.strategy.sampling import NotEnoughNodesError
 
 app = ServerApp()
 
@@ -62,10 +70,20 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)
     device = _device(str(cfg["device"]))
 
-    nodes = discover_nodes(grid, min_nodes=2)
+    round_timeout = float(cfg["round-timeout"])
+    node_wait_timeout = float(cfg["node-wait-timeout"])
+    nodes = discover_nodes(
+        grid,
+        min_nodes=max(2, int(cfg["min-available-nodes"])),
+        timeout=node_wait_timeout,
+        # The first message a node gets also installs the app and starts a
+        # ClientApp process: slower than a round, bounded like the node wait.
+        query_timeout=min(60.0, node_wait_timeout),
+    )
     identities = {nid: node.partition_id for nid, node in nodes.items()}
     num_nodes = len(nodes)
     check_against_nodes(cfg, num_nodes)
+    node_floor(cfg, num_nodes)  # an explicit min-available-nodes must fit
 
     # A node's explicit `byzantine` switch (deployments) is the truth; otherwise the
     # run config's fraction picks partitions, exactly as the malicious clients do.
@@ -107,6 +125,7 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         strategy,
         on_train=round_log.on_train,
         order_key=lambda nid: (identities.get(nid, -1), nid),
+        node_wait_timeout=node_wait_timeout,
     )
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -115,24 +134,42 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         return metrics
 
     started = time.perf_counter()
-    # GAA's outer loop (Algorithm 1): every episode restarts from the same θ₀;
-    # the strategy keeps its policy and credits (a new start is a new episode).
-    for episode in range(1, int(cfg["gaa-episodes"]) + 1):
-        round_log.episode = episode
-        observed.start(
-            grid=grid,
-            initial_arrays=initial_arrays,
-            num_rounds=int(cfg["num-server-rounds"]),
-            # The clients build their model from what the server's model is.
-            train_config=ConfigRecord({"seed": seed, "num-classes": num_classes}),
-            evaluate_config=ConfigRecord({"num-classes": num_classes}),
-            evaluate_fn=evaluate_fn,
-        )
+    stopped: NotEnoughNodesError | None = None
+    try:
+        # GAA's outer loop (Algorithm 1): every episode restarts from the same θ₀;
+        # the strategy keeps its policy and credits (a new start is a new episode).
+        for episode in range(1, int(cfg["gaa-episodes"]) + 1):
+            round_log.episode = episode
+            observed.start(
+                grid=grid,
+                initial_arrays=initial_arrays,
+                num_rounds=int(cfg["num-server-rounds"]),
+                # Each round aggregates what arrived within this many seconds.
+                timeout=round_timeout,
+                # The clients build their model from what the server's model is.
+                train_config=ConfigRecord({"seed": seed, "num-classes": num_classes}),
+                evaluate_config=ConfigRecord({"num-classes": num_classes}),
+                evaluate_fn=evaluate_fn,
+            )
+    except NotEnoughNodesError as err:
+        stopped = err
     summary = round_log.summary(
         strategy=strategy,
         detection_k=int(cfg["detection-k"]) or len(byz_nodes),
         total_time=time.perf_counter() - started,
     )
+    if stopped is not None:
+        last = results.data["rounds"][-1]  # round 0: the initial model
+        episode = (
+            f" of episode {last.get('episode', 1)}"
+            if int(cfg["gaa-episodes"]) > 1
+            else ""
+        )
+        summary["stopped"] = f"after round {last['round']}{episode}: {stopped}"
+        results.finish(summary)
+        log(ERROR, "Run stopped %s", summary["stopped"])
+        log(ERROR, "results (rounds so far): %s", results.path)
+        raise stopped
     results.finish(summary)
     for line in round_log.summary_lines(summary, results.path):
         log(INFO, "%s", line)

@@ -129,6 +129,25 @@ SERVER_KEYS: dict[str, Key] = {
         "model is always evaluated on the server's test set)",
         _float_in(0.0, 1.0),
     ),
+    "min-available-nodes": Key(
+        0,
+        "each round samples from the nodes connected then, waiting (at most "
+        "node-wait-timeout s) until this many are connected; 0 = what the rule "
+        "needs: max(2, its bound for the assumed f)",
+        _int_at_least(0),
+    ),
+    "round-timeout": Key(
+        600.0,
+        "seconds a round waits for replies; then it aggregates what arrived and "
+        "records the other sampled nodes as missing (timed-out)",
+        _float_in(0.0, 1e6, low_open=True),
+    ),
+    "node-wait-timeout": Key(
+        300.0,
+        "seconds the run waits for enough connected nodes (at start-up and before "
+        "each round) before it stops with a message",
+        _float_in(0.0, 1e6, low_open=True),
+    ),
     "server-learning-rate": Key(
         1.0, "η_server in w ← w + η·A(Δ)", _float_in(0.0, 1e6, low_open=True)
     ),

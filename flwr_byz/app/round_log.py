@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,18 @@ from flwr.app import MetricRecord
 
 from flwr_byz.app.detection import flagged_by_removals, precision_recall
 from flwr_byz.app.results import ResultsFile
+from flwr_byz.strategy.round_report import MissingReason
+
+
+def _kebab(name: str) -> str:
+    return name.lower().replace("_", "-")
 
 
 def _reason_name(code: int) -> str:
     from flwr_byz.strategy import RejectReason
 
     try:
-        return RejectReason(code).name.lower().replace("_", "-")
+        return _kebab(RejectReason(code).name)
     except ValueError:
         return f"code-{code}"
 
@@ -64,9 +70,13 @@ class RoundLog:
         return [self.identities.get(int(n), -1) for n in node_ids]
 
     def on_train(
-        self, server_round: int, metrics: MetricRecord | None, seconds: float
+        self,
+        server_round: int,
+        metrics: MetricRecord | None,
+        seconds: float,
+        missing: Mapping[int, MissingReason] | None = None,
     ) -> None:
-        """Record what the strategy decided this round."""
+        """Record what the strategy decided this round, and who never answered."""
         m = dict(metrics or {})
         node_ids = [int(n) for n in m.get("node-ids", [])]
         removed = [int(n) for n in m.get("removed-node-ids", [])]
@@ -86,6 +96,17 @@ class RoundLog:
                     "reason": _reason_name(r),
                 }
                 for n, r in zip(rejected, reasons, strict=False)
+            ],
+            # Sampled, but no reply of its own (timed out, or the SuperLink
+            # reported the node gone): under the node's own id, whatever the
+            # strategy.
+            "missing": [
+                {
+                    "node-id": int(n),
+                    "partition-id": self.identities.get(int(n), -1),
+                    "reason": _kebab(reason.name),
+                }
+                for n, reason in (missing or {}).items()
             ],
             "removed-node-ids": removed,
             "removed-partitions": self._partitions(removed),
