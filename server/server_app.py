@@ -28,7 +28,7 @@ from flwr_byz.app.config import (
     check_against_nodes,
     check_run_config,
 )
-from flwr_byz.app.federation import discover_nodes
+from flwr_byz.app.federation import discover_nodes, identify_new_nodes
 from flwr_byz.app.liveness import node_floor
 from flwr_byz.app.observed_strategy import ObservedStrategy
 from flwr_byz.app.results import ResultsFile
@@ -121,11 +121,28 @@ def run(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
 
     results = ResultsFile(cfg["output-dir"], cfg, ground_truth)
     round_log = RoundLog(results, identities, byz_nodes)
+
+    def identify_joined(server_round: int, grid: Grid) -> None:
+        # A restarted SuperNode has a new node id: ask it who it is, so its
+        # partition and role stay in the record (and in the server-side attack).
+        for nid, node in identify_new_nodes(
+            grid, nodes, min(60.0, node_wait_timeout)
+        ).items():
+            nodes[nid] = node
+            byzantine = bool(
+                node.byzantine
+                or (node.byzantine is None and node.partition_id in byz_partitions)
+            )
+            round_log.add_node(nid, node.partition_id, byzantine)
+            if isinstance(strategy, ServerSideAttack):
+                strategy.add_node(nid, node.partition_id, byzantine)
+
     observed = ObservedStrategy(
         strategy,
         on_train=round_log.on_train,
         order_key=lambda nid: (identities.get(nid, -1), nid),
         node_wait_timeout=node_wait_timeout,
+        on_configure=identify_joined,
     )
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:

@@ -100,6 +100,17 @@ class LinkFederation:
         self.received[node_id] = []
         return node_id
 
+    def join(self) -> int:
+        """A node that connects during the run (served from now on); its id."""
+        node_id = self.add_node()
+        self.node_ids.append(node_id)
+        thread = threading.Thread(
+            target=self._serve, args=(node_id,), name=f"node-{node_id}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+        return node_id
+
     def kill(self, node_id: int) -> None:
         """The node stops answering and the LinkState marks it offline."""
         self.behaviours[node_id] = silent

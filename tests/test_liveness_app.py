@@ -218,3 +218,51 @@ def test_the_sleep_knob_is_validated() -> None:
     for bad in (-1, "long", float("inf"), True):
         with pytest.raises(ValueError, match="sleep-seconds"):
             fault_delay({"sleep-seconds": bad})
+
+
+@pytest.mark.timeout(120)
+def test_a_restarted_node_keeps_its_partition_and_role_in_the_record(
+    tmp_path: Path,
+) -> None:
+    """Partition 2's node dies in round 2 and comes back under a new node id (a
+    restarted SuperNode): the record keeps its partition and, since partition 2
+    is Byzantine here, counts the new id as Byzantine too."""
+    cfg = check_run_config(
+        {
+            **RUN,
+            "strategy": "faba",
+            "attack": "sign-flip",
+            "byzantine-partitions": "2",
+            "output-dir": str(tmp_path),
+        }
+    )
+    configs = partitions(4)
+    fed = app_federation(cfg, configs)
+    victim = fed.node_ids[2]
+    restarted: list[int] = []
+
+    def dies_and_restarts(ins: Message) -> Message | None:
+        if ins.metadata.message_type == "train" and _server_round(ins) >= 2:
+            fed.kill(victim)
+            configs.append(dict(configs[2]))  # the same node config, a new node id
+            restarted.append(fed.join())
+            return None
+        return fed.behaviour(ins)
+
+    fed.behaviours[victim] = dies_and_restarts
+    with fed:
+        results = run(fed.grid, cfg)
+    assert len(restarted) == 1
+    new = restarted[0]
+    truth = results["ground-truth"]
+    assert truth["node-partitions"][str(new)] == 2
+    assert sorted(truth["byzantine-node-ids"]) == sorted([victim, new])
+    assert truth["byzantine-partition-ids"] == [2]
+    last = results["rounds"][-1]
+    assert new in last["node-ids"]
+    assert last["partitions"][last["node-ids"].index(new)] == 2
+    assert -1 not in last["partitions"]
+
+
+def _server_round(ins: Message) -> int:
+    return int(next(iter(ins.content.config_records.values()))["server-round"])

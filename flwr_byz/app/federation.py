@@ -101,6 +101,24 @@ def discover_nodes(
     return identities
 
 
+def identify_new_nodes(
+    grid: Grid, known: Iterable[int], timeout: float
+) -> dict[int, NodeIdentity]:
+    """Ask the nodes connected now that are not in ``known`` who they are.
+
+    A SuperNode that restarts comes back under a new node id; asking it again keeps
+    its partition (and whether it is Byzantine) in the record.
+    """
+    seen = set(known)
+    new = sorted(nid for nid in grid.get_node_ids() if nid not in seen)
+    if not new:
+        return {}
+    found = _query(grid, new, timeout)
+    for nid, node in found.items():
+        log(INFO, "Node %d joined (partition %s)", nid, node.partition_id)
+    return found
+
+
 def _query(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, NodeIdentity]:
     """Ask ``node_ids`` who they are; node id → identity, without the nodes the
     SuperLink reported gone."""

@@ -49,6 +49,9 @@ class ObservedStrategy(Strategy):
         Sort key on node ids applied to the replies before aggregation. Replies
         arrive in completion order; a fixed order makes float sums, and so whole
         runs, reproducible.
+    on_configure : Callable[[int, Grid], None] | None
+        Called with the server round and the grid before each round is
+        configured (e.g. to identify nodes that joined since the last round).
     node_wait_timeout : float | None
         When set, the grid handed to ``configure_*`` stops answering
         ``get_node_ids`` (raises
@@ -62,8 +65,10 @@ class ObservedStrategy(Strategy):
         on_train: TrainObserver,
         order_key: Callable[[int], object] | None = None,
         node_wait_timeout: float | None = None,
+        on_configure: Callable[[int, Grid], None] | None = None,
     ) -> None:
         self.strategy = strategy
+        self.on_configure = on_configure
         self.on_train = on_train
         self.order_key = order_key
         self.node_wait_timeout = node_wait_timeout
@@ -92,6 +97,8 @@ class ObservedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Start the round clock and delegate (remembering the instructions)."""
+        if self.on_configure is not None:
+            self.on_configure(server_round, grid)
         self._round_started = time.perf_counter()
         self._instructions = list(
             self.strategy.configure_train(

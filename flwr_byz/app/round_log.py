@@ -66,6 +66,19 @@ class RoundLog:
         self._credits: dict[int, float] = {}
         self.episode = 1
 
+    def add_node(self, node_id: int, partition_id: int, byzantine: bool) -> None:
+        """Record a node that joined during the run, in the ground truth too."""
+        self.identities[int(node_id)] = partition_id
+        truth = self.results.data["ground-truth"]
+        truth["node-partitions"][str(node_id)] = partition_id
+        if byzantine:
+            self.byzantine.add(int(node_id))
+            truth["byzantine-node-ids"] = sorted(self.byzantine)
+            truth["byzantine-partition-ids"] = sorted(
+                {self.identities.get(n, -1) for n in self.byzantine}
+            )
+        self.results.flush()
+
     def _partitions(self, node_ids: list[int]) -> list[int]:
         return [self.identities.get(int(n), -1) for n in node_ids]
 
