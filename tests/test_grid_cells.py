@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flwr_byz.app.config import app_defaults, strategy_of_option
@@ -95,3 +97,78 @@ def test_summary_never_averages_runs_that_differ_in_more_than_the_seed() -> None
     assert by_settings[""]["final-accuracy"] == "70.0 ± 14.1"
     assert by_settings["gaa-policy-lr=0.0"]["final-accuracy"] == "50.0"
     assert by_settings["attack-pattern=pretense"]["final-accuracy"] == "40.0"
+
+
+def test_summary_reads_each_row_against_fedavg_without_attack() -> None:
+    def run(strategy: str, attack: str, seed: int, acc: float, secs: float) -> dict:
+        cfg = {
+            **app_defaults(),
+            "strategy": strategy,
+            "attack": attack,
+            "byzantine-fraction": 0.0 if attack == "none" else 0.3,
+            "seed": seed,
+        }
+        rounds = [{"round": 0}] + [{"round": r, "round-time-s": secs} for r in (1, 2)]
+        summary = {
+            "final-accuracy": acc,
+            "detection-precision": 1.0,
+            "detection-recall": 1.0,
+        }
+        return {"config": cfg, "summary": summary, "rounds": rounds}
+
+    rows = summarise(
+        [
+            run("fedavg", "none", 0, 0.80, 1.0),
+            run("fedavg", "none", 1, 0.90, 1.0),
+            run("gaa", "sign-flip", 0, 0.78, 1.5),
+            run("gaa", "sign-flip", 1, 0.86, 1.1),
+        ]
+    )
+    gaa = next(r for r in rows if r["strategy"] == "gaa")
+    assert gaa["vs-no-attack"] == "-3.0"  # mean of -2 and -4 points, seed by seed
+    assert gaa["time-vs-fedavg"] == "1.30"
+    fedavg = next(r for r in rows if r["strategy"] == "fedavg")
+    assert fedavg["vs-no-attack"] == "+0.0" and fedavg["time-vs-fedavg"] == "1.00"
+
+
+def test_report_writes_tables_curves_and_gaa_credit_traces(tmp_path, capsys) -> None:
+    truth = {
+        "byzantine-node-ids": [11],
+        "byzantine-partition-ids": [1],
+        "node-partitions": {"10": 0, "11": 1},
+    }
+    for seed in (0, 1):
+        cfg = {**app_defaults(), "strategy": "gaa", "attack": "sign-flip"}
+        cfg.update({"byzantine-fraction": 0.5, "seed": seed})
+        rounds = [{"round": 0, "accuracy": 0.5, "round-time-s": 0.1}] + [
+            {
+                "round": r,
+                "accuracy": 0.5 + 0.1 * r,
+                "round-time-s": 0.2,
+                "credit-node-ids": [10, 11],
+                "credits": [0.5 + 0.2 * r, 0.5 - 0.2 * r],
+            }
+            for r in (1, 2)
+        ]
+        run = {
+            "config": cfg,
+            "ground-truth": truth,
+            "rounds": rounds,
+            "summary": {
+                "final-accuracy": 0.7,
+                "detection-precision": 1.0,
+                "detection-recall": 1.0,
+            },
+        }
+        cell = tmp_path / f"gaa__sign-flip__b0.5__s{seed}"
+        cell.mkdir()
+        (cell / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path)]) == 0
+    plots = tmp_path / "plots"
+    for name in (
+        "accuracy__sign-flip__b0.5.png",
+        "credits__gaa__sign-flip__b0.5__s0.png",
+        "credits__gaa__sign-flip__b0.5__s1.png",
+    ):
+        assert (plots / name).stat().st_size > 1000, name
+    assert "| gaa | sign-flip | 0.5 |" in (tmp_path / "summary.md").read_text()

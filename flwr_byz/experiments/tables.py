@@ -40,12 +40,29 @@ def settings_text(cfg: dict[str, Any]) -> str:
     )
 
 
+def _mean_round_time(runs: list[dict[str, Any]]) -> float | None:
+    times = [e["round-time-s"] for r in runs for e in r["rounds"][1:] if e["round"]]
+    return statistics.mean(times) if times else None
+
+
+def _reference(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The grid's FedAvg runs without attack (the peer every row is read against)."""
+    return [
+        r
+        for r in runs
+        if r["config"]["strategy"] == "fedavg" and r["config"]["attack"] == "none"
+    ]
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (strategy, attack, byzantine fraction, settings), over seeds.
 
     ``settings`` is every other run-config value that differs from the defaults
     (an attack pattern, ``gaa-policy-lr=0``, ...), so runs that differ in anything
-    but the seed are never averaged together.
+    but the seed are never averaged together. When the grid has FedAvg without
+    attack, ``vs-no-attack`` is each row's mean accuracy minus FedAvg's (in
+    points, over the row's own seeds) and ``time-vs-fedavg`` its mean round time
+    divided by FedAvg's, measured in the same grid.
     """
     groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
@@ -57,11 +74,22 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             settings_text(cfg),
         )
         groups[key].append(run)
+    reference = {r["config"]["seed"]: r for r in _reference(runs)}
+    reference_time = _mean_round_time(list(reference.values()))
     rows = []
     for (strategy, attack, fraction, settings), group in sorted(groups.items()):
         summaries = [r["summary"] for r in group]
         accs = [
             s["final-accuracy"] for s in summaries if s["final-accuracy"] is not None
+        ]
+        own_time = _mean_round_time(group)
+        gaps = [
+            r["summary"]["final-accuracy"]
+            - reference[r["config"]["seed"]]["summary"]["final-accuracy"]
+            for r in group
+            if r["config"]["seed"] in reference
+            and r["summary"]["final-accuracy"] is not None
+            and reference[r["config"]["seed"]]["summary"]["final-accuracy"] is not None
         ]
         rows.append(
             {
@@ -71,20 +99,19 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "settings": settings,
                 "seeds": len(group),
                 "final-accuracy": _mean_std(accs),
+                "vs-no-attack": f"{100 * statistics.mean(gaps):+.1f}" if gaps else "–",
                 "detection-precision": _mean_std(
                     [s["detection-precision"] for s in summaries]
                 ),
                 "detection-recall": _mean_std(
                     [s["detection-recall"] for s in summaries]
                 ),
-                "mean-round-time-s": round(
-                    statistics.mean(
-                        e["round-time-s"] for r in group for e in r["rounds"][1:]
-                    ),
-                    3,
-                )
-                if any(len(r["rounds"]) > 1 for r in group)
-                else None,
+                "mean-round-time-s": None if own_time is None else round(own_time, 3),
+                "time-vs-fedavg": (
+                    f"{own_time / reference_time:.2f}"
+                    if own_time is not None and reference_time
+                    else "–"
+                ),
             }
         )
     return rows
