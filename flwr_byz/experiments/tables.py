@@ -117,6 +117,47 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def detection_per_k(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GAA+ precision/recall of the K lowest final credits (the GAA paper's Table 4).
+
+    K = 1, ⌈f/3⌉ and f, where f is the true number of Byzantine nodes; one row
+    per (attack, fraction, settings), mean ± std over seeds. Runs without credits
+    (other rules) are left out.
+    """
+    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        credited = [e for e in run["rounds"] if "credits" in e]
+        byzantine = {int(n) for n in run["ground-truth"]["byzantine-node-ids"]}
+        if not credited or not byzantine:
+            continue
+        cfg = run["config"]
+        last = credited[-1]
+        order = sorted(
+            zip(last["credits"], [int(n) for n in last["credit-node-ids"]], strict=True)
+        )
+        f = len(byzantine)
+        scores = {}
+        for name, k in (("1", 1), ("f/3", -(-f // 3)), ("f", f)):
+            hit = len({n for _, n in order[:k]} & byzantine)
+            scores[f"P@{name}"] = hit / k
+            scores[f"R@{name}"] = hit / f
+        groups[
+            (cfg["attack"], float(cfg["byzantine-fraction"]), settings_text(cfg))
+        ].append(scores)
+    rows = []
+    for (attack, fraction, settings), group in sorted(groups.items()):
+        row: dict[str, Any] = {
+            "attack": attack,
+            "byzantine-fraction": fraction,
+            "settings": settings,
+            "seeds": len(group),
+        }
+        for key in group[0]:
+            row[key] = _mean_std([g[key] for g in group])
+        rows.append(row)
+    return rows
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """``rows`` as a Markdown table (accuracy and detection in %)."""
     if not rows:
@@ -137,7 +178,12 @@ def write_tables(runs: list[dict[str, Any]], out_dir: Path) -> Path:
     rows = summarise(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "summary.md"
-    md.write_text(markdown_table(rows))
+    text = markdown_table(rows)
+    per_k = detection_per_k(runs)
+    if per_k:
+        text += "\nGAA+ detection per K (precision P, recall R, %):\n\n"
+        text += markdown_table(per_k)
+    md.write_text(text)
     with (out_dir / "summary.csv").open("w", newline="") as handle:
         if rows:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
