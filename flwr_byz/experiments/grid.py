@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,8 @@ def run_grid(
     out_dir = Path(out_dir).resolve()
     cells = check_grid(spec)
     paths = []
+    todo = sum(not _finished(out_dir / cell_name(c) / "results.json") for c in cells)
+    started, ran = time.monotonic(), 0
     with LocalSuperLink() as superlink:
         for number, cell in enumerate(cells, start=1):
             path = out_dir / cell_name(cell) / "results.json"
@@ -122,7 +125,14 @@ def run_grid(
                 continue
             overrides = {**cell, "output-dir": str(path.parent)}
             if echo:
-                print(f"[{number}/{len(cells)}] {cell_name(cell)}", flush=True)
+                per_cell = (time.monotonic() - started) / max(ran, 1)
+                eta = f", ETA {_duration(per_cell * (todo - ran))}" if ran else ""
+                print(
+                    f"[{number}/{len(cells)}] {cell_name(cell)} "
+                    f"({ran} of {todo} to run done{eta})",
+                    flush=True,
+                )
+            ran += 1
             completed = superlink.run(
                 app_dir, overrides, num_supernodes=spec.num_supernodes
             )
@@ -135,6 +145,13 @@ def run_grid(
                     f"cell {cell_name(cell)} failed; log in {path.parent}/flwr-run.log"
                 )
     return paths
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes >= 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{minutes}m{secs:02d}s"
 
 
 def _finished(path: Path) -> bool:
