@@ -6,6 +6,8 @@ strategy can pass it on unchanged.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -64,3 +66,19 @@ def normalised(coeffs: torch.Tensor, rule: str, what: str) -> torch.Tensor:
             "of them a positive weight"
         )
     return coeffs / total
+
+
+def finite_non_negative(name: str, value: float, *, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite number ``>= 0`` (``> 0`` when
+    ``positive``); otherwise a ValueError that names ``name`` and what is allowed.
+    Booleans are refused (``True`` is not a number of seconds or a weight)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
+    ):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name}={value!r}: allowed values are finite numbers {bound}")
+    return float(value)

@@ -14,26 +14,15 @@ import torch
 from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.mean import combine_rows
 from flwr_byz.aggregation.result import AggregationResult
-from flwr_byz.aggregation.validation import check_f, check_updates
+from flwr_byz.aggregation.validation import (
+    check_f,
+    check_updates,
+    finite_non_negative,
+)
 
 #: ``(k, d)`` flat weight vectors -> ``(k,)`` losses on the server's batch.
 BatchLoss = Callable[[torch.Tensor], torch.Tensor]
 _CHUNK = 65_536
-
-
-def _check_number(value: float, name: str, *, positive: bool) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (positive and value == 0)
-    ):
-        allowed = "> 0" if positive else ">= 0"
-        raise ValueError(
-            f"zeno: {name} must be a finite number {allowed}, got {value!r}"
-        )
-    return float(value)
 
 
 def _losses(loss_fn: BatchLoss, points: torch.Tensor, batched: bool) -> list[float]:
@@ -127,8 +116,8 @@ def zeno(
     n, d = check_updates(x, "zeno")
     b = check_f(b, "zeno")
     require_rows("zeno", n, b)
-    rho = _check_number(rho, "rho", positive=False)
-    gamma = _check_number(gamma, "gamma", positive=True)
+    rho = finite_non_negative("zeno: rho", rho)
+    gamma = finite_non_negative("zeno: gamma", gamma, positive=True)
     if not isinstance(theta, torch.Tensor) or tuple(theta.shape) != (d,):
         raise ValueError(
             f"zeno: theta must be a ({d},) tensor, got "

@@ -271,15 +271,9 @@ class LocalDeployment:
             "--database",
             str(home / "state.db"),
         ]
-        with log_file.open("wb") as out:
-            self.superlink = subprocess.Popen(
-                command,
-                env={**self.env, "FLWR_HOME": str(home)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=home,
-                start_new_session=True,
-            )
+        self.superlink = _spawn(
+            command, {**self.env, "FLWR_HOME": str(home)}, home, log_file
+        )
         self._wait_healthy(
             self.superlink, f"https://{self.address}/health", log_file, timeout
         )
@@ -299,15 +293,9 @@ class LocalDeployment:
             str(self.certificates.ca_cert.parent),
         ]
         path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.getenv("PYTHONPATH")]))
-        with log_file.open("wb") as out:
-            self.gateway = subprocess.Popen(
-                command,
-                env={**self.env, "PYTHONPATH": path},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
+        self.gateway = _spawn(
+            command, {**self.env, "PYTHONPATH": path}, self.workdir, log_file
+        )
         self._wait_healthy(
             self.gateway, f"https://{self.fleet_address}/health", log_file, timeout
         )
@@ -339,15 +327,12 @@ class LocalDeployment:
         ]
         if private_key is not None:
             command += ["--auth-supernode-private-key", str(private_key)]
-        with (self.workdir / f"{name}.log").open("wb") as out:
-            return subprocess.Popen(
-                command,
-                env={**self.env, "FLWR_HOME": str(home)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=home,
-                start_new_session=True,
-            )
+        return _spawn(
+            command,
+            {**self.env, "FLWR_HOME": str(home)},
+            home,
+            self.workdir / f"{name}.log",
+        )
 
     def spawn_supernode(
         self,
@@ -585,3 +570,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _spawn(
+    command: list[str], env: dict[str, str], cwd: Path, log_file: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session (so stop() can end its whole group),
+    its output written to ``log_file``."""
+    with log_file.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )

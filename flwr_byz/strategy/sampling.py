@@ -11,7 +11,6 @@ so.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Iterable
@@ -21,6 +20,8 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 from flwr.supercore.run import Run
+
+from flwr_byz.aggregation.validation import finite_non_negative
 
 #: Seconds between two "waiting for nodes" log lines.
 _LOG_EVERY = 10.0
@@ -44,16 +45,7 @@ class NotEnoughNodesError(RuntimeError):
 def check_seconds(name: str, value: float, *, positive: bool = False) -> float:
     """``value`` as a float of seconds (>= 0, or > 0 when ``positive``), else a
     ValueError naming ``name``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (positive and value == 0)
-    ):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name}={value!r}: allowed values are finite numbers {bound}")
-    return float(value)
+    return finite_non_negative(name, value, positive=positive)
 
 
 def sample_connected(
