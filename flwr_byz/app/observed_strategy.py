@@ -4,6 +4,11 @@ The experiment harness needs the decisions (rejected / removed / selected nodes,
 credits) of every round as it happens, to flush ``results.json`` per round; the
 strategy itself must not know it is being watched, and may itself be wrapped
 (e.g. by a server-side attack), so this wraps from the outside.
+
+It also lets a resumed run go on with the round numbers of the run it continues:
+Flower's ``Strategy.start`` always counts from 1, so the wrapper adds
+``round_offset`` to every round number it passes on (the ``server-round`` the
+clients see, which seeds their batches, included).
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ class ObservedStrategy(Strategy):
         Sort key on node ids applied to the replies before aggregation. Replies
         arrive in completion order; a fixed order makes float sums, and so whole
         runs, reproducible.
+
+    Attributes
+    ----------
+    round_offset : int
+        Added to every round number passed to ``strategy`` and ``on_train``
+        (0: Flower's numbering). A run resumed after round k of an episode plays
+        the remaining rounds with ``round_offset = k``.
     """
 
     def __init__(
@@ -43,6 +55,7 @@ class ObservedStrategy(Strategy):
         self.on_train = on_train
         self.order_key = order_key
         self._round_started = 0.0
+        self.round_offset = 0
 
     def __getattr__(self, name: str) -> object:
         # Anything else (detect(), history, …) is the wrapped strategy's.
@@ -59,12 +72,15 @@ class ObservedStrategy(Strategy):
     ) -> Iterable[Message]:
         """Start the round clock and delegate."""
         self._round_started = time.perf_counter()
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        return self.strategy.configure_train(
+            server_round + self.round_offset, arrays, config, grid
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Delegate in a fixed reply order, then report the round."""
+        server_round += self.round_offset
         arrays, metrics = self.strategy.aggregate_train(
             server_round, self._ordered(replies)
         )
@@ -75,13 +91,17 @@ class ObservedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Delegate."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self.strategy.configure_evaluate(
+            server_round + self.round_offset, arrays, config, grid
+        )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Delegate in a fixed reply order."""
-        return self.strategy.aggregate_evaluate(server_round, self._ordered(replies))
+        return self.strategy.aggregate_evaluate(
+            server_round + self.round_offset, self._ordered(replies)
+        )
 
     def _ordered(self, replies: Iterable[Message]) -> list[Message]:
         replies = list(replies)
