@@ -441,3 +441,35 @@ def test_a_run_stopped_after_its_last_round_resumes_to_its_summary(tmp_path) -> 
     assert _trained(grid) == []  # nothing left to train
     assert resumed["status"] == "completed"
     assert _comparable(_results(cut)) == _comparable(_results(tmp_path / "whole"))
+
+
+def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path, monkeypatch):
+    import signal
+
+    from flwr_byz.app.round_log import RoundLog
+
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    on_train = RoundLog.on_train
+
+    def terminated_in_round_3(self, server_round, *args):
+        if server_round == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stops the ServerApp
+        return on_train(self, server_round, *args)
+
+    _run(tmp_path / "whole")
+    monkeypatch.setattr(RoundLog, "on_train", terminated_in_round_3)
+    with pytest.raises(RunInterruptedError, match="SIGTERM"):
+        _run(tmp_path / "cut")
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+    stopped = _results(tmp_path / "cut")
+    assert stopped["status"] == "interrupted"
+    assert stopped["error"] == "RunInterruptedError: signal SIGTERM"
+    assert _final_state(tmp_path / "cut")["payload"]["round"] == 2
+
+    _run(tmp_path / "x", node_ids=OTHER_IDS, resume=str(tmp_path / "cut"))
+    assert _results(tmp_path / "cut")["resumes"][0]["previous-status"] == "interrupted"
+    _assert_bit_equal(_final_state(tmp_path / "whole"), _final_state(tmp_path / "cut"))
+    assert _comparable(_results(tmp_path / "cut")) == _comparable(
+        _results(tmp_path / "whole")
+    )
