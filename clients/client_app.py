@@ -11,10 +11,17 @@ reply exactly what they trained; Byzantine nodes tamper the update (random fault
 uniform noise, sign flip, scaling) or, for the data attacks, train on flipped labels
 or on the adaptive-fault objective (read from
 :func:`flwr_byz.attacks.active_attack` below).
+
+Fault injection (for liveness tests, never needed in a real run):
+``--node-config "sleep-seconds=30"`` makes the node answer every train message 30
+seconds late, like a node that hangs; the server's ``round-timeout`` decides how
+long a round waits for it. Absent or 0: no delay.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -229,6 +236,29 @@ def _load_weights(node: _Node, msg: Message) -> None:
     node.model.load_state_dict(state, strict=True)
 
 
+def fault_delay(node_config: Mapping[str, Any]) -> float:
+    """Seconds the node's ``sleep-seconds`` fault-injection knob delays each train
+    reply (0 without it).
+
+    Raises
+    ------
+    ValueError
+        When the value is not a finite number >= 0.
+    """
+    value = node_config.get("sleep-seconds", 0)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"node config sleep-seconds={value!r} is not valid; valid values: "
+            "finite numbers >= 0"
+        )
+    return float(value)
+
+
 # Honest unless the run config's attack keys (pyproject.toml) say otherwise.
 app = ClientApp(mods=[byzantine_mod(attack="none")])
 
@@ -236,6 +266,9 @@ app = ClientApp(mods=[byzantine_mod(attack="none")])
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Load the global weights, train locally, reply the new weights."""
+    delay = fault_delay(context.node_config)
+    if delay:
+        time.sleep(delay)  # fault injection: a node that hangs
     cfg = client_config(context.run_config)
     node = _node(context, msg)
     _load_weights(node, msg)

@@ -2,6 +2,13 @@
 
 ``flwr run .`` starts it. Every run-config key is checked before round 1; a bad
 value stops the run with one message that names the key and what is allowed.
+
+Liveness: every round waits at most ``round-timeout`` seconds for replies (the
+sampled nodes without one are recorded as missing, by node id and reason), samples
+from the nodes connected at that moment, and waits at most ``node-wait-timeout``
+seconds for ``min-available-nodes`` of them; past that the run stops with a
+message (kept in ``results.json``) instead of waiting forever.
+
 Each run writes into a run directory of its own (``results.json``, and
 ``checkpoint.pt`` after every round); ``resume`` continues an interrupted one.
 """
@@ -40,7 +47,8 @@ from flwr_byz.app.config import (
     check_against_nodes,
     check_run_config,
 )
-from flwr_byz.app.federation import discover_nodes
+from flwr_byz.app.federation import discover_nodes, identify_new_nodes
+from flwr_byz.app.liveness import node_floor
 from flwr_byz.app.observed_strategy import ObservedStrategy
 from flwr_byz.app.results import (
     ResultsFile,
@@ -54,6 +62,7 @@ from flwr_byz.attacks import ServerSideAttack, byzantine_partitions
 from flwr_byz.data import dataset_shape, load_server_data
 from flwr_byz.devices import resolve_device
 from flwr_byz.models import build_model
+from flwr_byz.strategy.sampling import NotEnoughNodesError
 
 app = ServerApp()
 
@@ -103,10 +112,20 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
         run_dir = expand_run_dir(str(cfg["output-dir"]), _run_name(run_id))
         check_unused(run_dir)
 
-    nodes = discover_nodes(grid, min_nodes=2)
+    round_timeout = float(cfg["round-timeout"])
+    node_wait_timeout = float(cfg["node-wait-timeout"])
+    nodes = discover_nodes(
+        grid,
+        min_nodes=max(2, int(cfg["min-available-nodes"])),
+        timeout=node_wait_timeout,
+        # The first message a node gets also installs the app and starts a
+        # ClientApp process: slower than a round, bounded like the node wait.
+        query_timeout=min(60.0, node_wait_timeout),
+    )
     identities = {nid: node.partition_id for nid, node in nodes.items()}
     num_nodes = len(nodes)
     check_against_nodes(cfg, num_nodes)
+    node_floor(cfg, num_nodes)  # an explicit min-available-nodes must fit
 
     # A node's explicit `byzantine` switch (deployments) is the truth; otherwise the
     # run config's fraction picks partitions, exactly as the malicious clients do.
@@ -157,10 +176,28 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
     round_log = RoundLog(results, identities, byz_nodes)
     if resume is not None:
         round_log.restore(resume.payload["log"], node_ids)
+
+    def identify_joined(server_round: int, grid: Grid) -> None:
+        # A restarted SuperNode has a new node id: ask it who it is, so its
+        # partition and role stay in the record (and in the server-side attack).
+        for nid, node in identify_new_nodes(
+            grid, nodes, min(60.0, node_wait_timeout)
+        ).items():
+            nodes[nid] = node
+            byzantine = bool(
+                node.byzantine
+                or (node.byzantine is None and node.partition_id in byz_partitions)
+            )
+            round_log.add_node(nid, node.partition_id, byzantine)
+            if isinstance(strategy, ServerSideAttack):
+                strategy.add_node(nid, node.partition_id, byzantine)
+
     observed = ObservedStrategy(
         strategy,
         on_train=round_log.on_train,
         order_key=lambda nid: (identities.get(nid, -1), nid),
+        node_wait_timeout=node_wait_timeout,
+        on_configure=identify_joined,
     )
     checkpoint = run_dir / CHECKPOINT_FILE
     rounds = int(cfg["num-server-rounds"])
@@ -204,6 +241,7 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
     first_episode, done = (1, 0) if resume is None else (resume.episode, resume.round)
     if done >= rounds:
         first_episode, done = first_episode + 1, 0
+    stopped: NotEnoughNodesError | None = None
     try:
         with _signals_interrupt():
             if resume is not None:
@@ -219,38 +257,61 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
                 # The random states of the end of that round, as the interrupted
                 # run would have carried them into the next.
                 restore_rng(resume.payload["rng"])
-            # GAA's outer loop (Algorithm 1): every episode restarts from the same
-            # θ₀; the strategy keeps its policy and credits (a new start is a new
-            # episode).
-            for episode in range(first_episode, int(cfg["gaa-episodes"]) + 1):
-                round_log.episode = episode
-                offset = done if episode == first_episode else 0
-                observed.round_offset = offset
-                observed.start(
-                    grid=grid,
-                    initial_arrays=(
-                        ArrayRecord(resume.arrays)
-                        if offset and resume is not None
-                        else initial_arrays
-                    ),
-                    num_rounds=rounds - offset,
-                    # The clients build their model from what the server's model is.
-                    train_config=ConfigRecord(
-                        {"seed": seed, "num-classes": num_classes}
-                    ),
-                    evaluate_config=ConfigRecord({"num-classes": num_classes}),
-                    evaluate_fn=evaluate_fn,
-                )
+            try:
+                # GAA's outer loop (Algorithm 1): every episode restarts from the
+                # same θ₀; the strategy keeps its policy and credits (a new start is
+                # a new episode).
+                for episode in range(first_episode, int(cfg["gaa-episodes"]) + 1):
+                    round_log.episode = episode
+                    offset = done if episode == first_episode else 0
+                    observed.round_offset = offset
+                    observed.start(
+                        grid=grid,
+                        initial_arrays=(
+                            ArrayRecord(resume.arrays)
+                            if offset and resume is not None
+                            else initial_arrays
+                        ),
+                        num_rounds=rounds - offset,
+                        # Each round aggregates what arrived within this many seconds.
+                        timeout=round_timeout,
+                        # The clients build their model from what the server's model
+                        # is.
+                        train_config=ConfigRecord(
+                            {"seed": seed, "num-classes": num_classes}
+                        ),
+                        evaluate_config=ConfigRecord({"num-classes": num_classes}),
+                        evaluate_fn=evaluate_fn,
+                    )
+            except NotEnoughNodesError as err:
+                stopped = err
             observed.round_offset = 0
             summary = round_log.summary(
                 strategy=strategy,
                 detection_k=int(cfg["detection-k"]) or len(byz_nodes),
                 total_time=elapsed_before + time.perf_counter() - started,
             )
+            if stopped is not None:
+                last = results.data["rounds"][-1]  # round 0: the initial model
+                episode_text = (
+                    f" of episode {last.get('episode', 1)}"
+                    if int(cfg["gaa-episodes"]) > 1
+                    else ""
+                )
+                summary["stopped"] = (
+                    f"after round {last['round']}{episode_text}: {stopped}"
+                )
+                # The summary of the rounds so far is kept; the run is
+                # "interrupted" (resume it once the nodes are back).
+                results.data["summary"] = summary
+                log(ERROR, "Run stopped %s", summary["stopped"])
+                log(ERROR, "results (rounds so far): %s", results.path)
+                raise stopped
             results.finish(summary)
     except BaseException as err:
         results.stop(err)
-        log(ERROR, "Run %s (%s): %s", results.status, results.path, err)
+        if err is not stopped:
+            log(ERROR, "Run %s (%s): %s", results.status, results.path, err)
         raise
     for line in round_log.summary_lines(summary, results.path):
         log(INFO, "%s", line)

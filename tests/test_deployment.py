@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -159,3 +160,120 @@ def test_tls_deployment_runs_the_app_and_faba_removes_the_attacker(
         assert len(entry["selected-node-ids"]) == 3
         assert not entry["rejected"], entry
     assert results["summary"]["detection-correct"] is True
+
+
+def _rounds_written(path: Path) -> list[int]:
+    """Rounds in a results.json being written (atomically replaced per round)."""
+    try:
+        return [r["round"] for r in json.loads(path.read_text())["rounds"]]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def _needles(deployment: LocalDeployment) -> list[str]:
+    """What the command line of every process of ``deployment`` names."""
+    return [
+        deployment.address,
+        deployment.fleet_address,
+        *deployment.node_addresses,
+        str(deployment.workdir),
+    ]
+
+
+def _logs(done, deployment: LocalDeployment, node: str) -> str:
+    return (
+        done.stdout[-4000:]
+        + done.stderr[-2000:]
+        + "\n--- superlink.log ---\n"
+        + deployment.log()[-2000:]
+        + f"\n--- {node}.log ---\n"
+        + deployment.log(node)[-2000:]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_kill_9_of_a_supernode_after_round_1_the_run_completes_and_records_it(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    deployment = LocalDeployment(4, workdir=tmp_path / "deployment")
+    needles = _needles(deployment)
+    run_config = {
+        **RUN,
+        "num-server-rounds": 3,
+        # Longer than the SuperLink takes to call a silent node offline (two
+        # missed 30 s heartbeats): round 2 ends on the SuperLink's notice.
+        "round-timeout": 90.0,
+        "node-wait-timeout": 60.0,
+        "output-dir": str(out),
+    }
+    with deployment:
+        victim = deployment.node_ids(timeout=60)[2]
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(deployment.run, REPO, run_config, timeout=200)
+            while 1 not in _rounds_written(out / "results.json"):
+                if running.done():
+                    break
+                time.sleep(0.1)
+            if not running.done():
+                deployment.kill_supernode(2)  # SIGKILL: no deregistration
+            done = running.result()
+        logs = _logs(done, deployment, "supernode-0")
+    assert not _processes_mentioning(needles), "processes left behind"
+    assert done.returncode == 0, logs
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"] is not None, logs
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3], logs
+    gone = {"node-id": victim, "partition-id": 2, "reason": "node-unavailable"}
+    # Round 2 was sent to the dead node; the SuperLink's notice (sender id 1)
+    # is its missing reply, not an "unexpected-node" reply of node 1.
+    assert [r["missing"] for r in rounds[1:]] == [[], [gone], []], logs
+    for entry in rounds[1:]:
+        assert not entry["rejected"], entry
+    assert len(rounds[2]["node-ids"]) == 3
+    # Round 3 sampled the three nodes still connected instead of waiting for 4.
+    assert len(rounds[3]["node-ids"]) == 3 and victim not in rounds[3]["node-ids"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_a_supernode_sleeping_past_round_timeout_does_not_stall_its_rounds(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    configs = [{"partition-id": i, "num-partitions": 4} for i in range(4)]
+    configs[1]["sleep-seconds"] = 600  # fault injection: answers 10 min late
+    deployment = LocalDeployment(4, node_configs=configs, workdir=tmp_path / "dep")
+    needles = _needles(deployment)
+    # Well above a round of the other nodes on a busy machine (each message starts
+    # a ClientApp process), far below the sleep.
+    timeout = 40.0
+    run_config = {
+        **RUN,
+        "num-server-rounds": 2,
+        "round-timeout": timeout,
+        "output-dir": str(out),
+    }
+    with deployment:
+        sleeper = deployment.node_ids(timeout=60)[1]
+        done = deployment.run(REPO, run_config, timeout=200)
+        logs = _logs(done, deployment, "supernode-1")
+    assert not _processes_mentioning(needles), "processes left behind"
+    assert done.returncode == 0, logs
+
+    results = json.loads((out / "results.json").read_text())
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2], logs
+    late = {"node-id": sleeper, "partition-id": 1, "reason": "timed-out"}
+    for entry in rounds[1:]:
+        assert entry["missing"] == [late], entry
+        assert len(entry["node-ids"]) == 3 and not entry["rejected"], entry
+        # The grid polls every 3 s: the round ends within the timeout plus a poll
+        # and the aggregation, not when the sleeper wakes up.
+        assert timeout <= entry["train-time-s"] < timeout + 10, entry
+    assert results["summary"] is not None

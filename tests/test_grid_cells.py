@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from flwr_byz.app.config import app_defaults
+from flwr_byz.app.config import app_defaults, strategy_of_option
 from flwr_byz.experiments.cli import main
 from flwr_byz.experiments.grid import GridSpec, cell_name, check_grid
+from flwr_byz.experiments.tables import summarise
 
 AXES = {"strategy": "faba", "attack": "sign-flip", "byzantine-fraction": 0.3, "seed": 0}
 
@@ -29,10 +32,18 @@ def test_changing_any_run_config_value_changes_the_cell() -> None:
     for key, value in app_defaults().items():
         if key in AXES or key in ("output-dir", "resume", "fault-stop-after-round"):
             continue  # where results go, which run to resume, fault injection
-        changed = cell_name({**base, key: _other(value)})
+        owner = strategy_of_option(key)
+        cell = {**base, key: _other(value)}
+        if owner is not None:  # another strategy's option: only its own cells
+            assert cell_name(cell) == name, key
+            cell["strategy"] = owner
+            assert cell_name(cell) != cell_name({**base, "strategy": owner}), key
+            continue
+        changed = cell_name(cell)
         assert changed != name, key
         assert changed not in seen, key
         seen.add(changed)
+    assert {strategy_of_option(k) for k in app_defaults()} >= {"gaa", "zeno", None}
     assert cell_name({**base, "output-dir": "elsewhere"}) == name
 
 
@@ -92,3 +103,106 @@ def test_an_unfinished_cell_resumes_from_its_checkpoint_or_runs_afresh(tmp_path)
     assert cell_name({**cell, "resume": "x", "fault-stop-after-round": 2}) == (
         cell_name(cell)
     )
+
+
+def test_summary_never_averages_runs_that_differ_in_more_than_the_seed() -> None:
+    def run(seed: int, acc: float, **extra) -> dict:
+        cfg = {**app_defaults(), **AXES, "strategy": "gaa", "seed": seed, **extra}
+        summary = {
+            "final-accuracy": acc,
+            "detection-precision": 1.0,
+            "detection-recall": 1.0,
+        }
+        return {"config": cfg, "summary": summary, "rounds": []}
+
+    rows = summarise(
+        [
+            run(0, 0.8),
+            run(1, 0.6, **{"zeno-rho": 0.1}),  # Zeno's option: same GAA experiment
+            run(0, 0.5, **{"gaa-policy-lr": 0.0}),
+            run(0, 0.4, **{"attack-pattern": "pretense"}),
+        ]
+    )
+    by_settings = {r["settings"]: r for r in rows}
+    assert by_settings[""]["seeds"] == 2
+    assert by_settings[""]["final-accuracy"] == "70.0 ± 14.1"
+    assert by_settings["gaa-policy-lr=0.0"]["final-accuracy"] == "50.0"
+    assert by_settings["attack-pattern=pretense"]["final-accuracy"] == "40.0"
+
+
+def test_summary_reads_each_row_against_fedavg_without_attack() -> None:
+    def run(strategy: str, attack: str, seed: int, acc: float, secs: float) -> dict:
+        cfg = {
+            **app_defaults(),
+            "strategy": strategy,
+            "attack": attack,
+            "byzantine-fraction": 0.0 if attack == "none" else 0.3,
+            "seed": seed,
+        }
+        rounds = [{"round": 0}] + [{"round": r, "round-time-s": secs} for r in (1, 2)]
+        summary = {
+            "final-accuracy": acc,
+            "detection-precision": 1.0,
+            "detection-recall": 1.0,
+        }
+        return {"config": cfg, "summary": summary, "rounds": rounds}
+
+    rows = summarise(
+        [
+            run("fedavg", "none", 0, 0.80, 1.0),
+            run("fedavg", "none", 1, 0.90, 1.0),
+            run("gaa", "sign-flip", 0, 0.78, 1.5),
+            run("gaa", "sign-flip", 1, 0.86, 1.1),
+        ]
+    )
+    gaa = next(r for r in rows if r["strategy"] == "gaa")
+    assert gaa["vs-no-attack"] == "-3.0"  # mean of -2 and -4 points, seed by seed
+    assert gaa["time-vs-fedavg"] == "1.30"
+    fedavg = next(r for r in rows if r["strategy"] == "fedavg")
+    assert fedavg["vs-no-attack"] == "+0.0" and fedavg["time-vs-fedavg"] == "1.00"
+
+
+def test_report_writes_tables_curves_and_gaa_credit_traces(tmp_path, capsys) -> None:
+    truth = {
+        "byzantine-node-ids": [11],
+        "byzantine-partition-ids": [1],
+        "node-partitions": {"10": 0, "11": 1},
+    }
+    for seed in (0, 1):
+        cfg = {**app_defaults(), "strategy": "gaa", "attack": "sign-flip"}
+        cfg.update({"byzantine-fraction": 0.5, "seed": seed})
+        rounds = [{"round": 0, "accuracy": 0.5, "round-time-s": 0.1}] + [
+            {
+                "round": r,
+                "accuracy": 0.5 + 0.1 * r,
+                "round-time-s": 0.2,
+                "credit-node-ids": [10, 11],
+                "credits": [0.5 + 0.2 * r, 0.5 - 0.2 * r],
+            }
+            for r in (1, 2)
+        ]
+        run = {
+            "config": cfg,
+            "ground-truth": truth,
+            "rounds": rounds,
+            "summary": {
+                "final-accuracy": 0.7,
+                "detection-precision": 1.0,
+                "detection-recall": 1.0,
+            },
+        }
+        cell = tmp_path / f"gaa__sign-flip__b0.5__s{seed}"
+        cell.mkdir()
+        (cell / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path)]) == 0
+    plots = tmp_path / "plots"
+    for name in (
+        "accuracy__sign-flip__b0.5.png",
+        "credits__gaa__sign-flip__b0.5__s0.png",
+        "credits__gaa__sign-flip__b0.5__s1.png",
+    ):
+        assert (plots / name).stat().st_size > 1000, name
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| gaa | sign-flip | 0.5 |" in summary
+    # GAA+ per K: node 11 (Byzantine) ends with the lowest credit in both seeds.
+    assert "| sign-flip | 0.5 |  | 2 | 100.0 ± 0.0 | 100.0 ± 0.0 |" in summary

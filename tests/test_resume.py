@@ -250,12 +250,18 @@ def test_another_model_is_refused(tmp_path) -> None:
 def test_nodes_are_matched_by_partition_or_refused(tmp_path) -> None:
     assert node_map({1: 0, 2: 1}, {7: 1, 9: 0}, tmp_path) == {1: 9, 2: 7}
     assert node_map({1: -1, 2: -1}, {2: -1, 1: -1}, tmp_path) == {1: 1, 2: 2}
+    # Node 2 restarted during the run as node 3: node 3 is the one that is back.
+    assert node_map({1: 0, 2: 1, 3: 1}, {7: 0, 8: 1}, tmp_path) == {1: 7, 3: 8}
+    # The same ids (a deployment), one of them restarted as node 3 (gone now).
+    assert node_map({1: 0, 2: 1, 3: 1}, {1: 0, 2: 1}, tmp_path) == {1: 1, 2: 2}
     with pytest.raises(CheckpointError, match="partitions"):
         node_map({1: 0, 2: 1}, {7: 1, 9: 2}, tmp_path)
-    with pytest.raises(CheckpointError, match="cannot be"):
+    with pytest.raises(CheckpointError, match="cannot be matched"):
         node_map({1: -1, 2: -1}, {7: -1, 9: -1}, tmp_path)  # deployment, new ids
-    with pytest.raises(CheckpointError, match="3 nodes"):
+    with pytest.raises(CheckpointError, match="partitions"):
         node_map({1: 0, 2: 1}, {7: 0, 8: 1, 9: 2}, tmp_path)
+    with pytest.raises(CheckpointError, match="partitions"):
+        node_map({1: 0, 2: 1}, {7: 0, 8: 0}, tmp_path)
 
 
 def test_strategy_state_of_another_strategy_is_refused(tmp_path) -> None:

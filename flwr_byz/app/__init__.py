@@ -6,6 +6,7 @@
 - :mod:`~flwr_byz.app.config`: every run-config key, its default and its check;
 - :mod:`~flwr_byz.app.strategy_factory`: run config → strategy;
 - :mod:`~flwr_byz.app.federation`: who is in the federation (node id → partition);
+- :mod:`~flwr_byz.app.liveness`: how many connected nodes a round waits for;
 - :mod:`~flwr_byz.app.observed_strategy`, :mod:`~flwr_byz.app.round_log`,
   :mod:`~flwr_byz.app.results`, :mod:`~flwr_byz.app.detection`: what each round
   decided, written to ``results.json`` with the ground truth;

@@ -199,32 +199,54 @@ def check_arrays(
 def node_map(
     saved: Mapping[int, int], nodes: Mapping[int, int], where: Path
 ) -> dict[int, int]:
-    """Old node id → new node id, matched by partition id.
+    """Old node id → new node id, for the nodes of the checkpoint that are back.
 
-    The same node ids map to themselves (a deployment whose SuperNodes kept their
-    ids); otherwise every node of the checkpoint must have a partition id of its
-    own that one node of this federation has (a simulation draws node ids afresh).
+    A node id that is in both federations maps to itself (a deployment whose
+    SuperNodes kept their ids). The others are matched by partition id (a
+    simulation draws node ids afresh): when several old ids share a partition (a
+    SuperNode that restarted during the run got a new id), the one that joined
+    last is the node that is back; the earlier ones stay as they are, nodes that
+    are gone. Nodes without a partition id (-1) can only keep their ids.
+
+    Raises
+    ------
+    CheckpointError
+        When the federations' partitions differ, or a node cannot be matched.
     """
     saved = {int(k): int(v) for k, v in saved.items()}
-    if set(saved) == set(nodes):
-        return {n: n for n in saved}
-    by_partition = {p: n for n, p in nodes.items()}
-    old_partitions = sorted(saved.values())
+    nodes = {int(k): int(v) for k, v in nodes.items()}
+    new_partitions = [p for p in nodes.values() if p >= 0]
+    old_partitions = {p for n, p in saved.items() if p >= 0}
+    unmatched = [n for n, p in nodes.items() if n not in saved and p < 0]
+    lost = [n for n, p in saved.items() if n not in nodes and p < 0]
     if (
-        len(saved) != len(nodes)
-        or -1 in old_partitions
-        or len(set(old_partitions)) != len(old_partitions)
-        or len(by_partition) != len(nodes)
-        or set(old_partitions) != set(by_partition)
+        len(set(new_partitions)) != len(new_partitions)
+        or set(new_partitions) != old_partitions
+        or unmatched
+        or lost
     ):
         raise CheckpointError(
-            f"checkpoint {where} was written with {len(saved)} nodes of partitions "
-            f"{old_partitions}; this federation has {len(nodes)} nodes of partitions "
-            f"{sorted(nodes.values())}, and its node ids differ, so nodes cannot be "
-            "matched. Resume with the interrupted run's federation (same partitions, "
-            f"or the same node ids), {_FRESH}"
+            f"checkpoint {where} was written by a federation of {len(saved)} "
+            f"node(s), partitions {sorted(saved.values())}; this one has "
+            f"{len(nodes)}, partitions {sorted(nodes.values())}"
+            + (
+                f", and nodes without a partition id whose ids differ "
+                f"({sorted(unmatched + lost)})"
+                if unmatched or lost
+                else ""
+            )
+            + ": its nodes cannot be matched. Resume with the interrupted run's "
+            "federation (the same partitions, or the same node ids), "
+            f"{_FRESH}"
         )
-    return {old: by_partition[p] for old, p in saved.items()}
+    mapping = {n: n for n in saved if n in nodes}
+    by_partition = {p: n for n, p in nodes.items() if p >= 0}
+    latest = {p: n for n, p in saved.items() if n not in nodes and p >= 0}
+    taken = set(mapping.values())
+    for p, old in latest.items():
+        if by_partition[p] not in taken:
+            mapping[old] = by_partition[p]
+    return mapping
 
 
 # ----------------------------------------------------------- the random states

@@ -13,7 +13,7 @@ puts the three together.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -129,6 +129,25 @@ SERVER_KEYS: dict[str, Key] = {
         "model is always evaluated on the server's test set)",
         _float_in(0.0, 1.0),
     ),
+    "min-available-nodes": Key(
+        0,
+        "each round samples from the nodes connected then, waiting (at most "
+        "node-wait-timeout s) until this many are connected; 0 = what the rule "
+        "needs: max(2, its bound for the assumed f)",
+        _int_at_least(0),
+    ),
+    "round-timeout": Key(
+        600.0,
+        "seconds a round waits for replies; then it aggregates what arrived and "
+        "records the other sampled nodes as missing (timed-out)",
+        _float_in(0.0, 1e6, low_open=True),
+    ),
+    "node-wait-timeout": Key(
+        300.0,
+        "seconds the run waits for enough connected nodes (at start-up and before "
+        "each round) before it stops with a message",
+        _float_in(0.0, 1e6, low_open=True),
+    ),
     "server-learning-rate": Key(
         1.0, "η_server in w ← w + η·A(Δ)", _float_in(0.0, 1e6, low_open=True)
     ),
@@ -224,6 +243,35 @@ SERVER_KEYS: dict[str, Key] = {
         _int_at_least(0),
     ),
 }
+
+
+def strategy_of_option(key: str) -> str | None:
+    """The strategy a run-config key configures (``zeno-rho`` → ``zeno``), or None.
+
+    Keys named ``<strategy>-...`` change nothing for any other strategy, so they are
+    not part of another strategy's experiment identity.
+    """
+    for name in STRATEGY_NAMES:
+        if key.startswith(f"{name}-"):
+            return name
+    return None
+
+
+def non_default_settings(cfg: Mapping[str, Any], skip: Iterable[str] = ()) -> dict:
+    """The run-config values of ``cfg`` that differ from the app's defaults.
+
+    Options of another strategy than ``cfg['strategy']`` (see
+    :func:`strategy_of_option`) and the keys in ``skip`` are left out.
+    """
+    defaults = app_defaults()
+    skipped = set(skip)
+    return {
+        k: v
+        for k, v in sorted(cfg.items())
+        if k not in skipped
+        and defaults.get(k) != v
+        and strategy_of_option(k) in (None, cfg.get("strategy"))
+    }
 
 
 def app_defaults() -> dict[str, Any]:

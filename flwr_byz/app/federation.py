@@ -4,6 +4,12 @@ Before round 1 the ServerApp sends one ``query`` message to every node; the
 ClientApp answers with its ``partition-id`` (and ``num-partitions`` when its node
 config has it). This is experiment bookkeeping only — it lets ``results.json``
 record which node ids were Byzantine — and never reaches the defence.
+
+The answers are validated like training replies, and nothing in them can stop
+the run: a malformed identity, an error reply or no answer within the query
+timeout leaves that node without a partition (it still takes part); a node the
+SuperLink reports gone (its notice comes from node id 1 and names the query it
+answers) is left out; a reply from a node that was not asked is ignored.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from logging import INFO, WARNING
 from flwr.app import Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
+
+from flwr_byz.strategy.reply_validation import (
+    attribute_replies,
+    instruction_destinations,
+)
 
 IDENTITY_RECORD = "identity"
 
@@ -42,26 +53,38 @@ class NodeIdentity:
 
 
 def discover_nodes(
-    grid: Grid, min_nodes: int, timeout: float = 120.0, settle: float = 3.0
+    grid: Grid,
+    min_nodes: int,
+    timeout: float = 120.0,
+    settle: float = 3.0,
+    query_timeout: float = 60.0,
 ) -> dict[int, NodeIdentity]:
     """Node id → what the node said about itself, for every connected node.
 
     Waits for at least ``min_nodes`` nodes and, when the nodes report
     ``num-partitions`` (simulation), for that many; otherwise until the set of
-    connected nodes has not changed for ``settle`` seconds.
+    connected nodes has not changed for ``settle`` seconds. Each node is asked
+    once and waited for at most ``query_timeout`` seconds; the whole wait lasts at
+    most ``timeout`` seconds (plus one query).
     """
     deadline = time.monotonic() + timeout
     identities: dict[int, NodeIdentity] = {}
+    gone: set[int] = set()
     expected = min_nodes
     last_change = time.monotonic()
     while True:
         node_ids = sorted(grid.get_node_ids())
-        new = [nid for nid in node_ids if nid not in identities]
+        new = [nid for nid in node_ids if nid not in identities and nid not in gone]
         if new:
             last_change = time.monotonic()
-            identities.update(_query(grid, new))
+            answered = _query(grid, new, query_timeout)
+            identities.update(answered)
+            gone.update(nid for nid in new if nid not in answered)
             expected = expected_nodes(min_nodes, identities.values())
-        complete = len(identities) >= expected
+        # A node that is gone counts as answered: waiting does not bring it back.
+        complete = (
+            len(identities) >= min_nodes and len(identities) + len(gone) >= expected
+        )
         settled = time.monotonic() - last_change >= settle
         if complete and (expected > min_nodes or settled):
             break
@@ -78,19 +101,67 @@ def discover_nodes(
     return identities
 
 
-def _query(grid: Grid, node_ids: list[int]) -> dict[int, NodeIdentity]:
+def identify_new_nodes(
+    grid: Grid, known: Iterable[int], timeout: float
+) -> dict[int, NodeIdentity]:
+    """Ask the nodes connected now that are not in ``known`` who they are.
+
+    A SuperNode that restarts comes back under a new node id; asking it again keeps
+    its partition (and whether it is Byzantine) in the record.
+    """
+    seen = set(known)
+    new = sorted(nid for nid in grid.get_node_ids() if nid not in seen)
+    if not new:
+        return {}
+    found = _query(grid, new, timeout)
+    for nid, node in found.items():
+        log(INFO, "Node %d joined (partition %s)", nid, node.partition_id)
+    return found
+
+
+def _query(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, NodeIdentity]:
+    """Ask ``node_ids`` who they are; node id → identity, without the nodes the
+    SuperLink reported gone."""
     messages = [
         Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY)
         for nid in node_ids
     ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    own, absent = attribute_replies(
+        replies, instruction_destinations(messages), node_ids
+    )
+    asked = set(node_ids)
     found: dict[int, NodeIdentity] = {}
-    for reply in grid.send_and_receive(messages, timeout=60):
-        nid = reply.metadata.src_node_id
-        if reply.has_error() or IDENTITY_RECORD not in reply.content:
-            # A node that cannot say who it is still takes part in training.
+    for reply in own:
+        try:
+            nid = int(reply.metadata.src_node_id)
+            if nid not in asked or nid in found:
+                log(WARNING, "Ignored an identity reply from node %d", nid)
+                continue
+            if reply.has_error() or IDENTITY_RECORD not in reply.content:
+                # A node that cannot say who it is still takes part in training.
+                found[nid] = NodeIdentity()
+                continue
+            found[nid] = parse_identity(nid, reply.content[IDENTITY_RECORD])
+        except Exception:  # pylint: disable=broad-except
+            log(WARNING, "Ignored an unreadable identity reply", exc_info=True)
+    for nid, reason in absent.items():
+        log(
+            WARNING,
+            "Node %d is gone (%s): it is not counted in the federation",
+            nid,
+            reason.name,
+        )
+    for nid in node_ids:
+        if nid not in found and nid not in absent:
+            log(
+                WARNING,
+                "Node %d did not answer the identity query within %g s; it takes "
+                "part without a partition id in the record",
+                nid,
+                timeout,
+            )
             found[nid] = NodeIdentity()
-            continue
-        found[nid] = parse_identity(nid, reply.content[IDENTITY_RECORD])
     return found
 
 

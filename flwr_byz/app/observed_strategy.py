@@ -5,6 +5,11 @@ credits) of every round as it happens, to flush ``results.json`` per round; the
 strategy itself must not know it is being watched, and may itself be wrapped
 (e.g. by a server-side attack), so this wraps from the outside.
 
+It also sees, for any strategy (Flower's ``FedAvg`` included), which sampled
+nodes never answered a training round and why, and bounds the wait for nodes of
+a strategy that samples with Flower's own ``sample_nodes`` (which would wait
+forever for a node that died).
+
 It also lets a resumed run go on with the round numbers of the run it continues:
 Flower's ``Strategy.start`` always counts from 1, so the wrapper adds
 ``round_offset`` to every round number it passes on (the ``server-round`` the
@@ -20,6 +25,18 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from flwr_byz.strategy.reply_validation import (
+    attribute_replies,
+    instruction_destinations,
+)
+from flwr_byz.strategy.round_report import MissingReason
+from flwr_byz.strategy.sampling import NodeWaitGrid
+
+#: ``on_train(server_round, metrics, seconds, missing)``.
+TrainObserver = Callable[
+    [int, MetricRecord | None, float, dict[int, MissingReason]], None
+]
+
 
 class ObservedStrategy(Strategy):
     """Delegate everything to ``strategy``; report each ``aggregate_train``.
@@ -28,14 +45,23 @@ class ObservedStrategy(Strategy):
     ----------
     strategy : Strategy
         The strategy that decides.
-    on_train : Callable[[int, MetricRecord | None, float], None]
+    on_train : TrainObserver
         Called after every ``aggregate_train`` with the server round, the returned
-        MetricRecord and the seconds from ``configure_train`` to the end of
-        aggregation (client training included).
+        MetricRecord, the seconds from ``configure_train`` to the end of
+        aggregation (client training included) and, for every sampled node
+        without a reply of its own, why (node id -> :class:`MissingReason`).
     order_key : Callable[[int], object] | None
         Sort key on node ids applied to the replies before aggregation. Replies
         arrive in completion order; a fixed order makes float sums, and so whole
         runs, reproducible.
+    on_configure : Callable[[int, Grid], None] | None
+        Called with the server round and the grid before each round is
+        configured (e.g. to identify nodes that joined since the last round).
+    node_wait_timeout : float | None
+        When set, the grid handed to ``configure_*`` stops answering
+        ``get_node_ids`` (raises
+        :class:`~flwr_byz.strategy.sampling.NotEnoughNodesError`) once the
+        strategy has waited that many seconds for nodes.
 
     Attributes
     ----------
@@ -48,14 +74,19 @@ class ObservedStrategy(Strategy):
     def __init__(
         self,
         strategy: Strategy,
-        on_train: Callable[[int, MetricRecord | None, float], None],
+        on_train: TrainObserver,
         order_key: Callable[[int], object] | None = None,
+        node_wait_timeout: float | None = None,
+        on_configure: Callable[[int, Grid], None] | None = None,
     ) -> None:
         self.strategy = strategy
+        self.on_configure = on_configure
         self.on_train = on_train
         self.order_key = order_key
+        self.node_wait_timeout = node_wait_timeout
         self._round_started = 0.0
         self.round_offset = 0
+        self._instructions: list[Message] = []
 
     def __getattr__(self, name: str) -> object:
         # Anything else (detect(), history, …) is the wrapped strategy's.
@@ -67,32 +98,65 @@ class ObservedStrategy(Strategy):
         """Log the wrapped strategy's summary."""
         self.strategy.summary()
 
+    def _grid(self, grid: Grid) -> Grid:
+        if self.node_wait_timeout is None:
+            return grid
+        needed = getattr(self.strategy, "min_available_nodes", None)
+        return NodeWaitGrid(
+            grid, self.node_wait_timeout, needed if isinstance(needed, int) else None
+        )
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Start the round clock and delegate."""
+        """Start the round clock and delegate (remembering the instructions)."""
+        if self.on_configure is not None:
+            self.on_configure(server_round + self.round_offset, grid)
         self._round_started = time.perf_counter()
-        return self.strategy.configure_train(
-            server_round + self.round_offset, arrays, config, grid
+        self._instructions = list(
+            self.strategy.configure_train(
+                server_round + self.round_offset, arrays, config, self._grid(grid)
+            )
         )
+        return self._instructions
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Delegate in a fixed reply order, then report the round."""
         server_round += self.round_offset
-        arrays, metrics = self.strategy.aggregate_train(
-            server_round, self._ordered(replies)
+        replies = self._ordered(replies)
+        missing = self.missing(replies)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        self.on_train(
+            server_round, metrics, time.perf_counter() - self._round_started, missing
         )
-        self.on_train(server_round, metrics, time.perf_counter() - self._round_started)
         return arrays, metrics
+
+    def missing(self, replies: list[Message]) -> dict[int, MissingReason]:
+        """Sampled node id -> why it has no reply of its own this round."""
+        sent = [int(m.metadata.dst_node_id) for m in self._instructions]
+        own, absent = attribute_replies(
+            replies, instruction_destinations(self._instructions), sent
+        )
+        answered = set()
+        for msg in own:
+            try:
+                answered.add(int(msg.metadata.src_node_id))
+            except Exception:  # pylint: disable=broad-except
+                continue
+        return {
+            nid: absent.get(nid, MissingReason.TIMED_OUT)
+            for nid in sent
+            if nid not in answered
+        }
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Delegate."""
         return self.strategy.configure_evaluate(
-            server_round + self.round_offset, arrays, config, grid
+            server_round + self.round_offset, arrays, config, self._grid(grid)
         )
 
     def aggregate_evaluate(

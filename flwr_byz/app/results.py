@@ -33,8 +33,9 @@ def package_versions() -> dict[str, str]:
 
 #: ``results.json``'s ``status``: ``running`` while rounds are played (and left so
 #: by a process killed outright), ``completed`` with the summary, ``failed`` with the
-#: exception text in ``error``, ``interrupted`` (a signal, a lost SuperLink, fault
-#: injection) with the reason in ``error``. A ``running`` or ``interrupted`` run
+#: exception text in ``error``, ``interrupted`` (a signal, a lost SuperLink, too few
+#: nodes within ``node-wait-timeout``, fault injection) with the reason in
+#: ``error``. A ``running`` or ``interrupted`` run
 #: continues from its checkpoint with ``resume``.
 STATUSES = ("running", "completed", "failed", "interrupted")
 
@@ -51,8 +52,11 @@ class RunInterruptedError(RuntimeError):
 
 
 def _interruptions() -> tuple[type[BaseException], ...]:
+    from flwr_byz.strategy.sampling import NotEnoughNodesError
+
     kinds: list[type[BaseException]] = [
         RunInterruptedError,
+        NotEnoughNodesError,  # the nodes went away: resume once they are back
         KeyboardInterrupt,
         SystemExit,
         ConnectionError,
@@ -73,8 +77,8 @@ def _interruptions() -> tuple[type[BaseException], ...]:
 
 
 def status_of(err: BaseException) -> str:
-    """``interrupted`` for a signal, a lost connection or fault injection, else
-    ``failed``."""
+    """``interrupted`` for a signal, a lost connection, nodes that went away or
+    fault injection, else ``failed``."""
     return "interrupted" if isinstance(err, _interruptions()) else "failed"
 
 

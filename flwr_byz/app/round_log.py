@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,18 @@ from flwr.app import MetricRecord
 
 from flwr_byz.app.detection import flagged_by_removals, precision_recall
 from flwr_byz.app.results import ResultsFile
+from flwr_byz.strategy.round_report import MissingReason
+
+
+def _kebab(name: str) -> str:
+    return name.lower().replace("_", "-")
 
 
 def _reason_name(code: int) -> str:
     from flwr_byz.strategy import RejectReason
 
     try:
-        return RejectReason(code).name.lower().replace("_", "-")
+        return _kebab(RejectReason(code).name)
     except ValueError:
         return f"code-{code}"
 
@@ -60,12 +66,26 @@ class RoundLog:
         self._credits: dict[int, float] = {}
         self.episode = 1
 
+    def add_node(self, node_id: int, partition_id: int, byzantine: bool) -> None:
+        """Record a node that joined during the run, in the ground truth too."""
+        self.identities[int(node_id)] = partition_id
+        truth = self.results.data["ground-truth"]
+        truth["node-partitions"][str(node_id)] = partition_id
+        if byzantine:
+            self.byzantine.add(int(node_id))
+            truth["byzantine-node-ids"] = sorted(self.byzantine)
+            truth["byzantine-partition-ids"] = sorted(
+                {self.identities.get(n, -1) for n in self.byzantine}
+            )
+        self.results.flush()
+
     def state(self) -> dict[str, Any]:
         """What the summary needs of the rounds so far (for a checkpoint)."""
         return {
             "removed": [list(r) for r in self._removed],
             "seen": [list(r) for r in self._seen],
             "credits": dict(self._credits),
+            "byzantine": sorted(self.byzantine),
         }
 
     def restore(self, state: dict[str, Any], nodes: dict[int, int]) -> None:
@@ -79,14 +99,20 @@ class RoundLog:
         self._credits = {
             nodes.get(int(n), int(n)): float(c) for n, c in state["credits"].items()
         }
+        # Nodes that played Byzantine before (a restarted one's old id included).
+        self.byzantine |= set(mapped(state.get("byzantine", [])))
 
     def _partitions(self, node_ids: list[int]) -> list[int]:
         return [self.identities.get(int(n), -1) for n in node_ids]
 
     def on_train(
-        self, server_round: int, metrics: MetricRecord | None, seconds: float
+        self,
+        server_round: int,
+        metrics: MetricRecord | None,
+        seconds: float,
+        missing: Mapping[int, MissingReason] | None = None,
     ) -> None:
-        """Record what the strategy decided this round."""
+        """Record what the strategy decided this round, and who never answered."""
         m = dict(metrics or {})
         node_ids = [int(n) for n in m.get("node-ids", [])]
         removed = [int(n) for n in m.get("removed-node-ids", [])]
@@ -106,6 +132,17 @@ class RoundLog:
                     "reason": _reason_name(r),
                 }
                 for n, r in zip(rejected, reasons, strict=False)
+            ],
+            # Sampled, but no reply of its own (timed out, or the SuperLink
+            # reported the node gone): under the node's own id, whatever the
+            # strategy.
+            "missing": [
+                {
+                    "node-id": int(n),
+                    "partition-id": self.identities.get(int(n), -1),
+                    "reason": _kebab(reason.name),
+                }
+                for n, reason in (missing or {}).items()
             ],
             "removed-node-ids": removed,
             "removed-partitions": self._partitions(removed),

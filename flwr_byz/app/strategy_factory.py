@@ -11,6 +11,8 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr_byz.aggregation.registry import get_rule
 from flwr_byz.data import ServerData
 
+from .liveness import sampling_settings
+
 
 def build_strategy(
     cfg: Mapping[str, Any],
@@ -28,22 +30,26 @@ def build_strategy(
     from flwr_byz import strategy as strategies
 
     name = cfg["strategy"]
+    # Sample from the nodes connected each round, down to min-available-nodes
+    # (never the start-up count: one dead node would stall every later round).
+    sampling = sampling_settings(cfg, num_nodes)
     common: dict[str, Any] = {
         "fraction_train": float(cfg["fraction-train"]),
         "fraction_evaluate": float(cfg["fraction-evaluate"]),
-        "min_train_nodes": max(1, int(num_nodes * float(cfg["fraction-train"]))),
-        "min_available_nodes": num_nodes,
+        **sampling,
         "server_learning_rate": float(cfg["server-learning-rate"]),
         "device": device,
+        "round_timeout": float(cfg["round-timeout"]),
+        "node_wait_timeout": float(cfg["node-wait-timeout"]),
     }
     alpha = float(cfg["assumed-byzantine-fraction"])
     if name == "fedavg":
         # Flower's own, untouched: the peer every robust rule is measured against.
+        # (The app bounds its node wait from outside, see ObservedStrategy.)
         return FedAvg(
             fraction_train=common["fraction_train"],
             fraction_evaluate=common["fraction_evaluate"],
-            min_train_nodes=common["min_train_nodes"],
-            min_available_nodes=common["min_available_nodes"],
+            **sampling,
         )
     if name == "gaa":
         return strategies.GAA(

@@ -142,6 +142,12 @@ class ServerSideAttack(Strategy):
             learning_rate=float(run_config.get("learning-rate", DEFAULT_LEARNING_RATE)),
         )
 
+    def add_node(self, node_id: int, key: int, byzantine: bool) -> None:
+        """A node that joined during the run (e.g. a restarted SuperNode)."""
+        self.node_keys[int(node_id)] = int(key)
+        if byzantine:
+            self.byzantine_node_ids = sorted({*self.byzantine_node_ids, int(node_id)})
+
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes this wrapper lacks: expose the defence's.
         if name == "strategy":

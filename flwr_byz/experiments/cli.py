@@ -10,6 +10,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from flwr_byz.app.config import STRATEGY_NAMES
 from flwr_byz.experiments.grid import GridSpec, check_grid, run_grid
-from flwr_byz.experiments.plots import plot_accuracy
+from flwr_byz.experiments.plots import plot_accuracy, plot_credits
 from flwr_byz.experiments.tables import load_results, write_tables
 
 
@@ -104,12 +105,22 @@ def _parse_value(text: str) -> object:
 
 
 def _report(out: Path) -> None:
-    runs = load_results(sorted(out.glob("*/results.json")))
+    paths = sorted(out.glob("*/results.json"))
+    runs = load_results(paths)
     md = write_tables(runs, out)
     print(md.read_text())
     try:
         for path in plot_accuracy(runs, out / "plots"):
             print(f"plot: {path}")
+        for path in paths:
+            run = json.loads(path.read_text())
+            if run.get("summary") is None:
+                continue
+            trace = plot_credits(
+                run, out / "plots" / f"credits__{path.parent.name}.png"
+            )
+            if trace is not None:
+                print(f"plot: {trace}")
     except ImportError as err:
         print(f"(no plots: {err})")
 

@@ -29,10 +29,12 @@ By hand::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -53,7 +55,7 @@ from flwr_byz.experiments.certificates import (
     make_supernode_keys,
 )
 from flwr_byz.experiments.local_superlink import free_port, run_config_arg
-from flwr_byz.experiments.processes import stop_processes
+from flwr_byz.experiments.processes import descendants, stop_processes
 
 __all__ = [
     "CONNECTION",
@@ -389,6 +391,20 @@ class LocalDeployment:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def kill_supernode(self, index: int) -> int:
+        """``kill -9`` SuperNode ``index`` and everything it started, like a machine
+        that dies: it neither deregisters nor says goodbye, so the SuperLink only
+        learns of it from the missed heartbeats. Returns the SuperNode's PID."""
+        process = self.supernodes[index]
+        victims = [process.pid, *descendants(process.pid)]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        return process.pid
 
     def pids(self) -> list[int]:
         """PIDs of the SuperLink, gateway and SuperNodes (process-group leaders)."""

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,9 @@ from typing import Any
 from flwr_byz.app.checkpoint import CHECKPOINT_FILE
 from flwr_byz.app.config import (
     RunConfigError,
-    app_defaults,
     check_against_nodes,
     check_run_config,
+    non_default_settings,
 )
 from flwr_byz.app.results import RESULTS_FILE
 from flwr_byz.experiments.local_superlink import LocalSuperLink
@@ -69,20 +70,17 @@ def cell_name(cell: Mapping[str, Any]) -> str:
 
     The four axes come first; then, sorted, every other key whose value differs from
     the app's default (``attack-pattern=pretense``, ``num-server-rounds=30``, every
-    ``--set``). So changing any value gives another directory, and a grid re-run with
-    other settings never reuses a result. A name that would be too long for a file
-    system ends in a digest of those values instead.
+    ``--set``), except another strategy's own options (``zeno-rho`` does not change
+    a FABA cell). So changing any value that the cell uses gives another
+    directory, and a grid re-run with other settings never reuses a result. A
+    name that would be too long for a file system ends in a digest of those
+    values instead.
     """
-    defaults = app_defaults()
     name = (
         f"{cell['strategy']}__{cell['attack']}__b{cell['byzantine-fraction']}"
         f"__s{cell['seed']}"
     )
-    extra = sorted(
-        (k, v)
-        for k, v in cell.items()
-        if k not in _AXES and k not in _NOT_IDENTITY and defaults.get(k) != v
-    )
+    extra = list(non_default_settings(cell, skip=(*_AXES, *_NOT_IDENTITY)).items())
     if not extra:
         return name
     text = "__".join(f"{k}={v}" for k, v in extra)
@@ -121,6 +119,8 @@ def run_grid(
     out_dir = Path(out_dir).resolve()
     cells = check_grid(spec)
     paths = []
+    todo = sum(not _finished(out_dir / cell_name(c) / "results.json") for c in cells)
+    started, ran = time.monotonic(), 0
     with LocalSuperLink() as superlink:
         for number, cell in enumerate(cells, start=1):
             path = out_dir / cell_name(cell) / "results.json"
@@ -129,10 +129,15 @@ def run_grid(
                 continue
             overrides = cell_overrides(cell, path.parent)
             if echo:
-                again = (
-                    " (resumed from its checkpoint)" if "resume" in overrides else ""
+                per_cell = (time.monotonic() - started) / max(ran, 1)
+                eta = f", ETA {_duration(per_cell * (todo - ran))}" if ran else ""
+                again = ", resumed from its checkpoint" if "resume" in overrides else ""
+                print(
+                    f"[{number}/{len(cells)}] {cell_name(cell)} "
+                    f"({ran} of {todo} to run done{eta}{again})",
+                    flush=True,
                 )
-                print(f"[{number}/{len(cells)}] {cell_name(cell)}{again}", flush=True)
+            ran += 1
             completed = superlink.run(
                 app_dir, overrides, num_supernodes=spec.num_supernodes
             )
@@ -166,6 +171,13 @@ def cell_overrides(cell: Mapping[str, Any], cell_dir: Path) -> dict[str, Any]:
             number += 1
         stale.rename(cell_dir / f"results.{number}.stale.json")
     return overrides
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes >= 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{minutes}m{secs:02d}s"
 
 
 def _finished(path: Path) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """PIDs of every live descendant of ``pid`` (Linux ``/proc``; else ``[]``)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -53,7 +53,7 @@ def stop_processes(
     alive after ``timeout`` seconds gets SIGKILL.
     """
     leaders = [p for p in processes if p.poll() is None]
-    others = {d for p in leaders for d in _descendants(p.pid)}
+    others = {d for p in leaders for d in descendants(p.pid)}
     for process in leaders:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)

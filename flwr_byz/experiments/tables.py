@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from flwr_byz.app.config import non_default_settings
+
 
 def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Every finished ``results.json`` among ``paths``."""
@@ -28,42 +30,140 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+_NOT_SETTINGS = (
+    "strategy",
+    "attack",
+    "byzantine-fraction",
+    "seed",
+    # Where results go, which run was resumed, fault injection: not an experiment.
+    "output-dir",
+    "resume",
+    "fault-stop-after-round",
+)
+
+
+def settings_text(cfg: dict[str, Any]) -> str:
+    """What else a run changed from the defaults (its own strategy's options only)."""
+    return " ".join(
+        f"{k}={v}" for k, v in non_default_settings(cfg, skip=_NOT_SETTINGS).items()
+    )
+
+
+def _mean_round_time(runs: list[dict[str, Any]]) -> float | None:
+    times = [e["round-time-s"] for r in runs for e in r["rounds"][1:] if e["round"]]
+    return statistics.mean(times) if times else None
+
+
+def _reference(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The grid's FedAvg runs without attack (the peer every row is read against)."""
+    return [
+        r
+        for r in runs
+        if r["config"]["strategy"] == "fedavg" and r["config"]["attack"] == "none"
+    ]
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (strategy, attack, byzantine fraction), aggregated over seeds."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    """One row per (strategy, attack, byzantine fraction, settings), over seeds.
+
+    ``settings`` is every other run-config value that differs from the defaults
+    (an attack pattern, ``gaa-policy-lr=0``, ...), so runs that differ in anything
+    but the seed are never averaged together. When the grid has FedAvg without
+    attack, ``vs-no-attack`` is each row's mean accuracy minus FedAvg's (in
+    points, over the row's own seeds) and ``time-vs-fedavg`` its mean round time
+    divided by FedAvg's, measured in the same grid.
+    """
+    groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         cfg = run["config"]
-        key = (cfg["strategy"], cfg["attack"], float(cfg["byzantine-fraction"]))
+        key = (
+            cfg["strategy"],
+            cfg["attack"],
+            float(cfg["byzantine-fraction"]),
+            settings_text(cfg),
+        )
         groups[key].append(run)
+    reference = {r["config"]["seed"]: r for r in _reference(runs)}
+    reference_time = _mean_round_time(list(reference.values()))
     rows = []
-    for (strategy, attack, fraction), group in sorted(groups.items()):
+    for (strategy, attack, fraction, settings), group in sorted(groups.items()):
         summaries = [r["summary"] for r in group]
         accs = [
             s["final-accuracy"] for s in summaries if s["final-accuracy"] is not None
+        ]
+        own_time = _mean_round_time(group)
+        gaps = [
+            r["summary"]["final-accuracy"]
+            - reference[r["config"]["seed"]]["summary"]["final-accuracy"]
+            for r in group
+            if r["config"]["seed"] in reference
+            and r["summary"]["final-accuracy"] is not None
+            and reference[r["config"]["seed"]]["summary"]["final-accuracy"] is not None
         ]
         rows.append(
             {
                 "strategy": strategy,
                 "attack": attack,
                 "byzantine-fraction": fraction,
+                "settings": settings,
                 "seeds": len(group),
                 "final-accuracy": _mean_std(accs),
+                "vs-no-attack": f"{100 * statistics.mean(gaps):+.1f}" if gaps else "–",
                 "detection-precision": _mean_std(
                     [s["detection-precision"] for s in summaries]
                 ),
                 "detection-recall": _mean_std(
                     [s["detection-recall"] for s in summaries]
                 ),
-                "mean-round-time-s": round(
-                    statistics.mean(
-                        e["round-time-s"] for r in group for e in r["rounds"][1:]
-                    ),
-                    3,
-                )
-                if any(len(r["rounds"]) > 1 for r in group)
-                else None,
+                "mean-round-time-s": None if own_time is None else round(own_time, 3),
+                "time-vs-fedavg": (
+                    f"{own_time / reference_time:.2f}"
+                    if own_time is not None and reference_time
+                    else "–"
+                ),
             }
         )
+    return rows
+
+
+def detection_per_k(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GAA+ precision/recall of the K lowest final credits (the GAA paper's Table 4).
+
+    K = 1, ⌈f/3⌉ and f, where f is the true number of Byzantine nodes; one row
+    per (attack, fraction, settings), mean ± std over seeds. Runs without credits
+    (other rules) are left out.
+    """
+    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        credited = [e for e in run["rounds"] if "credits" in e]
+        byzantine = {int(n) for n in run["ground-truth"]["byzantine-node-ids"]}
+        if not credited or not byzantine:
+            continue
+        cfg = run["config"]
+        last = credited[-1]
+        order = sorted(
+            zip(last["credits"], [int(n) for n in last["credit-node-ids"]], strict=True)
+        )
+        f = len(byzantine)
+        scores = {}
+        for name, k in (("1", 1), ("f/3", -(-f // 3)), ("f", f)):
+            hit = len({n for _, n in order[:k]} & byzantine)
+            scores[f"P@{name}"] = hit / k
+            scores[f"R@{name}"] = hit / f
+        groups[
+            (cfg["attack"], float(cfg["byzantine-fraction"]), settings_text(cfg))
+        ].append(scores)
+    rows = []
+    for (attack, fraction, settings), group in sorted(groups.items()):
+        row: dict[str, Any] = {
+            "attack": attack,
+            "byzantine-fraction": fraction,
+            "settings": settings,
+            "seeds": len(group),
+        }
+        for key in group[0]:
+            row[key] = _mean_std([g[key] for g in group])
+        rows.append(row)
     return rows
 
 
@@ -87,7 +187,12 @@ def write_tables(runs: list[dict[str, Any]], out_dir: Path) -> Path:
     rows = summarise(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "summary.md"
-    md.write_text(markdown_table(rows))
+    text = markdown_table(rows)
+    per_k = detection_per_k(runs)
+    if per_k:
+        text += "\nGAA+ detection per K (precision P, recall R, %):\n\n"
+        text += markdown_table(per_k)
+    md.write_text(text)
     with (out_dir / "summary.csv").open("w", newline="") as handle:
         if rows:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

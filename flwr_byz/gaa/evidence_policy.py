@@ -74,8 +74,13 @@ class EvidencePolicy(nn.Module):
       afterwards the trusted workers set it, so a huge update cannot win
       credit back with a neutral-looking direction. Random faults are 10²–10³
       times an honest norm: tens of nats in round one.
-    * ``qv-gain`` (weight ``gain_weight``): the QV-loss decrease if Δ_i alone
-      were applied, relative to ``f_B(θ_t)`` — the finite-difference reward;
+    * ``qv-gain`` (weight ``gain_weight``, 10): the QV-loss decrease if Δ_i
+      alone were applied, relative to ``f_B(θ_t)`` — the finite-difference
+      reward. Honest updates move a 10-sample QV loss by a few per cent of it
+      (a fraction of a nat, inside the slack); an update that alone would
+      raise the QV loss by half of it or more (the paper's adaptive fault,
+      whose QV-descent term makes its direction look harmless) loses credit
+      in the round it appears, before its step can wreck the model;
     * ``cos-qv-descent`` (weight ``descent_weight``): alignment with
       −∇f_B(θ_t). A huge random update can *lower* the QV loss of a freshly
       initialised model by collapsing it to the label prior, so the realised
@@ -148,7 +153,7 @@ class EvidencePolicy(nn.Module):
 
     def __init__(
         self,
-        gain_weight: float = 1.0,
+        gain_weight: float = 10.0,
         descent_weight: float = 0.2,
         norm_weight: float = 10.0,
         hidden: int = 16,

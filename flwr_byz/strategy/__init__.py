@@ -17,7 +17,8 @@ from .median import Median
 from .multikrum import MultiKrum
 from .reply_validation import RejectReason
 from .robust_strategy import RobustStrategy
-from .round_report import RoundReport, RoundStatus
+from .round_report import MissingReason, RoundReport, RoundStatus
+from .sampling import NotEnoughNodesError
 from .trimmed_mean import TrimmedMean
 from .zeno import Zeno
 
@@ -54,7 +55,9 @@ __all__ = [
     "Krum",
     "Mean",
     "Median",
+    "MissingReason",
     "MultiKrum",
+    "NotEnoughNodesError",
     "RejectReason",
     "RobustStrategy",
     "RoundReport",

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore import log
 
 from flwr_byz.records import IDENTITY_RECORD
@@ -34,7 +35,7 @@ from .model_layout import (
     decode_arrayrecord,
     parse_npy_header,
 )
-from .round_report import RoundReport
+from .round_report import MissingReason, RoundReport
 
 #: Largest ``num-examples`` accepted when weighting is on; beyond this a single
 #: client could dominate a weighted aggregate by what it claims about itself.
@@ -471,11 +472,13 @@ def validate_replies(
     *,
     weighted_by: str | None,
     buffer: np.ndarray | None = None,
+    absent: Mapping[int, MissingReason] | None = None,
 ) -> ValidReplies:
     """Check every reply on its own and write the valid updates into one matrix.
 
     Never raises because of reply content: a reply that fails is excluded and
-    recorded in ``report`` (``rejected``, ``rejected_codes``, ``missing``).
+    recorded in ``report`` (``rejected``, ``rejected_codes``, ``missing``,
+    ``missing_reasons``, ``missing_codes``).
 
     Parameters
     ----------
@@ -492,12 +495,29 @@ def validate_replies(
         A float32 matrix from an earlier round to write the updates into (reused
         when it has room: a fresh ``n × d`` allocation costs page faults every
         round). Its previous contents are overwritten.
+    absent : Mapping[int, MissingReason] or None
+        Why a node has no reply, where the SuperLink said so (see
+        :func:`attribute_replies`); every other node without a reply is
+        ``TIMED_OUT``.
     """
     layout = sent.layout
     sent_ids = set(sent.node_ids)
     counts = Counter(c.node_id for c in candidates)
     replied = set(counts)
+    absent = absent or {}
     report.missing = [i for i in sent.node_ids if i not in replied]
+    reasons = [absent.get(i, MissingReason.TIMED_OUT) for i in report.missing]
+    report.missing_reasons = [r.name for r in reasons]
+    report.missing_codes = [int(r) for r in reasons]
+    for node_id, reason in zip(report.missing, reasons, strict=True):
+        log(
+            logging.WARNING,
+            "Round %d: no reply from node %d: %s (code %d)",
+            report.server_round,
+            node_id,
+            reason.name,
+            int(reason),
+        )
 
     pending: list[tuple[Candidate, float]] = []
     for cand in candidates:
@@ -556,3 +576,87 @@ def validate_replies(
         [w for _, w in valid] if weighted_by is not None else None,
         list(report.partition_ids),
     )
+
+
+def instruction_destinations(instructions: Sequence[Message]) -> dict[str, int]:
+    """Message id -> destination node id of the instructions a grid pushed.
+
+    A grid sets each Message's id when it pushes it, so call this after
+    ``send_and_receive``; instructions without an id are left out.
+    """
+    found: dict[str, int] = {}
+    for msg in instructions:
+        try:
+            message_id = msg.metadata.message_id
+            if message_id:
+                found[str(message_id)] = int(msg.metadata.dst_node_id)
+        except Exception:  # pylint: disable=broad-except
+            continue
+    return found
+
+
+def _missing_reason(msg: Message) -> MissingReason:
+    try:
+        code = int(msg.error.code)
+    except Exception:  # pylint: disable=broad-except
+        return MissingReason.REPLY_UNAVAILABLE
+    if code == ErrorCode.NODE_UNAVAILABLE:
+        return MissingReason.NODE_UNAVAILABLE
+    return MissingReason.REPLY_UNAVAILABLE
+
+
+def attribute_replies(
+    replies: Sequence[Message],
+    destinations: Mapping[str, int],
+    sent_node_ids: Sequence[int] = (),
+) -> tuple[list[Message], dict[int, MissingReason]]:
+    """Split a round's replies into the nodes' own and the SuperLink's notices.
+
+    When a node cannot answer (it stopped sending heartbeats, or its reply
+    expired), the SuperLink answers in its place: an error Message whose sender is
+    the SuperLink (node id 1, never a client's) and whose ``reply_to_message_id``
+    names the instruction. Such a notice is not the node's reply: it says that the
+    node it was sent to is missing, and why.
+
+    Parameters
+    ----------
+    replies : Sequence[Message]
+        What ``send_and_receive`` returned.
+    destinations : Mapping[str, int]
+        :func:`instruction_destinations` of the round's instructions.
+    sent_node_ids : Sequence[int]
+        The round's recipients (only to keep a reply of a node whose id happens to
+        be 1 in tests with made-up ids).
+
+    Returns
+    -------
+    tuple[list[Message], dict[int, MissingReason]]
+        The replies written by nodes (still to be validated), and node id ->
+        reason for every node the SuperLink reported missing. A notice that names
+        no instruction of this round is dropped (and logged).
+    """
+    own: list[Message] = []
+    absent: dict[int, MissingReason] = {}
+    for msg in replies:
+        try:
+            if not msg.has_error():
+                own.append(msg)
+                continue
+            src = int(msg.metadata.src_node_id)
+            dst = destinations.get(str(msg.metadata.reply_to_message_id))
+        except Exception:  # unreadable: validation rejects it under its sender
+            own.append(msg)
+            continue
+        if dst is not None and src != dst:
+            # Written by the SuperLink (or the grid) about node dst.
+            absent.setdefault(dst, _missing_reason(msg))
+        elif dst is None and src == SUPERLINK_NODE_ID and src not in sent_node_ids:
+            log(
+                logging.WARNING,
+                "Dropped a SuperLink notice that answers no instruction of this "
+                "round: %s",
+                getattr(msg.error, "reason", "?"),
+            )
+        else:
+            own.append(msg)
+    return own, absent

@@ -14,11 +14,12 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Message,
+    MessageType,
     MetricRecord,
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from flwr_byz.aggregation.bounds import byzantine_budget
@@ -32,10 +33,13 @@ from .reply_validation import (
     Candidate,
     RejectReason,
     SentModel,
+    attribute_replies,
+    instruction_destinations,
     message_to_candidate,
 )
 from .round_core import RoundState, run_robust_round
 from .round_report import RoundReport
+from .sampling import check_seconds, sample_connected
 
 
 # pylint: disable=too-many-instance-attributes
@@ -43,7 +47,12 @@ class RobustStrategy(FedAvg):
     """Byzantine-robust FedAvg: validates every reply, aggregates updates robustly.
 
     Sampling, configuration and federated evaluation behave as in Flower's
-    :class:`~flwr.serverapp.strategy.FedAvg`. Training differs:
+    :class:`~flwr.serverapp.strategy.FedAvg`, with two liveness limits: each round
+    samples from the nodes connected at that moment and waits at most
+    `node_wait_timeout` seconds for `min_available_nodes` of them (then
+    :class:`~flwr_byz.strategy.sampling.NotEnoughNodesError` ends the run instead
+    of waiting forever), and :meth:`start` waits `round_timeout` seconds for the
+    replies of a round, then aggregates what arrived. Training differs:
 
     * ``configure_train`` remembers the model and the nodes of each round;
     * ``aggregate_train`` validates every reply on its own (see
@@ -52,7 +61,10 @@ class RobustStrategy(FedAvg):
       of the reply bytes), asks :meth:`aggregate_updates` for the aggregate
       and sets ``θ_{t+1} = θ_t + server_learning_rate · aggregate``.
 
-    Invalid replies are excluded and reported; if fewer valid replies remain
+    Invalid replies are excluded and reported; a sampled node without a reply is
+    reported as missing under its own node id, with a
+    :class:`~flwr_byz.strategy.round_report.MissingReason` (timed out, or
+    reported offline by the SuperLink); if fewer valid replies remain
     than :meth:`min_nodes` needs, the model is returned unchanged. The round's
     MetricRecord carries the diagnostics (node ids in row order, selected,
     removed in removal order, scores, weights, rejected ids and reason codes,
@@ -74,7 +86,8 @@ class RobustStrategy(FedAvg):
     min_evaluate_nodes : int (default: 2)
         Minimum number of nodes used during validation.
     min_available_nodes : int (default: 2)
-        Minimum number of total nodes in the system.
+        Minimum number of connected nodes a round waits for (at most
+        `node_wait_timeout` seconds).
     num_malicious_nodes : Optional[int] (default: None)
         Number ``f`` of Byzantine updates the rule must tolerate. At most one
         of `num_malicious_nodes` and `malicious_fraction` may be given; rules
@@ -96,6 +109,14 @@ class RobustStrategy(FedAvg):
         ``θ_{t+1} = θ_t + η v``.
     device : str (default: "cpu")
         Where the rule runs: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    round_timeout : float (default: 600.0)
+        Seconds :meth:`start` waits for the replies of a training (and of an
+        evaluation) round; the round then goes on with the replies that arrived,
+        and every sampled node without one is reported ``TIMED_OUT``.
+    node_wait_timeout : float (default: 300.0)
+        Seconds a round waits for enough connected nodes (``min_available_nodes``
+        and the sample size) before it raises
+        :class:`~flwr_byz.strategy.sampling.NotEnoughNodesError`.
     arrayrecord_key : str (default: "arrays")
         Key used to store the ArrayRecord when constructing Messages.
     configrecord_key : str (default: "config")
@@ -146,6 +167,8 @@ class RobustStrategy(FedAvg):
         server_learning_rate: float = 1.0,
         server_momentum: float = 0.0,
         device: str = "cpu",
+        round_timeout: float = 600.0,
+        node_wait_timeout: float = 300.0,
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
         train_metrics_aggr_fn: (
@@ -240,6 +263,13 @@ class RobustStrategy(FedAvg):
         self.server_momentum = float(server_momentum)
         self.device = device
         self.torch_device = resolve_device(device)
+        self.round_timeout = check_seconds(
+            "round_timeout", round_timeout, positive=True
+        )
+        self.node_wait_timeout = check_seconds("node_wait_timeout", node_wait_timeout)
+        #: The instructions of the last configured training round (their message
+        #: ids, set by the grid when it pushes them, attribute SuperLink notices).
+        self._instructions: list[Message] = []
         self._user_train_metrics_aggr_fn = train_metrics_aggr_fn
         self._user_evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
         self.history: list[RoundReport] = []
@@ -356,23 +386,89 @@ class RobustStrategy(FedAvg):
             self.min_train_nodes,
             self.min_evaluate_nodes,
         )
-        log(INFO, "\t│\t└──Minimum available nodes: %d", self.min_available_nodes)
+        log(
+            INFO,
+            "\t│\t├──Minimum available nodes: %d (waiting at most %g s)",
+            self.min_available_nodes,
+            self.node_wait_timeout,
+        )
+        log(INFO, "\t│\t└──Round timeout: %g s", self.round_timeout)
         log(INFO, "\t└──> Keys in records:")
         log(INFO, "\t\t├── Evaluation metrics weighted by: '%s'", self.weighted_by_key)
         log(INFO, "\t\t├── ArrayRecord key: '%s'", self.arrayrecord_key)
         log(INFO, "\t\t└── ConfigRecord key: '%s'", self.configrecord_key)
+
+    # ------------------------------------------------------------------ run
+    # pylint: disable-next=too-many-arguments,too-many-positional-arguments
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float | None = None,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's ``Strategy.start``; ``timeout`` defaults to `round_timeout`."""
+        return super().start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=num_rounds,
+            timeout=self.round_timeout if timeout is None else timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+        )
+
+    def _configure(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+        train: bool,
+    ) -> list[Message]:
+        """FedAvg's configure_*, sampling the nodes connected now (bounded wait)."""
+        fraction = self.fraction_train if train else self.fraction_evaluate
+        if fraction == 0.0:
+            return []
+        node_ids, connected = sample_connected(
+            grid,
+            fraction,
+            self.min_train_nodes if train else self.min_evaluate_nodes,
+            self.min_available_nodes,
+            self.node_wait_timeout,
+        )
+        log(
+            INFO,
+            "configure_%s: Sampled %s nodes (out of %s)",
+            "train" if train else "evaluate",
+            len(node_ids),
+            len(connected),
+        )
+        config["server-round"] = server_round
+        record = RecordDict(
+            {self.arrayrecord_key: arrays, self.configrecord_key: config}
+        )
+        message_type = MessageType.TRAIN if train else MessageType.EVALUATE
+        return [
+            Message(content=record, message_type=message_type, dst_node_id=node_id)
+            for node_id in node_ids
+        ]
 
     # ---------------------------------------------------------------- train
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Configure the next round of training and remember what is sent."""
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        messages = self._configure(server_round, arrays, config, grid, train=True)
         self.remember_sent(
             server_round,
             arrays,
             {m.metadata.dst_node_id: m.metadata.message_type for m in messages},
         )
+        self._instructions = messages
         return messages
 
     def remember_sent(
@@ -382,6 +478,7 @@ class RobustStrategy(FedAvg):
         self._sent = SentModel.from_record(
             server_round, arrays, list(message_types), message_types
         )
+        self._instructions = []
 
     def aggregate_train(
         self,
@@ -400,6 +497,13 @@ class RobustStrategy(FedAvg):
                 f"aggregate_train(server_round={server_round}) without a matching "
                 "configure_train: the strategy needs the model it sent"
             )
+        # The SuperLink answers for a node it considers gone (sender id 1): such a
+        # notice makes that node missing, it is not a reply to validate.
+        replies, absent = attribute_replies(
+            list(replies),
+            instruction_destinations(self._instructions),
+            sent.node_ids,
+        )
         candidates = []
         for msg in replies:
             try:
@@ -422,7 +526,7 @@ class RobustStrategy(FedAvg):
             len(sent.node_ids),
         )
         outcome = run_robust_round(
-            self, server_round, sent, candidates, self.round_state
+            self, server_round, sent, candidates, self.round_state, absent
         )
         report = outcome.report
         self.history.append(report)
@@ -463,6 +567,12 @@ class RobustStrategy(FedAvg):
             return {}
 
     # ------------------------------------------------------------- evaluate
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Configure the next round of federated evaluation (nodes connected now)."""
+        return self._configure(server_round, arrays, config, grid, train=False)
+
     def aggregate_evaluate(
         self,
         server_round: int,
@@ -524,5 +634,8 @@ def _report_line(report: RoundReport) -> str:
     if report.rejected:
         parts.append(f"rejected={report.rejected}")
     if report.missing:
-        parts.append(f"missing={report.missing}")
+        parts.append(
+            "missing="
+            + str(list(zip(report.missing, report.missing_reasons, strict=False)))
+        )
     return " ".join(parts)

@@ -34,7 +34,7 @@ from .reply_validation import (
     ValidReplies,
     validate_replies,
 )
-from .round_report import RoundReport, RoundStatus
+from .round_report import MissingReason, RoundReport, RoundStatus
 from .server_step import server_step
 from .suspicion import suspected_rows
 
@@ -144,6 +144,7 @@ def run_robust_round(
     sent: SentModel,
     candidates: Sequence[Candidate],
     state: RoundState,
+    absent: Mapping[int, MissingReason] | None = None,
 ) -> RoundOutcome:
     """Validate replies, aggregate their updates with ``rule`` and step.
 
@@ -164,6 +165,9 @@ def run_robust_round(
         The replies.
     state : RoundState
         Momentum and matrix storage from the previous round; updated in place.
+    absent : Mapping[int, MissingReason] or None
+        Nodes the SuperLink reported missing, and why; any other node without a
+        candidate is reported ``TIMED_OUT``.
 
     Returns
     -------
@@ -179,6 +183,7 @@ def run_robust_round(
         report,
         weighted_by=rule.weighted_by_key if rule.weighted_aggregation else None,
         buffer=state.buffer,
+        absent=absent,
     )
     state.buffer = valid.matrix
     matrix = valid.matrix

@@ -31,6 +31,29 @@ class RoundStatus(IntEnum):
     NO_UPDATE = 4
 
 
+class MissingReason(IntEnum):
+    """Why a sampled node has no reply in a round (integer code in MetricRecords).
+
+    A missing reply is reported under the node it was sent to, never as a reply:
+    the SuperLink's own notices (sender node id 1) are attributed to that node
+    through the instruction they answer.
+
+    ====  =================  ====================================================
+    code  name               the node ...
+    ====  =================  ====================================================
+    1     TIMED_OUT          sent nothing before the round's timeout
+    2     NODE_UNAVAILABLE   stopped sending heartbeats: the SuperLink reported
+                             it offline (crashed, killed, disconnected)
+    3     REPLY_UNAVAILABLE  the SuperLink or the grid lost the instruction or
+                             the reply (expired, objects not uploaded)
+    ====  =================  ====================================================
+    """
+
+    TIMED_OUT = 1
+    NODE_UNAVAILABLE = 2
+    REPLY_UNAVAILABLE = 3
+
+
 @dataclass
 class RoundReport:
     """Diagnostics of one training round, keyed by Flower node id.
@@ -74,6 +97,10 @@ class RoundReport:
         The integer codes of ``rejected`` (parallel).
     missing : list[int]
         Node ids that were sent instructions but did not reply.
+    missing_reasons : list[str]
+        Parallel to ``missing``: the :class:`MissingReason` name of each.
+    missing_codes : list[int]
+        The integer codes of ``missing_reasons`` (parallel).
     extra : dict
         Rule-specific values (``AggregationResult.metrics``), e.g. GAA credits.
     seconds : float
@@ -96,6 +123,8 @@ class RoundReport:
     rejected: list[tuple[int, str]] = field(default_factory=list)
     rejected_codes: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
+    missing_reasons: list[str] = field(default_factory=list)
+    missing_codes: list[int] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -125,6 +154,7 @@ class RoundReport:
             "rejected-node-ids": [int(i) for i, _ in self.rejected],
             "rejected-reasons": [int(c) for c in self.rejected_codes],
             "missing-node-ids": [int(i) for i in self.missing],
+            "missing-reasons": [int(c) for c in self.missing_codes],
         }
         metrics.update(self.extra)
         return metrics
