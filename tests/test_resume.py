@@ -479,3 +479,44 @@ def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path, monkeypatch)
     assert _comparable(_results(tmp_path / "cut")) == _comparable(
         _results(tmp_path / "whole")
     )
+
+
+@pytest.mark.timeout(180)
+def test_a_run_stopped_for_want_of_nodes_is_interrupted_and_resumes(tmp_path):
+    """Liveness: nodes gone past node-wait-timeout stop the run ("interrupted",
+    the summary of the rounds so far kept); once they are back it resumes."""
+    from link_federation import dies_in_round
+    from test_liveness_app import app_federation, partitions
+
+    from flwr_byz.strategy.sampling import NotEnoughNodesError
+
+    settings = {
+        "strategy": "faba",
+        "attack": "scaling",
+        "byzantine-fraction": 0.25,
+        "assumed-byzantine-fraction": 0.25,
+        "fraction-train": 1.0,
+        "num-server-rounds": 3,
+        "min-available-nodes": 4,
+        "node-wait-timeout": 1.0,
+    }
+    cut = tmp_path / "cut"
+    cfg = check_run_config({**GAA_RUN, **settings, "output-dir": str(cut)})
+    fed = app_federation(cfg, partitions(4))
+    fed.behaviours[fed.node_ids[0]] = dies_in_round(
+        fed, fed.node_ids[0], 2, fed.behaviour
+    )
+    with fed, pytest.raises(NotEnoughNodesError):
+        run(fed.grid, cfg)
+    stopped = _results(cut)
+    assert stopped["status"] == "interrupted"
+    assert stopped["summary"]["stopped"].startswith("after round 2")
+    assert "NotEnoughNodesError" in stopped["error"]
+
+    cfg = check_run_config({**GAA_RUN, **settings, "resume": str(cut)})
+    with app_federation(cfg, partitions(4)) as back:
+        run(back.grid, cfg)
+    done = _results(cut)
+    assert done["status"] == "completed" and "stopped" not in done["summary"]
+    assert [r["round"] for r in done["rounds"]] == [0, 1, 2, 3]
+    assert done["resumes"][0]["previous-status"] == "interrupted"
