@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,7 +26,7 @@ from flwr_byz.app.config import (
     check_run_config,
 )
 from flwr_byz.app.results import without_timings
-from flwr_byz.experiments.local_superlink import LocalSuperLink
+from flwr_byz.experiments.local_superlink import LocalSuperLink, processes_with_home
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,3 +197,169 @@ def test_gaa_episodes_restart_the_model_and_report_each_episode(
     assert [e["episode"] for e in episodes] == [1, 2]
     assert episodes[-1]["final-accuracy"] == done["summary"]["final-accuracy"]
     assert "episode 2:" in log
+
+
+GAA_RESUME = {
+    "strategy": "gaa",
+    "num-server-rounds": 5,
+    "gaa-episode-length": 3,  # ψ learns at round 3: the checkpoint holds a window
+    "attack": "sign-flip",
+    "byzantine-fraction": 0.5,
+    "seed": 7,
+}
+
+
+def _final(run_dir: Path) -> tuple[dict, dict]:
+    """The final checkpoint's model, and GAA's log-credits by partition."""
+    from flwr_byz.app.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(run_dir / "checkpoint.pt")
+    agent = next(s["agent"] for s in payload["strategy"] if "agent" in s)
+    partition = {int(n): p for n, p in payload["nodes"].items()}
+    return payload["arrays"], {partition[n]: v for n, v in agent["logits"].items()}
+
+
+def _by_partition(results: dict) -> dict:
+    """Rounds and summary without timings or node ids; credits by partition."""
+    out = without_timings({k: results[k] for k in ("rounds", "summary")})
+    for entry in out["rounds"]:
+        if "credits" in entry:
+            entry["credits"] = dict(
+                zip(entry.pop("credit-partitions"), entry["credits"], strict=True)
+            )
+    return out
+
+
+@pytest.fixture(scope="module")
+def gaa_whole(superlink: LocalSuperLink, tmp_path_factory) -> Path:
+    """The uninterrupted run that the resumed ones must equal."""
+    out = tmp_path_factory.mktemp("gaa") / "whole"
+    whole, log = _run(superlink, out, **GAA_RESUME)
+    assert whole.get("status") == "completed", log[-3000:]
+    return out
+
+
+def _resume_on_a_new_superlink(cut: Path, tmp_path: Path) -> tuple[dict, str]:
+    """Continue the run in ``cut`` on a fresh SuperLink (new node ids)."""
+    with LocalSuperLink() as restarted:
+        done = restarted.run(
+            REPO,
+            {
+                **SMALL,
+                **GAA_RESUME,
+                "output-dir": str(tmp_path / "ignored"),
+                "resume": str(cut),
+            },
+            num_supernodes=4,
+            timeout=600,
+        )
+    assert not (tmp_path / "ignored").exists()  # a resume goes on in its own dir
+    return json.loads((cut / "results.json").read_text()), done.stdout + done.stderr
+
+
+def _assert_equals_uninterrupted(cut: Path, whole: Path) -> None:
+    """Final model, GAA log-credits, credits, rounds and summary: bit for bit."""
+    arrays, logits = _final(whole)
+    arrays_r, logits_r = _final(cut)
+    assert list(arrays) == list(arrays_r)
+    for key in arrays:
+        assert torch.equal(arrays[key], arrays_r[key]), key
+    assert logits.keys() == logits_r.keys()
+    for p in logits:
+        assert torch.equal(logits[p], logits_r[p]), p
+    assert _by_partition(json.loads((cut / "results.json").read_text())) == (
+        _by_partition(json.loads((whole / "results.json").read_text()))
+    )
+
+
+@pytest.mark.slow
+def test_a_run_stopped_after_round_two_resumes_on_a_new_superlink_bit_for_bit(
+    superlink: LocalSuperLink, gaa_whole: Path, tmp_path: Path
+) -> None:
+    # Fault injection (test-only key): the run stops right after round 2's
+    # checkpoint, as a crash would.
+    cut = tmp_path / "cut"
+    stopped, log = _run(superlink, cut, **GAA_RESUME, **{"fault-stop-after-round": 2})
+    assert stopped.get("status") == "interrupted", log[-3000:]
+    assert "fault injection" in stopped["error"]
+    assert [r["round"] for r in stopped["rounds"]] == [0, 1, 2]
+    assert stopped["summary"] is None
+
+    # Resubmitting the same run config is refused; the interrupted run is intact.
+    before = (cut / "results.json").read_text()
+    _, log = _run(superlink, cut, **GAA_RESUME)
+    assert "already holds" in log and "resume" in log, log[-3000:]
+    assert "[ROUND 1" not in log
+    assert (cut / "results.json").read_text() == before
+
+    resumed, log = _resume_on_a_new_superlink(cut, tmp_path)
+    assert resumed["status"] == "completed", log[-3000:]
+    assert "error" not in resumed
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3, 4, 5]
+    assert resumed["resumes"][0]["after-round"] == 2
+    assert resumed["resumes"][0]["previous-status"] == "interrupted"
+    assert not set(resumed["ground-truth"]["node-partitions"]) & set(
+        stopped["ground-truth"]["node-partitions"]
+    )  # other node ids: matched to the checkpoint's by partition
+    _assert_equals_uninterrupted(cut, gaa_whole)
+
+
+def _last_round(run_dir: Path) -> int:
+    try:
+        rounds = json.loads((run_dir / "results.json").read_text())["rounds"]
+    except (OSError, ValueError, KeyError):
+        return -1
+    return rounds[-1]["round"] if rounds else -1
+
+
+@pytest.mark.slow
+def test_a_run_whose_superlink_is_killed_resumes_bit_for_bit(
+    gaa_whole: Path, tmp_path: Path
+) -> None:
+    cut = tmp_path / "cut"
+    config = {**SMALL, **GAA_RESUME, "output-dir": str(cut)}
+    with LocalSuperLink() as doomed, (tmp_path / "flwr-run.log").open("w") as out:
+        flwr = subprocess.Popen(
+            doomed.run_command(REPO, config, num_supernodes=4),
+            env=doomed.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while (
+                _last_round(cut) < 2
+                and flwr.poll() is None
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+            # A crash: the SuperLink and everything it started (the simulation
+            # process with the ServerApp and the ClientApps) die at once, SIGKILL.
+            # (A SIGTERM to the SuperLink alone gives the simulation time to end.)
+            assert doomed.process is not None
+            victims = processes_with_home(doomed.flwr_home)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(doomed.process.pid, signal.SIGKILL)
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        finally:
+            if flwr.poll() is None:
+                flwr.kill()
+            flwr.wait(timeout=60)
+    log = (tmp_path / "flwr-run.log").read_text()
+    stopped = json.loads((cut / "results.json").read_text())
+    # Killed outright, the ServerApp had no chance to say more than "running".
+    assert stopped["status"] == "running", log[-3000:]
+    from flwr_byz.app.checkpoint import load_checkpoint
+
+    at = load_checkpoint(cut / "checkpoint.pt")["round"]
+    # results.json is flushed before the round's checkpoint: it may be one ahead.
+    assert 1 <= at < 5 and _last_round(cut) in (at, at + 1), log[-3000:]
+
+    resumed, log = _resume_on_a_new_superlink(cut, tmp_path)
+    assert resumed["status"] == "completed", log[-3000:]
+    assert resumed["resumes"][0]["after-round"] == at
+    assert resumed["resumes"][0]["previous-status"] == stopped["status"]
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3, 4, 5]
+    _assert_equals_uninterrupted(cut, gaa_whole)

@@ -30,8 +30,8 @@ def test_changing_any_run_config_value_changes_the_cell() -> None:
     assert name == "faba__sign-flip__b0.3__s0"  # defaults add nothing: old names hold
     seen = {name}
     for key, value in app_defaults().items():
-        if key in AXES or key == "output-dir":
-            continue
+        if key in AXES or key in ("output-dir", "resume", "fault-stop-after-round"):
+            continue  # where results go, which run to resume, fault injection
         owner = strategy_of_option(key)
         cell = {**base, key: _other(value)}
         if owner is not None:  # another strategy's option: only its own cells
@@ -72,6 +72,37 @@ def test_a_cell_the_app_refuses_fails_before_anything_runs(capsys) -> None:
     )
     assert code == 2
     assert "bulyan__sign-flip__b0.3__s0" in capsys.readouterr().err
+
+
+def test_an_unfinished_cell_resumes_from_its_checkpoint_or_runs_afresh(tmp_path):
+    from flwr_byz.experiments.grid import cell_overrides
+
+    cell = {"strategy": "faba", "attack": "alie", "byzantine-fraction": 0.3, "seed": 1}
+    fresh = tmp_path / "fresh"
+    assert cell_overrides(cell, fresh) == {**cell, "output-dir": str(fresh)}
+
+    # Cut short after a round: its checkpoint is continued, nothing is moved.
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "results.json").write_text('{"status": "interrupted"}')
+    (cut / "checkpoint.pt").write_bytes(b"x")
+    assert cell_overrides(cell, cut)["resume"] == str(cut)
+    assert (cut / "results.json").exists()
+
+    # Stopped before its first checkpoint: that record is kept aside, never lost.
+    early = tmp_path / "early"
+    early.mkdir()
+    for number in (1, 2):
+        (early / "results.json").write_text(f'{{"attempt": {number}}}')
+        overrides = cell_overrides(cell, early)
+        assert "resume" not in overrides
+        assert not (early / "results.json").exists()
+    assert (early / "results.1.stale.json").read_text() == '{"attempt": 1}'
+    assert (early / "results.2.stale.json").read_text() == '{"attempt": 2}'
+    # Neither changes the cell's identity.
+    assert cell_name({**cell, "resume": "x", "fault-stop-after-round": 2}) == (
+        cell_name(cell)
+    )
 
 
 def test_summary_never_averages_runs_that_differ_in_more_than_the_seed() -> None:

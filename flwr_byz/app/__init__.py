@@ -10,6 +10,8 @@
 - :mod:`~flwr_byz.app.observed_strategy`, :mod:`~flwr_byz.app.round_log`,
   :mod:`~flwr_byz.app.results`, :mod:`~flwr_byz.app.detection`: what each round
   decided, written to ``results.json`` with the ground truth;
+- :mod:`~flwr_byz.app.checkpoint`: ``checkpoint.pt`` after every round, and
+  ``resume``: an interrupted run goes on bit for bit;
 - :mod:`~flwr_byz.app.central_evaluation`, :mod:`~flwr_byz.app.training`: the
   server's evaluation and the clients' local training.
 

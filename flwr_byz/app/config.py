@@ -218,10 +218,29 @@ SERVER_KEYS: dict[str, Key] = {
     "seed": Key(0, "seed of everything", _int_at_least(0)),
     "device": Key("auto", "where torch runs", _one_of("auto", "cpu", "cuda")),
     "output-dir": Key(
-        "results",
-        "where results.json goes (relative paths resolve against the ServerApp's "
-        "working directory, printed at the end of the run)",
+        "results/{run}",
+        "the run directory: results.json and checkpoint.pt go there (relative "
+        "paths resolve against the ServerApp's working directory, printed at the "
+        "end of the run); '{run}' becomes '<UTC date-time>-<run id>', so that "
+        "every run gets a directory of its own. A directory that already holds "
+        "another run's results is refused (resume that run with 'resume')",
         _output_dir,
+    ),
+    "resume": Key(
+        "",
+        "'' = a fresh run; else the run directory (or its checkpoint.pt) of an "
+        "interrupted run to continue from its last finished round, bit for bit: "
+        "the run config must be the interrupted run's (only 'output-dir', "
+        "'resume' and 'fault-stop-after-round' may differ); results go on in "
+        "that run's directory",
+        _is_str,
+    ),
+    "fault-stop-after-round": Key(
+        0,
+        "testing only (fault injection): stop the run as a crash would, right "
+        "after the checkpoint of its k-th round (rounds of every episode counted "
+        "together); results.json then says 'interrupted'; 0 = off",
+        _int_at_least(0),
     ),
 }
 

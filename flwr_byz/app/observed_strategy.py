@@ -9,6 +9,11 @@ It also sees, for any strategy (Flower's ``FedAvg`` included), which sampled
 nodes never answered a training round and why, and bounds the wait for nodes of
 a strategy that samples with Flower's own ``sample_nodes`` (which would wait
 forever for a node that died).
+
+It also lets a resumed run go on with the round numbers of the run it continues:
+Flower's ``Strategy.start`` always counts from 1, so the wrapper adds
+``round_offset`` to every round number it passes on (the ``server-round`` the
+clients see, which seeds their batches, included).
 """
 
 from __future__ import annotations
@@ -57,6 +62,13 @@ class ObservedStrategy(Strategy):
         ``get_node_ids`` (raises
         :class:`~flwr_byz.strategy.sampling.NotEnoughNodesError`) once the
         strategy has waited that many seconds for nodes.
+
+    Attributes
+    ----------
+    round_offset : int
+        Added to every round number passed to ``strategy`` and ``on_train``
+        (0: Flower's numbering). A run resumed after round k of an episode plays
+        the remaining rounds with ``round_offset = k``.
     """
 
     def __init__(
@@ -73,6 +85,7 @@ class ObservedStrategy(Strategy):
         self.order_key = order_key
         self.node_wait_timeout = node_wait_timeout
         self._round_started = 0.0
+        self.round_offset = 0
         self._instructions: list[Message] = []
 
     def __getattr__(self, name: str) -> object:
@@ -98,11 +111,11 @@ class ObservedStrategy(Strategy):
     ) -> Iterable[Message]:
         """Start the round clock and delegate (remembering the instructions)."""
         if self.on_configure is not None:
-            self.on_configure(server_round, grid)
+            self.on_configure(server_round + self.round_offset, grid)
         self._round_started = time.perf_counter()
         self._instructions = list(
             self.strategy.configure_train(
-                server_round, arrays, config, self._grid(grid)
+                server_round + self.round_offset, arrays, config, self._grid(grid)
             )
         )
         return self._instructions
@@ -111,6 +124,7 @@ class ObservedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Delegate in a fixed reply order, then report the round."""
+        server_round += self.round_offset
         replies = self._ordered(replies)
         missing = self.missing(replies)
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
@@ -142,14 +156,16 @@ class ObservedStrategy(Strategy):
     ) -> Iterable[Message]:
         """Delegate."""
         return self.strategy.configure_evaluate(
-            server_round, arrays, config, self._grid(grid)
+            server_round + self.round_offset, arrays, config, self._grid(grid)
         )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Delegate in a fixed reply order."""
-        return self.strategy.aggregate_evaluate(server_round, self._ordered(replies))
+        return self.strategy.aggregate_evaluate(
+            server_round + self.round_offset, self._ordered(replies)
+        )
 
     def _ordered(self, replies: Iterable[Message]) -> list[Message]:
         replies = list(replies)

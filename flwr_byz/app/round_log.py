@@ -79,6 +79,29 @@ class RoundLog:
             )
         self.results.flush()
 
+    def state(self) -> dict[str, Any]:
+        """What the summary needs of the rounds so far (for a checkpoint)."""
+        return {
+            "removed": [list(r) for r in self._removed],
+            "seen": [list(r) for r in self._seen],
+            "credits": dict(self._credits),
+            "byzantine": sorted(self.byzantine),
+        }
+
+    def restore(self, state: dict[str, Any], nodes: dict[int, int]) -> None:
+        """Take :meth:`state` back, node ids mapped old → new through ``nodes``."""
+
+        def mapped(ids: list[int]) -> list[int]:
+            return [nodes.get(int(n), int(n)) for n in ids]
+
+        self._removed = [mapped(r) for r in state["removed"]]
+        self._seen = [mapped(r) for r in state["seen"]]
+        self._credits = {
+            nodes.get(int(n), int(n)): float(c) for n, c in state["credits"].items()
+        }
+        # Nodes that played Byzantine before (a restarted one's old id included).
+        self.byzantine |= set(mapped(state.get("byzantine", [])))
+
     def _partitions(self, node_ids: list[int]) -> list[int]:
         return [self.identities.get(int(n), -1) for n in node_ids]
 

@@ -502,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--attack", default="scaling")
     parser.add_argument("--byzantine-fraction", type=float, default=0.25)
     parser.add_argument("--app", default=str(Path(__file__).resolve().parents[2]))
-    parser.add_argument("--output-dir", default="results/deployment")
+    # The app turns {run} into a directory of this run's own.
+    parser.add_argument("--output-dir", default="results/deployment/{run}")
     parser.add_argument(
         "--keep", metavar="DIR", help="keep certificates, logs and state in DIR"
     )

@@ -3,7 +3,9 @@
 Every cell is one ordinary run of this repository's Flower app through Flower's
 simulation engine (``flwr run`` against a private SuperLink), with the cell's
 values as run-config overrides; each writes its own ``results.json``. A cell whose
-``results.json`` is already complete is skipped, so an interrupted grid resumes.
+``results.json`` is already complete is skipped, so an interrupted grid resumes; a
+cell that was cut short continues from its checkpoint (run-config key ``resume``),
+so its result is the one an uninterrupted cell would have had.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flwr_byz.app.checkpoint import CHECKPOINT_FILE
 from flwr_byz.app.config import (
     RunConfigError,
     check_against_nodes,
     check_run_config,
     non_default_settings,
 )
+from flwr_byz.app.results import RESULTS_FILE
 from flwr_byz.experiments.local_superlink import LocalSuperLink
 
 
@@ -56,8 +60,8 @@ class GridSpec:
 
 
 _AXES = ("strategy", "attack", "byzantine-fraction", "seed")
-# Where results go is not what a cell computes.
-_NOT_IDENTITY = frozenset({"output-dir"})
+# Where results go, resuming and fault injection are not what a cell computes.
+_NOT_IDENTITY = frozenset({"output-dir", "resume", "fault-stop-after-round"})
 _MAX_NAME = 200
 
 
@@ -123,13 +127,14 @@ def run_grid(
             paths.append(path)
             if _finished(path):
                 continue
-            overrides = {**cell, "output-dir": str(path.parent)}
+            overrides = cell_overrides(cell, path.parent)
             if echo:
                 per_cell = (time.monotonic() - started) / max(ran, 1)
                 eta = f", ETA {_duration(per_cell * (todo - ran))}" if ran else ""
+                again = ", resumed from its checkpoint" if "resume" in overrides else ""
                 print(
                     f"[{number}/{len(cells)}] {cell_name(cell)} "
-                    f"({ran} of {todo} to run done{eta})",
+                    f"({ran} of {todo} to run done{eta}{again})",
                     flush=True,
                 )
             ran += 1
@@ -145,6 +150,27 @@ def run_grid(
                     f"cell {cell_name(cell)} failed; log in {path.parent}/flwr-run.log"
                 )
     return paths
+
+
+def cell_overrides(cell: Mapping[str, Any], cell_dir: Path) -> dict[str, Any]:
+    """The run config of an unfinished cell: a fresh run into ``cell_dir``, or the
+    resume of the run cut short there.
+
+    The app never overwrites a run directory. A cell with a checkpoint resumes
+    from it; the ``results.json`` of a cell that stopped before its first
+    checkpoint (or was written by a flwr-byz without checkpoints) is kept as
+    ``results.<n>.stale.json`` and the cell runs afresh.
+    """
+    overrides = {**cell, "output-dir": str(cell_dir)}
+    if (cell_dir / CHECKPOINT_FILE).exists():
+        return {**overrides, "resume": str(cell_dir)}
+    stale = cell_dir / RESULTS_FILE
+    if stale.exists():
+        number = 1
+        while (cell_dir / f"results.{number}.stale.json").exists():
+            number += 1
+        stale.rename(cell_dir / f"results.{number}.stale.json")
+    return overrides
 
 
 def _duration(seconds: float) -> str:

@@ -162,14 +162,14 @@ class LocalSuperLink:
         self.stop()
         raise RuntimeError(f"flower-superlink did not start within {timeout:.0f} s")
 
-    def run(
+    def run_command(
         self,
         app_dir: str | Path,
         run_config: Mapping[str, Any] | None = None,
         num_supernodes: int = 10,
-        timeout: float = 900.0,
-    ) -> subprocess.CompletedProcess[str]:
-        """``flwr run <app_dir> --stream`` against this SuperLink; wait for the end."""
+    ) -> list[str]:
+        """The ``flwr run <app_dir> --stream`` command line for this SuperLink (run
+        it with :attr:`env`)."""
         command = [
             str(Path(sys.executable).parent / "flwr"),
             "run",
@@ -180,8 +180,18 @@ class LocalSuperLink:
         ]
         if run_config:
             command += ["--run-config", run_config_arg(run_config)]
+        return command
+
+    def run(
+        self,
+        app_dir: str | Path,
+        run_config: Mapping[str, Any] | None = None,
+        num_supernodes: int = 10,
+        timeout: float = 900.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr run <app_dir> --stream`` against this SuperLink; wait for the end."""
         return subprocess.run(
-            command,
+            self.run_command(app_dir, run_config, num_supernodes),
             env=self.env,
             capture_output=True,
             text=True,

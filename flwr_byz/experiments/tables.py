@@ -30,7 +30,16 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-_NOT_SETTINGS = ("strategy", "attack", "byzantine-fraction", "seed", "output-dir")
+_NOT_SETTINGS = (
+    "strategy",
+    "attack",
+    "byzantine-fraction",
+    "seed",
+    # Where results go, which run was resumed, fault injection: not an experiment.
+    "output-dir",
+    "resume",
+    "fault-stop-after-round",
+)
 
 
 def settings_text(cfg: dict[str, Any]) -> str:

@@ -211,9 +211,13 @@ class GAAAgent:
         """Credit of every node ever seen: softmax over all stored log-credits."""
         if not self.logits:
             return {}
-        ids = sorted(self.logits)
+        # The softmax's sum runs in order of value, never of node id: the credits
+        # depend on the log-credits only, not on which ids a simulation drew (a
+        # resumed run has other ids than the run it continues).
+        ids = sorted(self.logits, key=lambda i: (float(self.logits[i]), i))
         c = torch.softmax(torch.stack([self.logits[i] for i in ids]).double(), 0)
-        return {i: float(v) for i, v in zip(ids, c, strict=True)}
+        credit = {i: float(v) for i, v in zip(ids, c, strict=True)}
+        return {i: credit[i] for i in sorted(credit)}
 
     def detect(self, k: int) -> list[int]:
         """GAA+ (Justinian's GAAvernor, Procedure 2): the k lowest-credit node ids.

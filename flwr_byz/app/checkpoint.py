@@ -1,0 +1,517 @@
+"""``checkpoint.pt``: everything a run needs to go on after a crash, bit for bit.
+
+After every round the ServerApp writes, atomically (temporary file + ``os.replace``),
+into its run directory:
+
+* the global model after the round (``arrays``, a torch state dict);
+* the strategy's whole state, layer by layer through its wrappers: a server-side
+  attack's record, a robust rule's server-momentum buffer, GAA's agent (policy ψ,
+  its optimiser, log-credits, the episode window, episode counters, its RNG);
+* the random states the server draws from: Python's ``random`` (Flower samples the
+  nodes of each round with it) and torch's (CPU, and CUDA where used);
+* where the run is: episode, round, elapsed seconds;
+* the run's record so far (``results.json`` as of that round, and what the round
+  log accumulates for the summary), and the node → partition map of the run.
+
+``resume = <run dir>`` loads it, refuses it when it cannot continue that run (an
+unreadable or truncated file, another run config, another model, another
+federation), restores all of it and plays the remaining rounds with the round
+numbers an uninterrupted run would have used. Every check happens before round 1
+and says what to do.
+
+The file is read with ``torch.load(weights_only=True)``: tensors and plain Python
+containers only, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import Strategy
+
+from flwr_byz.app.config import RunConfigError
+from flwr_byz.app.results import RESULTS_FILE, package_versions
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT = "flwr-byz-checkpoint"
+VERSION = 1
+
+#: Run-config keys that may differ between an interrupted run and its resume: they
+#: say where results go, which run to resume, or inject a fault; nothing computed
+#: depends on them.
+VOLATILE_KEYS = frozenset({"output-dir", "resume", "fault-stop-after-round"})
+
+_REQUIRED = {
+    "format": str,
+    "version": int,
+    "config": dict,
+    "episode": int,
+    "round": int,
+    "arrays": dict,
+    "strategy": list,
+    "rng": dict,
+    "nodes": dict,
+    "results": dict,
+    "log": dict,
+    "elapsed-s": float,
+}
+
+
+class CheckpointError(RunConfigError):
+    """A checkpoint that cannot continue this run; the message says what to do."""
+
+
+_FRESH = "or start a fresh run (resume = '') in a new output-dir"
+
+
+# --------------------------------------------------------------------- the file
+def checkpoint_file(resume: str | Path) -> Path:
+    """The checkpoint named by the ``resume`` key: a run directory or the file."""
+    path = Path(resume).expanduser().resolve()
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"run-config key 'resume' = {str(resume)!r}: no checkpoint at {path} "
+            "(give the run directory of an interrupted run, the one that holds "
+            f"{CHECKPOINT_FILE} and results.json, {_FRESH})"
+        )
+    return path
+
+
+def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a reader (or a crash) sees the old
+    file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(dict(payload), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` and check its form.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is unreadable (truncated, corrupt, not a checkpoint) or was
+        written by another version of this format.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, forbidden type, I/O
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: "
+            f"{_first_line(err)}): it is truncated or corrupt. Resume from an "
+            f"intact copy, {_FRESH}"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a flwr-byz checkpoint; point 'resume' at the run "
+            f"directory of an interrupted flwr-byz run, {_FRESH}"
+        )
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {payload.get('version')!r}; "
+            f"this flwr-byz reads version {VERSION}. Resume it with the flwr-byz "
+            f"that wrote it, {_FRESH}"
+        )
+    for key, kind in _REQUIRED.items():
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(
+                f"checkpoint {path} lacks a valid {key!r} entry: it is damaged. "
+                f"Resume from an intact copy, {_FRESH}"
+            )
+    return payload
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else "no detail"
+
+
+# ------------------------------------------------------------------ the checks
+def check_config(saved: Mapping[str, Any], cfg: Mapping[str, Any], where: Path) -> None:
+    """Refuse a run config that differs from the checkpoint's (volatile keys aside)."""
+    keys = sorted((set(saved) | set(cfg)) - VOLATILE_KEYS)
+    diffs = [
+        f"{k!r} = {saved.get(k, '<absent>')!r} there, {cfg.get(k, '<absent>')!r} here"
+        for k in keys
+        if not _same(saved.get(k), cfg.get(k))
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {where} was written by a run with another run config: "
+            + "; ".join(diffs)
+            + ". Resume with the interrupted run's config (only "
+            + ", ".join(repr(k) for k in sorted(VOLATILE_KEYS))
+            + f" may differ), {_FRESH}"
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    return bool(a == b) and isinstance(a, bool) == isinstance(b, bool)
+
+
+def check_arrays(
+    saved: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor], where: Path
+) -> None:
+    """Refuse saved model arrays whose names, shapes or dtypes are not the model's."""
+    if list(saved) != list(model):
+        raise CheckpointError(
+            f"checkpoint {where} holds a model with arrays {list(saved)[:4]}…, this "
+            f"run builds one with {list(model)[:4]}…: another model. Resume with "
+            f"the interrupted run's model, data and code, {_FRESH}"
+        )
+    for key, value in saved.items():
+        want = model[key]
+        if (
+            not isinstance(value, torch.Tensor)
+            or value.shape != want.shape
+            or value.dtype != want.dtype
+        ):
+            got = (
+                f"{tuple(value.shape)} {value.dtype}"
+                if isinstance(value, torch.Tensor)
+                else type(value).__name__
+            )
+            raise CheckpointError(
+                f"checkpoint {where}: array {key!r} is {got}, this run's model has "
+                f"{tuple(want.shape)} {want.dtype}: another model. Resume with the "
+                f"interrupted run's model and data, {_FRESH}"
+            )
+
+
+def node_map(
+    saved: Mapping[int, int], nodes: Mapping[int, int], where: Path
+) -> dict[int, int]:
+    """Old node id → new node id, for the nodes of the checkpoint that are back.
+
+    A node id that is in both federations maps to itself (a deployment whose
+    SuperNodes kept their ids). The others are matched by partition id (a
+    simulation draws node ids afresh): when several old ids share a partition (a
+    SuperNode that restarted during the run got a new id), the one that joined
+    last is the node that is back; the earlier ones stay as they are, nodes that
+    are gone. Nodes without a partition id (-1) can only keep their ids.
+
+    Raises
+    ------
+    CheckpointError
+        When the federations' partitions differ, or a node cannot be matched.
+    """
+    saved = {int(k): int(v) for k, v in saved.items()}
+    nodes = {int(k): int(v) for k, v in nodes.items()}
+    new_partitions = [p for p in nodes.values() if p >= 0]
+    old_partitions = {p for n, p in saved.items() if p >= 0}
+    unmatched = [n for n, p in nodes.items() if n not in saved and p < 0]
+    lost = [n for n, p in saved.items() if n not in nodes and p < 0]
+    if (
+        len(set(new_partitions)) != len(new_partitions)
+        or set(new_partitions) != old_partitions
+        or unmatched
+        or lost
+    ):
+        raise CheckpointError(
+            f"checkpoint {where} was written by a federation of {len(saved)} "
+            f"node(s), partitions {sorted(saved.values())}; this one has "
+            f"{len(nodes)}, partitions {sorted(nodes.values())}"
+            + (
+                f", and nodes without a partition id whose ids differ "
+                f"({sorted(unmatched + lost)})"
+                if unmatched or lost
+                else ""
+            )
+            + ": its nodes cannot be matched. Resume with the interrupted run's "
+            "federation (the same partitions, or the same node ids), "
+            f"{_FRESH}"
+        )
+    mapping = {n: n for n in saved if n in nodes}
+    by_partition = {p: n for n, p in nodes.items() if p >= 0}
+    latest = {p: n for n, p in saved.items() if n not in nodes and p >= 0}
+    taken = set(mapping.values())
+    for p, old in latest.items():
+        if by_partition[p] not in taken:
+            mapping[old] = by_partition[p]
+    return mapping
+
+
+# ----------------------------------------------------------- the random states
+def capture_rng() -> dict[str, Any]:
+    """The random states the server draws from (Python's, torch's)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": [int(version), list(internal), gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Set the random states saved by :func:`capture_rng`."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ------------------------------------------------------------ strategy state
+def _layers(strategy: Strategy) -> Iterator[Strategy]:
+    """The strategy and every strategy it wraps, outermost first."""
+    layer: Strategy | None = strategy
+    while layer is not None:
+        yield layer
+        inner = vars(layer).get("strategy")
+        layer = inner if isinstance(inner, Strategy) else None
+
+
+def _class_name(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def capture_strategy(strategy: Strategy) -> list[dict[str, Any]]:
+    """The state of every layer of ``strategy`` that carries one between rounds.
+
+    * ``ServerSideAttack``: which nodes it tampered in each round (a record; its
+      roles and noise are pure functions of seed, node and round);
+    * ``RobustStrategy``: the server-momentum buffer (its ``(n, d)`` matrix is
+      storage reused between rounds, not state);
+    * ``GAA``: its agent's :meth:`~flwr_byz.gaa.GAAAgent.state_dict`.
+
+    Flower's FedAvg and the rules that draw their randomness from ``(seed, round)``
+    (FLTrust, Zeno) carry nothing else from one round to the next.
+    """
+    from flwr_byz.attacks import ServerSideAttack
+    from flwr_byz.strategy import GAA, RobustStrategy
+
+    out = []
+    for layer in _layers(strategy):
+        entry: dict[str, Any] = {"class": _class_name(layer)}
+        if isinstance(layer, ServerSideAttack):
+            entry["tampered"] = {int(r): list(n) for r, n in layer.tampered.items()}
+        if isinstance(layer, RobustStrategy):
+            momentum = layer.round_state.momentum
+            entry["momentum"] = (
+                None if momentum is None else torch.from_numpy(np.array(momentum))
+            )
+        if isinstance(layer, GAA):
+            entry["agent"] = layer.state_dict()
+        out.append(entry)
+    return out
+
+
+def restore_strategy(
+    strategy: Strategy,
+    saved: list[dict[str, Any]],
+    nodes: Mapping[int, int],
+    where: Path,
+) -> None:
+    """Load :func:`capture_strategy` output, node ids mapped through ``nodes``."""
+    from flwr_byz.attacks import ServerSideAttack
+    from flwr_byz.strategy import GAA, RobustStrategy
+
+    layers = list(_layers(strategy))
+    names = [_class_name(layer) for layer in layers]
+    saved_names = [s.get("class") if isinstance(s, dict) else None for s in saved]
+    if names != saved_names:
+        raise CheckpointError(
+            f"checkpoint {where} holds the state of strategy {saved_names}, this run "
+            f"builds {names}. Resume with the interrupted run's config and code, "
+            f"{_FRESH}"
+        )
+    try:
+        for layer, state in zip(layers, saved, strict=True):
+            if isinstance(layer, ServerSideAttack):
+                layer.tampered = {
+                    int(r): [_mapped(n, nodes) for n in ids]
+                    for r, ids in state["tampered"].items()
+                }
+            if isinstance(layer, RobustStrategy):
+                momentum = state["momentum"]
+                layer.round_state.momentum = (
+                    None if momentum is None else momentum.numpy().copy()
+                )
+                layer.round_state.buffer = None
+            if isinstance(layer, GAA):
+                layer.load_state_dict(remap_agent_state(state["agent"], nodes))
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {where}: the strategy state does not fit this run's "
+            f"strategy ({type(err).__name__}: {_first_line(err)}). Resume with the "
+            f"interrupted run's config and code, {_FRESH}"
+        ) from err
+
+
+def _mapped(node_id: Any, nodes: Mapping[int, int]) -> Any:
+    if isinstance(node_id, bool) or not isinstance(node_id, int):
+        return node_id
+    return nodes.get(node_id, node_id)
+
+
+def remap_agent_state(
+    state: dict[str, Any], nodes: Mapping[int, int]
+) -> dict[str, Any]:
+    """A GAA agent state with its node ids mapped (the trusted worker's id, and any
+    id not in ``nodes``, unchanged); dictionary order is kept."""
+    out = dict(state)
+    for key in ("logits", "episode_start"):
+        out[key] = {_mapped(int(i), nodes): v for i, v in state[key].items()}
+    out["buffer"] = [
+        {**r, "node_ids": [_mapped(int(i), nodes) for i in r["node_ids"]]}
+        for r in state["buffer"]
+    ]
+    layout = state.get("policy_layout")
+    if layout is not None:
+        out["policy_layout"] = {
+            **layout,
+            "slots": {_mapped(int(i), nodes): s for i, s in layout["slots"].items()},
+        }
+    return out
+
+
+def remap_record(value: Any, nodes: Mapping[int, int]) -> Any:
+    """A results.json fragment with the node ids of ``*node-ids`` / ``node-id`` keys
+    mapped (and the keys of ``node-partitions`` left to the caller)."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k.endswith("node-ids") and isinstance(v, list):
+                out[k] = [_mapped(n, nodes) for n in v]
+            elif k == "node-id":
+                out[k] = _mapped(v, nodes)
+            else:
+                out[k] = remap_record(v, nodes)
+        return out
+    if isinstance(value, list):
+        return [remap_record(v, nodes) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------ save, resume
+def checkpoint_payload(
+    *,
+    config: Mapping[str, Any],
+    episode: int,
+    server_round: int,
+    arrays: ArrayRecord,
+    strategy: Strategy,
+    nodes: Mapping[int, int],
+    results: Mapping[str, Any],
+    log: Mapping[str, Any],
+    elapsed: float,
+) -> dict[str, Any]:
+    """Everything :class:`Resume` needs, taken at the end of ``server_round``."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": dict(config),
+        "episode": int(episode),
+        "round": int(server_round),
+        "arrays": dict(arrays.to_torch_state_dict()),
+        "strategy": capture_strategy(strategy),
+        "rng": capture_rng(),
+        "nodes": {int(n): int(p) for n, p in nodes.items()},
+        "results": dict(results),
+        "log": dict(log),
+        "elapsed-s": float(elapsed),
+    }
+
+
+@dataclass
+class Resume:
+    """A loaded, checked checkpoint of the run that the ``resume`` key names."""
+
+    path: Path
+    payload: dict[str, Any]
+    previous_status: str
+
+    @classmethod
+    def open(cls, cfg: Mapping[str, Any]) -> Resume:
+        """Load the checkpoint ``cfg['resume']`` names and check it against ``cfg``.
+
+        Raises
+        ------
+        CheckpointError
+            No checkpoint there, an unreadable or damaged one, another run config,
+            or a run that already completed.
+        """
+        path = checkpoint_file(str(cfg["resume"]))
+        payload = load_checkpoint(path)
+        check_config(payload["config"], cfg, path)
+        status = _status_on_disk(path.parent / RESULTS_FILE)
+        if status == "completed":
+            raise CheckpointError(
+                f"run-config key 'resume': the run in {path.parent} completed; there "
+                f"is nothing to resume. Start a fresh run (resume = '') in a new "
+                "output-dir"
+            )
+        return cls(path, payload, status)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the interrupted run wrote, and where the resumed one goes on."""
+        return self.path.parent
+
+    @property
+    def episode(self) -> int:
+        """The episode of the last round played."""
+        return int(self.payload["episode"])
+
+    @property
+    def round(self) -> int:
+        """The last round played (within its episode)."""
+        return int(self.payload["round"])
+
+    @property
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """The global model after that round."""
+        return self.payload["arrays"]
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds the interrupted run(s) had spent up to that round."""
+        return float(self.payload["elapsed-s"])
+
+    def record(self, nodes: Mapping[int, int]) -> dict[str, Any]:
+        """The run's ``results.json`` record as of the checkpoint, node ids mapped,
+        with this resume noted in ``resumes``."""
+        data = dict(self.payload["results"])
+        data["rounds"] = remap_record(list(data.get("rounds", [])), nodes)
+        data["summary"] = None
+        data["resumes"] = [
+            *data.get("resumes", []),
+            {
+                "after-episode": self.episode,
+                "after-round": self.round,
+                "previous-status": self.previous_status,
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "versions": package_versions(),
+            },
+        ]
+        return data
+
+
+def _status_on_disk(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text()).get("status", "unknown"))
+    except (OSError, ValueError, AttributeError):
+        return "unknown"

@@ -1,0 +1,84 @@
+"""An in-process Grid that runs this repository's ClientApp (fast end-to-end runs).
+
+Each node is a partition of the generated data with a Context of its own; messages
+are answered by calling the ClientApp exactly as a SuperNode would, one after the
+other. Node ids are whatever the test gives, so a "restarted federation" is just
+another set of ids for the same partitions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flwr.app import Context, Message, Metadata, RecordDict
+from flwr.serverapp import Grid
+
+from clients.client_app import app as client_app
+
+
+class InProcessGrid(Grid):
+    """A federation of ``partitions`` (node id → partition id) in this process."""
+
+    def __init__(self, partitions: Mapping[int, int], run_config: Mapping[str, Any]):
+        self.partitions = dict(partitions)
+        self.contexts = {
+            nid: Context(
+                run_id=1,
+                node_id=nid,
+                node_config={"partition-id": pid, "num-partitions": len(partitions)},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for nid, pid in self.partitions.items()
+        }
+        self.sent: list[tuple[str, int, int]] = []  # (type, node, server-round)
+        self._count = 0
+
+    def set_run(self, run_id: int) -> None:  # pragma: no cover - unused
+        raise NotImplementedError
+
+    @property
+    def run(self):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.partitions)
+
+    def push_messages(self, messages):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        replies = []
+        for msg in messages:
+            self._count += 1
+            dst = msg.metadata.dst_node_id
+            delivered = Message(
+                content=msg.content,
+                metadata=Metadata(
+                    run_id=1,
+                    message_id=f"m{self._count}",
+                    src_node_id=1,
+                    dst_node_id=dst,
+                    reply_to_message_id="",
+                    group_id=msg.metadata.group_id,
+                    created_at=time.time(),
+                    ttl=3600.0,
+                    message_type=msg.metadata.message_type,
+                ),
+            )
+            rnd = -1
+            for record in msg.content.config_records.values():
+                rnd = int(record.get("server-round", rnd))
+            self.sent.append((msg.metadata.message_type, dst, rnd))
+            replies.append(client_app(delivered, self.contexts[dst]))
+        return replies
