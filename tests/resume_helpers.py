@@ -13,15 +13,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flwr.app import Context, Message, Metadata, RecordDict
-from flwr.serverapp import Grid
+from strategy_helpers import StaticGrid
 
 from clients.client_app import app as client_app
 
 
-class InProcessGrid(Grid):
+class InProcessGrid(StaticGrid):
     """A federation of ``partitions`` (node id → partition id) in this process."""
 
     def __init__(self, partitions: Mapping[int, int], run_config: Mapping[str, Any]):
+        super().__init__(partitions)
         self.partitions = dict(partitions)
         self.contexts = {
             nid: Context(
@@ -35,25 +36,6 @@ class InProcessGrid(Grid):
         }
         self.sent: list[tuple[str, int, int]] = []  # (type, node, server-round)
         self._count = 0
-
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - unused
-        raise NotImplementedError
-
-    @property
-    def run(self):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.partitions)
-
-    def push_messages(self, messages):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover - unused
-        raise NotImplementedError
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
