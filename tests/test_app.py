@@ -273,6 +273,7 @@ def _assert_equals_uninterrupted(cut: Path, whole: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gaa_whole")  # one worker computes the fixture
 def test_a_run_stopped_after_round_two_resumes_on_a_new_superlink_bit_for_bit(
     superlink: LocalSuperLink, gaa_whole: Path, tmp_path: Path
 ) -> None:
@@ -313,6 +314,7 @@ def _last_round(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gaa_whole")  # one worker computes the fixture
 def test_a_run_whose_superlink_is_killed_resumes_bit_for_bit(
     gaa_whole: Path, tmp_path: Path
 ) -> None:

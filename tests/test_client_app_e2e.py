@@ -14,6 +14,9 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
+# One worker runs this module under pytest-xdist: its module fixture is costly.
+pytestmark = pytest.mark.xdist_group("test_client_app_e2e")
+
 NUM_CLIENTS = 10
 ROUNDS = 20
 BASE = {"dataset": "yelp-style", "seed": 0, "learning-rate": 0.5}

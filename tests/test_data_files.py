@@ -21,6 +21,9 @@ from flwr_byz.data import (
 )
 from flwr_byz.data.generated_source import generated_columns
 
+# One worker runs this module under pytest-xdist: its module fixture is costly.
+pytestmark = pytest.mark.xdist_group("test_data_files")
+
 GEN = {"dataset": "yelp-style", "seed": 5, "samples-per-region": 40}
 N = 3
 FORMATS = ("npz", "parquet", "csv")

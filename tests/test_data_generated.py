@@ -20,6 +20,9 @@ from flwr_byz.data.generated import (
     region_prior,
 )
 
+# One worker runs this module under pytest-xdist: its module fixture is costly.
+pytestmark = pytest.mark.xdist_group("test_data_generated")
+
 YELP = {"dataset": "yelp-style", "seed": 3}
 HEALTH = {"dataset": "healthcare-style", "seed": 3}
 

@@ -38,7 +38,8 @@ from torch import nn
 
 from flwr_byz.strategy import FLTrust, Zeno
 
-pytestmark = pytest.mark.slow
+# One worker runs this module under pytest-xdist: its module fixture is costly.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_fltrust_zeno_simulation")]
 
 NUM_NODES = 10
 BYZANTINE = frozenset(range(3, 10))  # partition ids: β = 0.7

@@ -32,7 +32,8 @@ from torch import nn
 
 from flwr_byz.strategy.gaa import GAA
 
-pytestmark = pytest.mark.slow
+# One worker runs this module under pytest-xdist: its module fixture is costly.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_gaa_simulation")]
 
 NUM_NODES = 10
 BYZANTINE = frozenset(range(3, 10))  # partition ids: β = 0.7

@@ -38,7 +38,8 @@ from flwr_byz.strategy import (
     TrimmedMean,
 )
 
-pytestmark = pytest.mark.slow
+# One worker runs this module under pytest-xdist: its module fixture is costly.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_strategy_simulation")]
 
 NUM_NODES = 7
 BYZANTINE = (5, 6)  # partition ids
