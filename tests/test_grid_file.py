@@ -177,6 +177,7 @@ axes = { supernodes = [10, 4] }
         ("[set]\nseed = [1, 2]", "'seed' = \\[1, 2\\] is not one value"),
         ("[axes]\nseed = 1", "'seed' = 1 is one value, not a list"),
         ("[axes]\nseed = []", "axis 'seed' has no values"),
+        ("[axes]\nseed = [1]\n[set]\nseed = 2", "'seed' is both an axis and a shared"),
         ("[[group]]\naxes = { seed = [1] }", "group #1 needs a name"),
         ("[[group]]\nname = 'g'\nsets = {}", "unknown key 'sets' in group #1"),
     ],

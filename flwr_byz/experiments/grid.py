@@ -263,7 +263,15 @@ def _check_spec(spec: GridSpec) -> None:
             message = unknown_key(key, where)
             if message is not None:
                 raise ValueError(message)
-    for name, axes in [("", spec.axes)] + [(g.name, g.axes) for g in spec.groups]:
+    layers = [("", spec.axes, spec.settings)]
+    layers += [(g.name, g.axes, g.settings) for g in spec.groups]
+    for name, axes, settings in layers:
+        both = sorted(set(axes) & set(settings))
+        if both:
+            raise ValueError(
+                f"{both[0]!r} is both an axis and a shared value"
+                f"{f' in group {name!r}' if name else ''}: keep one"
+            )
         for key, values in axes.items():
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
                 raise ValueError(

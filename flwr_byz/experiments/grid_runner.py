@@ -85,7 +85,6 @@ class _Running:
     log_start: int
     slot: int
     started: float
-    resumed: bool
     last_print: float
     pending: bytes = b""
     rounds_done: int = 0
@@ -144,7 +143,10 @@ class _Runner:
 
     def _link(self, slot: int) -> LocalSuperLink:
         if slot not in self.links:
-            self.links[slot] = self.stack.enter_context(LocalSuperLink())
+            link = LocalSuperLink()
+            # Stopped with the grid even when interrupted while it starts.
+            self.stack.callback(link.stop)
+            self.links[slot] = link.start()
         return self.links[slot]
 
     def _start(self, number: int, cell: Cell, path: Path, slot: int) -> _Running:
@@ -168,9 +170,7 @@ class _Runner:
             stderr=subprocess.STDOUT,
         )
         now = time.monotonic()
-        item = _Running(
-            number, cell, path, process, log, log_start, slot, now, resumed, now
-        )
+        item = _Running(number, cell, path, process, log, log_start, slot, now, now)
         self.running[number] = item
         again = ", resumed from its checkpoint" if resumed else ""
         self.say(
@@ -206,6 +206,8 @@ class _Runner:
     def _end(self, item: _Running) -> None:
         code = item.process.wait()
         item.log.close()
+        assert item.process.stdout is not None
+        item.process.stdout.close()
         del self.running[item.number]
         self.ended += 1
         completed = code == 0 and finished(item.path)
@@ -235,6 +237,8 @@ class _Runner:
                     item.process.kill()
                     item.process.wait(timeout=10)
             item.log.close()
+            if item.process.stdout is not None:
+                item.process.stdout.close()
         self.running.clear()
 
 
