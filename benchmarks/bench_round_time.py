@@ -22,7 +22,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from flwr_byz.experiments.grid import GridSpec, run_grid
+from flwr_byz.experiments.grid import GridSpec
+from flwr_byz.experiments.grid_runner import run_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def main() -> None:
 
     strategies = ["fedavg", *[s for s in args.strategies.split(",") if s]]
     with tempfile.TemporaryDirectory(prefix="bench-rounds-") as out:
-        spec = GridSpec(
+        spec = GridSpec.of(
             strategies=strategies,
             attacks=[args.attack],
             byzantine_fractions=[args.fraction],

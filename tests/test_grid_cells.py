@@ -55,7 +55,7 @@ def test_long_or_odd_values_get_a_digest_name() -> None:
 
 
 def test_a_cell_the_app_refuses_fails_before_anything_runs(capsys) -> None:
-    spec = GridSpec(["bulyan"], ["sign-flip"], [0.3], [0], num_supernodes=10)
+    spec = GridSpec.of(["bulyan"], ["sign-flip"], [0.3], [0], num_supernodes=10)
     with pytest.raises(ValueError, match="needs at least 15 replies"):
         check_grid(spec)
     code = main(
@@ -205,4 +205,6 @@ def test_report_writes_tables_curves_and_gaa_credit_traces(tmp_path, capsys) -> 
     summary = (tmp_path / "summary.md").read_text()
     assert "| gaa | sign-flip | 0.5 |" in summary
     # GAA+ per K: node 11 (Byzantine) ends with the lowest credit in both seeds.
-    assert "| sign-flip | 0.5 |  | 2 | 100.0 ± 0.0 | 100.0 ± 0.0 |" in summary
+    assert (
+        "| sign-flip | 0.5 | supernodes=2 | 2 | 100.0 ± 0.0 | 100.0 ± 0.0 |" in summary
+    )

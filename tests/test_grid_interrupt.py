@@ -44,6 +44,17 @@ def _in_sessions(sessions: set[int]) -> list[int]:
     ]
 
 
+def _homes_with(command: bytes, home_prefix: str) -> set[bytes]:
+    """The FLWR_HOMEs (inside ``home_prefix``) of processes running ``command``."""
+    homes = set()
+    for pid in _processes_under(home_prefix):
+        if command in _cmdline(pid):
+            with contextlib.suppress(OSError):
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                homes |= {v for v in env if v.startswith(b"FLWR_HOME=")}
+    return homes
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -68,6 +79,10 @@ def test_sigterm_stops_the_grid_and_everything_it_started(tmp_path) -> None:
         "sign-flip",
         "--fractions",
         "0.3",
+        "--seeds",
+        "0,1",
+        "--jobs",
+        "2",
         "--rounds",
         "1000",
         "--out",
@@ -79,14 +94,17 @@ def test_sigterm_stops_the_grid_and_everything_it_started(tmp_path) -> None:
         )
     sessions: set[int] = set()
     try:
-        deadline = time.monotonic() + 30
-        # Wait until the cell's simulation runs under the grid's private SuperLink,
-        # Ray's agents included (they start sessions of their own).
-        while time.monotonic() < deadline and not any(
-            b"Agent" in _cmdline(pid) for pid in _processes_under(str(tmp))
+        deadline = time.monotonic() + 60
+        # Wait until both cells' simulations run under the grid's two private
+        # SuperLinks (--jobs 2), Ray's agents included (they start sessions of
+        # their own).
+        while time.monotonic() < deadline and (
+            len(_homes_with(b"flower-superlink", str(tmp))) < 2
+            or not any(b"Agent" in _cmdline(pid) for pid in _processes_under(str(tmp)))
         ):
             assert grid.poll() is None, log.read_text()
             time.sleep(0.5)
+        assert len(_homes_with(b"flower-superlink", str(tmp))) == 2, log.read_text()
         time.sleep(2)
         started = _processes_under(str(tmp))
         assert started, "the grid never started its SuperLink"

@@ -4,6 +4,7 @@ Examples
 --------
     flwr-byz grid --strategies faba,krum,median,gaa --attacks random-fault,alie \\
         --fractions 0.3,0.7 --seeds 0,1 --rounds 20 --out results/grid
+    flwr-byz grid flwr_byz/experiments/grids/defences.toml --jobs 4
     flwr-byz report results/grid
 """
 
@@ -17,7 +18,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flwr_byz.app.config import STRATEGY_NAMES
-from flwr_byz.experiments.grid import GridSpec, check_grid, run_grid
+from flwr_byz.experiments.grid import (
+    DEFAULT_SUPERNODES,
+    SUPERNODES,
+    GridSpec,
+    check_grid,
+)
+from flwr_byz.experiments.grid_file import load_grid_file
+from flwr_byz.experiments.grid_runner import (
+    MIN_CELL_CPUS,
+    GridError,
+    default_jobs,
+    run_grid,
+)
 from flwr_byz.experiments.plots import plot_accuracy, plot_credits
 from flwr_byz.experiments.tables import load_results, write_tables
 
@@ -32,43 +45,67 @@ def _csv(kind: type) -> object:
     return parse
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flwr-byz", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    grid = sub.add_parser("grid", help="run defences × attacks × fractions × seeds")
+    grid = sub.add_parser(
+        "grid",
+        help="run defences × attacks × fractions × seeds (or a grid file)",
+        description="Run a grid of experiments: from the flags, or from a grid file "
+        "whose values the flags given here override in every group.",
+    )
+    grid.add_argument(
+        "grid_file",
+        nargs="?",
+        metavar="GRID.toml",
+        help="a grid file: [axes] (lists of values), [set] (shared values), "
+        "[[group]] (more cells) and 'out'; see README 'Grid files'. Flags given "
+        "here win over the file in every group",
+    )
     grid.add_argument(
         "--strategies",
         type=_csv(str),
-        default=["faba", "gaa"],
-        help="comma-separated; 'all' = every strategy (the rule registry, GAA, "
-        f"FedAvg): {', '.join(STRATEGY_NAMES)}",
+        help="comma-separated ('strategy' axis; default faba,gaa); 'all' = every "
+        f"strategy (the rule registry, GAA, FedAvg): {', '.join(STRATEGY_NAMES)}",
     )
     grid.add_argument(
         "--attacks",
         type=_csv(str),
-        default=["none", "random-fault"],
-        help="comma-separated attacks ('none' pairs only with fraction 0)",
+        help="comma-separated attacks ('attack' axis; default none,random-fault); "
+        "'none' pairs only with fraction 0",
     )
     grid.add_argument(
         "--fractions",
         type=_csv(float),
-        default=[0.0, 0.3],
-        help="comma-separated real Byzantine fractions ('byzantine-fraction')",
+        help="comma-separated real Byzantine fractions ('byzantine-fraction' axis; "
+        "default 0,0.3)",
     )
     grid.add_argument(
-        "--seeds", type=_csv(int), default=[0], help="comma-separated seeds"
+        "--seeds", type=_csv(int), help="comma-separated seeds ('seed' axis; default 0)"
     )
     grid.add_argument(
-        "--rounds", type=int, default=20, help="rounds per cell ('num-server-rounds')"
+        "--rounds",
+        type=int,
+        help="rounds per cell ('num-server-rounds'; default 20)",
     )
     grid.add_argument(
         "--supernodes",
         type=int,
-        default=10,
-        help="simulated SuperNodes per cell (one per partition)",
+        help=f"simulated SuperNodes per cell, one per partition (default "
+        f"{DEFAULT_SUPERNODES}; other sizes are part of the cell's folder name)",
     )
     grid.add_argument(
         "--set",
@@ -77,18 +114,42 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any other run-config key for every cell (repeatable)",
     )
-    grid.add_argument("--app", default=".", help="the Flower app directory")
+    grid.add_argument(
+        "--app", default=".", help="the Flower app directory (default: .)"
+    )
     grid.add_argument(
         "--out",
-        default="results/grid",
-        help="output directory: one folder per cell (named by every value that "
-        "differs from the defaults), summary tables and plots",
+        help="output directory (default: the grid file's 'out', else results/grid): "
+        "one folder per cell (named by every value that differs from the "
+        "defaults), summary tables and plots",
     )
     grid.add_argument(
-        "--dry-run", action="store_true", help="validate and list the cells only"
+        "--jobs",
+        type=_positive_int,
+        help="cells run at once, each on its own private SuperLink with an equal "
+        f"share of the CPUs (at least {MIN_CELL_CPUS}); default: one per "
+        f"{MIN_CELL_CPUS} CPUs (here {default_jobs()})",
+    )
+    grid.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between two round-progress lines of a running cell "
+        "(0: every round; default 30)",
+    )
+    grid.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every cell and list them; run nothing",
     )
 
-    report = sub.add_parser("report", help="tables and plots of a grid's results")
+    report = sub.add_parser(
+        "report",
+        help="tables and plots of a grid's results",
+        description="Write summary.md, summary.csv and plots/ for a grid's output "
+        "directory.",
+    )
     report.add_argument("out", help="the grid's output directory")
     return parser
 
@@ -125,6 +186,49 @@ def _report(out: Path) -> None:
         print(f"(no plots: {err})")
 
 
+def _grid_spec(args: argparse.Namespace) -> tuple[GridSpec, str]:
+    """The grid of the command line: the file's (or the default one) with the flags
+    given on top; and the output directory."""
+    axes: dict[str, list] = {}
+    if args.strategies is not None:
+        axes["strategy"] = (
+            list(STRATEGY_NAMES) if args.strategies == ["all"] else args.strategies
+        )
+    for key, value in (
+        ("attack", args.attacks),
+        ("byzantine-fraction", args.fractions),
+        ("seed", args.seeds),
+    ):
+        if value is not None:
+            axes[key] = value
+    settings: dict[str, object] = {}
+    if args.rounds is not None:
+        settings["num-server-rounds"] = args.rounds
+    if args.supernodes is not None:
+        settings[SUPERNODES] = args.supernodes
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        settings[key.strip()] = _parse_value(value.strip())
+    if args.grid_file is not None:
+        grid_file = load_grid_file(args.grid_file)
+        base, out = grid_file.spec, grid_file.out
+    else:
+        base, out = _DEFAULT_GRID, None
+    return base.overridden(axes, settings), args.out or out or "results/grid"
+
+
+# The grid of `flwr-byz grid` without a file.
+_DEFAULT_GRID = GridSpec.of(
+    strategies=["faba", "gaa"],
+    attacks=["none", "random-fault"],
+    byzantine_fractions=[0.0, 0.3],
+    seeds=[0],
+    base_config={"num-server-rounds": 20},
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flwr-byz`` command."""
     args = _parser().parse_args(argv)
@@ -132,42 +236,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(Path(args.out))
         return 0
 
-    base: dict[str, object] = {"num-server-rounds": args.rounds}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"--set expects KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        base[key.strip()] = _parse_value(value.strip())
-    strategies = list(STRATEGY_NAMES) if args.strategies == ["all"] else args.strategies
-    spec = GridSpec(
-        strategies=strategies,
-        attacks=args.attacks,
-        byzantine_fractions=args.fractions,
-        seeds=args.seeds,
-        num_supernodes=args.supernodes,
-        base_config=base,
-    )
     try:
+        spec, out = _grid_spec(args)
         cells = check_grid(spec)
     except ValueError as err:
         print(f"flwr-byz grid: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
         for cell in cells:
-            print(cell)
+            print(
+                f"{cell.describe()}: supernodes={cell.supernodes} {dict(cell.config)}"
+            )
+        print(f"{len(cells)} cells")
         return 0
-    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so the private SuperLink
-    # and everything it started are stopped by their context manager.
+    jobs = args.jobs or default_jobs()
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so the private SuperLinks
+    # and everything they started are stopped by their context managers.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run_grid(spec, args.app, args.out)
+        run_grid(spec, args.app, out, jobs=jobs, progress_every=args.progress_every)
     except KeyboardInterrupt:
         print("flwr-byz grid: interrupted; finished cells are kept", file=sys.stderr)
         return 130
+    except GridError as err:
+        print(
+            f"flwr-byz grid: {err}\nflwr-byz grid: finished cells are kept",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _report(Path(args.out))
+    _report(Path(out))
     return 0
 
 

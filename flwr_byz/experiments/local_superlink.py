@@ -167,16 +167,22 @@ class LocalSuperLink:
         app_dir: str | Path,
         run_config: Mapping[str, Any] | None = None,
         num_supernodes: int = 10,
+        federation_config: Mapping[str, Any] | None = None,
     ) -> list[str]:
         """The ``flwr run <app_dir> --stream`` command line for this SuperLink (run
-        it with :attr:`env`)."""
+        it with :attr:`env`).
+
+        ``federation_config`` adds simulation settings of this run only (Flower's
+        ``--federation-config`` keys, e.g. ``init-args-num-cpus``: the CPUs of the
+        run's own Ray instance)."""
+        federation = {"num-supernodes": num_supernodes, **(federation_config or {})}
         command = [
             str(Path(sys.executable).parent / "flwr"),
             "run",
             str(app_dir),
             "--stream",
             "--federation-config",
-            f"num-supernodes={num_supernodes}",
+            run_config_arg(federation),
         ]
         if run_config:
             command += ["--run-config", run_config_arg(run_config)]

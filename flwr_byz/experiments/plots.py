@@ -45,7 +45,7 @@ def plot_accuracy(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             float("nan") if e.get("accuracy") is None else 100 * e["accuracy"]
             for e in run["rounds"]
         ]
-        label = " ".join(filter(None, (cfg["strategy"], settings_text(cfg))))
+        label = " ".join(filter(None, (cfg["strategy"], settings_text(run))))
         panels[(cfg["attack"], float(cfg["byzantine-fraction"]))][label].append(curve)
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr_byz.app.config import non_default_settings
+from flwr_byz.experiments.grid import DEFAULT_SUPERNODES, SUPERNODES
 
 
 def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -42,11 +43,21 @@ _NOT_SETTINGS = (
 )
 
 
-def settings_text(cfg: dict[str, Any]) -> str:
-    """What else a run changed from the defaults (its own strategy's options only)."""
-    return " ".join(
-        f"{k}={v}" for k, v in non_default_settings(cfg, skip=_NOT_SETTINGS).items()
-    )
+def federation_size(run: dict[str, Any]) -> int | None:
+    """Partitions the run's nodes held (its SuperNodes in a simulation), from its
+    ground truth; None where it has none."""
+    partitions = run.get("ground-truth", {}).get("node-partitions") or {}
+    return len(set(partitions.values())) or None
+
+
+def settings_text(run: dict[str, Any]) -> str:
+    """What else a run changed from the defaults (its own strategy's options only),
+    with ``supernodes=N`` when its federation was not the grid's default size."""
+    settings = non_default_settings(run["config"], skip=_NOT_SETTINGS)
+    size = federation_size(run)
+    if size is not None and size != DEFAULT_SUPERNODES:
+        settings[SUPERNODES] = size
+    return " ".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
 def _mean_round_time(runs: list[dict[str, Any]]) -> float | None:
@@ -63,6 +74,10 @@ def _reference(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _peer(run: dict[str, Any]) -> tuple[Any, int | None]:
+    return run["config"]["seed"], federation_size(run)
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (strategy, attack, byzantine fraction, settings), over seeds.
 
@@ -70,8 +85,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (an attack pattern, ``gaa-policy-lr=0``, ...), so runs that differ in anything
     but the seed are never averaged together. When the grid has FedAvg without
     attack, ``vs-no-attack`` is each row's mean accuracy minus FedAvg's (in
-    points, over the row's own seeds) and ``time-vs-fedavg`` its mean round time
-    divided by FedAvg's, measured in the same grid.
+    points, seed by seed, on a federation of the same size) and
+    ``time-vs-fedavg`` its mean round time divided by FedAvg's on a federation of
+    the same size, measured in the same grid.
     """
     groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
@@ -80,11 +96,11 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             cfg["strategy"],
             cfg["attack"],
             float(cfg["byzantine-fraction"]),
-            settings_text(cfg),
+            settings_text(run),
         )
         groups[key].append(run)
-    reference = {r["config"]["seed"]: r for r in _reference(runs)}
-    reference_time = _mean_round_time(list(reference.values()))
+    # Read against FedAvg of the same seed on a federation of the same size.
+    reference = {_peer(r): r for r in _reference(runs)}
     rows = []
     for (strategy, attack, fraction, settings), group in sorted(groups.items()):
         summaries = [r["summary"] for r in group]
@@ -92,13 +108,17 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s["final-accuracy"] for s in summaries if s["final-accuracy"] is not None
         ]
         own_time = _mean_round_time(group)
+        size = federation_size(group[0])  # part of the settings: one per row
+        reference_time = _mean_round_time(
+            [r for (_, n), r in reference.items() if n == size]
+        )
         gaps = [
             r["summary"]["final-accuracy"]
-            - reference[r["config"]["seed"]]["summary"]["final-accuracy"]
+            - reference[_peer(r)]["summary"]["final-accuracy"]
             for r in group
-            if r["config"]["seed"] in reference
+            if _peer(r) in reference
             and r["summary"]["final-accuracy"] is not None
-            and reference[r["config"]["seed"]]["summary"]["final-accuracy"] is not None
+            and reference[_peer(r)]["summary"]["final-accuracy"] is not None
         ]
         rows.append(
             {
@@ -151,7 +171,7 @@ def detection_per_k(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             scores[f"P@{name}"] = hit / k
             scores[f"R@{name}"] = hit / f
         groups[
-            (cfg["attack"], float(cfg["byzantine-fraction"]), settings_text(cfg))
+            (cfg["attack"], float(cfg["byzantine-fraction"]), settings_text(run))
         ].append(scores)
     rows = []
     for (attack, fraction, settings), group in sorted(groups.items()):
