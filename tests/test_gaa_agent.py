@@ -385,7 +385,7 @@ def mixed_qv() -> tuple[torch.Tensor, torch.Tensor]:
     ("qv_set", "reference_gain"),
     [
         # A representative QV set: the QV lean of the consensus is on (default).
-        (mixed_qv, 20.0),
+        (mixed_qv, EvidencePolicy().reference_gain),
         # A QV set from a region no client has: the honest consensus itself goes
         # uphill on it in round 1, so the lean would side with the flippers for a
         # round; without the lean the consensus alone removes a minority.
@@ -415,6 +415,38 @@ def test_sign_flip_minority_loses_credit(qv_set, reference_gain):
     assert trace[-1] >= 0.9, trace
     assert min(trace[3:]) >= 0.9, trace
     assert sorted(agent.detect(3)) == byzantine
+
+
+def test_a_sign_flip_majority_loses_credit_when_every_alignment_is_weak():
+    """Healthcare-style: the updates share a large component the QV set cannot
+    see (orthogonal to ∇f_B), so each one's cosine with −∇f_B is ≈ ±0.1, and 7
+    of 10 send −Δ. The QV lean reads the alignments relative to each other: the
+    honest minority still makes the reference and keeps the credit."""
+    lr = 1.0
+    clients = [QVObjective(big, region(k, 200)) for k in range(10)]
+    objective = QVObjective(big, mixed_qv())
+    agent = GAAAgent(objective)
+    torch.manual_seed(0)
+    theta = torch.cat([v.reshape(-1) for v in big().state_dict().values()])
+    g = torch.Generator().manual_seed(3)
+    byzantine = [2, 3, 5, 6, 7, 8, 9]
+    trace, alignment = [], []
+    for _ in range(10):
+        grads = torch.stack([-lr * c.value_and_grad(theta)[1] for c in clients])
+        qv_grad = objective.value_and_grad(theta)[1]
+        shared = torch.randn(objective.dim, generator=g)
+        shared -= (shared @ qv_grad) / (qv_grad @ qv_grad) * qv_grad
+        updates = grads + 6 * grads.norm(dim=1).mean() * shared / shared.norm()
+        updates[byzantine] *= -1
+        alignment.append(
+            torch.nn.functional.cosine_similarity(updates, -qv_grad[None]).abs()
+        )
+        theta = theta + agent.step(theta, updates, list(range(10))).aggregate
+        credits = agent.credits()
+        trace.append(sum(v for i, v in credits.items() if i not in byzantine))
+    assert float(torch.cat(alignment).median()) < 0.2, alignment
+    assert min(trace[2:]) >= 0.9, trace
+    assert sorted(agent.detect(7)) == byzantine
 
 
 def _sign_flip_majority_run(policy_lr: float, rounds: int = 20):

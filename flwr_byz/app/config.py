@@ -168,16 +168,17 @@ SERVER_KEYS: dict[str, Key] = {
         _float_in(0.0, 1e3),
     ),
     "gaa-reference-gain": Key(
-        20.0,
+        3.3,
         "GAA evidence policy: how hard the consensus reference leans towards "
         "QV descent when the credit-weighted consensus goes uphill on the QV set",
         _float_in(0.0, 1e3),
     ),
     "gaa-uphill-margin": Key(
-        0.1,
+        0.25,
         "GAA evidence policy: the consensus counts as going uphill when its cosine "
-        "with the QV descent direction is below minus this margin",
-        _float_in(0.0, 1.0),
+        "with the QV descent direction is below minus this many typical "
+        "alignments of one node (the round's median |cosine|)",
+        _float_in(0.0, 100.0),
     ),
     "gaa-backprop": Key("exact", "GAA episode gradient", _one_of("exact", "truncated")),
     "gaa-trusted-worker": Key(
