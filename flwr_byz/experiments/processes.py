@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -61,18 +61,38 @@ def stop_processes(
     for process in leaders:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-    for pid in others:
-        with contextlib.suppress(ProcessLookupError):
-            if _alive(pid):
-                os.kill(pid, signal.SIGTERM)
-    while time.monotonic() < deadline and any(_alive(pid) for pid in others):
-        time.sleep(0.1)
+    _terminate(others, deadline)
     for process in leaders:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
-    for pid in others:
+    _kill(others)
+
+
+def stop_pids(pids: Iterable[int], timeout: float = 15.0) -> None:
+    """Stop the processes ``pids`` (not their descendants): SIGTERM, and SIGKILL
+    for those still alive after ``timeout`` seconds; return when all are gone."""
+    pids = set(pids)
+    _terminate(pids, time.monotonic() + timeout)
+    _kill(pids)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+
+
+def _terminate(pids: set[int], deadline: float) -> None:
+    """SIGTERM to the live ``pids``; wait until they are gone or ``deadline``."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+
+
+def _kill(pids: set[int]) -> None:
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
