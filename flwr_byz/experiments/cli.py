@@ -5,6 +5,7 @@ Examples
     flwr-byz grid --strategies faba,krum,median,gaa --attacks random-fault,alie \\
         --fractions 0.3,0.7 --seeds 0,1 --rounds 20 --out results/grid
     flwr-byz grid flwr_byz/experiments/grids/defences.toml --jobs 4
+    flwr-byz grid flwr_byz/experiments/grids/defences.toml --ray-address auto
     flwr-byz report results/grid
 """
 
@@ -28,6 +29,8 @@ from flwr_byz.experiments.grid_file import load_grid_file
 from flwr_byz.experiments.grid_runner import (
     MIN_CELL_CPUS,
     GridError,
+    check_cluster_jobs,
+    check_federation_config,
     default_jobs,
     run_grid,
 )
@@ -128,7 +131,27 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="cells run at once, each on its own private SuperLink with an equal "
         f"share of the CPUs (at least {MIN_CELL_CPUS}); default: one per "
-        f"{MIN_CELL_CPUS} CPUs (here {default_jobs()})",
+        f"{MIN_CELL_CPUS} CPUs (here {default_jobs()}); with --ray-address: 1, "
+        "the only value (each cell's ClientApps fill the whole cluster)",
+    )
+    grid.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="run every cell's ClientApps on this existing Ray cluster ('auto' on "
+        "its head node, or HEAD:PORT of 'ray start --head'), one cell at a time, "
+        "instead of a private Ray instance per cell; SuperLink and ServerApp stay "
+        "on this machine. See README 'A grid on a Ray cluster'",
+    )
+    grid.add_argument(
+        "--federation-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Flower simulation setting for every cell, as 'flwr run "
+        "--federation-config' takes it (repeatable): client-resources-num-cpus "
+        "(integer; also the threads a ClientApp trains with), "
+        "client-resources-num-gpus (fraction of a GPU per ClientApp), "
+        "init-args-num-cpus, ...; not part of a cell's folder name",
     )
     grid.add_argument(
         "--progress-every",
@@ -186,6 +209,17 @@ def _report(out: Path) -> None:
         print(f"(no plots: {err})")
 
 
+def _key_values(items: Sequence[str], flag: str) -> dict[str, object]:
+    """``KEY=VALUE`` items of a repeatable flag, values parsed (int, float, bool)."""
+    values: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        values[key.strip()] = _parse_value(value.strip())
+    return values
+
+
 def _grid_spec(args: argparse.Namespace) -> tuple[GridSpec, str]:
     """The grid of the command line: the file's (or the default one) with the flags
     given on top; and the output directory."""
@@ -206,11 +240,7 @@ def _grid_spec(args: argparse.Namespace) -> tuple[GridSpec, str]:
         settings["num-server-rounds"] = args.rounds
     if args.supernodes is not None:
         settings[SUPERNODES] = args.supernodes
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        settings[key.strip()] = _parse_value(value.strip())
+    settings.update(_key_values(args.set, "--set"))
     if args.grid_file is not None:
         grid_file = load_grid_file(args.grid_file)
         base, out = grid_file.spec, grid_file.out
@@ -239,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec, out = _grid_spec(args)
         cells = check_grid(spec)
+        federation_config = _key_values(args.federation_config, "--federation-config")
+        check_federation_config(federation_config, args.ray_address)
+        if args.ray_address is not None:
+            check_cluster_jobs(args.jobs or 1)
     except ValueError as err:
         print(f"flwr-byz grid: {err}", file=sys.stderr)
         return 2
@@ -249,12 +283,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"{len(cells)} cells")
         return 0
-    jobs = args.jobs or default_jobs()
+    # On a cluster each cell's actor pool takes every node: one cell at a time.
+    jobs = args.jobs or (1 if args.ray_address is not None else default_jobs())
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so the private SuperLinks
     # and everything they started are stopped by their context managers.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run_grid(spec, args.app, out, jobs=jobs, progress_every=args.progress_every)
+        run_grid(
+            spec,
+            args.app,
+            out,
+            jobs=jobs,
+            progress_every=args.progress_every,
+            ray_address=args.ray_address,
+            federation_config=federation_config,
+        )
     except KeyboardInterrupt:
         print("flwr-byz grid: interrupted; finished cells are kept", file=sys.stderr)
         return 130

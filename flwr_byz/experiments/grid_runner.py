@@ -17,6 +17,16 @@ homes) cannot race. Each cell's simulation is bounded to its share of the CPUs
 (Flower's ``init-args-num-cpus``; each ClientApp actor keeps Flower's default of
 2 CPUs, so the threads a client trains with, and its results, do not depend on
 ``jobs``).
+
+On a Ray cluster (``ray_address``): every cell's simulation joins that cluster
+instead of starting a Ray instance of its own. Flower's Ray backend calls
+``ray.init()`` without an address, and Ray then connects to ``RAY_ADDRESS`` from
+the environment, which the SuperLink passes on to the simulation it starts
+(Flower 1.42's federation config has no ``init-args-address``: its
+``--federation-config`` keys are the fields of a fixed ``SimulationConfig``).
+The cluster decides the CPUs (``ray.init`` refuses ``num_cpus`` with an
+address), and Flower sizes each run's pool of ClientApp actors to the whole
+cluster, so cells run one after another there (see :func:`check_cluster_jobs`).
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ import os
 import selectors
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from flwr.supercore.utils import simulation_config_from_json
 
 from flwr_byz.app.checkpoint import CHECKPOINT_FILE
 from flwr_byz.app.results import RESULTS_FILE
@@ -71,6 +83,70 @@ def cpus_per_cell(jobs: int) -> int:
     return max(MIN_CELL_CPUS, available_cpus() // max(jobs, 1))
 
 
+#: Federation-config keys the grid sets itself (``--supernodes``).
+_GRID_FEDERATION_KEYS = frozenset({"num-supernodes"})
+#: What ``ray.init`` refuses when it connects to an existing cluster.
+_NOT_ON_A_CLUSTER = frozenset({"init-args-num-cpus", "init-args-num-gpus"})
+
+
+def check_federation_config(
+    federation_config: Mapping[str, Any], ray_address: str | None = None
+) -> None:
+    """Check the federation-config keys given for every cell as ``flwr run``
+    would (Flower's own ``SimulationConfig``: known keys, value types).
+
+    Raises
+    ------
+    ValueError
+        For an unknown key or a wrong value, ``num-supernodes`` (the grid's
+        ``supernodes``), or Ray's resources with ``ray_address`` (the cluster
+        has its own).
+    """
+    for key in federation_config:
+        if key in _GRID_FEDERATION_KEYS:
+            raise ValueError(
+                f"federation config {key!r}: the grid sets it (use --supernodes "
+                "or the grid's 'supernodes')"
+            )
+        if ray_address is not None and key in _NOT_ON_A_CLUSTER:
+            raise ValueError(
+                f"federation config {key!r} with --ray-address: the cluster's "
+                "nodes have their resources ('ray start --num-cpus/--num-gpus'), "
+                "and ray.init refuses them when it joins a cluster"
+            )
+    try:
+        simulation_config_from_json(
+            {key.replace("-", "_"): value for key, value in federation_config.items()}
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"federation config: {err}") from err
+
+
+def check_cluster_jobs(jobs: int) -> None:
+    """Refuse more than one cell at a time on a Ray cluster.
+
+    Flower sizes a run's pool of ClientApp actors from the whole cluster's
+    resources (``pool_size_from_resources``), and an actor keeps its CPUs until
+    its run ends. Two runs at once each create a pool the cluster cannot hold:
+    a client message sent to one of its pending actors waits for the other run
+    to end (so the second cell gains nothing), and two pools created
+    interleaved wait for each other for ever. One cell at a time uses the whole
+    cluster.
+
+    Raises
+    ------
+    ValueError
+        When ``jobs`` is above 1.
+    """
+    if jobs > 1:
+        raise ValueError(
+            f"--jobs {jobs} with --ray-address: every cell's ClientApp actors fill "
+            "the whole cluster (Flower sizes the pool from the cluster's CPUs), so "
+            "cells sharing it would wait on each other's actors; they run one at "
+            "a time, each on every node (leave --jobs out, or 1)"
+        )
+
+
 class GridError(RuntimeError):
     """Cells of the grid failed; the message names each, with its app's reason."""
 
@@ -101,6 +177,8 @@ class _Runner:
     echo: bool
     progress_every: float
     stack: contextlib.ExitStack
+    ray_address: str | None = None
+    federation_config: Mapping[str, Any] = field(default_factory=dict)
     progress: GridProgress = field(default_factory=GridProgress)
     links: dict[int, LocalSuperLink] = field(default_factory=dict)
     running: dict[int, _Running] = field(default_factory=dict)
@@ -144,6 +222,21 @@ class _Runner:
     def _link(self, slot: int) -> LocalSuperLink:
         if slot not in self.links:
             link = LocalSuperLink()
+            if self.ray_address is not None:
+                # Flower's Ray backend calls ray.init() without an address: Ray
+                # then joins the cluster named here (inherited by the SuperExec
+                # and the simulation). The app's directory goes on the actors'
+                # PYTHONPATH (Flower passes the simulation's sys.path on to
+                # them), so nodes with the repository at the same path import
+                # the ClientApp, which Flower installed in the head's private
+                # FLWR_HOME only.
+                link.env["RAY_ADDRESS"] = self.ray_address
+                link.env["PYTHONPATH"] = os.pathsep.join(
+                    filter(
+                        None,
+                        [str(self.app_dir.resolve()), os.environ.get("PYTHONPATH")],
+                    )
+                )
             # Stopped with the grid even when interrupted while it starts.
             self.stack.callback(link.stop)
             self.links[slot] = link.start()
@@ -160,7 +253,7 @@ class _Runner:
             self.app_dir,
             overrides,
             num_supernodes=cell.supernodes,
-            federation_config={"init-args-num-cpus": cpus_per_cell(self.jobs)},
+            federation_config=self._federation_config(),
         )
         process = subprocess.Popen(
             command,
@@ -178,6 +271,15 @@ class _Runner:
             f"run done{self.progress.eta_text()}{again})"
         )
         return item
+
+    def _federation_config(self) -> dict[str, Any]:
+        """Flower's simulation settings of every cell: its share of this machine's
+        CPUs for a private Ray instance, nothing on a cluster (it has its own);
+        the user's keys on top."""
+        own = (
+            {} if self.ray_address else {"init-args-num-cpus": cpus_per_cell(self.jobs)}
+        )
+        return {**own, **self.federation_config}
 
     def _read(self, item: _Running) -> bool:
         """Take what the cell's log has; False at its end."""
@@ -249,6 +351,8 @@ def run_grid(
     echo: bool = True,
     jobs: int = 1,
     progress_every: float = 30.0,
+    ray_address: str | None = None,
+    federation_config: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Run every cell (skipping finished ones); return their ``results.json`` paths.
 
@@ -266,15 +370,29 @@ def run_grid(
         Cells run at once, each on its own private SuperLink.
     progress_every : float
         Seconds between two round-progress lines of one cell (0: every round).
+    ray_address : str | None
+        An existing Ray cluster (``auto``, ``HOST:PORT``) that runs every cell's
+        ClientApps, one cell at a time; None: each cell starts its own Ray
+        instance on this machine.
+    federation_config : Mapping[str, Any] | None
+        Flower's ``--federation-config`` keys for every cell (for instance
+        ``client-resources-num-gpus``), over the grid's own.
 
     Raises
     ------
+    ValueError
+        For an invalid cell or federation config, or ``jobs`` above 1 on a
+        cluster.
     GridError
         When cells failed: no new cell starts after a failure, the running ones
         finish and keep their results; the message names every failed cell with
         its app's own error.
     """
     out_dir = Path(out_dir).resolve()
+    federation_config = dict(federation_config or {})
+    check_federation_config(federation_config, ray_address)
+    if ray_address is not None:
+        check_cluster_jobs(jobs)
     cells = check_grid(spec)
     paths = [out_dir / cell.name / RESULTS_FILE for cell in cells]
     todo = [
@@ -283,15 +401,26 @@ def run_grid(
         if not finished(path)
     ]
     if echo:
+        where = (
+            f"on the Ray cluster at {ray_address}"
+            if ray_address is not None
+            else f"{cpus_per_cell(jobs)} CPUs each"
+        )
         print(
             f"flwr-byz grid: {len(cells)} cells, {len(todo)} to run, "
-            f"{min(jobs, max(len(todo), 1))} at a time "
-            f"({cpus_per_cell(jobs)} CPUs each)",
+            f"{min(jobs, max(len(todo), 1))} at a time ({where})",
             flush=True,
         )
     with contextlib.ExitStack() as stack:
         runner = _Runner(
-            Path(app_dir), len(cells), jobs, echo, progress_every, stack=stack
+            Path(app_dir),
+            len(cells),
+            jobs,
+            echo,
+            progress_every,
+            stack=stack,
+            ray_address=ray_address,
+            federation_config=federation_config,
         )
         runner.run(todo)
     if runner.failures:
