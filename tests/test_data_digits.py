@@ -26,6 +26,7 @@ from flwr_byz.data import (
     read_embedded,
 )
 from flwr_byz.data.embedded_source import EMBEDDED_DIR, embedded_path
+from flwr_byz.data.table_source import _cached_federation
 from flwr_byz.models import build_model, resolve_model_name
 
 # One worker runs this module under pytest-xdist: its fixtures are shared.
@@ -139,6 +140,8 @@ def test_natural_means_dirichlet(raw) -> None:
 
 def test_same_seed_same_partitions_other_seed_other_partitions(raw) -> None:
     clients, server = raw
+    # Rebuild from scratch: a cached federation would repeat even an unseeded draw.
+    _cached_federation.cache_clear()
     again = [load_partition(RAW, i, N) for i in range(N)]
     assert _client_rows(again) == _client_rows(clients)
     assert torch.equal(load_server_data(RAW, N).qv.features, server.qv.features)
