@@ -30,7 +30,10 @@ from flwr_byz.data.table_source import _cached_federation
 from flwr_byz.models import build_model, resolve_model_name
 
 # One worker runs this module under pytest-xdist: its fixtures are shared.
-pytestmark = pytest.mark.xdist_group("test_data_digits")
+pytestmark = [
+    pytest.mark.xdist_group("test_data_digits"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 N = 10
 #: Facts about the UCI optdigits test set (as scikit-learn 1.9.1 ships it),
@@ -41,15 +44,6 @@ LABELS_SHA256 = "8ba4f891220f5e4c9c819638d1602d74b83618f167043c6da52a2a247841ddf
 POOL = EMBEDDED["digits"].qv_pool_size
 # Raw pixel values (no standardisation) identify a sample: all 1,797 rows differ.
 RAW = {"dataset": "digits", "standardize": "none", "qv-size": POOL}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices on shared cores: extra threads only add contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _federation(cfg: dict, n: int = N) -> tuple[list[ClientData], ServerData]:
