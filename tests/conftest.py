@@ -1,4 +1,5 @@
-"""Shared pytest configuration: device parametrisation and process hygiene."""
+"""Shared pytest configuration: device parametrisation, process hygiene, and one
+torch thread for the data modules."""
 
 from __future__ import annotations
 
@@ -24,3 +25,15 @@ def pytest_collection_modifyitems(
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (``pytest.mark.usefixtures``).
+
+    Tiny matrices on shared cores: extra threads only add contention.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

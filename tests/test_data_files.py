@@ -22,7 +22,10 @@ from flwr_byz.data import (
 from flwr_byz.data.generated_source import generated_columns
 
 # One worker runs this module under pytest-xdist: its module fixture is costly.
-pytestmark = pytest.mark.xdist_group("test_data_files")
+pytestmark = [
+    pytest.mark.xdist_group("test_data_files"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 GEN = {"dataset": "yelp-style", "seed": 5, "samples-per-region": 40}
 N = 3
@@ -50,14 +53,6 @@ def _write(cols: dict[str, np.ndarray], path: Path) -> str:
                 df[k] = v
         df.to_csv(path, index=False)
     return str(path)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

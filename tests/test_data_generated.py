@@ -21,28 +21,22 @@ from flwr_byz.data.generated import (
 )
 
 # One worker runs this module under pytest-xdist: its module fixture is costly.
-pytestmark = pytest.mark.xdist_group("test_data_generated")
+pytestmark = [
+    pytest.mark.xdist_group("test_data_generated"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 YELP = {"dataset": "yelp-style", "seed": 3}
 HEALTH = {"dataset": "healthcare-style", "seed": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices on 2 shared cores: extra threads only add contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def yelp_clients(_one_thread) -> list[ClientData]:
+def yelp_clients(one_torch_thread) -> list[ClientData]:
     return _clients(YELP, 10)
 
 
 @pytest.fixture(scope="module")
-def yelp_server(_one_thread):
+def yelp_server(one_torch_thread):
     return load_server_data(YELP, 10)
 
 

@@ -4,19 +4,22 @@ Keys (Flower kebab-case, ``[tool.flwr.app.config]``); a missing key takes its va
 from :data:`DATA_DEFAULTS`:
 
 ``dataset``
-    ``"yelp-style"`` | ``"healthcare-style"`` (generated, no download) | ``"files"``
-    (local Parquet/CSV/.npz at ``data-path``) | any other string = a Hugging Face
-    dataset name loaded through ``flwr_datasets.FederatedDataset`` (e.g. ``"mnist"``,
-    ``"uoft-cs/cifar10"``).
+    ``"yelp-style"`` | ``"healthcare-style"`` (generated, no download) |
+    ``"digits"`` (embedded real data, no download: UCI handwritten digits, 1,797
+    samples, 64 features, 10 classes) | ``"files"`` (local Parquet/CSV/.npz at
+    ``data-path``) | any other string = a Hugging Face dataset name loaded through
+    ``flwr_datasets.FederatedDataset`` (e.g. ``"mnist"``, ``"uoft-cs/cifar10"``).
 ``data-path``
     ``files``: the data file (``.parquet``, ``.csv``, ``.npz``). Required for ``files``.
     Hugging Face: optional, passed as ``data_files={"train": data-path}`` (for the
     packaged builders ``"parquet"``, ``"csv"``, ``"json"``, ``"imagefolder"``).
+    Embedded datasets: must be empty.
 ``test-path``
-    Optional global test file (``files``; Hugging Face: ``data_files["test"]``);
-    ``""`` = the ``test`` split of a Hugging Face dataset if it has one, else the
-    union of every partition's ``test-fraction`` (the papers' "removed a fraction
-    of data samples from each worker to form the test set").
+    Optional global test file (``files``, embedded datasets; Hugging Face:
+    ``data_files["test"]``); ``""`` = the ``test`` split of a Hugging Face dataset
+    if it has one, else the union of every partition's ``test-fraction`` (the
+    papers' "removed a fraction of data samples from each worker to form the test
+    set").
 ``label-column``
     Integer label column (labels must be ``0..C-1``).
 ``feature-columns``
@@ -28,7 +31,8 @@ from :data:`DATA_DEFAULTS`:
 ``partitioning``
     ``"natural"`` | ``"iid"`` | ``"dirichlet"`` (``DirichletPartitioner`` on the label
     column with ``dirichlet-alpha``). Generated datasets are always ``"natural"``:
-    region ``i`` is partition ``i``.
+    region ``i`` is partition ``i``. Embedded datasets have no region column:
+    ``"natural"`` is their own default split, ``"dirichlet"`` for ``digits``.
 ``dirichlet-alpha``
     Concentration for ``"dirichlet"`` (> 0; smaller = more label skew).
 ``qv-source``
@@ -37,7 +41,10 @@ from :data:`DATA_DEFAULTS`:
     federation) | ``"region:<value>"`` (that region is held out) |
     ``"file:<path>"`` (a file with the same columns) | ``"partition:<id>"``
     (``qv-size`` samples of that client's training data, the papers' MNIST/CIFAR
-    setting) | ``"split:<name>"`` (Hugging Face: a split such as ``validation``).
+    setting) | ``"split:<name>"`` (Hugging Face: a split such as ``validation``) |
+    ``"held-out-sample"`` (embedded datasets: a seeded sample of the pool held out
+    before partitioning, never given to a client; for them ``"held-out-region"``,
+    the default, means this).
 ``qv-size``
     Working QV-set size (papers: < 10), drawn without replacement from the source.
 ``test-fraction``
@@ -59,7 +66,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flwr_byz.data.spec import GENERATED
+from flwr_byz.data.spec import EMBEDDED, GENERATED
 
 DATA_DEFAULTS: dict[str, Any] = {
     "dataset": "yelp-style",
@@ -82,13 +89,21 @@ PARTITIONINGS = ("natural", "iid", "dirichlet")
 STANDARDIZE = ("client", "none")
 QV_SOURCES = (
     "held-out-region",
+    "held-out-sample",
     "region:<value>",
     "file:<path>",
     "partition:<id>",
     "split:<name>",
 )
 FILE_SUFFIXES = (".parquet", ".csv", ".npz")
-DATASET_KINDS = (*GENERATED, "files", "<hugging-face-name>")
+DATASET_KINDS = (*GENERATED, *EMBEDDED, "files", "<hugging-face-name>")
+#: The QV sources an embedded dataset accepts (it has no regions and no splits).
+EMBEDDED_QV_SOURCES = (
+    "held-out-sample",
+    "held-out-region",
+    "file:<path>",
+    "partition:<id>",
+)
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,11 @@ class DataConfig:
         """Whether ``dataset`` is ``"files"``."""
         return self.dataset == "files"
 
+    @property
+    def is_embedded(self) -> bool:
+        """Whether ``dataset`` names a data file shipped in the package."""
+        return self.dataset in EMBEDDED
+
 
 def _bad(key: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"run config '{key}' = {value!r} is invalid; allowed: {allowed}")
@@ -149,10 +169,29 @@ def _str(cfg: Mapping[str, Any], key: str) -> str:
 
 def _parse_qv(value: str, cfg_partitioning: str, dataset: str) -> tuple[str, str]:
     allowed = " | ".join(f"'{s}'" for s in QV_SOURCES)
+    if dataset in EMBEDDED:
+        allowed = (
+            " | ".join(f"'{s}'" for s in EMBEDDED_QV_SOURCES)
+            + f" for the embedded dataset {dataset!r} (it has no regions or splits; "
+            "'held-out-region' means 'held-out-sample' here)"
+        )
+        if value in ("held-out-sample", "held-out-region"):
+            # The app's default QV source must work for `dataset = "digits"` alone:
+            # the nearest thing to "a region no client has" is a sample no client has.
+            return "held-out-sample", ""
     kind, sep, arg = value.partition(":")
     if value == "held-out-region":
         return kind, ""
+    if value == "held-out-sample":
+        raise _bad(
+            "qv-source",
+            value,
+            "'held-out-sample' only for the embedded dataset(s) "
+            + ", ".join(repr(d) for d in EMBEDDED),
+        )
     if kind not in ("region", "file", "partition", "split") or not sep or not arg:
+        raise _bad("qv-source", value, allowed)
+    if dataset in EMBEDDED and kind not in ("file", "partition"):
         raise _bad("qv-source", value, allowed)
     if kind == "partition" and not (arg.isdigit()):
         raise _bad("qv-source", value, "'partition:<id>' with a non-negative int id")
@@ -180,7 +219,8 @@ def parse_data_config(cfg: Mapping[str, Any]) -> DataConfig:
     kinds = " | ".join(f"'{d}'" for d in DATASET_KINDS)
     if not dataset:
         raise _bad("dataset", dataset, kinds)
-    near = difflib.get_close_matches(dataset, [*GENERATED, "files"], n=1, cutoff=0.75)
+    builtin = [*GENERATED, *EMBEDDED, "files"]
+    near = difflib.get_close_matches(dataset, builtin, n=1, cutoff=0.75)
     if near and near[0] != dataset:
         # A typo of a built-in name would otherwise be looked up on the Hub.
         raise _bad("dataset", dataset, f"{kinds} (did you mean {near[0]!r}?)")
@@ -193,13 +233,23 @@ def parse_data_config(cfg: Mapping[str, Any]) -> DataConfig:
             partitioning,
             f"'natural' for the generated dataset '{dataset}' (region i = partition i)",
         )
+    if dataset in EMBEDDED and partitioning == "natural":
+        # No region column: "natural" (the app's default) is the dataset's own split.
+        partitioning = EMBEDDED[dataset].natural_partitioning
     data_path = _str(cfg, "data-path")
     test_path = _str(cfg, "test-path")
-    if dataset == "files":
-        if not data_path:
-            raise _bad(
-                "data-path", data_path, "a path ending in " + ", ".join(FILE_SUFFIXES)
-            )
+    if dataset == "files" and not data_path:
+        raise _bad(
+            "data-path", data_path, "a path ending in " + ", ".join(FILE_SUFFIXES)
+        )
+    if dataset in EMBEDDED and data_path:
+        raise _bad(
+            "data-path",
+            data_path,
+            f"'' for the embedded dataset {dataset!r} (its data ships with flwr-byz); "
+            "for your own file use dataset 'files'",
+        )
+    if dataset == "files" or dataset in EMBEDDED:
         for key, path in (("data-path", data_path), ("test-path", test_path)):
             if path and not path.lower().endswith(FILE_SUFFIXES):
                 raise _bad(key, path, "a path ending in " + ", ".join(FILE_SUFFIXES))

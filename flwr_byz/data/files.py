@@ -15,6 +15,7 @@ Formats
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import datasets
@@ -56,18 +57,15 @@ def _unreadable(path: Path, key: str, suffix: str, err: Exception) -> ValueError
     )
 
 
-def _npz_table(path: Path, key: str) -> pa.Table:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except ValueError as err:  # pickled objects, or bytes numpy cannot parse
-        raise _unreadable(path, key, ".npz", err) from None
-    except _PARSE_ERRORS as err:
-        raise _unreadable(path, key, ".npz", err) from None
+def arrays_table(arrays: Mapping[str, np.ndarray], where: str) -> pa.Table:
+    """Columns from arrays: 1-D = a scalar column, 2-D = a fixed-size list column.
+
+    ``where`` names the arrays' origin in errors (different lengths, >2-D).
+    """
     lengths = {name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(
-            f"{key} {str(path)!r}: arrays have different lengths {lengths}; every "
+            f"{where}: arrays have different lengths {lengths}; every "
             "array of an .npz file is one column with one entry per sample"
         )
     columns = {}
@@ -79,10 +77,31 @@ def _npz_table(path: Path, key: str) -> pa.Table:
             columns[name] = pa.FixedSizeListArray.from_arrays(flat, a.shape[1])
         else:
             raise ValueError(
-                f"{key} {str(path)!r}: array {name!r} has shape {a.shape}; "
+                f"{where}: array {name!r} has shape {a.shape}; "
                 "allowed: 1-D (a column) or 2-D (a list column)"
             )
     return pa.table(columns)
+
+
+def _npz_table(path: Path, key: str) -> pa.Table:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except ValueError as err:  # pickled objects, or bytes numpy cannot parse
+        raise _unreadable(path, key, ".npz", err) from None
+    except _PARSE_ERRORS as err:
+        raise _unreadable(path, key, ".npz", err) from None
+    return arrays_table(arrays, f"{key} {str(path)!r}")
+
+
+def table_dataset(table: pa.Table, cfg: DataConfig, what: str) -> datasets.Dataset:
+    """An in-memory Dataset of ``table``, scalar feature columns packed into one.
+
+    See :func:`flwr_byz.data.columns.pack_feature_columns`.
+    """
+    table = pack_feature_columns(table, cfg, what)
+    # Keep everything in memory: no cache files under ~/.cache for local data.
+    return datasets.Dataset(InMemoryTable(table))
 
 
 def read_table_file(path: str, cfg: DataConfig, key: str) -> datasets.Dataset:
@@ -125,9 +144,7 @@ def read_table_file(path: str, cfg: DataConfig, key: str) -> datasets.Dataset:
                 table = pa.Table.from_pandas(pd.read_csv(p), preserve_index=False)
         except _PARSE_ERRORS as err:
             raise _unreadable(p, key, suffix, err) from None
-    table = pack_feature_columns(table, cfg, f"{key} file {path!r}")
-    # Keep everything in memory: no cache files under ~/.cache for local data.
-    return datasets.Dataset(InMemoryTable(table))
+    return table_dataset(table, cfg, f"{key} file {path!r}")
 
 
 def read_labeled_file(

@@ -12,7 +12,7 @@ from flwr_byz.data.generated_source import (
     generated_server_data,
 )
 from flwr_byz.data.server_data import ServerData
-from flwr_byz.data.spec import GENERATED
+from flwr_byz.data.spec import EMBEDDED, GENERATED
 
 
 def _check_partition(partition_id: int, num_partitions: int) -> None:
@@ -101,12 +101,13 @@ def load_server_data(cfg: Mapping[str, Any], num_partitions: int) -> ServerData:
 def dataset_shape(cfg: Mapping[str, Any]) -> tuple[int, int]:
     """``(num_features, num_classes)`` of the configured dataset.
 
-    Free for generated data; reads only the schema/label column of local files;
-    for a Hugging Face name, the dataset's metadata (may download it once).
+    Free for generated and embedded data; reads only the schema/label column of
+    local files; for a Hugging Face name, the dataset's metadata (may download it
+    once).
     """
     parsed = parse_data_config(cfg)
-    if parsed.is_generated:
-        spec = GENERATED[parsed.dataset]
+    if parsed.is_generated or parsed.is_embedded:
+        spec = (GENERATED if parsed.is_generated else EMBEDDED)[parsed.dataset]
         return spec.num_features, spec.num_classes
     from flwr_byz.data.table_source import table_shape
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from flwr_byz.seeding import numpy_stream as rng_for
 
 __all__ = [
+    "EMBEDDED_QV_STREAM",
     "QV_DRAW_STREAM",
     "REGION_PARAMS_STREAM",
     "REGION_SAMPLES_STREAM",
@@ -29,3 +30,4 @@ REGION_TEST_STREAM = 3
 SPLIT_STREAM = 4
 QV_DRAW_STREAM = 5
 SHUFFLE_STREAM = 6
+EMBEDDED_QV_STREAM = 7

@@ -1,4 +1,5 @@
-"""The knobs of the generated Yelp-style and Healthcare-style feature datasets.
+"""The knobs of the generated Yelp-style and Healthcare-style feature datasets, and
+the shape of the embedded real ones (:data:`EMBEDDED`).
 
 Calibration (the papers' MLPs trained centrally on the pooled client training data,
 Adam lr 1e-3, batch 64, 2 epochs; accuracy on the class-balanced global test set;
@@ -133,3 +134,50 @@ HEALTHCARE_STYLE = GeneratorSpec(
 GENERATED: dict[str, GeneratorSpec] = {
     spec.name: spec for spec in (YELP_STYLE, HEALTHCARE_STYLE)
 }
+
+
+@dataclass(frozen=True)
+class EmbeddedSpec:
+    """A real dataset shipped inside the package (``flwr_byz/data/embedded/``).
+
+    Attributes
+    ----------
+    name : str
+        Run-config value of ``dataset``.
+    filename : str
+        The data file in ``flwr_byz/data/embedded/`` (JSON, see
+        :func:`flwr_byz.data.embedded_source.read_embedded`).
+    num_samples, num_features, num_classes : int
+        What the file holds (checked when it is read).
+    natural_partitioning : str
+        What ``partitioning = "natural"`` (the app's default) means for data with
+        no region column: ``"dirichlet"`` or ``"iid"``.
+    qv_pool_size : int
+        Samples held out of the federation, before partitioning, as the server's
+        QV pool (``qv-source = "held-out-sample"``); the working QV set is
+        ``qv-size`` of them.
+    """
+
+    name: str
+    filename: str
+    num_samples: int
+    num_features: int
+    num_classes: int
+    natural_partitioning: str
+    qv_pool_size: int
+
+
+#: UCI optical digits (writer-independent test set), 8x8 pixel counts 0..16; see
+#: ``flwr_byz/data/embedded/README.md`` for source and licence.
+DIGITS = EmbeddedSpec(
+    name="digits",
+    filename="digits.json",
+    num_samples=1797,
+    num_features=64,
+    num_classes=10,
+    # The 13 writers are not in the data: label skew stands in for the regions.
+    natural_partitioning="dirichlet",
+    qv_pool_size=180,  # 10 % of the pool, about 18 per class
+)
+
+EMBEDDED: dict[str, EmbeddedSpec] = {spec.name: spec for spec in (DIGITS,)}

@@ -1,9 +1,10 @@
-"""Client and server views of tabular sources: local files and Hugging Face data.
+"""Client and server views of tabular sources: local files, embedded datasets and
+Hugging Face data.
 
-Both go through a FederatedDataset-like object (``FederatedDataset`` for Hub names,
-:class:`~flwr_byz.data.local_federation.LocalFederation` for files or a
-``DatasetDict`` in memory) with splits ``train`` (partitioned), optionally ``qv``
-(the held-out region) and ``test``.
+All go through a FederatedDataset-like object (``FederatedDataset`` for Hub names,
+:class:`~flwr_byz.data.local_federation.LocalFederation` for files, embedded data
+or a ``DatasetDict`` in memory) with splits ``train`` (partitioned), optionally
+``qv`` (the held-out region or sample) and ``test``.
 """
 
 from __future__ import annotations
@@ -76,14 +77,24 @@ def _split(fed: Federation, name: str) -> datasets.Dataset | None:
         return None
 
 
+def _local_splits(cfg: DataConfig) -> dict[str, datasets.Dataset]:
+    if cfg.is_embedded:
+        from flwr_byz.data.embedded_source import embedded_splits
+
+        splits = embedded_splits(cfg)
+    else:
+        splits = {TRAIN_SPLIT: read_table_file(cfg.data_path, cfg, "data-path")}
+    if cfg.test_path:
+        splits[TEST_SPLIT] = read_table_file(cfg.test_path, cfg, "test-path")
+    return splits
+
+
 @lru_cache(maxsize=2)
 def _cached_federation(
     cfg: DataConfig, num_partitions: int, stamp: tuple
 ) -> tuple[Federation, _Meta]:
-    if cfg.is_files:
-        splits = {TRAIN_SPLIT: read_table_file(cfg.data_path, cfg, "data-path")}
-        if cfg.test_path:
-            splits[TEST_SPLIT] = read_table_file(cfg.test_path, cfg, "test-path")
+    if cfg.is_files or cfg.is_embedded:
+        splits = _local_splits(cfg)
         fed: Federation = LocalFederation(
             datasets.DatasetDict(splits), cfg, num_partitions, _what(cfg)
         )
@@ -112,7 +123,7 @@ def _cached_federation(
 
 def _stamp(cfg: DataConfig) -> tuple:
     # Re-read a local file when it changes between calls in one process.
-    paths = [cfg.data_path, cfg.test_path] if cfg.is_files else []
+    paths = [cfg.data_path, cfg.test_path] if cfg.is_files or cfg.is_embedded else []
     return tuple(
         os.stat(p).st_mtime_ns if p and os.path.exists(p) else 0 for p in paths
     )
@@ -204,8 +215,9 @@ def _union_of_test_parts(
 def _qv_pool(
     fed: Federation, meta: _Meta, cfg: DataConfig, num_partitions: int
 ) -> LabeledData:
-    if cfg.qv_kind in ("held-out-region", "region"):
-        what = f"the held-out QV region of {_what(cfg)}"
+    if cfg.qv_kind in ("held-out-region", "region", "held-out-sample"):
+        held = "sample" if cfg.qv_kind == "held-out-sample" else "region"
+        what = f"the held-out QV {held} of {_what(cfg)}"
         return standardised(
             *_labeled(fed.load_split(QV_SPLIT), cfg, meta, what), cfg, what
         )
@@ -256,13 +268,13 @@ def federation_server_data(
 def table_partition(
     cfg: DataConfig, partition_id: int, num_partitions: int
 ) -> ClientData:
-    """Client view for ``dataset = "files"`` or a Hugging Face name."""
+    """Client view for ``dataset = "files"``, an embedded or a Hugging Face name."""
     fed, meta = federation(cfg, num_partitions)
     return federation_partition(fed, meta, cfg, partition_id, num_partitions)
 
 
 def table_server_data(cfg: DataConfig, num_partitions: int) -> ServerData:
-    """Server view for ``dataset = "files"`` or a Hugging Face name."""
+    """Server view for ``dataset = "files"``, an embedded or a Hugging Face name."""
     fed, meta = federation(cfg, num_partitions)
     return federation_server_data(fed, meta, cfg, num_partitions)
 
