@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from run_comparison import assert_bit_equal, comparable, final_state
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -209,27 +209,6 @@ GAA_RESUME = {
 }
 
 
-def _final(run_dir: Path) -> tuple[dict, dict]:
-    """The final checkpoint's model, and GAA's log-credits by partition."""
-    from flwr_byz.app.checkpoint import load_checkpoint
-
-    payload = load_checkpoint(run_dir / "checkpoint.pt")
-    agent = next(s["agent"] for s in payload["strategy"] if "agent" in s)
-    partition = {int(n): p for n, p in payload["nodes"].items()}
-    return payload["arrays"], {partition[n]: v for n, v in agent["logits"].items()}
-
-
-def _by_partition(results: dict) -> dict:
-    """Rounds and summary without timings or node ids; credits by partition."""
-    out = without_timings({k: results[k] for k in ("rounds", "summary")})
-    for entry in out["rounds"]:
-        if "credits" in entry:
-            entry["credits"] = dict(
-                zip(entry.pop("credit-partitions"), entry["credits"], strict=True)
-            )
-    return out
-
-
 @pytest.fixture(scope="module")
 def gaa_whole(superlink: LocalSuperLink, tmp_path_factory) -> Path:
     """The uninterrupted run that the resumed ones must equal."""
@@ -259,16 +238,9 @@ def _resume_on_a_new_superlink(cut: Path, tmp_path: Path) -> tuple[dict, str]:
 
 def _assert_equals_uninterrupted(cut: Path, whole: Path) -> None:
     """Final model, GAA log-credits, credits, rounds and summary: bit for bit."""
-    arrays, logits = _final(whole)
-    arrays_r, logits_r = _final(cut)
-    assert list(arrays) == list(arrays_r)
-    for key in arrays:
-        assert torch.equal(arrays[key], arrays_r[key]), key
-    assert logits.keys() == logits_r.keys()
-    for p in logits:
-        assert torch.equal(logits[p], logits_r[p]), p
-    assert _by_partition(json.loads((cut / "results.json").read_text())) == (
-        _by_partition(json.loads((whole / "results.json").read_text()))
+    assert_bit_equal(final_state(whole), final_state(cut))
+    assert comparable(json.loads((cut / "results.json").read_text())) == (
+        comparable(json.loads((whole / "results.json").read_text()))
     )
 
 

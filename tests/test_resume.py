@@ -19,6 +19,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 from resume_helpers import InProcessGrid
+from run_comparison import assert_bit_equal, comparable, final_state
 from strategy_helpers import server_identity
 
 import clients.client_app as client_module
@@ -43,7 +44,6 @@ from flwr_byz.app.results import (
     RunDirectoryError,
     RunInterruptedError,
     expand_run_dir,
-    without_timings,
 )
 from server.server_app import run
 
@@ -93,41 +93,6 @@ def _interrupted(out: Path, after: int, **overrides: Any) -> InProcessGrid:
 
 def _results(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "results.json").read_text())
-
-
-def _comparable(results: dict[str, Any]) -> dict[str, Any]:
-    """Rounds and summary without timings and node ids; credits by partition (the
-    lists run in node-id order, and node ids differ between the runs)."""
-    out = without_timings({k: results[k] for k in ("rounds", "summary")})
-    for entry in out["rounds"]:
-        if "credits" in entry:
-            entry["credits"] = dict(
-                zip(entry.pop("credit-partitions"), entry["credits"], strict=True)
-            )
-    return out
-
-
-def _final_state(run_dir: Path) -> dict[str, Any]:
-    """The final checkpoint: model arrays, and the GAA log-credits by partition."""
-    payload = load_checkpoint(run_dir / CHECKPOINT_FILE)
-    partition = {int(n): p for n, p in payload["nodes"].items()}
-    agent = next((s["agent"] for s in payload["strategy"] if "agent" in s), None)
-    logits = (
-        {}
-        if agent is None
-        else {partition.get(n, n): v for n, v in agent["logits"].items()}
-    )
-    return {"arrays": payload["arrays"], "logits": logits, "payload": payload}
-
-
-def _assert_bit_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert list(a["arrays"]) == list(b["arrays"])
-    for key in a["arrays"]:
-        x, y = a["arrays"][key], b["arrays"][key]
-        assert x.dtype == y.dtype and torch.equal(x, y), key
-    assert set(a["logits"]) == set(b["logits"])
-    for p in a["logits"]:
-        assert torch.equal(a["logits"][p], b["logits"][p]), p
 
 
 def _trained(grid: InProcessGrid) -> list[tuple[int, int]]:
@@ -330,7 +295,7 @@ def test_resumed_gaa_run_equals_the_uninterrupted_run_bit_for_bit(tmp_path) -> N
     assert stopped["status"] == "interrupted"
     assert "fault injection" in stopped["error"]
     assert [r["round"] for r in stopped["rounds"]] == [0, 1, 2]
-    assert _final_state(cut)["payload"]["round"] == 2
+    assert final_state(cut)["payload"]["round"] == 2
 
     # Resubmitting the same run config does not overwrite it …
     with pytest.raises(RunDirectoryError):
@@ -349,8 +314,8 @@ def test_resumed_gaa_run_equals_the_uninterrupted_run_bit_for_bit(tmp_path) -> N
 
     # The clients saw the rounds, and the nodes sampled, of the uninterrupted run.
     assert _trained(first) + _trained(second) == _trained(whole_grid)
-    _assert_bit_equal(_final_state(tmp_path / "whole"), _final_state(cut))
-    assert _comparable(on_disk) == _comparable(_results(tmp_path / "whole"))
+    assert_bit_equal(final_state(tmp_path / "whole"), final_state(cut))
+    assert comparable(on_disk) == comparable(_results(tmp_path / "whole"))
     config = {k: v for k, v in on_disk["config"].items() if k not in VOLATILE_KEYS}
     assert config == {
         k: v for k, v in whole["config"].items() if k not in VOLATILE_KEYS
@@ -368,8 +333,8 @@ def test_resume_across_gaa_episodes(tmp_path, after: int) -> None:
     assert [(r["episode"], r["round"]) for r in done["rounds"]] == [
         (e, r) for e in (1, 2) for r in range(4)
     ]
-    _assert_bit_equal(_final_state(tmp_path / "whole"), _final_state(cut))
-    assert _comparable(done) == _comparable(_results(tmp_path / "whole"))
+    assert_bit_equal(final_state(tmp_path / "whole"), final_state(cut))
+    assert comparable(done) == comparable(_results(tmp_path / "whole"))
 
 
 def test_resume_with_a_server_side_attack_and_a_robust_rule(tmp_path) -> None:
@@ -384,8 +349,8 @@ def test_resume_with_a_server_side_attack_and_a_robust_rule(tmp_path) -> None:
     cut = tmp_path / "cut"
     _interrupted(cut, after=3, **robust)
     _run(tmp_path / "x", node_ids=OTHER_IDS, resume=str(cut), **robust)
-    _assert_bit_equal(_final_state(tmp_path / "whole"), _final_state(cut))
-    assert _comparable(_results(cut)) == _comparable(_results(tmp_path / "whole"))
+    assert_bit_equal(final_state(tmp_path / "whole"), final_state(cut))
+    assert comparable(_results(cut)) == comparable(_results(tmp_path / "whole"))
 
 
 def test_resume_refuses_a_mismatch_before_writing(tmp_path) -> None:
@@ -431,7 +396,7 @@ def test_a_failure_is_recorded_with_its_text(tmp_path, monkeypatch) -> None:
 
 def test_the_restored_model_record_round_trips_exactly(tmp_path) -> None:
     _run(tmp_path / "r", **{"num-server-rounds": 1})
-    arrays = _final_state(tmp_path / "r")["arrays"]
+    arrays = final_state(tmp_path / "r")["arrays"]
     again = ArrayRecord(arrays).to_torch_state_dict()
     for key, value in arrays.items():
         assert torch.equal(again[key], value) and again[key].dtype == value.dtype
@@ -446,7 +411,7 @@ def test_a_run_stopped_after_its_last_round_resumes_to_its_summary(tmp_path) -> 
     resumed, grid = _run(tmp_path / "x", node_ids=OTHER_IDS, resume=str(cut), **short)
     assert _trained(grid) == []  # nothing left to train
     assert resumed["status"] == "completed"
-    assert _comparable(_results(cut)) == _comparable(_results(tmp_path / "whole"))
+    assert comparable(_results(cut)) == comparable(_results(tmp_path / "whole"))
 
 
 def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path, monkeypatch):
@@ -482,12 +447,12 @@ def _sigterm_interrupts_and_resumes(tmp_path, monkeypatch):
     stopped = _results(tmp_path / "cut")
     assert stopped["status"] == "interrupted"
     assert stopped["error"] == "RunInterruptedError: signal SIGTERM"
-    assert _final_state(tmp_path / "cut")["payload"]["round"] == 2
+    assert final_state(tmp_path / "cut")["payload"]["round"] == 2
 
     _run(tmp_path / "x", node_ids=OTHER_IDS, resume=str(tmp_path / "cut"))
     assert _results(tmp_path / "cut")["resumes"][0]["previous-status"] == "interrupted"
-    _assert_bit_equal(_final_state(tmp_path / "whole"), _final_state(tmp_path / "cut"))
-    assert _comparable(_results(tmp_path / "cut")) == _comparable(
+    assert_bit_equal(final_state(tmp_path / "whole"), final_state(tmp_path / "cut"))
+    assert comparable(_results(tmp_path / "cut")) == comparable(
         _results(tmp_path / "whole")
     )
 
