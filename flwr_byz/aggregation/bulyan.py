@@ -14,10 +14,13 @@ from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
 from flwr_byz.aggregation.krum import krum_scores
 from flwr_byz.aggregation.ordering import argmin_lowest
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_f, check_updates
 
 
-def bulyan(x: torch.Tensor, f: int) -> AggregationResult:
+def bulyan(
+    x: torch.Tensor, f: int, *, sketch: CountSketch | None = None
+) -> AggregationResult:
     """Bulyan.
 
     1. Choose ``θ = n − 2f`` rows by Krum repeatedly: each time, Krum scores (with the
@@ -33,6 +36,9 @@ def bulyan(x: torch.Tensor, f: int) -> AggregationResult:
         ``(n, d)`` floating tensor of updates, any device; ``n >= 4f + 3``.
     f : int
         Number of Byzantine rows to tolerate.
+    sketch : CountSketch, optional
+        Decide on count-sketched distances (opt-in, approximate; see
+        :mod:`flwr_byz.aggregation.sketch`); default exact.
 
     Returns
     -------
@@ -43,7 +49,7 @@ def bulyan(x: torch.Tensor, f: int) -> AggregationResult:
     n, _ = check_updates(x, "bulyan")
     f = check_f(f, "bulyan")
     require_rows("bulyan", n, f)
-    sq, scale = scaled_pairwise_sq_distances(x)
+    sq, scale = scaled_pairwise_sq_distances(x, sketch=sketch)
     sq = sq.cpu()
     first_scores = [s * scale * scale for s in krum_scores(sq, f)]
     remaining = list(range(n))

@@ -40,6 +40,7 @@ import math
 import torch
 
 from flwr_byz.aggregation.ordering import argmin_lowest
+from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_updates
 
 _CPU_CHUNK = 65_536  # the centred chunk (n × 65536 float32) stays in L3
@@ -59,6 +60,8 @@ _TINY = 2.0**-100
 # (2**900 · 1e10 columns · n² stays below 1.8e308) or small values underflow.
 _FLOAT64_RANGE = 400
 _FLOAT64_TOP = 450
+# Columns compared before two rows that may be copies are compared in full.
+_FINGERPRINT = 64
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -239,7 +242,7 @@ def centred_gram(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
 
 
 def scaled_centred_gram(
-    x: torch.Tensor, chunk: int | None = None
+    x: torch.Tensor, chunk: int | None = None, *, sketch: CountSketch | None = None
 ) -> tuple[torch.Tensor, float]:
     """The centred Gram of ``x / scale`` and ``scale``, a power of two.
 
@@ -248,6 +251,11 @@ def scaled_centred_gram(
     between rows are ``scale`` times those computed from this Gram, except that a
     row shrunk by :func:`decision_scaling` (one more than ``2**450`` times larger
     than the median row) is nearer in this Gram than it is: still the farthest.
+
+    With a ``sketch`` (opt-in, :mod:`flwr_byz.aggregation.sketch`), the Gram is
+    that of the rows' count sketches, centred on the reference row: it estimates
+    the exact one, each squared distance within a relative standard deviation of
+    ``√(2/k)``.
     """
     n, d = check_updates(x, "centred_gram")
     scale, shrink = decision_scaling(x)
@@ -256,6 +264,9 @@ def scaled_centred_gram(
         x = x * (shrink / scale).to(x.device)[:, None]
     elif scale != 1.0:
         x = x / scale  # a copy, only for float64 input at extreme magnitudes
+    if sketch is not None and sketch.applies_to(n, d):
+        x = sketch.project(x, x[reference_row(x)[0]])
+        n, d = x.shape
     if chunk is None:
         chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
     work = _work_dtype(x)
@@ -317,6 +328,15 @@ def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Te
     near = (sq <= rel * (diag[:, None] + diag[None, :])).cpu()
     if int(near.sum()) == n:  # only the diagonal
         return gram
+    # Rows far from the centre but close to each other (a tight Byzantine cluster)
+    # are all "near": a fingerprint of a few spread columns rules out almost every
+    # pair at once, so only rows that agree there are compared in full.
+    d = x.shape[1]
+    probe = torch.linspace(0, d - 1, min(d, _FINGERPRINT), device=x.device).long()
+    prints = x[:, probe].cpu()
+    near &= (prints[:, None, :] == prints[None, :, :]).all(dim=2)
+    if int(near.sum()) == n:
+        return gram
     first = list(range(n))
     for i in range(1, n):
         for r in torch.nonzero(near[i, :i]).flatten().tolist():
@@ -358,11 +378,62 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     return sq if scale == 1.0 else sq * (scale * scale)
 
 
-def scaled_pairwise_sq_distances(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+def scaled_pairwise_sq_distances(
+    x: torch.Tensor, *, sketch: CountSketch | None = None
+) -> tuple[torch.Tensor, float]:
     """Squared distances between the rows of ``x / scale``, and ``scale``.
 
-    Finite for every finite input; ``scale`` as in :func:`scaled_centred_gram`.
+    Finite for every finite input; ``scale`` and ``sketch`` as in
+    :func:`scaled_centred_gram`.
     """
     check_updates(x, "pairwise_sq_distances")
-    gram, scale = scaled_centred_gram(x)
+    gram, scale = scaled_centred_gram(x, sketch=sketch)
     return sq_distances_from_gram(gram), scale
+
+
+def scaled_cross_sq_distances(
+    x: torch.Tensor, rows: list[int], chunk: int | None = None
+) -> tuple[torch.Tensor, float]:
+    """Exact squared distances from the rows ``rows`` to every row of ``x / scale``.
+
+    ``len(rows) × n × d`` work instead of the full Gram's ``n² d``: a sketched rule
+    (:mod:`flwr_byz.aggregation.sketch`) uses it to decide exactly among the few
+    candidates its sketch short-listed. Rows are centred on the reference row and
+    multiplied in the input precision with float64 accumulation; a chunk that is
+    not finite in float32 is redone in float64. ``scale`` as in
+    :func:`scaled_centred_gram`.
+
+    Returns
+    -------
+    tuple[torch.Tensor, float]
+        ``(len(rows), n)`` float64 on the CPU, and ``scale``.
+    """
+    n, d = check_updates(x, "cross_sq_distances")
+    scale, shrink = decision_scaling(x)
+    if shrink is not None:
+        x = x * (shrink / scale).to(x.device)[:, None]
+    elif scale != 1.0:
+        x = x / scale
+    if chunk is None:
+        chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
+    work = _work_dtype(x)
+    ref = x[reference_row(x)[0]]
+    index = torch.tensor(rows, device=x.device)
+    cross = torch.zeros(len(rows), n, dtype=torch.float64, device=x.device)
+    norms = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for start in range(0, d, chunk):
+        stop = min(start + chunk, d)
+        y = (x[:, start:stop] - ref[start:stop]).to(work)
+        part = (y[index] @ y.T).to(torch.float64)
+        sq = y.square().sum(dim=1, dtype=torch.float64)
+        if not (
+            math.isfinite(float(part.abs().sum())) and math.isfinite(float(sq.sum()))
+        ):
+            y = x[:, start:stop].to(torch.float64) - ref[start:stop].to(torch.float64)
+            part = y[index] @ y.T
+            sq = y.square().sum(dim=1)
+        cross += part
+        norms += sq
+    out = (norms[index][:, None] + norms[None, :] - 2.0 * cross).clamp_(min=0.0)
+    out[torch.arange(len(rows)), index] = 0.0
+    return out.cpu(), scale

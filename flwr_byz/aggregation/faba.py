@@ -11,6 +11,7 @@ from flwr_byz.aggregation.distances import scaled_centred_gram
 from flwr_byz.aggregation.mean import combine_rows
 from flwr_byz.aggregation.ordering import argmax_lowest
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
     check_f,
     check_updates,
@@ -24,7 +25,11 @@ _CANCELLATION = 2.0**20
 
 
 def faba(
-    x: torch.Tensor, f: int, weights: torch.Tensor | None = None
+    x: torch.Tensor,
+    f: int,
+    weights: torch.Tensor | None = None,
+    *,
+    sketch: CountSketch | None = None,
 ) -> AggregationResult:
     """FABA: delete the row farthest (L2) from the mean, ``f`` times; average the rest.
 
@@ -44,6 +49,9 @@ def faba(
         ``(n,)`` non-negative weights for the *final* mean of the kept rows. Deletion
         always uses the unweighted mean, as in the paper, so self-reported sizes cannot
         steer which rows are deleted.
+    sketch : CountSketch, optional
+        Decide on count-sketched distances (opt-in, approximate; see
+        :mod:`flwr_byz.aggregation.sketch`); default exact.
 
     Returns
     -------
@@ -56,7 +64,7 @@ def faba(
     f = check_f(f, "faba")
     require_rows("faba", n, f)
     w = check_weights(weights, n, "faba")
-    gram, scale = scaled_centred_gram(x)
+    gram, scale = scaled_centred_gram(x, sketch=sketch)
     gram = gram.cpu()
     diag = gram.diagonal()
     keep = torch.ones(n, dtype=torch.float64)

@@ -11,10 +11,12 @@ from flwr_byz.aggregation.distances import (
     decision_scaling,
     medoid,
     scaled_centred_gram,
+    scaled_cross_sq_distances,
     sq_distances_from_gram,
 )
 from flwr_byz.aggregation.mean import combine_rows, select_row
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
     check_f,
     check_updates,
@@ -26,7 +28,9 @@ from flwr_byz.aggregation.validation import (
 _SMALLEST = 2.2250738585072014e-308
 
 
-def geomed_medoid(x: torch.Tensor, f: int = 0) -> AggregationResult:
+def geomed_medoid(
+    x: torch.Tensor, f: int = 0, *, sketch: CountSketch | None = None
+) -> AggregationResult:
     """The medoid: the row minimising the sum of L2 distances to all rows.
 
     Parameters
@@ -35,6 +39,9 @@ def geomed_medoid(x: torch.Tensor, f: int = 0) -> AggregationResult:
         ``(n, d)`` floating tensor of updates, any device; ``n >= 2f + 1``.
     f : int
         Number of Byzantine rows to tolerate (only checked against ``n``).
+    sketch : CountSketch, optional
+        Decide on count-sketched distances (opt-in, approximate; see
+        :mod:`flwr_byz.aggregation.sketch`); default exact.
 
     Returns
     -------
@@ -45,11 +52,20 @@ def geomed_medoid(x: torch.Tensor, f: int = 0) -> AggregationResult:
     n, _ = check_updates(x, "geomed")
     f = check_f(f, "geomed")
     require_rows("geomed", n, f)
-    gram, scale = scaled_centred_gram(x)
+    gram, scale = scaled_centred_gram(x, sketch=sketch)
     gram = gram.cpu()
     dist = sq_distances_from_gram(gram).sqrt()
     sums = dist.sum(dim=1)
-    return select_row(x, medoid(gram, dist), tuple((sums * scale).tolist()))
+    best = medoid(gram, dist)
+    if sketch is not None and sketch.applies_to(*x.shape):
+        # Decide exactly among the rows the sketch short-listed.
+        ranked = [best, *sorted(set(range(n)) - {best}, key=lambda i: float(sums[i]))]
+        rows = sketch.shortlist(sums.tolist(), ranked)
+        if len(rows) > 1:
+            cross, _ = scaled_cross_sq_distances(x, rows)
+            exact = cross.sqrt().sum(dim=1).tolist()
+            best = min(zip(exact, rows, strict=True))[1]
+    return select_row(x, best, tuple((sums * scale).tolist()))
 
 
 def geometric_median(
@@ -59,6 +75,8 @@ def geometric_median(
     eps: float = 1e-8,
     max_iter: int = 1000,
     tol: float = 1e-7,
+    *,
+    sketch: CountSketch | None = None,
 ) -> AggregationResult:
     """Geometric median ``argmin_z Σ_i a_i ‖x_i − z‖`` by smoothed Weiszfeld.
 
@@ -90,6 +108,9 @@ def geometric_median(
         Maximum Weiszfeld iterations.
     tol : float
         Stop when a step moves ``z`` by at most ``tol · s``.
+    sketch : CountSketch, optional
+        Decide on count-sketched distances (opt-in, approximate; see
+        :mod:`flwr_byz.aggregation.sketch`); default exact.
 
     Returns
     -------
@@ -116,7 +137,7 @@ def geometric_median(
         )
     w = check_weights(weights, n, "geometric_median")
     a = torch.full((n,), 1.0 / n, dtype=torch.float64) if w is None else w / w.sum()
-    gram, scale = scaled_centred_gram(x)
+    gram, scale = scaled_centred_gram(x, sketch=sketch)
     gram = gram.cpu()
     diag = gram.diagonal()
     counted = a > 0

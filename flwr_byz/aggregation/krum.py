@@ -7,10 +7,14 @@ import math
 import torch
 
 from flwr_byz.aggregation.bounds import require_rows
-from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
+from flwr_byz.aggregation.distances import (
+    scaled_cross_sq_distances,
+    scaled_pairwise_sq_distances,
+)
 from flwr_byz.aggregation.mean import combine_rows, select_row
 from flwr_byz.aggregation.ordering import ranked_ascending
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
     check_f,
     check_updates,
@@ -38,16 +42,37 @@ def krum_scores(sq_dist: torch.Tensor, f: int) -> list[float]:
     return nearest.sum(dim=1).tolist()
 
 
-def _scores(x: torch.Tensor, f: int) -> tuple[list[float], list[float]]:
+def _scores(
+    x: torch.Tensor, f: int, sketch: CountSketch | None
+) -> tuple[list[float], list[float]]:
     """Krum scores of the rows of ``x / scale`` (for decisions) and of ``x``."""
-    sq, scale = scaled_pairwise_sq_distances(x)
+    sq, scale = scaled_pairwise_sq_distances(x, sketch=sketch)
     scaled = krum_scores(sq, f)
     if scale == 1.0:
         return scaled, scaled
     return scaled, [s * scale * scale for s in scaled]
 
 
-def krum(x: torch.Tensor, f: int) -> AggregationResult:
+def _shortlist_exact(
+    x: torch.Tensor, f: int, scaled: list[float], sketch: CountSketch
+) -> int:
+    """Krum's choice among the rows the sketch short-listed
+    (:meth:`CountSketch.shortlist`), on exact distances to every row: ``c · n · d``
+    work, not ``n² d``."""
+    rows = sketch.shortlist(scaled, ranked_ascending(scaled))
+    if len(rows) == 1:
+        return rows[0]
+    cross, _ = scaled_cross_sq_distances(x, rows)
+    cross[torch.arange(len(rows)), torch.tensor(rows)] = math.inf
+    n = x.shape[0]
+    exact = torch.sort(cross, dim=1).values[:, : n - f - 2].sum(dim=1).tolist()
+    # Equal exact scores: the lowest row index, as exact Krum.
+    return min(zip(exact, rows, strict=True))[1]
+
+
+def krum(
+    x: torch.Tensor, f: int, *, sketch: CountSketch | None = None
+) -> AggregationResult:
     """Krum: the row with the lowest Krum score.
 
     Parameters
@@ -56,6 +81,9 @@ def krum(x: torch.Tensor, f: int) -> AggregationResult:
         ``(n, d)`` floating tensor of updates, any device; ``n >= 2f + 3``.
     f : int
         Number of Byzantine rows to tolerate.
+    sketch : CountSketch, optional
+        Decide on count-sketched distances (opt-in, approximate; see
+        :mod:`flwr_byz.aggregation.sketch`); default exact.
 
     Returns
     -------
@@ -66,8 +94,11 @@ def krum(x: torch.Tensor, f: int) -> AggregationResult:
     n, _ = check_updates(x, "krum")
     f = check_f(f, "krum")
     require_rows("krum", n, f)
-    scaled, scores = _scores(x, f)
-    best = ranked_ascending(scaled)[0]
+    scaled, scores = _scores(x, f, sketch)
+    if sketch is None or not sketch.applies_to(*x.shape):
+        best = ranked_ascending(scaled)[0]
+    else:
+        best = _shortlist_exact(x, f, scaled, sketch)
     return select_row(x, best, tuple(scores))
 
 
@@ -76,6 +107,8 @@ def multikrum(
     f: int,
     m: int | None = None,
     weights: torch.Tensor | None = None,
+    *,
+    sketch: CountSketch | None = None,
 ) -> AggregationResult:
     """MultiKrum: the mean of the ``m`` rows with the lowest Krum scores.
 
@@ -90,6 +123,9 @@ def multikrum(
     weights : torch.Tensor, optional
         ``(n,)`` non-negative weights for the final mean of the selected rows (the
         selection itself is unweighted).
+    sketch : CountSketch, optional
+        Decide on count-sketched distances (opt-in, approximate; see
+        :mod:`flwr_byz.aggregation.sketch`); default exact.
 
     Returns
     -------
@@ -108,7 +144,7 @@ def multikrum(
             f"got {m!r}"
         )
     w = check_weights(weights, n, "multikrum")
-    scaled, scores = _scores(x, f)
+    scaled, scores = _scores(x, f, sketch)
     chosen = sorted(ranked_ascending(scaled)[:m])
     keep = torch.zeros(n, dtype=torch.float64)
     keep[chosen] = 1.0

@@ -29,9 +29,12 @@ from dataclasses import dataclass
 import torch
 
 from .result import AggregationResult
+from .sketch import CountSketch
 
-#: ``aggregate(updates, f, weights)``: the rule on an ``(n, d)`` matrix.
-AggregateFn = Callable[[torch.Tensor, int, "torch.Tensor | None"], AggregationResult]
+#: ``aggregate(updates, f, weights)``: the rule on an ``(n, d)`` matrix (rules with
+#: ``uses_distances`` also take a keyword ``sketch``, a
+#: :class:`~flwr_byz.aggregation.sketch.CountSketch` or ``None``).
+AggregateFn = Callable[..., AggregationResult]
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class Rule:
         ``(updates, f, weights) -> AggregationResult`` for rules whose strategy
         needs nothing else; ``None`` when the strategy class calls the rule itself
         (extra parameters or server data).
+    uses_distances : bool
+        Whether the rule decides on pairwise distances from a Gram product (then
+        it accepts the opt-in ``sketch``, :mod:`flwr_byz.aggregation.sketch`).
     """
 
     name: str
@@ -68,6 +74,7 @@ class Rule:
     description: str
     strategy: str = ""
     aggregate: AggregateFn | None = None
+    uses_distances: bool = False
 
 
 def _mean(x: torch.Tensor, f: int, w: torch.Tensor | None) -> AggregationResult:
@@ -76,22 +83,28 @@ def _mean(x: torch.Tensor, f: int, w: torch.Tensor | None) -> AggregationResult:
     return mean(x, w)
 
 
-def _faba(x: torch.Tensor, f: int, w: torch.Tensor | None) -> AggregationResult:
+def _faba(
+    x: torch.Tensor, f: int, w: torch.Tensor | None, sketch: CountSketch | None = None
+) -> AggregationResult:
     from .faba import faba
 
-    return faba(x, f, w)
+    return faba(x, f, w, sketch=sketch)
 
 
-def _krum(x: torch.Tensor, f: int, w: torch.Tensor | None) -> AggregationResult:
+def _krum(
+    x: torch.Tensor, f: int, w: torch.Tensor | None, sketch: CountSketch | None = None
+) -> AggregationResult:
     from .krum import krum
 
-    return krum(x, f)
+    return krum(x, f, sketch=sketch)
 
 
-def _bulyan(x: torch.Tensor, f: int, w: torch.Tensor | None) -> AggregationResult:
+def _bulyan(
+    x: torch.Tensor, f: int, w: torch.Tensor | None, sketch: CountSketch | None = None
+) -> AggregationResult:
     from .bulyan import bulyan
 
-    return bulyan(x, f)
+    return bulyan(x, f, sketch=sketch)
 
 
 def _median(x: torch.Tensor, f: int, w: torch.Tensor | None) -> AggregationResult:
@@ -125,6 +138,7 @@ REGISTRY: tuple[Rule, ...] = (
         "mean of the rest; mean of the n − f left",
         "FABA",
         _faba,
+        uses_distances=True,
     ),
     Rule(
         "krum",
@@ -136,6 +150,7 @@ REGISTRY: tuple[Rule, ...] = (
         "of squared distances to its n − f − 2 nearest",
         "Krum",
         _krum,
+        uses_distances=True,
     ),
     Rule(
         "multikrum",
@@ -145,6 +160,7 @@ REGISTRY: tuple[Rule, ...] = (
         True,
         "MultiKrum (Blanchard et al., NeurIPS 2017): mean of the m lowest Krum scores",
         "MultiKrum",
+        uses_distances=True,
     ),
     Rule(
         "bulyan",
@@ -156,6 +172,7 @@ REGISTRY: tuple[Rule, ...] = (
         "then per coordinate the mean of the n − 4f closest to the median",
         "Bulyan",
         _bulyan,
+        uses_distances=True,
     ),
     Rule(
         "geomed",
@@ -166,6 +183,7 @@ REGISTRY: tuple[Rule, ...] = (
         "GeoMed: the medoid (FABA paper's baseline) or the smoothed-Weiszfeld "
         "geometric median (weighted)",
         "GeoMed",
+        uses_distances=True,
     ),
     Rule(
         "median",

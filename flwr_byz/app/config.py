@@ -83,6 +83,12 @@ def _one_of(*choices: Any) -> Callable[[Any], str | None]:
     return check
 
 
+def _sketch_width(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "0 or an integer >= 16"
+    return None if value == 0 or value >= 16 else "0 or an integer >= 16"
+
+
 def _is_bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
@@ -150,6 +156,13 @@ SERVER_KEYS: dict[str, Key] = {
     ),
     "server-learning-rate": Key(
         1.0, "η_server in w ← w + η·A(Δ)", _float_in(0.0, 1e6, low_open=True)
+    ),
+    "distance-sketch": Key(
+        0,
+        "0 = exact distances; k >= 16 = FABA, Krum, MultiKrum, Bulyan and GeoMed "
+        "decide on a seeded k-column count sketch of the updates (opt-in, for many "
+        "clients: squared distances within a relative std of sqrt(2/k))",
+        _sketch_width,
     ),
     "geomed-method": Key("medoid", "GeoMed variant", _one_of("medoid", "weiszfeld")),
     "gaa-policy": Key("evidence", "GAA policy", _one_of("evidence", "paper")),
@@ -325,12 +338,25 @@ def check_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
             f"run-config key 'gaa-episodes' = {cfg['gaa-episodes']!r} needs "
             f"strategy = 'gaa' (got {cfg['strategy']!r}); set 'gaa-episodes' = 1"
         )
+    if cfg["distance-sketch"] and not _decides_on_distances(cfg["strategy"]):
+        raise RunConfigError(
+            f"run-config key 'distance-sketch' = {cfg['distance-sketch']!r} needs a "
+            "strategy that decides on pairwise distances (faba, krum, multikrum, "
+            f"bulyan, geomed; got {cfg['strategy']!r}); set 'distance-sketch' = 0"
+        )
     for component_check in (check_data_config, check_attack_config):
         try:
             component_check(cfg)
         except ValueError as err:
             raise RunConfigError(str(err)) from err
     return cfg
+
+
+def _decides_on_distances(strategy: str) -> bool:
+    from flwr_byz.aggregation.registry import RULE_BY_NAME
+
+    rule = RULE_BY_NAME.get(strategy)
+    return rule is not None and rule.uses_distances
 
 
 def assumed_f(cfg: Mapping[str, Any], num_nodes: int) -> int:

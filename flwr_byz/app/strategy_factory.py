@@ -43,6 +43,9 @@ def build_strategy(
         "node_wait_timeout": float(cfg["node-wait-timeout"]),
     }
     alpha = float(cfg["assumed-byzantine-fraction"])
+    if cfg["distance-sketch"]:
+        common["distance_sketch"] = int(cfg["distance-sketch"])
+        common["sketch_seed"] = int(cfg["seed"])
     if name == "fedavg":
         # Flower's own, untouched: the peer every robust rule is measured against.
         # (The app bounds its node wait from outside, see ObservedStrategy.)

@@ -86,7 +86,7 @@ class GeoMed(RobustStrategy):
         from flwr_byz.aggregation import geomed_medoid, geometric_median
 
         if self.method == "medoid":
-            return geomed_medoid(updates, f)
+            return geomed_medoid(updates, f, sketch=self.sketch)
         return geometric_median(
             updates,
             f,
@@ -94,4 +94,5 @@ class GeoMed(RobustStrategy):
             eps=self.eps,
             max_iter=self.max_iter,
             tol=self.tol,
+            sketch=self.sketch,
         )

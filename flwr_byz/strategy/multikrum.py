@@ -60,4 +60,4 @@ class MultiKrum(RobustStrategy):
         m = self.num_nodes_to_select
         if m is not None:
             m = min(m, updates.shape[0])
-        return multikrum(updates, f, m, weights)
+        return multikrum(updates, f, m, weights, sketch=self.sketch)

@@ -23,8 +23,9 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from flwr_byz.aggregation.bounds import byzantine_budget
-from flwr_byz.aggregation.registry import RULE_BY_NAME
+from flwr_byz.aggregation.registry import REGISTRY, RULE_BY_NAME
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.devices import resolve_device
 
 from .client_metrics import mean_client_metrics
@@ -117,6 +118,15 @@ class RobustStrategy(FedAvg):
         Seconds a round waits for enough connected nodes (``min_available_nodes``
         and the sample size) before it raises
         :class:`~flwr_byz.strategy.sampling.NotEnoughNodesError`.
+    distance_sketch : int (default: 0)
+        ``0``: exact distances. ``k >= 16``: rules that decide on pairwise
+        distances (FABA, Krum, MultiKrum, Bulyan, GeoMed) decide on a seeded
+        ``k``-column count sketch of the updates instead (opt-in, approximate:
+        each squared distance within a relative standard deviation of
+        ``√(2/k)``; the aggregate is still computed from the exact updates; see
+        :mod:`flwr_byz.aggregation.sketch`). For many clients and large models.
+    sketch_seed : int (default: 0)
+        Seed of the sketch's hash and signs.
     arrayrecord_key : str (default: "arrays")
         Key used to store the ArrayRecord when constructing Messages.
     configrecord_key : str (default: "config")
@@ -169,6 +179,8 @@ class RobustStrategy(FedAvg):
         device: str = "cpu",
         round_timeout: float = 600.0,
         node_wait_timeout: float = 300.0,
+        distance_sketch: int = 0,
+        sketch_seed: int = 0,
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
         train_metrics_aggr_fn: (
@@ -267,6 +279,13 @@ class RobustStrategy(FedAvg):
             "round_timeout", round_timeout, positive=True
         )
         self.node_wait_timeout = check_seconds("node_wait_timeout", node_wait_timeout)
+        self.distance_sketch = self._check_sketch(distance_sketch)
+        #: The count sketch the rule decides on (``None``: exact distances).
+        self.sketch = (
+            CountSketch(self.distance_sketch, _check_seed(sketch_seed))
+            if self.distance_sketch
+            else None
+        )
         #: The instructions of the last configured training round (their message
         #: ids, set by the grid when it pushes them, attribute SuperLink notices).
         self._instructions: list[Message] = []
@@ -276,6 +295,26 @@ class RobustStrategy(FedAvg):
         self._sent: SentModel | None = None
         #: Server momentum and update-matrix storage, carried between rounds.
         self.round_state = RoundState()
+
+    def _check_sketch(self, k: int) -> int:
+        if (
+            isinstance(k, bool)
+            or not isinstance(k, int | np.integer)
+            or (k != 0 and k < 16)
+        ):
+            raise ValueError(
+                f"distance_sketch={k!r}: allowed values are 0 (exact distances) "
+                "or integers >= 16 (sketch width)"
+            )
+        rule = RULE_BY_NAME.get(self.rule_name)
+        if k and not (rule is not None and rule.uses_distances):
+            users = ", ".join(r.strategy for r in REGISTRY if r.uses_distances)
+            raise ValueError(
+                f"distance_sketch={k}: {type(self).__name__} does not decide on "
+                f"pairwise distances; the sketch applies to {users}. Use "
+                "distance_sketch=0"
+            )
+        return int(k)
 
     # ------------------------------------------------------------------ hooks
     def min_nodes(self, f: int) -> int:
@@ -327,6 +366,8 @@ class RobustStrategy(FedAvg):
                 f"{type(self).__name__}: rule {self.rule_name!r} has no registry "
                 "aggregate; override aggregate_updates"
             )
+        if rule.uses_distances:
+            return rule.aggregate(updates, f, weights, sketch=self.sketch)
         return rule.aggregate(updates, f, weights)
 
     # --------------------------------------------------------------- helpers
@@ -370,6 +411,8 @@ class RobustStrategy(FedAvg):
             ("Server momentum", self.server_momentum),
             ("Device", str(self.torch_device)),
         ]
+        if self.sketch is not None:
+            rows.insert(-3, ("Distances", f"count sketch, k = {self.sketch.k}"))
         for i, (name, value) in enumerate(rows):
             branch = "└──" if i == len(rows) - 1 else "├──"
             log(INFO, "\t│\t%s %s: %s", branch, name, value)
@@ -622,6 +665,12 @@ def _check_fraction(name: str, value: float) -> None:
         or not 0.0 <= value <= 1.0
     ):
         raise ValueError(f"{name}={value!r}: allowed values are numbers in [0, 1]")
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"sketch_seed={seed!r}: allowed values are integers")
+    return int(seed)
 
 
 def _report_line(report: RoundReport) -> str:

@@ -1,0 +1,371 @@
+"""Cost of every rule against the work it must do, from 10 to 1,000 clients.
+
+Run::
+
+    python -m benchmarks.bench_scale [--ns 10,50,200,1000] [--dims 33000,1000000]
+
+See :func:`main` for the options. For each (n, d) the same ``n`` reply Messages
+(updates from :func:`scale_updates`) are aggregated, at strategy level
+(``aggregate_train``, replies validated, model stepped), by Flower's FedAvg, by
+every flwr-byz rule (exact distances, and with the opt-in count sketch) and by
+Flower's counterpart where one exists, in the same process and interleaved. The
+*floor* is measured in the same run: one copy of the replies' bytes into an
+``(n, d)`` float32 matrix plus one Gram product ``X Xᵀ``. Printed as ratios:
+Flower ÷ ours, ours ÷ floor, FABA ÷ our Krum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.supercore.task_identity import TaskIdentity
+
+from benchmarks.bench_strategies import _PeakRss, _split
+from flwr_byz.aggregation.sketch import DEFAULT_SKETCH_DIM
+from flwr_byz.strategy import (
+    FABA,
+    Bulyan,
+    GeoMed,
+    Krum,
+    Mean,
+    Median,
+    MultiKrum,
+    TrimmedMean,
+)
+from flwr_byz.strategy.model_layout import parse_npy_header
+
+
+def scale_updates(n: int, d: int, f: int, seed: int = 0) -> np.ndarray:
+    """``(n, d)`` float32 updates: ``n − f`` honest, then ``f`` Byzantine.
+
+    Honest row ``i``: ``μ + σ_i ε_i`` with a common direction ``μ`` (entries
+    N(0, 0.25)) and client-specific noise ``σ_i ~ U(0.5, 1.5)`` (heterogeneous
+    clients, so rules have real choices to make). Byzantine rows: the first half
+    a colluding sign flip ``−2μ + ε``, the rest random faults ``3ε``.
+    """
+    rng = np.random.default_rng(seed)
+    mu = rng.standard_normal(d, dtype=np.float32) * np.float32(0.5)
+    sigma = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    x = np.empty((n, d), dtype=np.float32)
+    flips = f // 2 + f % 2
+    for i in range(n):
+        rng.standard_normal(d, dtype=np.float32, out=x[i])
+        if i < n - f:
+            x[i] *= sigma[i]
+            x[i] += mu
+        elif i < n - f + flips:
+            x[i] -= 2.0 * mu
+        else:
+            x[i] *= np.float32(3.0)
+    return x
+
+
+@dataclass
+class Replies:
+    """The global model and each reply's serialised arrays."""
+
+    n: int
+    d: int
+    theta: ArrayRecord
+    arrays: list[dict[str, Array]]
+
+    def messages(self) -> list[Message]:
+        """Fresh Messages over the same bytes (Flower's rules pop arrays)."""
+        out = []
+        for node, arrays in enumerate(self.arrays, start=1):
+            sent = Message(RecordDict(), dst_node_id=node, message_type="train")
+            content = RecordDict(
+                {
+                    "arrays": ArrayRecord(dict(arrays)),
+                    "metrics": MetricRecord({"num-examples": 100}),
+                }
+            )
+            out.append(Message(content, reply_to=sent))
+        return out
+
+
+def replies_from_updates(updates: np.ndarray) -> Replies:
+    """Replies ``θ + Δ_i`` with ``θ = 0``, one per row of the ``(n, d)`` updates,
+    split into 16 arrays as a model's layers would be."""
+    n, d = updates.shape
+    shapes = _split(d)
+    theta = ArrayRecord(
+        {
+            f"layer{i}": Array(np.zeros(s, dtype=np.float32))
+            for i, s in enumerate(shapes)
+        }
+    )
+    arrays = []
+    for row in updates:
+        start, layers = 0, {}
+        for i, shape in enumerate(shapes):
+            size = math.prod(shape)
+            layers[f"layer{i}"] = Array(
+                np.ascontiguousarray(row[start : start + size]).reshape(shape)
+            )
+            start += size
+        arrays.append(layers)
+    return Replies(n, d, theta, arrays)
+
+
+def build_replies(n: int, d: int, f: int, seed: int = 0) -> Replies:
+    """:func:`replies_from_updates` of :func:`scale_updates`."""
+    return replies_from_updates(scale_updates(n, d, f, seed))
+
+
+def floor_seconds(replies: Replies) -> float:
+    """One copy of the replies' bytes into an (n, d) float32 matrix + X Xᵀ."""
+    x = np.empty((replies.n, replies.d), dtype=np.float32)
+    t0 = time.perf_counter()
+    for row, arrays in zip(x, replies.arrays, strict=True):
+        start = 0
+        for array in arrays.values():
+            header = parse_npy_header(array.data)
+            size = math.prod(header.shape)
+            row[start : start + size] = np.frombuffer(
+                array.data, dtype=header.dtype, count=size, offset=header.offset
+            )
+            start += size
+    xt = torch.from_numpy(x)
+    _ = xt @ xt.T
+    return time.perf_counter() - t0
+
+
+def time_strategy(replies: Replies, strategy, ours: bool) -> tuple[float, float]:
+    """Seconds of one ``aggregate_train`` and the peak extra RSS (MB) during it."""
+    node_ids = list(range(1, replies.n + 1))
+    if ours:
+        strategy.remember_sent(1, replies.theta, dict.fromkeys(node_ids, "train"))
+    messages = replies.messages()
+    gc.collect()
+    with _PeakRss() as mem:
+        t0 = time.perf_counter()
+        arrays, _ = strategy.aggregate_train(1, messages)
+        seconds = time.perf_counter() - t0
+    if arrays is None:
+        raise RuntimeError(f"{type(strategy).__name__} returned no arrays")
+    del arrays, messages
+    gc.collect()
+    return seconds, mem.extra_mb
+
+
+Pair = tuple[str, Callable[[], object], Callable[[], object] | None]
+
+
+def pairs(n: int, f: int, k: int) -> list[Pair]:
+    """(name, ours, Flower's counterpart or None) at ``n`` replies, budget ``f``."""
+    fb = (n - 3) // 4  # Bulyan's largest budget
+    sk = {"distance_sketch": k}
+    out: list[Pair] = [
+        ("FedAvg (Flower)", flwr_strategies.FedAvg, None),
+        ("Mean", Mean, flwr_strategies.FedAvg),
+    ]
+    for label, extra in (("", {}), (f" sketch k={k}", sk)):
+        out += [
+            (
+                "Krum" + label,
+                lambda e=extra: Krum(num_malicious_nodes=f, **e),
+                lambda: flwr_strategies.Krum(num_malicious_nodes=f),
+            ),
+            (
+                "MultiKrum" + label,
+                lambda e=extra: MultiKrum(num_malicious_nodes=f, **e),
+                lambda: flwr_strategies.MultiKrum(
+                    num_malicious_nodes=f, num_nodes_to_select=n - f
+                ),
+            ),
+            (
+                "Bulyan" + label,
+                lambda e=extra: Bulyan(num_malicious_nodes=fb, **e),
+                lambda: flwr_strategies.Bulyan(num_malicious_nodes=fb),
+            ),
+            ("FABA" + label, lambda e=extra: FABA(num_malicious_nodes=f, **e), None),
+            (
+                "GeoMed" + label,
+                lambda e=extra: GeoMed(num_malicious_nodes=f, **e),
+                None,
+            ),
+        ]
+    out += [
+        ("Median", Median, flwr_strategies.FedMedian),
+        (
+            "TrimmedMean",
+            lambda: TrimmedMean(beta=0.2),
+            lambda: flwr_strategies.FedTrimmedAvg(beta=0.2),
+        ),
+    ]
+    return out
+
+
+def run(
+    ns: list[int], dims: list[int], k: int, repeats: int, skip: set[str]
+) -> list[dict]:
+    """One row per (n, d, rule)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    rows = []
+    for d in dims:
+        for n in ns:
+            f = n // 5
+            replies = build_replies(n, d, f)
+            reps = repeats if n * d <= 50_000_000 else 1
+            floor = min(floor_seconds(replies) for _ in range(reps))
+            print(f"\n## n = {n}, d = {d:,}, f = {f}: floor {floor:.3f} s", flush=True)
+            time_strategy(replies, Mean(), True)  # library warm-up, untimed
+            fedavg = None
+            for name, make_ours, make_theirs in pairs(n, f, k):
+                if any(s in name for s in skip):
+                    continue
+                t_ours = t_flwr = math.inf
+                mb_ours = mb_flwr = 0.0
+                is_flower = name.endswith("(Flower)")
+                for _ in range(reps):
+                    s, mb = time_strategy(replies, make_ours(), not is_flower)
+                    t_ours, mb_ours = min(t_ours, s), max(mb_ours, mb)
+                    if make_theirs is not None and "sketch" not in name:
+                        s, mb = time_strategy(replies, make_theirs(), False)
+                        t_flwr, mb_flwr = min(t_flwr, s), max(mb_flwr, mb)
+                if is_flower:
+                    fedavg = t_ours
+                row = {
+                    "n": n,
+                    "d": d,
+                    "rule": name,
+                    "ours_s": t_ours,
+                    "flower_s": t_flwr if math.isfinite(t_flwr) else None,
+                    "floor_s": floor,
+                    "fedavg_s": fedavg,
+                    "ours_peak_mb": mb_ours,
+                    "flower_peak_mb": mb_flwr if math.isfinite(t_flwr) else None,
+                    "matrix_mb": n * d * 4 / 2**20,
+                }
+                rows.append(row)
+                print(
+                    f"  {name:26s} {t_ours:8.3f} s (+{mb_ours:6.0f} MB)"
+                    + (
+                        f" | Flower {t_flwr:8.3f} s (+{mb_flwr:6.0f} MB)"
+                        f" | Flower/ours {t_flwr / t_ours:5.2f}"
+                        if math.isfinite(t_flwr)
+                        else ""
+                    )
+                    + f" | ours/floor {t_ours / floor:5.2f}",
+                    flush=True,
+                )
+            del replies
+            gc.collect()
+    _add_counterparts(rows)
+    return rows
+
+
+def _add_counterparts(rows: list[dict]) -> None:
+    """Sketched rows get Flower's time of their exact twin; FABA its Krum ratio."""
+    by_key = {(r["n"], r["d"], r["rule"]): r for r in rows}
+    for r in rows:
+        base = r["rule"].split(" sketch")[0]
+        twin = by_key.get((r["n"], r["d"], base))
+        if r["flower_s"] is None and twin is not None and twin["flower_s"]:
+            r["flower_s"] = twin["flower_s"]
+        krum = by_key.get((r["n"], r["d"], "Krum" + r["rule"][len(base) :]))
+        r["over_krum"] = r["ours_s"] / krum["ours_s"] if krum else None
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as one Markdown table."""
+    lines = [
+        "| n | d | rule | ours (s) | Flower (s) | Flower ÷ ours | ours ÷ floor "
+        "| ÷ our Krum | peak MB ÷ matrix |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        flwr = r["flower_s"]
+        lines.append(
+            f"| {r['n']} | {r['d']:,} | {r['rule']} | {r['ours_s']:.3f} | "
+            + (f"{flwr:.3f} | {flwr / r['ours_s']:.2f}× | " if flwr else "– | – | ")
+            + f"{r['ours_s'] / r['floor_s']:.2f} | "
+            + (f"{r['over_krum']:.2f} | " if r.get("over_krum") else "– | ")
+            + f"{r['ours_peak_mb'] / r['matrix_mb']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Log-log seconds vs n per rule, one panel per d (the README's figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = sorted({r["d"] for r in rows})
+    fig, axes = plt.subplots(1, len(dims), figsize=(6 * len(dims), 4.5), squeeze=False)
+    for ax, d in zip(axes[0], dims, strict=True):
+        sub = [r for r in rows if r["d"] == d]
+        names = list(dict.fromkeys(r["rule"] for r in sub))
+        for name in names:
+            pts = sorted((r["n"], r["ours_s"]) for r in sub if r["rule"] == name)
+            style = "--" if "sketch" in name else "-"
+            ax.plot(*zip(*pts, strict=True), style, marker="o", label=name)
+        for label, key in (("Flower Krum", "flower_s"),):
+            pts = sorted(
+                (r["n"], r[key]) for r in sub if r["rule"] == "Krum" and r[key]
+            )
+            if pts:
+                ax.plot(
+                    *zip(*pts, strict=True), ":", color="k", marker="x", label=label
+                )
+        pts = sorted({(r["n"], r["floor_s"]) for r in sub})
+        ax.plot(*zip(*pts, strict=True), color="grey", lw=3, alpha=0.5, label="floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("clients per round n")
+        ax.set_ylabel("aggregate_train (s)")
+        ax.set_title(f"d = {d:,} parameters")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ns", default="10,50,200,1000", help="clients per round")
+    parser.add_argument("--dims", default="33000,1000000", help="model sizes")
+    parser.add_argument(
+        "--k", type=int, default=DEFAULT_SKETCH_DIM, help="sketch width (default 4096)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs per rule below n·d = 5e7 (else 1)"
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated rule-name parts not to run"
+    )
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--plot", default=None, help="also draw the log-log plot here")
+    args = parser.parse_args(argv)
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"numpy {np.__version__}"
+    )
+    ns = [int(v) for v in args.ns.split(",") if v]
+    dims = [int(v) for v in args.dims.split(",") if v]
+    skip = {s for s in args.skip.split(",") if s}
+    rows = run(ns, dims, args.k, args.repeats, skip)
+    print("\n" + markdown(rows))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    if args.plot:
+        plot(rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()
