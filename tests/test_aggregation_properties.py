@@ -394,3 +394,45 @@ def test_other_dtypes_keep_their_dtype(dtype):
     x = torch.randn(9, 33).to(dtype)
     for fn in all_rules(2).values():
         assert fn(x).aggregate.dtype == dtype
+
+
+def test_faba_duplicated_rows_are_removed_lowest_index_first():
+    # Found by Hypothesis: a BLAS matrix-vector product rounded the two copies'
+    # distances differently, so the later copy went first.
+    x = torch.tensor(
+        [
+            [0.33033978939056396484, -0.59541046619415283203],
+            [1.67833280563354492188, -7.69466352462768554688],
+            [-0.63641333580017089844, 0.67976623773574829102],
+            [-2.07822799682617187500, -0.36471560597419738770],
+            [1.67833280563354492188, -7.69466352462768554688],
+        ],
+        dtype=torch.float64,
+    )
+    assert faba(x, 2).removed == (1, 4)
+
+
+def test_geometric_median_leaves_a_data_point_that_is_not_the_median():
+    # Found by Hypothesis: the start (a mean of rows) fell exactly on a data row,
+    # where the smoothed Weiszfeld iteration stalled (objective 7.613 vs 7.436).
+    x = torch.tensor(
+        [
+            [1, -1],
+            [0.5, 0.5],
+            [0.5, 1],
+            [0.5, 1],
+            [0, 0],
+            [0.5, 0],
+            [1, -0.5],
+            [1, 1],
+            [0.5, -1],
+            [1, 0.5],
+        ],
+        dtype=torch.float32,
+    )
+    z = geometric_median(x, 0, eps=1e-10, max_iter=3000, tol=1e-13).aggregate
+    objective = float((x.double() - z.double()).norm(dim=1).sum())
+    assert objective < 7.4360
+    # A data point that is the median (the majority sits on it) is kept.
+    y = torch.tensor([[0.0, 0.0]] * 6 + [[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    assert torch.equal(geometric_median(y, 0).aggregate, torch.zeros(2))

@@ -248,3 +248,26 @@ def test_the_run_config_refuses_a_sketch_for_a_rule_without_distances() -> None:
         check_run_config({"strategy": "median", "distance-sketch": 1024})
     with pytest.raises(RunConfigError, match="distance-sketch"):
         check_run_config({"strategy": "krum", "distance-sketch": 3})
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "duplicates", "far-cluster"])
+def test_repeated_krum_by_running_sums_equals_sorting_each_time(kind) -> None:
+    # Bulyan's selection in O(n² log n): the same choices, in the same order, as
+    # re-sorting the remaining distances for every choice.
+    from flwr_byz.aggregation.bulyan import _repeated_krum_by_sorting, repeated_krum
+
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        n = int(torch.randint(7, 40, (1,), generator=gen))
+        f = (n - 3) // 4
+        x = torch.randn(n, 6, generator=gen, dtype=torch.float64)
+        if kind == "ties":
+            x = (x * 2).round() / 2
+        elif kind == "duplicates":
+            x[n - f :] = x[0]
+        elif kind == "far-cluster":  # half the rows in a cluster 1e9 away
+            x[: n // 2] += 1e9 * torch.randn(6, generator=gen, dtype=torch.float64)
+        sq = pairwise_sq_distances(x)
+        assert repeated_krum(sq, f, n - 2 * f) == _repeated_krum_by_sorting(
+            sq, f, n - 2 * f
+        ), (kind, seed)

@@ -68,7 +68,9 @@ def faba(
     gram = gram.cpu()
     diag = gram.diagonal()
     keep = torch.ones(n, dtype=torch.float64)
-    g_keep = gram @ keep
+    # Row by row (not a BLAS gemv, which may round equal rows differently), so
+    # duplicated updates keep exactly equal distances and tie by lowest index.
+    g_keep = (gram * keep).sum(dim=1)
     quad = float(keep @ g_keep)
     k = n
     scores = [0.0] * n
@@ -87,7 +89,7 @@ def faba(
         if dropped > _CANCELLATION * (k * k) * float(diag[keep > 0].max()):
             # The deleted row dwarfed the rest (a huge update): the running sums
             # lost the others' digits, so they are summed afresh.
-            g_keep = gram @ keep
+            g_keep = (gram * keep).sum(dim=1)
             quad = float(keep @ g_keep)
     final = ((k * k) * diag - (2 * k) * g_keep + quad).clamp(min=0.0).sqrt() / k
     selected = tuple(i for i in range(n) if keep[i] > 0)

@@ -159,9 +159,28 @@ def geometric_median(
     dist = distances(c)
     for _ in range(max_iter):
         spread = float(dist[counted].median())
-        b = a / dist.clamp(min=max(eps * spread, _SMALLEST))
-        b = b / b.max()  # rows at z get huge weights: keep the sum finite
-        updated = b / b.sum()
+        nu = max(eps * spread, _SMALLEST)
+        at_z = counted & (dist <= nu)
+        if bool(at_z.any()):
+            # z sits on data rows, where Weiszfeld (smoothed or not) stalls: the
+            # rows at z outweigh the others 1/ν to one. Vardi and Zhang's step
+            # (PNAS 2000) leaves a data point unless it is the median.
+            pull = torch.where(at_z, 0.0, a / dist.clamp(min=nu))
+            if float(pull.sum()) == 0.0:
+                break  # every counted row is at z
+            top = float(pull.max())
+            pull = pull / top
+            towards = pull / pull.sum()  # T̃: Weiszfeld's point without the rows at z
+            gap = towards - c
+            r = float(pull.sum()) * math.sqrt(max(float(gap @ (gram @ gap)), 0.0))
+            eta = float(a[at_z].sum()) / top
+            if r <= eta:
+                break  # the data point z is the geometric median
+            updated = (1.0 - eta / r) * towards + (eta / r) * c
+        else:
+            b = a / dist.clamp(min=nu)
+            b = b / b.max()  # rows near z get huge weights: keep the sum finite
+            updated = b / b.sum()
         step = updated - c
         c = updated
         dist = distances(c)

@@ -38,7 +38,7 @@ def krum_scores(sq_dist: torch.Tensor, f: int) -> list[float]:
     # A NaN distance (never produced from finite input) sorts as the farthest.
     others = others.nan_to_num(nan=math.inf)
     others.fill_diagonal_(math.inf)
-    nearest = torch.sort(others, dim=1).values[:, : n - f - 2]
+    nearest = torch.sort(others, dim=1).values[:, : n - f - 2].contiguous()
     return nearest.sum(dim=1).tolist()
 
 
