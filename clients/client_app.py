@@ -279,6 +279,7 @@ def train(msg: Message, context: Context) -> Message:
         int(cfg["batch-size"]),
     )
     labels = node.train_y
+    started = time.perf_counter()
     attack = active_attack()
     if attack is not None and attack.name == "adaptive-fault":
         loss = adaptive_fault_steps(
@@ -302,7 +303,12 @@ def train(msg: Message, context: Context) -> Message:
         {
             "arrays": ArrayRecord(state),
             "metrics": MetricRecord(
-                {"num-examples": int(node.train_y.shape[0]), "train-loss": loss}
+                {
+                    "num-examples": int(node.train_y.shape[0]),
+                    "train-loss": loss,
+                    # The node's own training, to tell it from the engine's time.
+                    "train-time-s": time.perf_counter() - started,
+                }
             ),
         }
     )

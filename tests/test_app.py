@@ -148,6 +148,9 @@ def test_three_rounds_write_every_field_and_repeat_exactly(
             assert field in entry, field
         assert 0.0 <= entry["accuracy"] <= 1.0
         assert len(entry["removed-node-ids"]) == 1  # f = floor(0.25 · 4)
+        # Where the round's time goes: the strategy's own part, and the clients'.
+        assert 0.0 < entry["aggregate-time-s"] < entry["train-time-s"]
+        assert 0.0 < entry["client-train-time-s"] < entry["train-time-s"]
     assert "Byzantine partitions (truth)" in log
 
     second, log2 = _run(superlink, tmp_path / "b")

@@ -125,7 +125,7 @@ def test_flowers_fedavg_behind_the_observer_reports_and_gives_up_too() -> None:
         fed.behaviours[victim] = dies_in_round(fed, victim, 2)
         observed = ObservedStrategy(
             FedAvg(min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0),
-            on_train=lambda rnd, _m, _s, missing: seen.__setitem__(rnd, missing),
+            on_train=lambda rnd, _m, _s, missing, _a: seen.__setitem__(rnd, missing),
             node_wait_timeout=1.0,
         )
         with pytest.raises(NotEnoughNodesError, match="only 2 node"):

@@ -32,9 +32,9 @@ from flwr_byz.strategy.reply_validation import (
 from flwr_byz.strategy.round_report import MissingReason
 from flwr_byz.strategy.sampling import NodeWaitGrid
 
-#: ``on_train(server_round, metrics, seconds, missing)``.
+#: ``on_train(server_round, metrics, seconds, missing, aggregate_seconds)``.
 TrainObserver = Callable[
-    [int, MetricRecord | None, float, dict[int, MissingReason]], None
+    [int, MetricRecord | None, float, dict[int, MissingReason], float], None
 ]
 
 
@@ -48,8 +48,9 @@ class ObservedStrategy(Strategy):
     on_train : TrainObserver
         Called after every ``aggregate_train`` with the server round, the returned
         MetricRecord, the seconds from ``configure_train`` to the end of
-        aggregation (client training included) and, for every sampled node
-        without a reply of its own, why (node id -> :class:`MissingReason`).
+        aggregation (client training included), for every sampled node
+        without a reply of its own, why (node id -> :class:`MissingReason`),
+        and the seconds of the strategy's own ``aggregate_train``.
     order_key : Callable[[int], object] | None
         Sort key on node ids applied to the replies before aggregation. Replies
         arrive in completion order; a fixed order makes float sums, and so whole
@@ -127,9 +128,11 @@ class ObservedStrategy(Strategy):
         server_round += self.round_offset
         replies = self._ordered(replies)
         missing = self.missing(replies)
+        started = time.perf_counter()
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        done = time.perf_counter()
         self.on_train(
-            server_round, metrics, time.perf_counter() - self._round_started, missing
+            server_round, metrics, done - self._round_started, missing, done - started
         )
         return arrays, metrics
 

@@ -111,8 +111,15 @@ class RoundLog:
         metrics: MetricRecord | None,
         seconds: float,
         missing: Mapping[int, MissingReason] | None = None,
+        aggregate_seconds: float | None = None,
     ) -> None:
-        """Record what the strategy decided this round, and who never answered."""
+        """Record what the strategy decided this round, and who never answered.
+
+        ``seconds`` runs from ``configure_train`` to the end of ``aggregate_train``
+        (``train-time-s``); ``aggregate_seconds`` is the strategy's own part
+        (``aggregate-time-s``); the clients report their local training time
+        (``client-train-time-s``, the mean over the replies the strategy averaged).
+        """
         m = dict(metrics or {})
         node_ids = [int(n) for n in m.get("node-ids", [])]
         removed = [int(n) for n in m.get("removed-node-ids", [])]
@@ -152,6 +159,10 @@ class RoundLog:
             "weights": [float(w) for w in m.get("weights", [])],
             "train-time-s": round(seconds, 4),
         }
+        if aggregate_seconds is not None:
+            entry["aggregate-time-s"] = round(aggregate_seconds, 4)
+        if "train-time-s" in m:
+            entry["client-train-time-s"] = round(float(m["train-time-s"]), 4)
         if "status" in m:
             entry["status"] = m["status"]
         if "suspected-node-ids" in m:  # robust outliers; FLTrust, Zeno: their verdict
