@@ -22,15 +22,15 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.supercore.task_identity import TaskIdentity
 
-from benchmarks.bench_strategies import _PeakRss, _split
+from benchmarks import bench_strategies
+from benchmarks.bench_strategies import Fixture, _PeakRss, _split
 from flwr_byz.aggregation.sketch import DEFAULT_SKETCH_DIM
 from flwr_byz.data import load_server_data
 from flwr_byz.models import build_model
@@ -45,7 +45,6 @@ from flwr_byz.strategy import (
     TrimmedMean,
 )
 from flwr_byz.strategy.gaa import GAA
-from flwr_byz.strategy.model_layout import parse_npy_header
 
 
 def scale_updates(n: int, d: int, f: int, seed: int = 0) -> np.ndarray:
@@ -73,31 +72,7 @@ def scale_updates(n: int, d: int, f: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-@dataclass
-class Replies:
-    """The global model and each reply's serialised arrays."""
-
-    n: int
-    d: int
-    theta: ArrayRecord
-    arrays: list[dict[str, Array]]
-
-    def messages(self) -> list[Message]:
-        """Fresh Messages over the same bytes (Flower's rules pop arrays)."""
-        out = []
-        for node, arrays in enumerate(self.arrays, start=1):
-            sent = Message(RecordDict(), dst_node_id=node, message_type="train")
-            content = RecordDict(
-                {
-                    "arrays": ArrayRecord(dict(arrays)),
-                    "metrics": MetricRecord({"num-examples": 100}),
-                }
-            )
-            out.append(Message(content, reply_to=sent))
-        return out
-
-
-def replies_from_updates(updates: np.ndarray) -> Replies:
+def replies_from_updates(updates: np.ndarray) -> Fixture:
     """Replies ``θ + Δ_i`` with ``θ = 0``, one per row of the ``(n, d)`` updates,
     split into 16 arrays as a model's layers would be."""
     n, d = updates.shape
@@ -118,15 +93,15 @@ def replies_from_updates(updates: np.ndarray) -> Replies:
             )
             start += size
         arrays.append(layers)
-    return Replies(n, d, theta, arrays)
+    return Fixture(d, n, theta, arrays, list(range(1, n + 1)))
 
 
-def build_replies(n: int, d: int, f: int, seed: int = 0) -> Replies:
+def build_replies(n: int, d: int, f: int, seed: int = 0) -> Fixture:
     """:func:`replies_from_updates` of :func:`scale_updates`."""
     return replies_from_updates(scale_updates(n, d, f, seed))
 
 
-def gaa_setup(n: int, f: int, seed: int = 0) -> tuple[Replies, Callable[[], GAA]]:
+def gaa_setup(n: int, f: int, seed: int = 0) -> tuple[Fixture, Callable[[], GAA]]:
     """Replies for the Healthcare-style model (MLP 1024-32-10, 33,130 parameters)
     and a GAA factory with its QV set: the updates of :func:`scale_updates`,
     scaled to a learning step, in the model's own layers."""
@@ -159,43 +134,19 @@ def gaa_setup(n: int, f: int, seed: int = 0) -> tuple[Replies, Callable[[], GAA]
             fraction_evaluate=0.0,
         )
 
-    return Replies(n, d, theta, arrays), make
+    return Fixture(d, n, theta, arrays, list(range(1, n + 1))), make
 
 
-def floor_seconds(replies: Replies) -> float:
+def floor_seconds(replies: Fixture) -> float:
     """One copy of the replies' bytes into an (n, d) float32 matrix + X Xᵀ."""
-    x = np.empty((replies.n, replies.d), dtype=np.float32)
-    t0 = time.perf_counter()
-    for row, arrays in zip(x, replies.arrays, strict=True):
-        start = 0
-        for array in arrays.values():
-            header = parse_npy_header(array.data)
-            size = math.prod(header.shape)
-            row[start : start + size] = np.frombuffer(
-                array.data, dtype=header.dtype, count=size, offset=header.offset
-            )
-            start += size
-    xt = torch.from_numpy(x)
-    _ = xt @ xt.T
-    return time.perf_counter() - t0
+    matrix = np.empty((replies.n, replies.d), dtype=np.float32)
+    return bench_strategies.floor_seconds(replies, matrix)[0]
 
 
-def time_strategy(replies: Replies, strategy, ours: bool) -> tuple[float, float]:
-    """Seconds of one ``aggregate_train`` and the peak extra RSS (MB) during it."""
-    node_ids = list(range(1, replies.n + 1))
-    if ours:
-        strategy.remember_sent(1, replies.theta, dict.fromkeys(node_ids, "train"))
-    messages = replies.messages()
-    gc.collect()
-    with _PeakRss() as mem:
-        t0 = time.perf_counter()
-        arrays, _ = strategy.aggregate_train(1, messages)
-        seconds = time.perf_counter() - t0
-    if arrays is None:
-        raise RuntimeError(f"{type(strategy).__name__} returned no arrays")
-    del arrays, messages
-    gc.collect()
-    return seconds, mem.extra_mb
+def time_strategy(replies: Fixture, strategy, ours: bool) -> tuple[float, float]:
+    """Seconds of one ``aggregate_train`` and the peak extra RSS (MB) during it;
+    every strategy is new, so it allocates its update matrix in the call."""
+    return bench_strategies.time_once(replies, strategy, ours, warm=False)
 
 
 Pair = tuple[str, Callable[[], object], Callable[[], object] | None]
@@ -326,7 +277,7 @@ def run_gaa(ns: list[int], repeats: int) -> list[dict]:
         for rnd in range(1, rounds + 1):
             nodes = dict.fromkeys(range(1, n + 1), "train")
             strategy.remember_sent(rnd, replies.theta, nodes)
-            messages = replies.messages()
+            messages = bench_strategies.fresh_replies(replies)
             gc.collect()
             with _PeakRss() as mem:
                 t0 = time.perf_counter()

@@ -195,6 +195,7 @@ def test_the_strategy_decides_on_the_sketch_it_is_given(bench_inputs) -> None:
     from flwr.app import ArrayRecord
 
     from benchmarks.bench_scale import replies_from_updates
+    from benchmarks.bench_strategies import fresh_replies
     from flwr_byz.strategy import Krum
     from tests.strategy_helpers import server_identity
 
@@ -206,7 +207,7 @@ def test_the_strategy_decides_on_the_sketch_it_is_given(bench_inputs) -> None:
         nodes = dict.fromkeys(range(1, replies.n + 1), "train")
         with server_identity():
             strategy.remember_sent(1, replies.theta, nodes)
-            arrays, _ = strategy.aggregate_train(1, replies.messages())
+            arrays, _ = strategy.aggregate_train(1, fresh_replies(replies))
         assert isinstance(arrays, ArrayRecord)
         outcomes[k] = strategy.history[-1]
     assert outcomes[1024].selected == outcomes[0].selected
@@ -219,7 +220,7 @@ def test_the_strategy_decides_on_the_sketch_it_is_given(bench_inputs) -> None:
     for s in (strategy, exact):
         with server_identity():
             s.remember_sent(1, few.theta, dict.fromkeys(range(1, 65), "train"))
-            s.aggregate_train(1, few.messages())
+            s.aggregate_train(1, fresh_replies(few))
     assert strategy.history[-1].scores == exact.history[-1].scores
 
 
