@@ -9,7 +9,12 @@ import pytest
 from flwr_byz.app.config import app_defaults, strategy_of_option
 from flwr_byz.experiments.cli import main
 from flwr_byz.experiments.grid import GridSpec, cell_name, check_grid
-from flwr_byz.experiments.tables import summarise
+from flwr_byz.experiments.tables import (
+    accuracy_by_round,
+    checkpoint_rounds,
+    detection_per_k,
+    summarise,
+)
 
 AXES = {"strategy": "faba", "attack": "sign-flip", "byzantine-fraction": 0.3, "seed": 0}
 
@@ -206,5 +211,82 @@ def test_report_writes_tables_curves_and_gaa_credit_traces(tmp_path, capsys) -> 
     assert "| gaa | sign-flip | 0.5 |" in summary
     # GAA+ per K: node 11 (Byzantine) ends with the lowest credit in both seeds.
     assert (
-        "| sign-flip | 0.5 | supernodes=2 | 2 | 100.0 ± 0.0 | 100.0 ± 0.0 |" in summary
+        "| GAA+ | sign-flip | 0.5 | supernodes=2 | 2 | 100.0 ± 0.0 | 100.0 ± 0.0 |"
+        in summary
     )
+    # The learning curve as a table: 50 % + 10 points a round, rounds 1 and 2.
+    assert "| gaa | sign-flip | 0.5 | supernodes=2 | 2 | 60.0 | 70.0 |" in summary
+
+
+def _truth(byzantine: list[int], nodes: list[int]) -> dict:
+    return {
+        "byzantine-node-ids": byzantine,
+        "byzantine-partition-ids": [nodes.index(n) for n in byzantine],
+        "node-partitions": {str(n): i for i, n in enumerate(nodes)},
+    }
+
+
+def test_detection_per_k_ranks_geomed_nodes_by_their_largest_final_scores() -> None:
+    nodes = [10, 11, 12, 13]
+
+    def run(strategy: str, seed: int, last: dict) -> dict:
+        cfg = {**app_defaults(), "strategy": strategy, "attack": "random-fault"}
+        cfg.update({"byzantine-fraction": 0.5, "seed": seed})
+        # An earlier round ranks the other way: only the last round counts.
+        first = {"round": 1, "node-ids": nodes, "scores": [9.0, 1.0, 8.0, 2.0]}
+        return {
+            "config": cfg,
+            "ground-truth": _truth([11, 13], nodes),
+            "rounds": [{"round": 0}, first, {"round": 2, **last}],
+            "summary": {"final-accuracy": 0.5},
+        }
+
+    rows = detection_per_k(
+        [
+            # Node 11 farthest, then 13: the two attackers on top.
+            run("geomed", 0, {"node-ids": nodes, "scores": [1.0, 7.0, 2.0, 5.0]}),
+            # Node 13 farthest, then honest 12.
+            run("geomed", 1, {"node-ids": nodes, "scores": [1.0, 2.0, 6.0, 9.0]}),
+            # Scores of other rules are not GeoMed+.
+            run("krum", 0, {"node-ids": nodes, "scores": [1.0, 7.0, 2.0, 5.0]}),
+            # GAA+: the lowest credits, here the two honest nodes.
+            run(
+                "gaa",
+                0,
+                {"credit-node-ids": nodes, "credits": [0.01, 0.4, 0.09, 0.5]},
+            ),
+        ]
+    )
+    by_detector = {r["detector"]: r for r in rows}
+    assert set(by_detector) == {"GeoMed+", "GAA+"}
+    geomed = by_detector["GeoMed+"]
+    assert geomed["seeds"] == 2
+    assert geomed["P@1"] == "100.0 ± 0.0"
+    assert geomed["P@f"] == "75.0 ± 35.4" and geomed["R@f"] == "75.0 ± 35.4"
+    assert by_detector["GAA+"]["P@f"] == "0.0"
+
+
+def test_accuracy_by_round_averages_seeds_at_the_checkpoint_rounds() -> None:
+    assert checkpoint_rounds(20) == [1, 2, 5, 10, 15, 20]
+    assert checkpoint_rounds(2) == [1, 2]
+
+    def run(seed: int, offset: float, episodes: int = 1) -> dict:
+        cfg = {**app_defaults(), "strategy": "faba", "attack": "uniform-noise"}
+        cfg.update({"byzantine-fraction": 0.3, "seed": seed})
+        rounds = [
+            {
+                "round": r,
+                "episode": ep,
+                "accuracy": (0.2 if ep < episodes else offset) + r / 100,
+            }
+            for ep in range(1, episodes + 1)
+            for r in range(0, 21)
+        ]
+        return {"config": cfg, "rounds": rounds, "summary": {"final-accuracy": 0.5}}
+
+    rows = accuracy_by_round([run(0, 0.5), run(1, 0.7), run(2, 0.6, episodes=2)])
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["seeds"] == 3
+    # Seeds 0, 1 and seed 2's last episode: 0.5, 0.7, 0.6 + r/100.
+    assert [row[f"round {r}"] for r in (1, 5, 20)] == ["61.0", "65.0", "80.0"]

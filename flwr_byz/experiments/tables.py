@@ -146,36 +146,66 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _ranked_suspects(run: dict[str, Any]) -> tuple[str, list[int]] | None:
+    """The detector of a run and its node ids, most suspect first, from the last
+    round that has what it needs; None for a run without one.
+
+    GAA+ (the GAA paper's Proc. 2): the lowest final credits first. GeoMed+ (its
+    Proc. 1) for ``geomed`` runs: the largest final-round scores first (each
+    node's sum of distances to the others for the medoid, its distance to the
+    geometric median for Weiszfeld). Proc. 1 recomputes the sums after removing
+    each node; ``results.json`` keeps only one round's scores, so this is the
+    one-shot ranking, the same as Proc. 1 whenever the K farthest stay the
+    farthest once the others are removed.
+    """
+    credited = [e for e in run["rounds"] if "credits" in e]
+    if credited:
+        last = credited[-1]
+        ids = [int(n) for n in last["credit-node-ids"]]
+        return "GAA+", [n for _, n in sorted(zip(last["credits"], ids, strict=True))]
+    if run["config"]["strategy"] == "geomed":
+        scored = [
+            e
+            for e in run["rounds"]
+            if e.get("scores") and len(e["scores"]) == len(e.get("node-ids", []))
+        ]
+        if scored:
+            last = scored[-1]
+            ids = [int(n) for n in last["node-ids"]]
+            pairs = sorted(zip(last["scores"], ids, strict=True), key=lambda p: -p[0])
+            return "GeoMed+", [n for _, n in pairs]
+    return None
+
+
 def detection_per_k(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """GAA+ precision/recall of the K lowest final credits (the GAA paper's Table 4).
+    """Precision/recall of the K most suspect nodes (the GAA paper's Table 4):
+    GAA+ (the K lowest final credits) and GeoMed+ (the K largest final GeoMed
+    scores, see :func:`_ranked_suspects`).
 
     K = 1, ⌈f/3⌉ and f, where f is the true number of Byzantine nodes; one row
-    per (attack, fraction, settings), mean ± std over seeds. Runs without credits
-    (other rules) are left out.
+    per (detector, attack, fraction, settings), mean ± std over seeds. Runs of
+    other rules, and runs without attackers, are left out.
     """
-    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        credited = [e for e in run["rounds"] if "credits" in e]
+        ranked = _ranked_suspects(run)
         byzantine = {int(n) for n in run["ground-truth"]["byzantine-node-ids"]}
-        if not credited or not byzantine:
+        if ranked is None or not byzantine:
             continue
+        detector, order = ranked
         cfg = run["config"]
-        last = credited[-1]
-        order = sorted(
-            zip(last["credits"], [int(n) for n in last["credit-node-ids"]], strict=True)
-        )
         f = len(byzantine)
         scores = {}
         for name, k in (("1", 1), ("f/3", -(-f // 3)), ("f", f)):
-            hit = len({n for _, n in order[:k]} & byzantine)
+            hit = len(set(order[:k]) & byzantine)
             scores[f"P@{name}"] = hit / k
             scores[f"R@{name}"] = hit / f
-        groups[
-            (cfg["attack"], float(cfg["byzantine-fraction"]), settings_text(run))
-        ].append(scores)
+        key = (detector, cfg["attack"], float(cfg["byzantine-fraction"]))
+        groups[(*key, settings_text(run))].append(scores)
     rows = []
-    for (attack, fraction, settings), group in sorted(groups.items()):
+    for (detector, attack, fraction, settings), group in sorted(groups.items()):
         row: dict[str, Any] = {
+            "detector": detector,
             "attack": attack,
             "byzantine-fraction": fraction,
             "settings": settings,
@@ -183,6 +213,52 @@ def detection_per_k(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for key in group[0]:
             row[key] = _mean_std([g[key] for g in group])
+        rows.append(row)
+    return rows
+
+
+def checkpoint_rounds(last: int) -> list[int]:
+    """Rounds to show a learning curve at: 1, 2 and each quarter of ``last``
+    (20 rounds: 1, 2, 5, 10, 15, 20)."""
+    picks = {1, 2} | {round(last * q / 4) for q in (1, 2, 3, 4)}
+    return sorted(r for r in picks if 1 <= r <= last)
+
+
+def accuracy_by_round(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Test accuracy at :func:`checkpoint_rounds` of the grid's longest run (the
+    FABA paper's Table 1, accuracy per epoch): one row per (strategy, attack,
+    fraction, settings), the mean over its seeds in %, "–" where no seed reached
+    that round. With several GAA episodes, the last episode's rounds."""
+    groups: dict[tuple[str, str, float, str], list[dict[int, float]]] = defaultdict(
+        list
+    )
+    last = 0
+    for run in runs:
+        cfg = run["config"]
+        # Episodes follow each other in ``rounds``: a later episode's round
+        # overwrites the same round of an earlier one.
+        curve = {
+            int(e["round"]): e["accuracy"]
+            for e in run["rounds"]
+            if e.get("accuracy") is not None
+        }
+        last = max([last, *curve])
+        key = (cfg["strategy"], cfg["attack"], float(cfg["byzantine-fraction"]))
+        groups[(*key, settings_text(run))].append(curve)
+    rows = []
+    for (strategy, attack, fraction, settings), curves in sorted(groups.items()):
+        row: dict[str, Any] = {
+            "strategy": strategy,
+            "attack": attack,
+            "byzantine-fraction": fraction,
+            "settings": settings,
+            "seeds": len(curves),
+        }
+        for r in checkpoint_rounds(last):
+            values = [c[r] for c in curves if r in c]
+            row[f"round {r}"] = (
+                f"{100 * statistics.mean(values):.1f}" if values else "–"
+            )
         rows.append(row)
     return rows
 
@@ -210,8 +286,12 @@ def write_tables(runs: list[dict[str, Any]], out_dir: Path) -> Path:
     text = markdown_table(rows)
     per_k = detection_per_k(runs)
     if per_k:
-        text += "\nGAA+ detection per K (precision P, recall R, %):\n\n"
+        text += "\nDetection per K (precision P, recall R, %):\n\n"
         text += markdown_table(per_k)
+    by_round = accuracy_by_round(runs)
+    if by_round:
+        text += "\nAccuracy by round (%, mean over seeds):\n\n"
+        text += markdown_table(by_round)
     md.write_text(text)
     with (out_dir / "summary.csv").open("w", newline="") as handle:
         if rows:
