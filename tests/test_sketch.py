@@ -97,13 +97,21 @@ def test_a_too_narrow_or_non_integer_sketch_is_refused(bad) -> None:
         CountSketch(bad)
 
 
-def test_cross_distances_equal_the_full_matrix_rows() -> None:
+@pytest.mark.parametrize("offset", [0.0, 100.0, "near-copies"])
+def test_cross_distances_equal_the_full_matrix_rows(offset) -> None:
+    # 0: one read and the norm algebra; 100: a common offset 100× the spread
+    # (computed centred); near-copies: two rows 1e-3 apart (that pair directly).
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(30, 5000, generator=gen) + 100.0
+    x = torch.randn(30, 5000, generator=gen)
+    if offset == "near-copies":
+        x[7] = x[4] + 1e-3 * torch.randn(5000, generator=gen)
+    else:
+        x += offset
     full = pairwise_sq_distances(x).cpu()
     cross, scale = scaled_cross_sq_distances(x, [4, 0, 29])
     assert scale == 1.0
-    assert torch.allclose(cross, full[[4, 0, 29]], rtol=1e-4, atol=1e-3)
+    assert torch.allclose(cross, full[[4, 0, 29]], rtol=1e-5, atol=1e-6)
+    assert cross[0, 4] == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +280,16 @@ def test_repeated_krum_by_running_sums_equals_sorting_each_time(kind) -> None:
         assert repeated_krum(sq, f, n - 2 * f) == _repeated_krum_by_sorting(
             sq, f, n - 2 * f
         ), (kind, seed)
+
+
+def test_the_centred_cross_distances_agree_under_a_large_offset() -> None:
+    # The path taken when most pairs would cancel (rows 1e4 from the origin,
+    # about 1 apart): centred on the reference row, exact to float64 rounding.
+    from flwr_byz.aggregation.distances import _centred_cross
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 3000, generator=gen, dtype=torch.float64) + 1e4
+    full = pairwise_sq_distances(x).cpu()
+    index = torch.tensor([3, 11])
+    got = _centred_cross(x, index, 1024, torch.float64)
+    assert torch.allclose(got, full[[3, 11]], rtol=1e-9, atol=1e-9)

@@ -398,10 +398,14 @@ def scaled_cross_sq_distances(
 
     ``len(rows) × n × d`` work instead of the full Gram's ``n² d``: a sketched rule
     (:mod:`flwr_byz.aggregation.sketch`) uses it to decide exactly among the few
-    candidates its sketch short-listed. Rows are centred on the reference row and
-    multiplied in the input precision with float64 accumulation; a chunk that is
-    not finite in float32 is redone in float64. ``scale`` as in
-    :func:`scaled_centred_gram`.
+    candidates its sketch short-listed. One read of ``x``: the products with the
+    candidate rows and every row's squared norm, per column chunk in the input
+    precision, accumulated in float64 (a chunk not finite in float32 is redone in
+    float64). ``‖a‖² + ‖b‖² − 2 a·b`` cancels where two rows are much closer to
+    each other than to the origin: such pairs (squared norms more than 4 times
+    their distance) are recomputed as ``‖a − b‖²`` directly, and when most pairs
+    are such (a large common offset), everything is computed centred on the
+    reference row. ``scale`` as in :func:`scaled_centred_gram`.
 
     Returns
     -------
@@ -417,9 +421,42 @@ def scaled_cross_sq_distances(
     if chunk is None:
         chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
     work = _work_dtype(x)
-    ref = x[reference_row(x)[0]]
     index = torch.tensor(rows, device=x.device)
-    cross = torch.zeros(len(rows), n, dtype=torch.float64, device=x.device)
+    picked = x[index].to(work)
+    dots = torch.zeros(n, len(rows), dtype=torch.float64, device=x.device)
+    norms = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for start in range(0, d, chunk):
+        stop = min(start + chunk, d)
+        cols = x[:, start:stop].to(work)
+        part = (cols @ picked[:, start:stop].T).to(torch.float64)
+        sq = torch.linalg.vector_norm(cols, dim=1, dtype=torch.float64).square()
+        if not math.isfinite(float(part.abs().sum())):
+            cols = cols.to(torch.float64)
+            part = cols @ picked[:, start:stop].to(torch.float64).T
+        dots += part
+        norms += sq
+    size = norms[index][:, None] + norms[None, :]
+    out = (size - 2.0 * dots.T).clamp_(min=0.0)
+    bad = size > _MAX_CONDITIONING * out
+    bad[torch.arange(len(rows)), index] = False
+    if int(bad.sum()) > 2 * n:
+        out = _centred_cross(x, index, chunk, work)
+    else:
+        for c, j in torch.nonzero(bad).tolist():
+            gap = x[rows[c]].to(torch.float64) - x[j].to(torch.float64)
+            out[c, j] = gap.square().sum()
+    out[torch.arange(len(rows)), index] = 0.0
+    return out.cpu(), scale
+
+
+def _centred_cross(
+    x: torch.Tensor, index: torch.Tensor, chunk: int, work: torch.dtype
+) -> torch.Tensor:
+    """:func:`scaled_cross_sq_distances` centred on the reference row (rows with
+    a large common offset); ``x`` already scaled."""
+    n, d = x.shape
+    ref = x[reference_row(x)[0]]
+    cross = torch.zeros(len(index), n, dtype=torch.float64, device=x.device)
     norms = torch.zeros(n, dtype=torch.float64, device=x.device)
     for start in range(0, d, chunk):
         stop = min(start + chunk, d)
@@ -434,6 +471,4 @@ def scaled_cross_sq_distances(
             sq = y.square().sum(dim=1)
         cross += part
         norms += sq
-    out = (norms[index][:, None] + norms[None, :] - 2.0 * cross).clamp_(min=0.0)
-    out[torch.arange(len(rows)), index] = 0.0
-    return out.cpu(), scale
+    return (norms[index][:, None] + norms[None, :] - 2.0 * cross).clamp_(min=0.0)
