@@ -429,10 +429,14 @@ def scaled_cross_sq_distances(
         stop = min(start + chunk, d)
         cols = x[:, start:stop].to(work)
         part = (cols @ picked[:, start:stop].T).to(torch.float64)
-        sq = torch.linalg.vector_norm(cols, dim=1, dtype=torch.float64).square()
-        if not math.isfinite(float(part.abs().sum())):
+        # In the input precision: a float64 norm would copy the chunk.
+        sq = torch.linalg.vector_norm(cols, dim=1).to(torch.float64).square()
+        if not (
+            math.isfinite(float(part.abs().sum())) and math.isfinite(float(sq.sum()))
+        ):
             cols = cols.to(torch.float64)
             part = cols @ picked[:, start:stop].to(torch.float64).T
+            sq = torch.linalg.vector_norm(cols, dim=1).square()
         dots += part
         norms += sq
     size = norms[index][:, None] + norms[None, :]
