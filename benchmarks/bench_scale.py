@@ -355,32 +355,44 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     dims = sorted({r["d"] for r in rows})
-    fig, axes = plt.subplots(1, len(dims), figsize=(6 * len(dims), 4.5), squeeze=False)
+    names = list(dict.fromkeys(r["rule"] for r in rows))
+    colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}
+    fig, axes = plt.subplots(1, len(dims), figsize=(6 * len(dims), 4.8), squeeze=False)
+    handles = {}
     for ax, d in zip(axes[0], dims, strict=True):
         sub = [r for r in rows if r["d"] == d]
-        names = list(dict.fromkeys(r["rule"] for r in sub))
         for name in names:
             pts = sorted((r["n"], r["ours_s"]) for r in sub if r["rule"] == name)
+            if not pts:
+                continue
             style = "--" if "sketch" in name else "-"
-            ax.plot(*zip(*pts, strict=True), style, marker="o", label=name)
-        for label, key in (("Flower Krum", "flower_s"),):
-            pts = sorted(
-                (r["n"], r[key]) for r in sub if r["rule"] == "Krum" and r[key]
+            (line,) = ax.plot(
+                *zip(*pts, strict=True), style, marker="o", color=colours[name]
             )
-            if pts:
-                ax.plot(
-                    *zip(*pts, strict=True), ":", color="k", marker="x", label=label
-                )
-        pts = sorted({(r["n"], r["floor_s"]) for r in sub})
-        ax.plot(*zip(*pts, strict=True), color="grey", lw=3, alpha=0.5, label="floor")
+            handles[name] = line
+        pts = sorted(
+            (r["n"], r["flower_s"])
+            for r in sub
+            if r["rule"] == "Krum" and r["flower_s"]
+        )
+        if pts:
+            (line,) = ax.plot(*zip(*pts, strict=True), ":", color="k", marker="x")
+            handles["Flower's Krum"] = line
+        floors: dict[int, float] = {}
+        for r in sub:
+            floors[r["n"]] = min(floors.get(r["n"], math.inf), r["floor_s"])
+        (line,) = ax.plot(
+            *zip(*sorted(floors.items()), strict=True), color="grey", lw=4, alpha=0.4
+        )
+        handles["floor: copy + one Gram product"] = line
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("clients per round n")
         ax.set_ylabel("aggregate_train (s)")
         ax.set_title(f"d = {d:,} parameters")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right", ncol=1)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=90)
 
 
