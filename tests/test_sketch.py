@@ -293,3 +293,53 @@ def test_the_centred_cross_distances_agree_under_a_large_offset() -> None:
     index = torch.tensor([3, 11])
     got = _centred_cross(x, index, 1024, torch.float64)
     assert torch.allclose(got, full[[3, 11]], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("magnitude", [1e6, 1e30, 3e38])
+@pytest.mark.parametrize("name", ["krum", "multikrum", "faba", "geomed"])
+def test_a_huge_finite_reply_never_takes_over_a_sketched_rule(name, magnitude) -> None:
+    # The adversarial-magnitude guarantee holds through the sketch: a few rows
+    # anywhere up to float32's largest value are never chosen, and the
+    # aggregate stays finite and honest-sized.
+    rules = {
+        "krum": lambda x, f, s: krum(x, f, sketch=s),
+        "multikrum": lambda x, f, s: multikrum(x, f, sketch=s),
+        "faba": lambda x, f, s: faba(x, f, sketch=s),
+        "geomed": lambda x, f, s: geomed_medoid(x, f, sketch=s),
+    }
+    gen = torch.Generator().manual_seed(8)
+    n, d, f = 70, 600, 3
+    x = torch.randn(n, d, generator=gen)
+    x[5] = magnitude
+    x[40, ::3] = -magnitude
+    x[66] = magnitude * torch.sign(torch.randn(d, generator=gen))
+    sketch = CountSketch(64, seed=1)
+    assert sketch.applies_to(n, d)
+    result = rules[name](x, f, sketch)
+    assert not {5, 40, 66} & set(result.selected)
+    assert bool(torch.isfinite(result.aggregate).all())
+    assert float(result.aggregate.abs().max()) < 10.0
+
+
+def test_the_exact_short_list_scores_are_krum_scores() -> None:
+    # Every row short-listed (k = 16: a wide slack): the exact re-scoring must
+    # pick exactly Krum's row, so each score is over n − f − 2 *other* rows.
+    from flwr_byz.aggregation.krum import _shortlist_exact, krum_scores
+
+    for seed in range(10):
+        gen = torch.Generator().manual_seed(seed)
+        n, f = 16, 4
+        x = torch.randn(n, 50, generator=gen, dtype=torch.float64)
+        x *= torch.rand(n, 1, generator=gen, dtype=torch.float64) * 3
+        scores = krum_scores(pairwise_sq_distances(x), f)
+        best = _shortlist_exact(x, f, scores, CountSketch(16, min_rows=0))
+        assert best == int(np.argmin(scores)), seed
+
+
+def test_the_sketched_medoid_with_every_row_short_listed_is_the_exact_medoid() -> None:
+    for seed in range(10):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(16, 50, generator=gen, dtype=torch.float64)
+        x[10:] += 8.0  # a far group: the medoid is not the row nearest the mean
+        sketched = geomed_medoid(x, 0, sketch=CountSketch(16, seed=seed, min_rows=0))
+        assert sketched.selected == geomed_medoid(x, 0).selected, seed
