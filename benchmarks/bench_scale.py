@@ -72,28 +72,27 @@ def scale_updates(n: int, d: int, f: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def replies_from_updates(updates: np.ndarray) -> Fixture:
-    """Replies ``θ + Δ_i`` with ``θ = 0``, one per row of the ``(n, d)`` updates,
-    split into 16 arrays as a model's layers would be."""
+def replies_from_updates(
+    updates: np.ndarray, theta: dict[str, np.ndarray] | None = None
+) -> Fixture:
+    """Replies ``θ + Δ_i``, one per row of the ``(n, d)`` updates, in the arrays of
+    the model ``theta`` (default: zeros split into 16 arrays as a model's layers
+    would be)."""
     n, d = updates.shape
-    shapes = _split(d)
-    theta = ArrayRecord(
-        {
-            f"layer{i}": Array(np.zeros(s, dtype=np.float32))
-            for i, s in enumerate(shapes)
+    if theta is None:
+        theta = {
+            f"layer{i}": np.zeros(s, dtype=np.float32) for i, s in enumerate(_split(d))
         }
-    )
     arrays = []
     for row in updates:
         start, layers = 0, {}
-        for i, shape in enumerate(shapes):
-            size = math.prod(shape)
-            layers[f"layer{i}"] = Array(
-                np.ascontiguousarray(row[start : start + size]).reshape(shape)
-            )
-            start += size
+        for key, value in theta.items():
+            part = row[start : start + value.size].reshape(value.shape)
+            layers[key] = Array(np.ascontiguousarray(value + part))
+            start += value.size
         arrays.append(layers)
-    return Fixture(d, n, theta, arrays, list(range(1, n + 1)))
+    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in theta.items()})
+    return Fixture(d, n, record, arrays, list(range(1, n + 1)))
 
 
 def build_replies(n: int, d: int, f: int, seed: int = 0) -> Fixture:
@@ -116,15 +115,7 @@ def gaa_setup(n: int, f: int, seed: int = 0) -> tuple[Fixture, Callable[[], GAA]
     state = {k: v.detach().numpy() for k, v in factory().state_dict().items()}
     d = sum(v.size for v in state.values())
     updates = scale_updates(n, d, f, seed) * np.float32(0.01)
-    arrays = []
-    for row in updates:
-        start, layers = 0, {}
-        for key, value in state.items():
-            part = row[start : start + value.size].reshape(value.shape)
-            layers[key] = Array(np.ascontiguousarray(value + part))
-            start += value.size
-        arrays.append(layers)
-    theta = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    replies = replies_from_updates(updates, state)
 
     def make() -> GAA:
         return GAA(
@@ -134,7 +125,7 @@ def gaa_setup(n: int, f: int, seed: int = 0) -> tuple[Fixture, Callable[[], GAA]
             fraction_evaluate=0.0,
         )
 
-    return Fixture(d, n, theta, arrays, list(range(1, n + 1))), make
+    return replies, make
 
 
 def floor_seconds(replies: Fixture) -> float:

@@ -86,7 +86,6 @@ def repeated_krum(sq: torch.Tensor, f: int, count: int) -> list[int]:
             score.zero_()
             p.fill_(-1)
             continue
-        live = alive.clone()
         pb = pos[:, best]
         held = pb <= p
         removed = torch.where(held, near[rows, pb], near[rows, p.clamp(min=0)])
@@ -100,7 +99,7 @@ def repeated_krum(sq: torch.Tensor, f: int, count: int) -> list[int]:
             if not bool(stale.any()):
                 break
             p = torch.where(stale, p - 1, p)
-        fresh = live & (removed.abs() > _CANCELLATION * score.abs())
+        fresh = alive & (removed.abs() > _CANCELLATION * score.abs())
         for i in torch.nonzero(fresh).flatten().tolist():
             members = order[i, : p[i] + 1]
             score[i] = dist[i, members[alive[members]]].sum()

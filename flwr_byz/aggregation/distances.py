@@ -217,6 +217,18 @@ def decision_scaling(x: torch.Tensor) -> tuple[float, torch.Tensor | None]:
     return scale, (shrink if bool((shrink < 1).any()) else None)
 
 
+def _in_range(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``x`` as the rules decide on it (:func:`decision_scaling` applied), and
+    ``scale``; ``x`` itself unless it is float64 at extreme magnitudes."""
+    scale, shrink = decision_scaling(x)
+    if shrink is not None:
+        # One power of two per row, so no intermediate overflows.
+        return x * (shrink / scale).to(x.device)[:, None], scale
+    if scale != 1.0:
+        return x / scale, scale  # a copy, only for float64 at extreme magnitudes
+    return x, scale
+
+
 def centred_gram(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Float64 Gram matrix of the rows of ``x`` centred on a reference row.
 
@@ -258,12 +270,7 @@ def scaled_centred_gram(
     ``√(2/k)``.
     """
     n, d = check_updates(x, "centred_gram")
-    scale, shrink = decision_scaling(x)
-    if shrink is not None:
-        # One power of two per row, so no intermediate overflows.
-        x = x * (shrink / scale).to(x.device)[:, None]
-    elif scale != 1.0:
-        x = x / scale  # a copy, only for float64 input at extreme magnitudes
+    x, scale = _in_range(x)
     if sketch is not None and sketch.applies_to(n, d):
         x = sketch.project(x, x[reference_row(x)[0]])
         n, d = x.shape
@@ -413,11 +420,7 @@ def scaled_cross_sq_distances(
         ``(len(rows), n)`` float64 on the CPU, and ``scale``.
     """
     n, d = check_updates(x, "cross_sq_distances")
-    scale, shrink = decision_scaling(x)
-    if shrink is not None:
-        x = x * (shrink / scale).to(x.device)[:, None]
-    elif scale != 1.0:
-        x = x / scale
+    x, scale = _in_range(x)
     if chunk is None:
         chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
     work = _work_dtype(x)
