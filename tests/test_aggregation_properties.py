@@ -436,3 +436,29 @@ def test_geometric_median_leaves_a_data_point_that_is_not_the_median():
     # A data point that is the median (the majority sits on it) is kept.
     y = torch.tensor([[0.0, 0.0]] * 6 + [[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
     assert torch.equal(geometric_median(y, 0).aggregate, torch.zeros(2))
+
+
+@pytest.mark.parametrize("n, chosen", [(500, None), (40, None), (300, 120)])
+def test_coordinatewise_chunks_hold_a_bounded_number_of_values(
+    n: int, chosen: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's size is a number of values, not of columns: with many rows its
+    copies stay small (a 65,536-column chunk of 1,000 rows held 262 MB)."""
+    from flwr_byz.aggregation import coordinatewise
+
+    monkeypatch.setattr(coordinatewise, "_CPU_CHUNK_VALUES", 20_000)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3_000, generator=g)
+    rows = None if chosen is None else torch.arange(0, n, n // chosen)[:chosen]
+    sizes: list[int] = []
+
+    def median(chunk: torch.Tensor) -> torch.Tensor:
+        sizes.append(chunk.numel())
+        return chunk.double().median(dim=1).values
+
+    out = coordinatewise.column_chunks(x, median, rows=rows)
+    height = n if rows is None else len(rows)
+    assert max(sizes) <= max(20_000, 64 * height)
+    assert sum(sizes) == height * 3_000
+    picked = x if rows is None else x[rows]
+    torch.testing.assert_close(out, picked.median(dim=0).values, rtol=0, atol=0)
