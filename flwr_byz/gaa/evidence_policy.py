@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .features import FEATURE_NAMES, coordinate_median
+from .features import FEATURE_NAMES, vector_median
 from .observation import Observation
 
 #: Inputs of g_ψ, in order: the observation features with ``log-norm`` replaced
@@ -220,7 +220,7 @@ class EvidencePolicy(nn.Module):
             raise ValueError("EvidencePolicy needs Observation.features")
         feats = obs.features
         log_norm = feats[:, FEATURE_NAMES.index("log-norm")]
-        rel = log_norm - coordinate_median(log_norm.unsqueeze(1)).squeeze(0)
+        rel = log_norm - vector_median(log_norm)
         trust = torch.softmax(prev_logits.detach(), 0)
         ref = weighted_quantile(log_norm, trust, NORM_QUANTILE)
         excess = torch.relu(log_norm - ref - math.log(NORM_SLACK))
@@ -244,9 +244,11 @@ class EvidencePolicy(nn.Module):
         pre = x @ self.head.weight[0, :-1]
         pre = -torch.relu(pre.max() - pre - self.slack)
         # Unit directions: one large update must not make the reference alone.
-        u = obs.updates / (obs.updates.norm(dim=1, keepdim=True) + 1e-12)
+        # (w / ‖Δ‖) @ Δ is w @ (Δ / ‖Δ‖) without a normalised copy of the matrix.
+        updates = obs.updates
+        inv_norm = 1.0 / (updates.norm(dim=1) + 1e-12)
         w = torch.softmax(prev_logits + pre, 0)
-        ref = w @ u
+        ref = (w * inv_norm) @ updates
         # If that consensus itself goes uphill on the QV set (a majority
         # pulling the wrong way), lean the reference towards QV descent.
         # Alignments in units of the typical one among the workers that make
@@ -262,8 +264,8 @@ class EvidencePolicy(nn.Module):
             * (descent / typical).clamp(-LEAN_CLIP, LEAN_CLIP)
         )
         w = torch.softmax(prev_logits + pre + lean, 0)
-        ref = w @ u
-        cos = (u @ ref) / (ref.norm() + 1e-12)
+        ref = (w * inv_norm) @ updates
+        cos = (updates @ ref) * inv_norm / (ref.norm() + 1e-12)
         return torch.cat([x, cos.unsqueeze(1)], dim=1)
 
     def forward(self, obs: Observation, prev_logits: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from flwr_byz.aggregation.coordinatewise import coordinate_median as _median_rule
+from flwr_byz.aggregation.distances import sample_columns
+
 FEATURE_NAMES: tuple[str, ...] = (
     "qv-gain",  # QV-loss decrease if Δ_i alone were applied, relative, centred
     "cos-qv-descent",  # cos(Δ_i, −∇f_B(θ_t))
     "cos-mean",  # cos(Δ_i, mean of the Δ's)
-    "cos-median",  # cos(Δ_i, coordinate median of the Δ's)
+    "cos-median",  # cos(Δ_i, coordinate median of the Δ's), on sampled columns
     "log-norm",  # log ‖Δ_i‖ (the policy only uses differences of it)
     "qv-gain-scaled",  # QV-loss decrease of Δ_i alone ÷ the median |decrease|
 )
@@ -21,30 +24,83 @@ SCALED_CLIP = 5.0
 #: Relative QV changes below this are not magnified by ``qv-gain-scaled``: on a
 #: converged model every solo step changes the QV loss by noise only.
 SCALE_FLOOR = 0.01
+#: ``cos-median`` reads the median on the aggregation's column sample
+#: (:func:`~flwr_byz.aggregation.distances.sample_columns`: evenly spread blocks,
+#: 1/32 of the columns, 2,048 to 8,192): a full coordinate median's per-column
+#: selection cost more than Flower's whole FedAvg round (17 vs 12 ms at 50 clients
+#: × 33,130 parameters). The feature weighs 0 in the prior (only the residual MLP
+#: may learn to use it); on 2,048 columns its standard error is about
+#: √((1 − cos²)/2048) ≤ 0.022.
+#: Values per column chunk of the per-coordinate and per-row statistics (8 MB as
+#: float64): their temporaries stay a few MB whatever the update matrix's size.
+_CHUNK_VALUES = 1 << 20
 
 
 def coordinate_median(x: torch.Tensor) -> torch.Tensor:
-    """Per-coordinate median of the rows (mean of the two middle ones for even n)."""
-    n = x.shape[0]
-    # One selection (O(n·d)) instead of a full sort per coordinate.
-    lower = x.kthvalue((n + 1) // 2, dim=0).values
-    if n % 2:
-        return lower
-    # The next order statistic: `lower` again if it occurs often enough,
-    # else the smallest value above it.
-    repeated = (x <= lower).sum(dim=0) >= n // 2 + 1
-    above = torch.where(x > lower, x, torch.full_like(x, float("inf"))).amin(dim=0)
-    return 0.5 * (lower + torch.where(repeated, lower, above))
+    """Per-coordinate median of the rows (mean of the two middle ones for even n).
+
+    The median rule's own selection (:func:`flwr_byz.aggregation.coordinate_median`):
+    column chunks of bounded size, one selection per column, several times faster
+    than ``torch.kthvalue`` over the rows.
+    """
+    return _median_rule(x).aggregate
 
 
-def _median(v: torch.Tensor) -> torch.Tensor:
-    return coordinate_median(v.unsqueeze(1)).squeeze(0)
+def _cos_median(updates: torch.Tensor) -> torch.Tensor:
+    sample = sample_columns(updates)
+    ref = coordinate_median(sample)
+    norms, dots = row_statistics(sample, ref.unsqueeze(0))
+    return _cosines(norms, dots, ref.unsqueeze(0))[:, 0]
 
 
-def _cos(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    x64, r64 = x.double(), ref.double()
-    den = x64.norm(dim=1) * r64.norm() + eps
-    return (x64 @ r64 / den).float()
+def vector_median(v: torch.Tensor) -> torch.Tensor:
+    """Median of a 1-D tensor (mean of the two middle values for an even length).
+
+    A sort: for the few values of one per worker it is far cheaper than the
+    chunked selection of :func:`coordinate_median`, with the same result.
+    """
+    s = v.sort().values
+    m = s.shape[0]
+    return s[m // 2] if m % 2 else 0.5 * (s[m // 2 - 1] + s[m // 2])
+
+
+def row_statistics(
+    x: torch.Tensor, refs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's norm and its dot products with ``refs``, accumulated in float64.
+
+    One read of ``x`` by column chunks: only a chunk is ever converted to float64,
+    so the extra memory is a few MB whatever ``x``'s size (a whole-matrix float64
+    copy per statistic took twice the update matrix's memory each).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(m, d)`` rows.
+    refs : torch.Tensor
+        ``(k, d)`` reference vectors.
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor]
+        ``(m,)`` float64 norms and ``(m, k)`` float64 dot products.
+    """
+    m, d = x.shape
+    sq = torch.zeros(m, dtype=torch.float64, device=x.device)
+    dots = torch.zeros(m, refs.shape[0], dtype=torch.float64, device=x.device)
+    step = max(64, _CHUNK_VALUES // max(m, 1))
+    for start in range(0, d, step):
+        cols = x[:, start : start + step].double()
+        sq += (cols * cols).sum(dim=1)
+        dots += cols @ refs[:, start : start + step].double().T
+    return sq.sqrt(), dots
+
+
+def _cosines(
+    norms: torch.Tensor, dots: torch.Tensor, refs: torch.Tensor, eps: float = 1e-12
+) -> torch.Tensor:
+    ref_norms = refs.double().norm(dim=1)
+    return (dots / (norms[:, None] * ref_norms[None, :] + eps)).float()
 
 
 def evidence_features(
@@ -97,18 +153,13 @@ def evidence_features(
         solo_losses.double(), nan=f0 + GAIN_CLIP * scale, posinf=f0 + GAIN_CLIP * scale
     )
     raw = (f0 - solo) / scale
-    typical = _median(raw.abs()).clamp(min=SCALE_FLOOR)
+    typical = vector_median(raw.abs()).clamp(min=SCALE_FLOOR)
     scaled = (raw / typical).clamp(-SCALED_CLIP, SCALED_CLIP).float()
-    gain = (raw - _median(raw)).clamp(-GAIN_CLIP, GAIN_CLIP).float()
-    log_norm = torch.log(updates.double().norm(dim=1) + 1e-30).float()
+    gain = (raw - vector_median(raw)).clamp(-GAIN_CLIP, GAIN_CLIP).float()
+    refs = torch.stack([-qv_grad.to(updates.dtype), updates.mean(dim=0)])
+    norms, dots = row_statistics(updates, refs)
+    cos = _cosines(norms, dots, refs)
+    log_norm = torch.log(norms + 1e-30).float()
     return torch.stack(
-        [
-            gain,
-            _cos(updates, -qv_grad),
-            _cos(updates, updates.mean(dim=0)),
-            _cos(updates, coordinate_median(updates)),
-            log_norm,
-            scaled,
-        ],
-        dim=1,
+        [gain, cos[:, 0], cos[:, 1], _cos_median(updates), log_norm, scaled], dim=1
     )
