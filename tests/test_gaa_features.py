@@ -127,3 +127,26 @@ def test_policy_consensus_equals_unit_directions_weighted_by_credit() -> None:
     ref = w @ unit
     expected = unit @ ref / ref.norm()
     torch.testing.assert_close(x[:, -1].double(), expected, rtol=0, atol=1e-5)
+
+
+def test_solo_qv_losses_by_blocks_of_rows_equal_one_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torch import nn
+
+    from flwr_byz.gaa import QVObjective
+    from flwr_byz.gaa import qv as qv_mod
+
+    def factory() -> nn.Module:
+        return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 5, generator=g)
+    objective = QVObjective(factory, (x, torch.arange(12) % 3))
+    theta = torch.randn(objective.dim, generator=g)
+    steps = torch.randn(11, objective.dim, generator=g)
+    whole = objective.batch(theta.unsqueeze(0) + 0.5 * steps)
+    monkeypatch.setattr(qv_mod, "STEP_BLOCK_VALUES", 3 * objective.dim)  # 4 blocks
+    by_blocks = objective.steps(theta, steps, 0.5)
+    assert by_blocks.shape == (11,)
+    torch.testing.assert_close(by_blocks, whole, rtol=0, atol=1e-6)

@@ -353,9 +353,7 @@ class GAAAgent:
         if needs:
             f0, grad = self.objective.value_and_grad(theta)
             with torch.no_grad():
-                solo = self.objective.batch(
-                    theta.unsqueeze(0) + self.server_learning_rate * u
-                )
+                solo = self.objective.steps(theta, u, self.server_learning_rate)
             feats = evidence_features(u, f0, grad, solo)
         else:
             with torch.no_grad():
