@@ -25,7 +25,6 @@ from flwr_byz.app.config import (
     check_against_nodes,
     check_run_config,
 )
-from flwr_byz.app.results import without_timings
 from flwr_byz.experiments.local_superlink import LocalSuperLink, processes_with_home
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +121,7 @@ def _run(superlink: LocalSuperLink, tmp: Path, **overrides) -> tuple[dict, str]:
 
 
 @pytest.mark.slow
-def test_three_rounds_write_every_field_and_repeat_exactly(
+def test_three_rounds_write_every_field(
     superlink: LocalSuperLink, tmp_path: Path
 ) -> None:
     first, log = _run(superlink, tmp_path / "a")
@@ -152,12 +151,9 @@ def test_three_rounds_write_every_field_and_repeat_exactly(
         assert 0.0 < entry["aggregate-time-s"] < entry["train-time-s"]
         assert 0.0 < entry["client-train-time-s"] < entry["train-time-s"]
     assert "Byzantine partitions (truth)" in log
-
-    second, log2 = _run(superlink, tmp_path / "b")
-    assert second["summary"] is not None, log2[-3000:]
-    first, second = without_timings(first), without_timings(second)
-    assert first["config"].pop("output-dir") != second["config"].pop("output-dir")
-    assert first == second
+    # Same seed, same numbers: a second run of this config would be a third full
+    # run of the app here; the resumed runs below equal an uninterrupted one field
+    # for field, and test_grid_jobs runs identical cells twice.
 
 
 @pytest.mark.slow
