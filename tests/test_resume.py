@@ -285,6 +285,23 @@ def test_the_app_refuses_a_used_directory_before_touching_it(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------ end to end
+def test_sampled_partitions_and_numbers_do_not_depend_on_the_node_ids(
+    tmp_path,
+) -> None:
+    """fraction-train < 1 draws nodes with the seeded `random`: from a list in
+    partition order, so another federation of the same partitions (new ids,
+    listed in another order, as a new simulation has them) trains the same
+    partitions every round and ends with the same numbers."""
+    first, first_grid = _run(tmp_path / "a")
+    cfg = check_run_config({**GAA_RUN, "output-dir": str(tmp_path / "b")})
+    relisted = InProcessGrid({42: 3, 17: 1, 9001: 0, 5555: 2}, cfg)
+    with server_identity():
+        second = run(relisted, cfg)
+    assert len(_trained(first_grid)) == 3 * GAA_RUN["num-server-rounds"]  # 3 of 4
+    assert _trained(relisted) == _trained(first_grid)
+    assert comparable(second) == comparable(first)
+
+
 def test_resumed_gaa_run_equals_the_uninterrupted_run_bit_for_bit(tmp_path) -> None:
     whole, whole_grid = _run(tmp_path / "whole")
     assert whole["status"] == "completed"

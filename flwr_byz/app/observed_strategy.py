@@ -18,6 +18,7 @@ clients see, which seeds their batches, included).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -52,9 +53,11 @@ class ObservedStrategy(Strategy):
         without a reply of its own, why (node id -> :class:`MissingReason`),
         and the seconds of the strategy's own ``aggregate_train``.
     order_key : Callable[[int], object] | None
-        Sort key on node ids applied to the replies before aggregation. Replies
-        arrive in completion order; a fixed order makes float sums, and so whole
-        runs, reproducible.
+        Sort key on node ids applied to the replies before aggregation and to
+        the node list the strategy samples from. Replies arrive in completion
+        order and a SuperLink lists nodes in no fixed order, under ids that
+        change from run to run; a fixed order makes float sums and the seeded
+        sample of ``fraction-train < 1``, and so whole runs, reproducible.
     on_configure : Callable[[int, Grid], None] | None
         Called with the server round and the grid before each round is
         configured (e.g. to identify nodes that joined since the last round).
@@ -100,11 +103,14 @@ class ObservedStrategy(Strategy):
         self.strategy.summary()
 
     def _grid(self, grid: Grid) -> Grid:
-        if self.node_wait_timeout is None:
+        if self.node_wait_timeout is None and self.order_key is None:
             return grid
         needed = getattr(self.strategy, "min_available_nodes", None)
         return NodeWaitGrid(
-            grid, self.node_wait_timeout, needed if isinstance(needed, int) else None
+            grid,
+            math.inf if self.node_wait_timeout is None else self.node_wait_timeout,
+            needed if isinstance(needed, int) else None,
+            order_key=self.order_key,
         )
 
     def configure_train(

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO
+from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -106,14 +107,25 @@ class NodeWaitGrid(Grid):
     :class:`NotEnoughNodesError` once ``wait_timeout`` seconds have passed since
     this object was made, which only happens while the strategy is still waiting
     for nodes. Everything else goes to the wrapped grid.
+
+    With an ``order_key``, the node ids are listed sorted by it. A seeded
+    ``random.sample`` of the list (Flower's ``sample_nodes``, or
+    :func:`sample_connected`) then draws the same nodes, in the key's terms,
+    whatever ids the nodes got and in whatever order the SuperLink lists them:
+    a simulation gives its nodes new random ids every run.
     """
 
     def __init__(
-        self, grid: Grid, wait_timeout: float, needed: int | None = None
+        self,
+        grid: Grid,
+        wait_timeout: float,
+        needed: int | None = None,
+        order_key: Callable[[int], Any] | None = None,
     ) -> None:
         self.grid = grid
         self.wait_timeout = wait_timeout
         self.needed = needed
+        self.order_key = order_key
         self.deadline = time.monotonic() + wait_timeout
 
     def get_node_ids(self) -> Iterable[int]:
@@ -121,6 +133,8 @@ class NodeWaitGrid(Grid):
         node_ids = list(self.grid.get_node_ids())
         if time.monotonic() > self.deadline:
             raise NotEnoughNodesError(len(node_ids), self.needed, self.wait_timeout)
+        if self.order_key is not None:
+            node_ids.sort(key=self.order_key)
         return node_ids
 
     def set_run(self, run: Run) -> None:
