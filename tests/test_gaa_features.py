@@ -150,3 +150,25 @@ def test_solo_qv_losses_by_blocks_of_rows_equal_one_batch(
     by_blocks = objective.steps(theta, steps, 0.5)
     assert by_blocks.shape == (11,)
     torch.testing.assert_close(by_blocks, whole, rtol=0, atol=1e-6)
+
+
+def test_a_row_whose_norm_overflows_float32_has_no_direction_not_nan() -> None:
+    """A finite row of 3e38s: its float32 norm is inf, its dot product with the
+    consensus may be too (inf · 0 = NaN); it must read as no direction, and no
+    other input may turn NaN (a Hypothesis example found the NaN credits)."""
+    updates, f0, grad, solo = _inputs(6, 3_000, seed=7)
+    # Aligned with the others: its dot product with their consensus overflows.
+    updates[4] = 3e38 * torch.sign(updates[[0, 1, 2, 3, 5]].mean(0))
+    obs = Observation(
+        tuple(range(6)),
+        updates,
+        torch.zeros(3_000),
+        f0,
+        evidence_features(updates, f0, grad, solo),
+    )
+    assert torch.isfinite(obs.features).all()
+    policy = EvidencePolicy()
+    x = policy.inputs(obs, torch.zeros(6))
+    assert torch.isfinite(x).all()
+    assert float(x[4, -1].detach()) == 0.0
+    assert torch.isfinite(policy(obs, torch.zeros(6))).all()

@@ -265,7 +265,11 @@ class EvidencePolicy(nn.Module):
         )
         w = torch.softmax(prev_logits + pre + lean, 0)
         ref = (w * inv_norm) @ updates
-        cos = (updates @ ref) * inv_norm / (ref.norm() + 1e-12)
+        # A row whose float32 norm overflows (inv_norm 0) reads as no direction,
+        # as its normalised copy did: its dot product may be inf, and inf · 0 NaN.
+        dots = updates @ ref
+        dots = torch.where(inv_norm > 0, dots, torch.zeros_like(dots))
+        cos = dots * inv_norm / (ref.norm() + 1e-12)
         return torch.cat([x, cos.unsqueeze(1)], dim=1)
 
     def forward(self, obs: Observation, prev_logits: torch.Tensor) -> torch.Tensor:
