@@ -36,6 +36,13 @@ def _inputs(m: int, d: int, seed: int = 0):
     return updates, torch.tensor(1.0), grad, solo
 
 
+def _observation(updates, f0, grad, solo) -> Observation:
+    """The round's observation of ``updates`` (θ_t = 0; node ids 0…m−1)."""
+    m, d = updates.shape
+    features = evidence_features(updates, f0, grad, solo)
+    return Observation(tuple(range(m)), updates, torch.zeros(d), f0, features)
+
+
 @pytest.mark.parametrize("m, d", [(7, 300), (10, 5_000), (40, 70_000)])
 def test_features_equal_the_whole_matrix_float64_formulas(
     m: int, d: int, monkeypatch: pytest.MonkeyPatch
@@ -109,13 +116,7 @@ def test_policy_consensus_equals_unit_directions_weighted_by_credit() -> None:
     own weights: no normalised copy of the matrix, the same cosine."""
     updates, f0, grad, solo = _inputs(9, 4_000, seed=5)
     updates[2] *= 1e3  # a huge row must count as one direction, not by its size
-    obs = Observation(
-        tuple(range(9)),
-        updates,
-        torch.zeros(4_000),
-        f0,
-        evidence_features(updates, f0, grad, solo),
-    )
+    obs = _observation(updates, f0, grad, solo)
     policy = EvidencePolicy(reference_gain=0.0)
     prev = torch.linspace(-1.0, 0.0, 9)
     x = policy.inputs(obs, prev)
@@ -159,13 +160,7 @@ def test_a_row_whose_norm_overflows_float32_has_no_direction_not_nan() -> None:
     updates, f0, grad, solo = _inputs(6, 3_000, seed=7)
     # Aligned with the others: its dot product with their consensus overflows.
     updates[4] = 3e38 * torch.sign(updates[[0, 1, 2, 3, 5]].mean(0))
-    obs = Observation(
-        tuple(range(6)),
-        updates,
-        torch.zeros(3_000),
-        f0,
-        evidence_features(updates, f0, grad, solo),
-    )
+    obs = _observation(updates, f0, grad, solo)
     assert torch.isfinite(obs.features).all()
     policy = EvidencePolicy()
     x = policy.inputs(obs, torch.zeros(6))
