@@ -113,17 +113,19 @@ def test_vector_median_is_numpys(values: list[float]) -> None:
 
 def test_policy_consensus_equals_unit_directions_weighted_by_credit() -> None:
     """The policy's last input, cos(Δ_i, credit-weighted mean of unit Δ's), from its
-    own weights: no normalised copy of the matrix, the same cosine."""
+    own weights: no normalised copy of the matrix, the same cosine. Previous
+    log-credits within the slack of the best count alike in the reference."""
     updates, f0, grad, solo = _inputs(9, 4_000, seed=5)
     updates[2] *= 1e3  # a huge row must count as one direction, not by its size
     obs = _observation(updates, f0, grad, solo)
     policy = EvidencePolicy(reference_gain=0.0)
-    prev = torch.linspace(-1.0, 0.0, 9)
+    prev = torch.linspace(-12.0, 0.0, 9)  # beyond the slack at the low end
     x = policy.inputs(obs, prev)
     # The reference's weights, as the policy computes them (no QV lean here).
     pre = x[:, :-1] @ policy.head.weight[0, :-1]
     pre = -torch.relu(pre.max() - pre - policy.slack)
-    w = torch.softmax(prev + pre, 0).double()
+    gated = -torch.relu(prev.max() - prev - policy.slack)
+    w = torch.softmax(gated + pre, 0).double()
     unit = updates.double() / updates.double().norm(dim=1, keepdim=True)
     ref = w @ unit
     expected = unit @ ref / ref.norm()

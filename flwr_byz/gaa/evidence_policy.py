@@ -28,7 +28,7 @@ PREV_CLIP = 50.0
 LOG_NORM_CLIP = 10.0
 #: Honest updates of heterogeneous clients differ in norm by a few times;
 #: only norms beyond NORM_SLACK × the reference norm count.
-NORM_SLACK = 10.0
+NORM_SLACK = 5.0
 #: The reference norm is this credit-weighted quantile of the norms: with
 #: uniform credit it stays among honest norms up to 80 % of attackers sending
 #: larger updates; once credit has moved, the trusted workers set it.
@@ -47,6 +47,28 @@ def weighted_quantile(
     cum = torch.cumsum(weights[order], 0)
     k = int(torch.searchsorted(cum, q * cum[-1]).clamp(max=len(values) - 1))
     return values[order[k]]
+
+
+def helpful_gain_capped(
+    gain: torch.Tensor, scaled: torch.Tensor, trust: torch.Tensor
+) -> torch.Tensor:
+    """``gain`` capped at the trust-weighted median gain of the helpful rows.
+
+    A row helps when its solo step lowers the QV loss (``scaled > 0``, the
+    uncentred gain's sign). Among helpers, helping *more* than a typical
+    trusted one earns nothing: late in training honest regions differ in how
+    much they help a QV set from another region, and rewarding that ranks them
+    against each other until the credit sits on the few the QV set likes (and
+    a scaled update, a longer step along an honest direction, would out-help
+    them all). Harm (a gain below the cap) still counts in full.
+    """
+    helps = scaled > 0
+    if not bool(helps.any()):
+        return gain
+    w = trust[helps]
+    if not float(w.sum()) > 0:
+        w = torch.ones_like(w)
+    return gain.clamp(max=weighted_quantile(gain[helps], w, 0.5))
 
 
 class EvidencePolicy(nn.Module):
@@ -226,10 +248,12 @@ class EvidencePolicy(nn.Module):
         excess = torch.relu(log_norm - ref - math.log(NORM_SLACK))
         prev_rel = (prev_logits - prev_logits.max().detach()).clamp(min=-PREV_CLIP)
         keep = [FEATURE_NAMES.index(n) for n in INPUT_NAMES[:4]]
-        capped = feats[:, FEATURE_NAMES.index("qv-gain-scaled")].clamp(max=1.0)
+        scaled = feats[:, FEATURE_NAMES.index("qv-gain-scaled")]
+        capped = scaled.clamp(max=1.0)
         x = torch.cat(
             [
-                feats[:, keep],
+                helpful_gain_capped(feats[:, keep[0]], scaled, trust).unsqueeze(1),
+                feats[:, keep[1:]],
                 rel.clamp(-LOG_NORM_CLIP, LOG_NORM_CLIP).unsqueeze(1),
                 excess.clamp(max=LOG_NORM_CLIP).unsqueeze(1),
                 prev_rel.unsqueeze(1),
@@ -247,7 +271,8 @@ class EvidencePolicy(nn.Module):
         # (w / ‖Δ‖) @ Δ is w @ (Δ / ‖Δ‖) without a normalised copy of the matrix.
         updates = obs.updates
         inv_norm = 1.0 / (updates.norm(dim=1) + 1e-12)
-        w = torch.softmax(prev_logits + pre, 0)
+        prev_gated = -torch.relu(prev_logits.max() - prev_logits - self.slack)
+        w = torch.softmax(prev_gated + pre, 0)
         ref = (w * inv_norm) @ updates
         # If that consensus itself goes uphill on the QV set (a majority
         # pulling the wrong way), lean the reference towards QV descent.
@@ -263,7 +288,7 @@ class EvidencePolicy(nn.Module):
             * uphill
             * (descent / typical).clamp(-LEAN_CLIP, LEAN_CLIP)
         )
-        w = torch.softmax(prev_logits + pre + lean, 0)
+        w = torch.softmax(prev_gated + pre + lean, 0)
         ref = (w * inv_norm) @ updates
         # A row whose float32 norm overflows (inv_norm 0) reads as no direction,
         # as its normalised copy did: its dot product may be inf, and inf · 0 NaN.
