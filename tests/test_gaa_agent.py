@@ -449,6 +449,25 @@ def test_a_sign_flip_majority_loses_credit_when_every_alignment_is_weak():
     assert sorted(agent.detect(7)) == byzantine
 
 
+def test_a_scaling_majority_is_found_by_its_norm_not_mixed_with_honest_regions():
+    """7 of 10 send 10× their own honest update: honest directions, and a step the
+    QV set may even like. Honest regions differ in norm by up to ≈ 3×; the
+    attackers sit 10× above the trusted norm, past ``NORM_SLACK`` (5×), and rank
+    below every honest region (at 10× slack, one honest region ranked below one
+    attacker here)."""
+    lr = 1.0
+    clients = [QVObjective(big, region(k, 200)) for k in range(10)]
+    agent = GAAAgent(QVObjective(big, region(100, 10)))
+    torch.manual_seed(0)
+    theta = torch.cat([v.reshape(-1) for v in big().state_dict().values()])
+    byzantine = [3, 4, 5, 6, 7, 8, 9]
+    for _ in range(12):
+        updates = torch.stack([-lr * c.value_and_grad(theta)[1] for c in clients])
+        updates[byzantine] *= 10.0
+        theta = theta + agent.step(theta, updates, list(range(10))).aggregate
+    assert sorted(agent.detect(7)) == byzantine, agent.credits()
+
+
 def _sign_flip_majority_run(policy_lr: float, rounds: int = 20):
     """7 of 10 send −Δ of their own honest update; the policy starts neutral.
 

@@ -15,6 +15,7 @@ import torch
 from flwr_byz.aggregation.distances import sample_columns
 from flwr_byz.gaa import EvidencePolicy, Observation, evidence_features
 from flwr_byz.gaa import features as feats_mod
+from flwr_byz.gaa.evidence_policy import helpful_gain_capped
 from flwr_byz.gaa.features import FEATURE_NAMES, row_statistics, vector_median
 
 
@@ -169,3 +170,34 @@ def test_a_row_whose_norm_overflows_float32_has_no_direction_not_nan() -> None:
     assert torch.isfinite(x).all()
     assert float(x[4, -1].detach()) == 0.0
     assert torch.isfinite(policy(obs, torch.zeros(6))).all()
+
+
+def test_help_beyond_the_trusted_helpers_median_earns_nothing_harm_counts_in_full():
+    gain = torch.tensor([-3.0, -0.5, 0.2, 0.4, 0.9, 5.0, 6.0])
+    scaled = torch.tensor([-2.0, -0.1, 0.5, 1.0, 2.0, 5.0, 5.0])  # uncentred sign
+    trust = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2, 0.0, 0.0])  # 5.0, 6.0 untrusted
+    # Trusted helpers 0.2, 0.4, 0.9: the cap is 0.4 (0.9 counting the untrusted).
+    expected = torch.tensor([-3.0, -0.5, 0.2, 0.4, 0.4, 0.4, 0.4])
+    torch.testing.assert_close(helpful_gain_capped(gain, scaled, trust), expected)
+    # Nobody helps: nothing to cap.
+    torch.testing.assert_close(helpful_gain_capped(gain, -scaled.abs(), trust), gain)
+    # Every helper untrusted: they count alike rather than by underflowed weights.
+    zero = torch.zeros(7)
+    torch.testing.assert_close(
+        helpful_gain_capped(gain, scaled, zero),
+        gain.clamp(max=0.9),  # median of 0.2, 0.4, 0.9, 5.0, 6.0
+    )
+
+
+def test_the_policy_reads_the_capped_gain():
+    """Two rows alike but for help beyond the cap get the same score."""
+    updates, f0, grad, solo = _inputs(6, 500, seed=2)
+    updates[5] = updates[4]
+    obs = _observation(updates, f0, grad, solo)
+    feats = obs.features.clone()
+    k = FEATURE_NAMES.index("qv-gain")
+    feats[:, FEATURE_NAMES.index("qv-gain-scaled")] = 1.0  # everyone helps
+    feats[:, k] = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 3.0])
+    obs = Observation(obs.node_ids, obs.updates, obs.theta, obs.qv_loss, feats)
+    x = EvidencePolicy().inputs(obs, torch.zeros(6))
+    assert float(x[4, 0]) == float(x[5, 0]) == pytest.approx(0.3)
