@@ -106,8 +106,9 @@ class EvidencePolicy(nn.Module):
       alone were applied, relative to ``f_B(θ_t)`` — the finite-difference
       reward — capped at the trust-weighted median of the helpful rows
       (:func:`helpful_gain_capped`): helping more than a typical trusted
-      worker earns nothing, harm counts in full. Honest updates move a 10-sample QV loss by a few per cent of it
-      (a fraction of a nat, inside the slack); an update that alone would
+      worker earns nothing, harm counts in full. Honest updates move a
+      10-sample QV loss by a few per cent of it (a fraction of a nat, inside
+      the slack); an update that alone would
       raise the QV loss by half of it or more (the paper's adaptive fault,
       whose QV-descent term makes its direction look harmless) loses credit
       in the round it appears, before its step can wreck the model;
