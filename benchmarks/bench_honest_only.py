@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m benchmarks.honest_only --dataset healthcare-style --supernodes 50 \\
+    python -m benchmarks.bench_honest_only --dataset healthcare-style --supernodes 50 \\
         --fraction 0.7 --local-steps 5 --seeds 0,1,2
 
 The best any defence that drops the attackers' updates can do: the app's
