@@ -242,6 +242,10 @@ class EvidencePolicy(nn.Module):
             nn.init.zeros_(self.residual[2].weight)
             nn.init.zeros_(self.residual[2].bias)
 
+    def _shortfall(self, scores: torch.Tensor) -> torch.Tensor:
+        """``−relu(max − s − slack)``: within ``slack`` of the best counts as 0."""
+        return -torch.relu(scores.max() - scores - self.slack)
+
     def inputs(self, obs: Observation, prev_logits: torch.Tensor) -> torch.Tensor:
         """The ``(m, len(INPUT_NAMES))`` inputs of g_ψ.
 
@@ -276,12 +280,12 @@ class EvidencePolicy(nn.Module):
         # like the evidence: workers within `slack` of the best count alike,
         # so the reference does not collapse onto the QV favourite.
         pre = x @ self.head.weight[0, :-1]
-        pre = -torch.relu(pre.max() - pre - self.slack)
+        pre = self._shortfall(pre)
         # Unit directions: one large update must not make the reference alone.
         # (w / ‖Δ‖) @ Δ is w @ (Δ / ‖Δ‖) without a normalised copy of the matrix.
         updates = obs.updates
         inv_norm = 1.0 / (updates.norm(dim=1) + 1e-12)
-        prev_gated = -torch.relu(prev_logits.max() - prev_logits - self.slack)
+        prev_gated = self._shortfall(prev_logits)
         w = torch.softmax(prev_gated + pre, 0)
         ref = (w * inv_norm) @ updates
         # If that consensus itself goes uphill on the QV set (a majority
@@ -317,5 +321,5 @@ class EvidencePolicy(nn.Module):
         # honest workers that differ a little on a tiny QV set keep equal
         # credit instead of collapsing onto the one the QV set likes best.
         # `fine` (learnt, small at start) is how much finer differences count.
-        evidence = -torch.relu(g.max() - g - self.slack) + self.fine * (g - g.mean())
+        evidence = self._shortfall(g) + self.fine * (g - g.mean())
         return self.decay * prev_logits + evidence
