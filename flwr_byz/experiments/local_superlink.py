@@ -32,6 +32,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a TCP listener could bind ``port`` on 127.0.0.1 now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -98,24 +108,53 @@ class LocalSuperLink:
     def __init__(self, flwr_home: str | Path | None = None) -> None:
         self._own_home = flwr_home is None
         self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="flwr-home-"))
-        self.http_port = free_port()
-        self.control_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **os.environ,
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
             "FLWR_HOME": str(self.flwr_home),
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.http_port),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(self.control_port),
             # Use the installed environment, not a per-run `uv sync` of the app.
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
         }
+        self._pick_ports()
 
-    def start(self, timeout: float = 60.0) -> LocalSuperLink:
-        """Start the SuperLink and wait until its HTTP endpoint answers."""
+    def _pick_ports(self) -> None:
+        self.http_port = free_port()
+        self.control_port = free_port()
+        self.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(self.http_port)
+        self.env["FLWR_LOCAL_CONTROL_API_PORT"] = str(self.control_port)
+
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> LocalSuperLink:
+        """Start the SuperLink and wait until its HTTP endpoint answers.
+
+        :func:`free_port` finds a port that is free at that moment only: another
+        process (a Ray worker starting beside this SuperLink, another test) can bind
+        it first. A SuperLink that exits at start-up while one of its ports is
+        taken is started again on fresh ports, up to ``attempts`` times in all.
+        """
+        for attempt in range(1, attempts + 1):
+            if self._launch(timeout):
+                return self
+            ports = (self.http_port, self.control_port)
+            taken = not all(port_is_free(port) for port in ports)
+            if not taken or attempt == attempts:
+                output = self.flwr_home / "superlink.out"
+                tail = output.read_text(errors="replace").strip().splitlines()[-15:]
+                raise RuntimeError(
+                    f"flower-superlink exited with code {self.returncode} "
+                    f"(attempt {attempt} of {attempts}; port {self.http_port} "
+                    f"{'taken' if taken else 'free'}); its last output, from "
+                    f"{output}:\n" + "\n".join(tail)
+                )
+            self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _launch(self, timeout: float) -> bool:
+        """Start one SuperLink process: True once it answers, False if it exited."""
         log_file = self.flwr_home / "superlink.log"
         command = [
             str(Path(sys.executable).parent / "flower-superlink"),
@@ -135,27 +174,27 @@ class LocalSuperLink:
             "--database",
             str(self.flwr_home / "state.db"),
         ]
-        self.process = subprocess.Popen(
-            command,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # Its own process group, so stop() also ends the ServerApp and
-            # SuperNode processes it spawns.
-            start_new_session=True,
-        )
+        with (self.flwr_home / "superlink.out").open("wb") as output:
+            self.process = subprocess.Popen(
+                command,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                # Its own process group, so stop() also ends the ServerApp and
+                # SuperNode processes it spawns.
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"flower-superlink exited with code {self.process.returncode}; "
-                    f"see {log_file}"
-                )
+                self.returncode = self.process.returncode
+                self.process = None
+                return False
             try:
                 if httpx.get(
                     f"http://127.0.0.1:{self.http_port}/health", timeout=0.5
                 ).is_success:
-                    return self
+                    return True
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)

@@ -1,0 +1,47 @@
+"""The private SuperLink starts even when another process takes its port first."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from flwr_byz.experiments.local_superlink import LocalSuperLink
+
+
+def _hold(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def test_a_port_taken_before_the_superlink_binds_it_is_replaced() -> None:
+    link = LocalSuperLink()
+    taken = link.http_port
+    # What a Ray worker starting beside the grid did on CI: bind the port that
+    # free_port() had just found free.
+    with _hold(taken):
+        try:
+            link.start()
+            assert link.http_port != taken
+            assert link.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] == str(link.http_port)
+            health = httpx.get(f"http://127.0.0.1:{link.http_port}/health", timeout=5)
+            assert health.is_success
+        finally:
+            link.stop()
+
+
+def test_the_last_failed_attempt_says_why_with_the_superlinks_output() -> None:
+    link = LocalSuperLink()
+    with _hold(link.http_port):
+        try:
+            with pytest.raises(RuntimeError) as failed:
+                link.start(attempts=1)
+        finally:
+            link.stop()
+    message = str(failed.value)
+    assert f"port {link.http_port} taken" in message
+    assert "attempt 1 of 1" in message
+    assert "Starting Flower SuperLink" in message
