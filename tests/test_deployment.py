@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,32 @@ def test_bad_node_counts_are_named() -> None:
         LocalDeployment(0)
     with pytest.raises(ValueError, match="node_configs has 1 entries; num_nodes=2"):
         LocalDeployment(2, node_configs=[{"data-path": "a.npz"}])
+
+
+@pytest.mark.timeout(120)
+def test_ports_taken_before_the_superlink_and_gateway_bind_them_are_replaced(
+    tmp_path: Path,
+) -> None:
+    deployment = LocalDeployment(1, workdir=tmp_path / "deployment")
+    taken = (deployment.port, deployment.fleet_port)
+    # Another process binds the ports free_port() had just found free.
+    holders = []
+    for port in taken:
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        holders.append(holder)
+    try:
+        with deployment:
+            assert deployment.port not in taken
+            assert deployment.fleet_port not in taken
+            # The CLI's connection and the SuperNodes use the ports in use.
+            config = (deployment.flwr_home / "config.toml").read_text()
+            assert deployment.address in config
+            assert len(deployment.node_ids()) == 1
+    finally:
+        for holder in holders:
+            holder.close()
 
 
 def _processes_mentioning(needles: list[str]) -> list[str]:

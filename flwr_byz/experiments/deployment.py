@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from flwr_byz.experiments.certificates import (
     make_certificates,
     make_supernode_keys,
 )
-from flwr_byz.experiments.local_superlink import free_port, run_config_arg
+from flwr_byz.experiments.local_superlink import free_port, port_is_free, run_config_arg
 from flwr_byz.experiments.processes import descendants, stop_processes
 
 __all__ = [
@@ -71,6 +71,9 @@ __all__ = [
 ]
 
 CONNECTION = "local-tls"
+
+#: Starts of the SuperLink or gateway, each on a fresh port after a port was taken.
+START_ATTEMPTS = 3
 
 # The directory holding this flwr_byz, for ``python -m`` in child processes
 # (an editable install may point elsewhere).
@@ -169,9 +172,7 @@ class LocalDeployment:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flwr-deploy-"))
         self.flwr_home = self.workdir / "cli-home"
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
         self.fleet_port = free_port()
-        self.fleet_address = f"127.0.0.1:{self.fleet_port}"
         self.certificates: Certificates | None = None
         self.supernode_keys: list[SuperNodeKeys] = []
         self.registered_node_ids: list[int] = []
@@ -190,6 +191,16 @@ class LocalDeployment:
             # The app runs in this environment; no per-run `uv sync`.
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         }
+
+    @property
+    def address(self) -> str:
+        """The SuperLink's address (Control and Runtime APIs)."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def fleet_address(self) -> str:
+        """The gateway's address: where SuperNodes connect."""
+        return f"127.0.0.1:{self.fleet_port}"
 
     # --- lifecycle ----------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> LocalDeployment:
@@ -226,78 +237,118 @@ class LocalDeployment:
         return self
 
     def _wait_healthy(
-        self, process: subprocess.Popen[bytes], url: str, log_file: Path, timeout: float
-    ) -> None:
+        self,
+        process: subprocess.Popen[bytes],
+        url: str,
+        log_file: Path,
+        timeout: float,
+        port: int,
+        last_attempt: bool,
+    ) -> bool:
+        """True once ``url`` answers. False when ``process`` exited while another
+        process holds ``port`` (:func:`free_port` only found it free at that
+        moment): the caller starts it again on a fresh port."""
         assert self.certificates is not None
         tls = ssl.create_default_context(cafile=str(self.certificates.ca_cert))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
+                taken = not port_is_free(port)
+                if taken and not last_attempt:
+                    return False
                 raise RuntimeError(
-                    f"{process.args[0]} exited with code {process.returncode}; "
+                    f"{process.args[0]} exited with code {process.returncode} "
+                    f"(port {port} {'taken' if taken else 'free'}); "
                     f"see {log_file}:\n{log_file.read_text()[-2000:]}"
                 )
             try:
                 if httpx.get(url, verify=tls, timeout=0.5).is_success:
-                    return
+                    return True
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
+    def _start_listener(
+        self,
+        attribute: str,
+        port_attribute: str,
+        command_for: Callable[[int], list[str]],
+        env: dict[str, str],
+        cwd: Path,
+        log_file: Path,
+        timeout: float,
+    ) -> None:
+        """Start ``command_for(port)`` as ``self.<attribute>`` and wait for its
+        ``/health``; on a fresh port (``self.<port_attribute>``) if another process
+        took the port before it bound it."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            port = getattr(self, port_attribute)
+            process = _spawn(command_for(port), env, cwd, log_file)
+            setattr(self, attribute, process)
+            url = f"https://127.0.0.1:{port}/health"
+            last = attempt == START_ATTEMPTS
+            if self._wait_healthy(process, url, log_file, timeout, port, last):
+                return
+            setattr(self, port_attribute, free_port())
+
     def _start_superlink(self, timeout: float) -> None:
-        assert self.certificates is not None
+        certificates = self.certificates
+        assert certificates is not None
         home = self.workdir / "superlink"
         home.mkdir(parents=True, exist_ok=True)
+
+        def command_for(port: int) -> list[str]:
+            return [
+                str(self._bin / "flower-superlink"),
+                "--ssl-ca-certfile",
+                str(certificates.ca_cert),
+                "--ssl-certfile",
+                str(certificates.server_cert),
+                "--ssl-keyfile",
+                str(certificates.server_key),
+                # Only SuperNodes whose public key was registered may join.
+                "--enable-supernode-auth",
+                "--isolation",
+                "subprocess",
+                "--disable-runtime-dependency-installation",
+                # Control, Runtime and Fleet APIs share this listener: loopback only.
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--database",
+                str(home / "state.db"),
+            ]
+
+        env = {**self.env, "FLWR_HOME": str(home)}
         log_file = self.workdir / "superlink.log"
-        command = [
-            str(self._bin / "flower-superlink"),
-            "--ssl-ca-certfile",
-            str(self.certificates.ca_cert),
-            "--ssl-certfile",
-            str(self.certificates.server_cert),
-            "--ssl-keyfile",
-            str(self.certificates.server_key),
-            # Only SuperNodes whose public key was registered may join.
-            "--enable-supernode-auth",
-            "--isolation",
-            "subprocess",
-            "--disable-runtime-dependency-installation",
-            # Control, Runtime and Fleet APIs share this listener: loopback only.
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--database",
-            str(home / "state.db"),
-        ]
-        self.superlink = _spawn(
-            command, {**self.env, "FLWR_HOME": str(home)}, home, log_file
-        )
-        self._wait_healthy(
-            self.superlink, f"https://{self.address}/health", log_file, timeout
+        self._start_listener(
+            "superlink", "port", command_for, env, home, log_file, timeout
         )
 
     def _start_gateway(self, timeout: float) -> None:
-        assert self.certificates is not None
-        log_file = self.workdir / "gateway.log"
-        command = [
-            sys.executable,
-            "-m",
-            "flwr_byz.experiments.fleet_gateway",
-            "--listen",
-            self.fleet_address,
-            "--superlink",
-            self.address,
-            "--certificates",
-            str(self.certificates.ca_cert.parent),
-        ]
+        certificates = self.certificates
+        assert certificates is not None
+
+        def command_for(port: int) -> list[str]:
+            return [
+                sys.executable,
+                "-m",
+                "flwr_byz.experiments.fleet_gateway",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--superlink",
+                self.address,
+                "--certificates",
+                str(certificates.ca_cert.parent),
+            ]
+
         path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.getenv("PYTHONPATH")]))
-        self.gateway = _spawn(
-            command, {**self.env, "PYTHONPATH": path}, self.workdir, log_file
-        )
-        self._wait_healthy(
-            self.gateway, f"https://{self.fleet_address}/health", log_file, timeout
+        env = {**self.env, "PYTHONPATH": path}
+        log_file = self.workdir / "gateway.log"
+        self._start_listener(
+            "gateway", "fleet_port", command_for, env, self.workdir, log_file, timeout
         )
 
     def _popen_supernode(
