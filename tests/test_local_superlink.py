@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
 
-from flwr_byz.experiments.local_superlink import LocalSuperLink
+from flwr_byz.experiments.local_superlink import LocalSuperLink, free_port
+
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 def _hold(port: int) -> socket.socket:
@@ -45,3 +49,19 @@ def test_the_last_failed_attempt_says_why_with_the_superlinks_output() -> None:
     assert f"port {link.http_port} taken" in message
     assert "attempt 1 of 1" in message
     assert "Starting Flower SuperLink" in message
+
+
+@pytest.mark.skipif(not _EPHEMERAL.exists(), reason="needs Linux /proc")
+def test_free_ports_lie_below_the_ephemeral_range_and_leave_random_alone() -> None:
+    # Outgoing connections and bind(port=0) draw from the ephemeral range: a port
+    # found free there is the likeliest to be gone when the SuperNode binds it.
+    low = int(_EPHEMERAL.read_text().split()[0])
+    if low < 22000:
+        pytest.skip(f"ephemeral range starts at {low}: nothing below it to draw")
+    random.seed(3)
+    expected = random.random()
+    random.seed(3)
+    ports = [free_port() for _ in range(50)]
+    assert random.random() == expected
+    assert all(21000 <= port < low for port in ports)
+    assert len(set(ports)) > 40

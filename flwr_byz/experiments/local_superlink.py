@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,9 +25,38 @@ from typing import Any
 
 import httpx
 
+# Its own stream: drawing ports must not move the seeded global `random` state.
+_PORT_DRAWS = random.Random()
+# Below Linux's default ephemeral range, above Ray's default worker ports (10002 to
+# 19999) and the ports the Ray-cluster test scans from 20000.
+_FIRST_PORT = 21000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where unknown)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
+    """A TCP port on 127.0.0.1 that is free right now, drawn below the kernel's
+    ephemeral range.
+
+    The caller binds it later, in another process. A port of the ephemeral range
+    (where ``bind(port=0)`` and every outgoing connection get theirs) can be
+    taken in between by any process on the machine (CI saw a SuperNode's port
+    go to a parallel test's connection); one below it only by a process that
+    names it.
+    """
+    low, high = _FIRST_PORT, _ephemeral_low()
+    if high - low >= 1000:
+        for _ in range(200):
+            port = _PORT_DRAWS.randrange(low, high)
+            if port_is_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
