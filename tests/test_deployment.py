@@ -78,11 +78,12 @@ def test_bad_node_counts_are_named() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_ports_taken_before_the_superlink_and_gateway_bind_them_are_replaced(
+def test_ports_taken_before_the_superlink_gateway_and_supernode_bind_are_replaced(
     tmp_path: Path,
 ) -> None:
     deployment = LocalDeployment(1, workdir=tmp_path / "deployment")
-    taken = (deployment.port, deployment.fleet_port)
+    node_port = int(deployment.node_addresses[0].rsplit(":", 1)[1])
+    taken = (deployment.port, deployment.fleet_port, node_port)
     # Another process binds the ports free_port() had just found free.
     holders = []
     for port in taken:
@@ -98,6 +99,7 @@ def test_ports_taken_before_the_superlink_and_gateway_bind_them_are_replaced(
             config = (deployment.flwr_home / "config.toml").read_text()
             assert deployment.address in config
             assert len(deployment.node_ids()) == 1
+            assert deployment.node_addresses[0] != f"127.0.0.1:{node_port}"
     finally:
         for holder in holders:
             holder.close()

@@ -183,6 +183,7 @@ class LocalDeployment:
         self.other_supernodes: list[subprocess.Popen[bytes]] = []
         # Each SuperNode's own Runtime API, where its ClientApp processes connect.
         self.node_addresses = [f"127.0.0.1:{free_port()}" for _ in range(num_nodes)]
+        self._node_starts = [1] * num_nodes
         self._bin = Path(sys.executable).parent
         self.env = {
             **os.environ,
@@ -447,6 +448,23 @@ class LocalDeployment:
         procs = [self.superlink, self.gateway, *self.supernodes, *self.other_supernodes]
         return [p.pid for p in procs if p is not None]
 
+    def _restart_on_taken_port(self, index: int) -> bool:
+        """Start SuperNode ``index`` again on a fresh Runtime API port if it exited
+        because another process holds its port; False otherwise (and after
+        ``START_ATTEMPTS`` starts)."""
+        port = int(self.node_addresses[index].rsplit(":", 1)[1])
+        if port_is_free(port) or self._node_starts[index] >= START_ATTEMPTS:
+            return False
+        self._node_starts[index] += 1
+        self.node_addresses[index] = f"127.0.0.1:{free_port()}"
+        self.supernodes[index] = self._popen_supernode(
+            f"supernode-{index}",
+            self.node_configs[index],
+            self.supernode_keys[index].private_key,
+            self.node_addresses[index],
+        )
+        return True
+
     def node_ids(self, timeout: float = 60.0) -> list[int]:
         """The Flower node id of each SuperNode, in start order, once all have one.
 
@@ -461,7 +479,11 @@ class LocalDeployment:
             ]
             if all(found):
                 return [int(m.group(1)) for m in found if m]
-            dead = [i for i, p in enumerate(self.supernodes) if p.poll() is not None]
+            dead = [
+                i
+                for i, p in enumerate(self.supernodes)
+                if p.poll() is not None and not self._restart_on_taken_port(i)
+            ]
             if dead or time.monotonic() > deadline:
                 missing = [i for i, m in enumerate(found) if m is None]
                 raise RuntimeError(
