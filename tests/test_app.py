@@ -157,24 +157,6 @@ def test_three_rounds_write_every_field(
 
 
 @pytest.mark.slow
-def test_the_honest_only_oracle_replicates_the_apps_fedavg_exactly(
-    superlink: LocalSuperLink, tmp_path: Path
-) -> None:
-    # benchmarks/bench_honest_only replicates the app's training in-process; with
-    # no attackers its honest-only mean is the app's FedAvg, to the last bit of
-    # the final accuracy (else the oracle measures a different training). The
-    # oracle divides in float32: 1e-6 is far below one test example.
-    from benchmarks.bench_honest_only import honest_only_accuracy
-
-    cfg = {**SMALL, "strategy": "fedavg", "attack": "none"}
-    cfg |= {"byzantine-fraction": 0.0, "assumed-byzantine-fraction": 0.0}
-    results, log = _run(superlink, tmp_path, **cfg)
-    assert results.get("summary"), log[-3000:]
-    app = results["summary"]["final-accuracy"]
-    assert honest_only_accuracy(cfg, num_nodes=4) == pytest.approx(app, abs=1e-6)
-
-
-@pytest.mark.slow
 def test_bad_value_stops_the_run_before_round_one(
     superlink: LocalSuperLink, tmp_path: Path
 ) -> None:

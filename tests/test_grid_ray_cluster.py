@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bench_honest_only import honest_only_accuracy
 from flwr_byz.experiments.cli import main
 from flwr_byz.experiments.local_superlink import free_port, session_of
 from flwr_byz.experiments.processes import stop_pids
@@ -187,6 +188,12 @@ def test_a_grid_runs_its_clientapps_on_every_node_of_a_ray_cluster(tmp_path) -> 
         run = json.loads((out / CELL / "results.json").read_text())
         assert run["status"] == "completed", log
         assert len(run["rounds"]) == 3 and run["summary"]["final-accuracy"], log
+        # benchmarks/bench_honest_only replicates the app's training in-process:
+        # with no attackers it is this FedAvg cell, to the last test example
+        # (it divides in float32), wherever the ClientApps ran.
+        assert honest_only_accuracy(run["config"], num_nodes=4) == pytest.approx(
+            run["summary"]["final-accuracy"], abs=1e-6
+        )
 
         after = cluster.query(nodes=2)
         # The grid left the cluster as it found it: both nodes still up.
