@@ -17,7 +17,6 @@ flip-flops between the two groups every round (accuracy stays ~50 %).
 from __future__ import annotations
 
 import functools
-import time
 
 import pytest
 import torch
@@ -26,7 +25,6 @@ from flwr.app import (
     ConfigRecord,
     Context,
     Message,
-    MessageType,
     MetricRecord,
     RecordDict,
 )
@@ -34,6 +32,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
+from node_partitions import identify, partition_of_nodes
 from torch import nn
 
 from flwr_byz.strategy import FLTrust, Zeno
@@ -77,12 +76,7 @@ TEST = region(101, 2000)
 client = ClientApp()
 
 
-@client.query()
-def identify(msg: Message, context: Context) -> Message:
-    pid = int(context.node_config["partition-id"])
-    return Message(
-        RecordDict({"identity": ConfigRecord({"partition-id": pid})}), reply_to=msg
-    )
+client.query()(identify)
 
 
 @client.train()
@@ -106,27 +100,6 @@ def train(msg: Message, context: Context) -> Message:
     )
 
 
-def _partition_of_nodes(grid: Grid) -> dict[int, int]:
-    deadline = time.monotonic() + 120
-    while len(nodes := list(grid.get_node_ids())) < NUM_NODES:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(nodes)} of {NUM_NODES} nodes connected")
-        time.sleep(0.2)
-    msgs = [
-        Message(
-            RecordDict({"config": ConfigRecord()}),
-            dst_node_id=n,
-            message_type=MessageType.QUERY,
-        )
-        for n in nodes
-    ]
-    replies = grid.send_and_receive(msgs, timeout=60)
-    return {
-        r.metadata.src_node_id: int(r.content["identity"]["partition-id"])
-        for r in replies
-    }
-
-
 def accuracy(arrays: ArrayRecord) -> float:
     net = model()
     net.load_state_dict(arrays.to_torch_state_dict())
@@ -141,7 +114,7 @@ def simulation() -> dict:
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        seen["partition"] = _partition_of_nodes(grid)
+        seen["partition"] = partition_of_nodes(grid, NUM_NODES)
         torch.manual_seed(0)
         initial = ArrayRecord(model().state_dict())
         runs = {

@@ -7,8 +7,6 @@ Ray start-up is paid once: 5 honest clients send θ + their fixed step, 2 send
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from flwr.app import (
@@ -17,7 +15,6 @@ from flwr.app import (
     ConfigRecord,
     Context,
     Message,
-    MessageType,
     MetricRecord,
     RecordDict,
 )
@@ -25,6 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
+from node_partitions import identify, partition_of_nodes
 
 from flwr_byz.strategy import (
     FABA,
@@ -64,12 +62,7 @@ THETA0 = {
 client = ClientApp()
 
 
-@client.query()
-def identify(msg: Message, context: Context) -> Message:
-    pid = int(context.node_config["partition-id"])
-    return Message(
-        RecordDict({"identity": ConfigRecord({"partition-id": pid})}), reply_to=msg
-    )
+client.query()(identify)
 
 
 @client.train()
@@ -103,31 +96,6 @@ def _array(value: np.ndarray) -> Array:
     return Array(np.ascontiguousarray(value))
 
 
-def _partition_of_nodes(grid: Grid) -> dict[int, int]:
-    # Supernodes register asynchronously: wait for all of them first, so that
-    # every strategy below samples from the full federation.
-    deadline = time.monotonic() + 120
-    while len(nodes := list(grid.get_node_ids())) < NUM_NODES:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(nodes)} of {NUM_NODES} nodes connected")
-        time.sleep(0.2)
-    msgs = [
-        Message(
-            RecordDict({"config": ConfigRecord()}),
-            dst_node_id=n,
-            message_type=MessageType.QUERY,
-        )
-        for n in nodes
-    ]
-    replies = grid.send_and_receive(msgs, timeout=60)
-    mapping = {
-        r.metadata.src_node_id: int(r.content["identity"]["partition-id"])
-        for r in replies
-    }
-    assert sorted(mapping.values()) == list(range(NUM_NODES))
-    return mapping
-
-
 def _flat(record: ArrayRecord) -> np.ndarray:
     return np.concatenate([record["w"].numpy().ravel(), record["b"].numpy()])
 
@@ -153,7 +121,7 @@ def simulation() -> dict:
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        seen["partition"] = _partition_of_nodes(grid)
+        seen["partition"] = partition_of_nodes(grid, NUM_NODES)
         initial = ArrayRecord({k: _array(v) for k, v in THETA0.items()})
         for name, make in CASES.items():
             seen[name] = make().start(
