@@ -74,17 +74,32 @@ class ModelLayout:
         return names
 
     @property
+    def key_set(self) -> frozenset[str]:
+        """The keys as a set (every reply's keys are compared with it)."""
+        keys = self.__dict__.get("_key_set")
+        if keys is None:
+            keys = frozenset(self.keys)
+            object.__setattr__(self, "_key_set", keys)
+        return keys
+
+    @property
     def float_keys(self) -> tuple[str, ...]:
         """Keys of the arrays that take part in aggregation."""
         return tuple(k for k, o in zip(self.keys, self.offsets, strict=True) if o >= 0)
 
-    def segments(self) -> list[tuple[int, str, int, int]]:
+    def segments(self) -> tuple[tuple[int, str, int, int], ...]:
         """``(index, key, start, stop)`` of every float array in the flat vector."""
-        out = []
-        for i, key in enumerate(self.keys):
-            start = self.offsets[i]
-            if start >= 0:
-                out.append((i, key, start, start + math.prod(self.shapes[i])))
+        # Read for every reply of every round: computed once per layout.
+        out = self.__dict__.get("_segments")
+        if out is None:
+            out = tuple(
+                (i, key, start, start + math.prod(self.shapes[i]))
+                for i, (key, start) in enumerate(
+                    zip(self.keys, self.offsets, strict=True)
+                )
+                if start >= 0
+            )
+            object.__setattr__(self, "_segments", out)
         return out
 
     def flatten(

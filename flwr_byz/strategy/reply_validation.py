@@ -22,7 +22,7 @@ from enum import IntEnum
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore import log
 
@@ -79,6 +79,8 @@ class RejectReason(IntEnum):
     19    UPDATE_OVERFLOW         has finite values whose update ``w − θ_t``
                                   is not representable in float32 (beyond
                                   ±3.4e38: both far apart and near that limit)
+    20    STALE_REPLY             answers no instruction this round sent to its
+                                  node (an earlier round's, or another node's)
     ====  ======================  ===============================================
 
     A finite update is never rejected for its size: every rule aggregates any
@@ -106,6 +108,7 @@ class RejectReason(IntEnum):
     INVALID_NUM_EXAMPLES = 17
     MALFORMED = 18
     UPDATE_OVERFLOW = 19
+    STALE_REPLY = 20
 
 
 def check_num_examples(
@@ -153,25 +156,37 @@ def check_array_structure(
     RejectReason or None
         The first problem found, or ``None``.
     """
-    reply_keys = set(arrays.keys())
-    expected = set(layout.keys)
-    if expected - reply_keys:
-        return RejectReason.MISSING_KEYS
-    if reply_keys - expected:
-        return RejectReason.EXTRA_KEYS
+    return _read_entries(arrays, layout)[0]
+
+
+def _read_entries(
+    arrays: Mapping[str, ArrayLike], layout: ModelLayout
+) -> tuple[RejectReason | None, list[ArrayLike]]:
+    """:func:`check_array_structure`, and the reply's arrays in layout order.
+
+    Each entry is read once: a Flower ArrayRecord lookup is not a plain dict's.
+    """
+    entries = {key: arrays[key] for key in arrays}
+    if len(entries) != len(layout.keys) or entries.keys() != layout.key_set:
+        if not layout.key_set <= entries.keys():
+            return RejectReason.MISSING_KEYS, []
+        return RejectReason.EXTRA_KEYS, []
+    ordered = []
     for key, shape, dtype_name in zip(
         layout.keys, layout.shapes, layout.dtype_names, strict=True
     ):
-        array = arrays[key]
+        array = entries[key]
         if array.stype != NUMPY_STYPE:
-            return RejectReason.WRONG_STYPE
+            return RejectReason.WRONG_STYPE, []
         if array.dtype != dtype_name:
-            return RejectReason.WRONG_DTYPE
-        if not isinstance(array.shape, tuple | list) or tuple(array.shape) != shape:
-            return RejectReason.WRONG_SHAPE
+            return RejectReason.WRONG_DTYPE, []
+        declared = array.shape
+        if not isinstance(declared, tuple | list) or tuple(declared) != shape:
+            return RejectReason.WRONG_SHAPE, []
         if not isinstance(array.data, bytes | bytearray | memoryview):
-            return RejectReason.WRONG_BYTE_LENGTH
-    return None
+            return RejectReason.WRONG_BYTE_LENGTH, []
+        ordered.append(array)
+    return None, ordered
 
 
 def _payload(
@@ -209,6 +224,14 @@ def _payload(
     return None, flat
 
 
+def _finite(block: np.ndarray) -> bool:
+    # One cheap reduction: a finite sum means finite values. A sum that is not
+    # may only have overflowed on huge finite values, so then they are read again.
+    return math.isfinite(float(np.add.reduce(block, dtype=np.float32))) or bool(
+        np.isfinite(block).all()
+    )
+
+
 def decode_update_into(
     arrays: Mapping[str, ArrayLike],
     layout: ModelLayout,
@@ -219,8 +242,8 @@ def decode_update_into(
     """Validate a reply's arrays and write its update ``w - theta`` into ``out``.
 
     Reads every array through a zero-copy view of its ``.npy`` bytes; the only
-    pass over the values is the subtraction, and finiteness is checked block by
-    block while the block is in cache.
+    pass over the values is the subtraction, and finiteness is checked on
+    blocks of the row while they are in cache (one check for many small arrays).
 
     Parameters
     ----------
@@ -241,43 +264,57 @@ def decode_update_into(
     RejectReason or None
         Why the reply is rejected, or ``None`` if ``out`` now holds its update.
     """
-    reason = check_array_structure(arrays, layout)
+    reason, entries = _read_entries(arrays, layout)
     if reason is not None:
         return reason
-    # Read each entry once: a Flower ArrayRecord lookup is not a plain dict's.
-    arrays = {key: arrays[key] for key in layout.keys}
+    headers = headers or {}
     # Integer arrays are not aggregated, but a malformed one still marks the
     # reply as malformed.
-    headers = headers or {}
     for i, key in enumerate(layout.keys):
         if layout.offsets[i] < 0:
             reason, _ = _payload(
-                arrays[key], layout.shapes[i], layout.dtypes[i], headers.get(key)
+                entries[i], layout.shapes[i], layout.dtypes[i], headers.get(key)
             )
             if reason is not None:
                 return reason
+    sources: list[tuple[int, np.ndarray]] = []
+    checked = 0  # out[:checked] is known to be finite
     with np.errstate(over="ignore", invalid="ignore"):
         for i, key, start, stop in layout.segments():
             reason, src = _payload(
-                arrays[key], layout.shapes[i], layout.dtypes[i], headers.get(key)
+                entries[i], layout.shapes[i], layout.dtypes[i], headers.get(key)
             )
             if reason is not None:
                 return reason
+            sources.append((start, src))
             sent = theta[key]
             for a in range(0, stop - start, _BLOCK):
                 b = min(a + _BLOCK, stop - start)
-                block = out[start + a : start + b]
-                np.subtract(src[a:b], sent[a:b], out=block, casting="same_kind")
-                # One cheap reduction: a finite sum means finite values. A sum
-                # that is not may only have overflowed on huge finite values, so
-                # then the values are read again to decide.
-                if not math.isfinite(float(np.add.reduce(block, dtype=np.float32))):
-                    if np.isfinite(block).all():
-                        continue  # huge but finite: the rules handle it
-                    if not np.isfinite(src[a:b]).all():
-                        return RejectReason.NON_FINITE
-                    return RejectReason.UPDATE_OVERFLOW
+                np.subtract(
+                    src[a:b],
+                    sent[a:b],
+                    out=out[start + a : start + b],
+                    casting="same_kind",
+                )
+                if start + b - checked >= _BLOCK:
+                    if not _finite(out[checked : start + b]):
+                        return _non_finite_reason(sources, checked, start + b)
+                    checked = start + b
+        if checked < layout.d and not _finite(out[checked : layout.d]):
+            return _non_finite_reason(sources, checked, layout.d)
     return None
+
+
+def _non_finite_reason(
+    sources: Sequence[tuple[int, np.ndarray]], lo: int, hi: int
+) -> RejectReason:
+    """Why ``out[lo:hi]`` holds a NaN/inf: the reply's own values, or their
+    difference from the sent model overflowing float32."""
+    for start, src in sources:
+        a, b = max(lo - start, 0), min(hi - start, src.size)
+        if a < b and not np.isfinite(src[a:b]).all():
+            return RejectReason.NON_FINITE
+    return RejectReason.UPDATE_OVERFLOW
 
 
 @dataclass
@@ -367,7 +404,9 @@ class Candidate:
     partition_id: int = -1
 
 
-def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
+def message_to_candidate(
+    msg: Message, sent: SentModel, destinations: Mapping[str, int] | None = None
+) -> Candidate:
     """Reduce a reply Message to a :class:`Candidate`, checking its structure.
 
     Parameters
@@ -376,21 +415,36 @@ def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
         A train reply.
     sent : SentModel
         What was sent this round (for the expected message type).
+    destinations : Mapping[str, int] or None
+        :func:`instruction_destinations` of this round's instructions. When
+        given (non-empty), a reply must answer one of them sent to its own
+        node, else it is ``STALE_REPLY``.
 
     Returns
     -------
     Candidate
-        With ``reason`` set when the reply is an error or malformed.
+        With ``reason`` set when the reply is stale, an error or malformed.
     """
     node_id = int(msg.metadata.src_node_id)
+    if destinations and (
+        destinations.get(str(msg.metadata.reply_to_message_id)) != node_id
+    ):
+        return Candidate(node_id, None, None, RejectReason.STALE_REPLY)
     if msg.has_error() or not msg.has_content():
         return Candidate(node_id, None, None, RejectReason.ERROR_REPLY)
     expected_type = sent.message_types.get(node_id)
     if expected_type is not None and msg.metadata.message_type != expected_type:
         return Candidate(node_id, None, None, RejectReason.WRONG_MESSAGE_TYPE)
-    content = msg.content
-    array_records = list(content.array_records.values())
-    metric_records = list(content.metric_records.values())
+    # One pass over the records: Flower's ``array_records`` & co. each build a
+    # new checked dictionary per call.
+    array_records, metric_records, identity = [], [], None
+    for key, record in msg.content.items():
+        if isinstance(record, ArrayRecord):
+            array_records.append(record)
+        elif isinstance(record, MetricRecord):
+            metric_records.append(record)
+        elif key == IDENTITY_RECORD and isinstance(record, ConfigRecord):
+            identity = record
     reason = None
     if not array_records:
         reason = RejectReason.MISSING_ARRAY_RECORD
@@ -406,13 +460,12 @@ def message_to_candidate(msg: Message, sent: SentModel) -> Candidate:
         node_id,
         array_records[0],
         metric_records[0],
-        partition_id=_claimed_partition(content),
+        partition_id=_claimed_partition(identity),
     )
 
 
-def _claimed_partition(content: Any) -> int:
+def _claimed_partition(record: ConfigRecord | None) -> int:
     try:
-        record = content.config_records.get(IDENTITY_RECORD)
         value = None if record is None else record.get("partition-id")
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return int(value)
@@ -502,7 +555,11 @@ def validate_replies(
     """
     layout = sent.layout
     sent_ids = set(sent.node_ids)
-    counts = Counter(c.node_id for c in candidates)
+    # A stale reply is no reply of this round: it neither answers for its node
+    # nor makes the node's own reply a duplicate.
+    counts = Counter(
+        c.node_id for c in candidates if c.reason != RejectReason.STALE_REPLY
+    )
     replied = set(counts)
     absent = absent or {}
     report.missing = [i for i in sent.node_ids if i not in replied]
@@ -523,7 +580,7 @@ def validate_replies(
     for cand in candidates:
         # Who sent it is judged first: a stranger's reply is UNEXPECTED_NODE
         # whatever it holds (unless the reply could not even be read).
-        if cand.reason == RejectReason.MALFORMED:
+        if cand.reason in (RejectReason.MALFORMED, RejectReason.STALE_REPLY):
             reason = cand.reason
         elif counts[cand.node_id] > 1:
             reason = RejectReason.DUPLICATE_NODE

@@ -542,15 +542,12 @@ class RobustStrategy(FedAvg):
             )
         # The SuperLink answers for a node it considers gone (sender id 1): such a
         # notice makes that node missing, it is not a reply to validate.
-        replies, absent = attribute_replies(
-            list(replies),
-            instruction_destinations(self._instructions),
-            sent.node_ids,
-        )
+        destinations = instruction_destinations(self._instructions)
+        replies, absent = attribute_replies(list(replies), destinations, sent.node_ids)
         candidates = []
         for msg in replies:
             try:
-                candidates.append(message_to_candidate(msg, sent))
+                candidates.append(message_to_candidate(msg, sent, destinations))
             except Exception:  # a reply object we cannot even read
                 # 0 (the SuperLink's id, never a client's) marks an unreadable sender.
                 node = getattr(getattr(msg, "metadata", None), "src_node_id", 0)
