@@ -225,6 +225,10 @@ def test_gateway_forwards_the_fleet_api_and_nothing_else(tmp_path: Path) -> None
     assert forwarded.content == b"\x01\x02"
     assert forwarded.headers["flwr-public-key"] == "cGs="
     assert forwarded.headers["flwr-signature"] == "c2ln"
+    # The client's Host (``gateway`` here) is not passed on: the SuperLink sees its
+    # own loopback address, whatever name the client used.
+    assert forwarded.headers["host"] == "127.0.0.1:1"
+    assert forwarded.headers.get_list("host") == ["127.0.0.1:1"]
 
 
 # --- real processes -------------------------------------------------------------

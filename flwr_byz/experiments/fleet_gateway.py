@@ -15,6 +15,21 @@ authentication headers reach the SuperLink) to the SuperLink over TLS, and every
 other path with 404 (other methods: 405) without contacting the SuperLink. ``GET
 /health`` reports whether the SuperLink answers (200) or not (503).
 
+Before it buffers a request, the gateway bounds what a client (authenticated or
+not: the SuperLink checks the signature only after it decoded the body) can make
+it and the SuperLink hold:
+
+* a body larger than ``max_body_bytes`` is answered 413 (and the connection
+  closed): unread where ``Content-Length`` declares it, cut off after
+  ``max_body_bytes`` where the body is chunked. An honest SuperNode never sends
+  more than one array chunk (Flower splits arrays into chunks of
+  :data:`ARRAY_CHUNK_BYTES` and pushes one per request) plus a little framing:
+  :func:`body_limit` is that, or twice the model's bytes where the model is
+  smaller;
+* at most ``max_requests_per_peer`` requests of one client address are in
+  progress at a time; one more is answered 503 with ``Retry-After`` (Flower's
+  SuperNode retries a 503).
+
 On the SuperLink machine::
 
     python -m flwr_byz.experiments.fleet_gateway --listen 0.0.0.0:9092 \\
@@ -26,18 +41,38 @@ from __future__ import annotations
 import argparse
 import ssl
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import uvicorn
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-__all__ = ["FLEET_PATHS", "create_app", "main"]
+__all__ = [
+    "ARRAY_CHUNK_BYTES",
+    "BODY_OVERHEAD_BYTES",
+    "DEFAULT_MAX_REQUESTS_PER_PEER",
+    "FLEET_PATHS",
+    "body_limit",
+    "create_app",
+    "main",
+]
+
+#: The largest array chunk a SuperNode pushes in one ``push-object`` request
+#: (Flower's ``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``, 5 MiB unless set otherwise).
+ARRAY_CHUNK_BYTES = FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+#: What a Fleet request holds besides array bytes: protobuf framing, the object
+#: head, node and run ids, a message's metadata and its metric/config records.
+BODY_OVERHEAD_BYTES = 1 << 20
+#: Requests of one client address in progress at a time: one SuperNode has at most
+#: two object pushes or pulls, a heartbeat and a message call open.
+DEFAULT_MAX_REQUESTS_PER_PEER = 8
 
 #: The Fleet API of Flower 1.42 (``flwr.superlink.routers.fleet.router``), all POST.
 FLEET_PATHS = frozenset(
@@ -81,18 +116,50 @@ def _forwarded(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _DROPPED_HEADERS}
 
 
+def body_limit(model_bytes: int | None = None) -> int:
+    """The largest Fleet request body the gateway accepts for a model of
+    ``model_bytes`` serialized bytes (``None``: any model).
+
+    Every array reaches the SuperLink in chunks of at most
+    :data:`ARRAY_CHUNK_BYTES`, one per request, so no honest body exceeds
+    ``min(model_bytes, ARRAY_CHUNK_BYTES)`` plus framing; twice that (at most one
+    chunk) plus :data:`BODY_OVERHEAD_BYTES` leaves room for the framing.
+    """
+    if model_bytes is None:
+        return ARRAY_CHUNK_BYTES + BODY_OVERHEAD_BYTES
+    if model_bytes < 0:
+        raise ValueError(f"model_bytes={model_bytes!r} is not valid; valid: >= 0")
+    return min(2 * model_bytes, ARRAY_CHUNK_BYTES) + BODY_OVERHEAD_BYTES
+
+
+def _refused(status: int, text: str, **headers: str) -> Response:
+    return PlainTextResponse(text, status_code=status, headers=headers)
+
+
 def create_app(
     superlink: str,
     ca_cert: str | Path,
     timeout: float = 300.0,
     transport: httpx.AsyncBaseTransport | None = None,
+    max_body_bytes: int | None = None,
+    max_requests_per_peer: int = DEFAULT_MAX_REQUESTS_PER_PEER,
 ) -> Starlette:
     """The gateway's ASGI app, forwarding the Fleet API to ``https://<superlink>``.
 
     ``ca_cert`` verifies the SuperLink's certificate, which must name the host of
     ``superlink`` (127.0.0.1: :func:`make_certificates` always includes it).
-    ``transport`` replaces the network (tests).
+    ``max_body_bytes`` (``None``: :func:`body_limit` of any model) and
+    ``max_requests_per_peer`` bound what one client address can make the gateway
+    buffer. ``transport`` replaces the network (tests).
     """
+    limit = body_limit() if max_body_bytes is None else int(max_body_bytes)
+    if limit < 1 or max_requests_per_peer < 1:
+        raise ValueError(
+            f"max_body_bytes={limit!r}, max_requests_per_peer="
+            f"{max_requests_per_peer!r}: both must be >= 1"
+        )
+    too_large = f"request body over {limit} bytes"
+    in_progress: Counter[str] = Counter()
     client = httpx.AsyncClient(
         base_url=f"https://{superlink}",
         verify=ssl.create_default_context(cafile=str(ca_cert)),
@@ -106,9 +173,36 @@ def create_app(
         path = request.scope["path"]
         if path not in FLEET_PATHS:
             return PlainTextResponse("Not Found", status_code=404)
+        peer = request.client.host if request.client else ""
+        if in_progress[peer] >= max_requests_per_peer:
+            return _refused(
+                503,
+                "too many requests in progress",
+                **{"Retry-After": "1", "Connection": "close"},
+            )
+        in_progress[peer] += 1
+        try:
+            return await forward(request, path)
+        finally:
+            in_progress[peer] -= 1
+            if not in_progress[peer]:
+                del in_progress[peer]
+
+    async def forward(request: Request, path: str) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return _refused(400, "bad Content-Length", Connection="close")
+            if int(declared) > limit:  # refused unread
+                return _refused(413, too_large, Connection="close")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:  # a chunked body: cut off
+                return _refused(413, too_large, Connection="close")
         try:
             upstream = await client.post(
-                path, content=await request.body(), headers=_forwarded(request.headers)
+                path, content=bytes(body), headers=_forwarded(request.headers)
             )
         except httpx.HTTPError:
             return PlainTextResponse("SuperLink unreachable", status_code=502)
@@ -174,6 +268,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ssl-certfile", help="default: DIR/server.pem")
     parser.add_argument("--ssl-keyfile", help="default: DIR/server.key")
     parser.add_argument("--ssl-ca-certfile", help="default: DIR/ca.crt")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help="refuse (413) larger request bodies (default: one array chunk plus "
+        f"framing, {body_limit()} bytes; see --model-bytes)",
+    )
+    parser.add_argument(
+        "--model-bytes",
+        type=int,
+        help="the model's serialized size: the body limit becomes "
+        "min(2 x this, one array chunk) plus 1 MiB (ignored with --max-body-bytes)",
+    )
+    parser.add_argument(
+        "--max-requests-per-peer",
+        type=int,
+        default=DEFAULT_MAX_REQUESTS_PER_PEER,
+        help="requests of one client address in progress at a time; more get 503 "
+        "(default: %(default)s; SuperNodes behind one address need that many each)",
+    )
     args = parser.parse_args(argv)
     folder = Path(args.certificates) if args.certificates else None
 
@@ -190,10 +303,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         host, port = _host_port(args.listen)
         _host_port(args.superlink)
-    except argparse.ArgumentTypeError as err:
+        max_body = args.max_body_bytes
+        if max_body is None:
+            max_body = body_limit(args.model_bytes)
+        app = create_app(
+            args.superlink,
+            cafile,
+            max_body_bytes=max_body,
+            max_requests_per_peer=args.max_requests_per_peer,
+        )
+    except (argparse.ArgumentTypeError, ValueError) as err:
         parser.error(str(err))
     uvicorn.run(
-        create_app(args.superlink, cafile),
+        app,
         host=host,
         port=port,
         ssl_certfile=certfile,
