@@ -25,6 +25,7 @@ containers only, never arbitrary pickled objects.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -91,14 +92,35 @@ def checkpoint_file(resume: str | Path) -> Path:
 
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a reader (or a crash) sees the old
-    file or the new one, never half of one."""
+    file or the new one, never half of one.
+
+    The file is the owner's only (0600: it holds the global model and every
+    node's state), and is on disk before it replaces the old one: the file is
+    synced, then the directory entry of the rename.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover of a crash; created anew with mode 0600
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    with os.fdopen(os.open(tmp, flags, 0o600), "wb") as handle:
         torch.save(dict(payload), handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where directories can be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
