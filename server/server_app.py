@@ -47,7 +47,7 @@ from flwr_byz.app.config import (
     check_against_nodes,
     check_run_config,
 )
-from flwr_byz.app.federation import discover_nodes, identify_new_nodes
+from flwr_byz.app.federation import IdentityQueries, discover_nodes, identify_nodes
 from flwr_byz.app.liveness import node_floor
 from flwr_byz.app.observed_strategy import ObservedStrategy
 from flwr_byz.app.results import (
@@ -114,13 +114,16 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
 
     round_timeout = float(cfg["round-timeout"])
     node_wait_timeout = float(cfg["node-wait-timeout"])
+    # The first message a node gets also installs the app and starts a ClientApp
+    # process: slower than a round, bounded like the node wait.
+    query_timeout = min(60.0, node_wait_timeout)
+    queries = IdentityQueries()  # a node that has not answered is asked again
     nodes = discover_nodes(
         grid,
         min_nodes=max(2, int(cfg["min-available-nodes"])),
         timeout=node_wait_timeout,
-        # The first message a node gets also installs the app and starts a
-        # ClientApp process: slower than a round, bounded like the node wait.
-        query_timeout=min(60.0, node_wait_timeout),
+        query_timeout=query_timeout,
+        queries=queries,
     )
     identities = {nid: node.partition_id for nid, node in nodes.items()}
     num_nodes = len(nodes)
@@ -177,17 +180,21 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
     if resume is not None:
         round_log.restore(resume.payload["log"], node_ids)
 
-    def identify_joined(server_round: int, grid: Grid) -> None:
-        # A restarted SuperNode has a new node id: ask it who it is, so its
-        # partition and role stay in the record (and in the server-side attack).
-        for nid, node in identify_new_nodes(
-            grid, nodes, min(60.0, node_wait_timeout)
+    def identify_joined(server_round: int, grid: Grid, ask: bool = True) -> None:
+        # Before each round: a node that has not said who it is yet is asked again,
+        # and a restarted SuperNode (a new node id) is asked, so partitions and
+        # roles are in the record (and in the server-side attack).
+        for nid, node in identify_nodes(
+            grid, nodes, queries, query_timeout, ask=ask
         ).items():
+            late = nid in nodes
             nodes[nid] = node
             byzantine = bool(
                 node.byzantine
                 or (node.byzantine is None and node.partition_id in byz_partitions)
             )
+            if late and byzantine and nid not in byz_nodes:
+                byz_nodes.append(nid)
             round_log.add_node(nid, node.partition_id, byzantine)
             if isinstance(strategy, ServerSideAttack):
                 strategy.add_node(nid, node.partition_id, byzantine)
@@ -286,6 +293,8 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
             except NotEnoughNodesError as err:
                 stopped = err
             observed.round_offset = 0
+            # Identity answers that came in during the last round.
+            identify_joined(0, grid, ask=False)
             summary = round_log.summary(
                 strategy=strategy,
                 detection_k=int(cfg["detection-k"]) or len(byz_nodes),

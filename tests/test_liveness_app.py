@@ -15,7 +15,13 @@ from link_federation import Behaviour, LinkFederation, dies_in_round, silent
 from clients.client_app import app as client_app
 from clients.client_app import fault_delay
 from flwr_byz.app.config import RunConfigError, check_run_config
-from flwr_byz.app.federation import NodeIdentity, discover_nodes
+from flwr_byz.app.federation import (
+    MAX_ERROR_REPLIES,
+    IdentityQueries,
+    NodeIdentity,
+    discover_nodes,
+    identify_nodes,
+)
 from flwr_byz.app.liveness import node_floor, sampling_settings
 from flwr_byz.strategy.sampling import NotEnoughNodesError
 from server.server_app import run
@@ -266,3 +272,129 @@ def test_a_restarted_node_keeps_its_partition_and_role_in_the_record(
 
 def _server_round(ins: Message) -> int:
     return int(next(iter(ins.content.config_records.values()))["server-round"])
+
+
+def _first_query(fed: LinkFederation, nid: int, first: Behaviour) -> Behaviour:
+    """``first`` answers the node's first identity query; ``fed.behaviour`` the rest."""
+
+    def behaviour(ins: Message) -> Message | None:
+        if (
+            ins.metadata.message_type == "query"
+            and fed.received[nid].count("query") == 1
+        ):
+            return first(ins)
+        return fed.behaviour(ins)
+
+    return behaviour
+
+
+@pytest.mark.timeout(120)
+def test_nodes_that_miss_the_identity_query_get_their_partition_in_the_record(
+    tmp_path: Path,
+) -> None:
+    """Three nodes miss the start-up identity query (1 s here): one answers it 2 s
+    late, one answers it with an error, one never answers it. Each is asked again
+    before round 1 and ends up with its partition, Byzantine role included, in
+    the ground truth, the rounds and the detection scores."""
+    cfg = check_run_config(
+        {
+            **RUN,
+            "num-server-rounds": 2,
+            "strategy": "faba",
+            "attack": "sign-flip",
+            "byzantine-partitions": "1,2",
+            "node-wait-timeout": 1.0,  # the identity query waits min(60 s, this)
+            "output-dir": str(tmp_path),
+        }
+    )
+    fed = app_federation(cfg, partitions(4))
+    _, late, failing, quiet = fed.node_ids
+
+    def answers_late(ins: Message) -> Message | None:
+        time.sleep(2.0)
+        return fed.behaviour(ins)
+
+    fed.behaviours[late] = _first_query(fed, late, answers_late)
+    fed.behaviours[failing] = _first_query(
+        fed, failing, lambda ins: Message(Error(code=2, reason="busy"), reply_to=ins)
+    )
+    fed.behaviours[quiet] = _first_query(fed, quiet, silent)
+    with fed:
+        results = run(fed.grid, cfg)
+    truth = results["ground-truth"]
+    assert truth["node-partitions"] == {str(n): p for p, n in enumerate(fed.node_ids)}
+    assert truth["byzantine-node-ids"] == sorted([late, failing])
+    assert truth["byzantine-partition-ids"] == [1, 2]
+    for entry in results["rounds"][1:]:
+        assert sorted(entry["partitions"]) == [0, 1, 2, 3], entry
+    assert results["summary"]["byzantine-partitions"] == [1, 2]
+    # Asked once at start-up and once more; answered nodes are not asked again.
+    assert fed.received[quiet].count("query") == 2
+    assert fed.received[fed.node_ids[0]].count("query") == 1
+
+
+@pytest.mark.timeout(60)
+def test_an_unanswered_node_is_asked_before_every_round_until_it_answers() -> None:
+    with LinkFederation(3, _identity({"partition-id": 0, "num-partitions": 3})) as fed:
+        good, quiet, failing = fed.node_ids
+        fed.behaviours[quiet] = silent
+        fed.behaviours[failing] = lambda ins: Message(
+            Error(code=2, reason="ClientApp raised"), reply_to=ins
+        )
+        queries = IdentityQueries()
+        found = discover_nodes(
+            fed.grid,
+            min_nodes=2,
+            timeout=10,
+            settle=0.2,
+            query_timeout=0.3,
+            queries=queries,
+        )
+        assert found == {
+            good: NodeIdentity(0, 3),
+            quiet: NodeIdentity(),
+            failing: NodeIdentity(),
+        }
+        for _ in range(MAX_ERROR_REPLIES + 1):  # one call before each round
+            assert identify_nodes(fed.grid, found, queries, timeout=0.3) == {}
+        # The quiet node is asked before every round; the failing one until it
+        # has answered MAX_ERROR_REPLIES queries with an error.
+        assert fed.received[quiet].count("query") == MAX_ERROR_REPLIES + 2
+        assert fed.received[failing].count("query") == MAX_ERROR_REPLIES
+        assert fed.received[good].count("query") == 1
+        # It answers at last (a late reply to any of its queries counts).
+        fed.behaviours[quiet] = _identity({"partition-id": 2})
+        assert identify_nodes(fed.grid, found, queries, timeout=5) == {
+            quiet: NodeIdentity(2)
+        }
+        assert identify_nodes(fed.grid, found, queries, timeout=5) == {}
+
+
+@pytest.mark.timeout(60)
+def test_a_late_answer_to_the_first_query_is_collected_without_asking_again() -> None:
+    with LinkFederation(2, _identity({"partition-id": 0, "num-partitions": 2})) as fed:
+        good, slow = fed.node_ids
+        answer = _identity({"partition-id": 1, "num-partitions": 2})
+
+        def slow_answer(ins: Message) -> Message:
+            time.sleep(1.0)
+            return answer(ins)
+
+        fed.behaviours[slow] = slow_answer
+        queries = IdentityQueries()
+        found = discover_nodes(
+            fed.grid,
+            min_nodes=2,
+            timeout=10,
+            settle=0.2,
+            query_timeout=0.2,
+            queries=queries,
+        )
+        assert found == {good: NodeIdentity(0, 2), slow: NodeIdentity()}
+        deadline = time.monotonic() + 10
+        late: dict[int, NodeIdentity] = {}
+        while not late and time.monotonic() < deadline:
+            time.sleep(0.2)
+            late = identify_nodes(fed.grid, found, queries, timeout=0, ask=False)
+        assert late == {slow: NodeIdentity(1, 2)}
+        assert fed.received[slow].count("query") == 1

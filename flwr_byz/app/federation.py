@@ -6,10 +6,17 @@ config has it). This is experiment bookkeeping only — it lets ``results.json``
 record which node ids were Byzantine — and never reaches the defence.
 
 The answers are validated like training replies, and nothing in them can stop
-the run: a malformed identity, an error reply or no answer within the query
-timeout leaves that node without a partition (it still takes part); a node the
-SuperLink reports gone (its notice comes from node id 1 and names the query it
-answers) is left out; a reply from a node that was not asked is ignored.
+the run: a malformed identity leaves that node without a partition (it still
+takes part); a node the SuperLink reports gone (its notice comes from node id 1
+and names the query it answers) is left out; a reply from a node that was not
+asked is ignored.
+
+A node that has not answered (no reply within the query timeout, or an error
+reply) is not written off: :class:`IdentityQueries` collects a late answer to any
+earlier query and asks such a node again before every round, until it answers
+(or has answered :data:`MAX_ERROR_REPLIES` queries with an error). Until then it
+trains without a partition id in the record; its answer, when it comes, goes into
+the ground truth.
 """
 
 from __future__ import annotations
@@ -31,6 +38,12 @@ from flwr_byz.strategy.reply_validation import (
 
 IDENTITY_RECORD = "identity"
 
+#: A node that answers this many identity queries with an error is not asked again.
+MAX_ERROR_REPLIES = 3
+
+#: Seconds between two pulls of identity replies.
+PULL_INTERVAL = 0.1
+
 
 @dataclass(frozen=True)
 class NodeIdentity:
@@ -39,7 +52,8 @@ class NodeIdentity:
     Attributes
     ----------
     partition_id : int
-        Its partition (simulation), or -1 when it has none (deployment).
+        Its partition (simulation), or -1 when it has none (deployment) or has not
+        said yet.
     num_partitions : int
         The federation size its node config states; 0 when unknown.
     byzantine : bool | None
@@ -52,21 +66,144 @@ class NodeIdentity:
     byzantine: bool | None = None
 
 
+class IdentityQueries:
+    """The identity queries of one run: who has answered, and what is still open.
+
+    Every query the run sends stays open until its reply is pulled, so an answer
+    that arrives after its query's timeout is still taken (at the next
+    :meth:`ask`). A node counts as answered once it sent an identity (a malformed
+    one included) or a reply without one; an error reply or no reply leaves it
+    unanswered, to be asked again.
+    """
+
+    def __init__(self) -> None:
+        self.answered: set[int] = set()
+        self._open: dict[str, int] = {}  # query message id -> its node id
+        self._errors: dict[int, int] = {}
+
+    def unanswered(self, node_ids: Iterable[int]) -> list[int]:
+        """The nodes of ``node_ids`` that are still to be asked (in order)."""
+        return [
+            nid
+            for nid in node_ids
+            if nid not in self.answered and self._errors.get(nid, 0) < MAX_ERROR_REPLIES
+        ]
+
+    def ask(
+        self, grid: Grid, node_ids: Iterable[int], timeout: float
+    ) -> tuple[dict[int, NodeIdentity], set[int]]:
+        """Ask the unanswered nodes of ``node_ids`` who they are.
+
+        Waits until each of them answered or was reported gone, at most
+        ``timeout`` seconds; late answers to earlier queries are collected on the
+        way (at least one pull, even with nothing to ask).
+
+        Returns
+        -------
+        tuple[dict[int, NodeIdentity], set[int]]
+            Node id -> identity of every node that answered during this call (the
+            nodes asked and any earlier one answering late), and the nodes asked
+            that the SuperLink reported gone.
+        """
+        asked = self.unanswered(dict.fromkeys(node_ids))
+        messages = [
+            Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY)
+            for nid in asked
+        ]
+        if messages:
+            pushed = {str(mid) for mid in grid.push_messages(messages)}
+            self._open.update(
+                (mid, nid)
+                for mid, nid in instruction_destinations(messages).items()
+                if mid in pushed
+            )
+        learned: dict[int, NodeIdentity] = {}
+        gone: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._open:
+                self._take(list(grid.pull_messages(list(self._open))), learned, gone)
+            waiting = [nid for nid in self.unanswered(asked) if nid not in gone]
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(PULL_INTERVAL)
+        return learned, gone & set(asked)
+
+    def _take(
+        self, replies: list[Message], learned: dict[int, NodeIdentity], gone: set[int]
+    ) -> None:
+        destinations = dict(self._open)
+        own, absent = attribute_replies(
+            replies, destinations, sorted(set(destinations.values()))
+        )
+        for nid, reason in absent.items():
+            gone.add(nid)
+            log(
+                WARNING,
+                "Node %d is gone (%s): it is not counted in the federation",
+                nid,
+                reason.name,
+            )
+        for reply in replies:  # every reply closes its query
+            try:
+                self._open.pop(str(reply.metadata.reply_to_message_id), None)
+            except Exception:  # pylint: disable=broad-except
+                continue
+        for reply in own:
+            try:
+                nid = int(reply.metadata.src_node_id)
+                asked_nid = destinations.get(str(reply.metadata.reply_to_message_id))
+                if asked_nid != nid:
+                    log(WARNING, "Ignored an identity reply from node %d", nid)
+                    continue
+                if nid in self.answered:
+                    continue  # it answered another of its queries already
+                if reply.has_error():
+                    self._errors[nid] = self._errors.get(nid, 0) + 1
+                    log(
+                        WARNING,
+                        "Node %d answered the identity query with an error (%s)%s",
+                        nid,
+                        reply.error.reason,
+                        "; it is asked again before the next round"
+                        if self._errors[nid] < MAX_ERROR_REPLIES
+                        else "; it is not asked again",
+                    )
+                    continue
+                if IDENTITY_RECORD not in reply.content:
+                    # A node that cannot say who it is still takes part in training.
+                    identity = NodeIdentity()
+                else:
+                    identity = parse_identity(nid, reply.content[IDENTITY_RECORD])
+                learned[nid] = identity
+                self.answered.add(nid)
+            except Exception:  # pylint: disable=broad-except
+                log(WARNING, "Ignored an unreadable identity reply", exc_info=True)
+        # A node that answered needs none of its other queries' replies.
+        self._open = {
+            mid: nid for mid, nid in self._open.items() if nid not in self.answered
+        }
+
+
 def discover_nodes(
     grid: Grid,
     min_nodes: int,
     timeout: float = 120.0,
     settle: float = 3.0,
     query_timeout: float = 60.0,
+    queries: IdentityQueries | None = None,
 ) -> dict[int, NodeIdentity]:
-    """Node id → what the node said about itself, for every connected node.
+    """Node id -> what the node said about itself, for every connected node.
 
     Waits for at least ``min_nodes`` nodes and, when the nodes report
     ``num-partitions`` (simulation), for that many; otherwise until the set of
     connected nodes has not changed for ``settle`` seconds. Each node is asked
     once and waited for at most ``query_timeout`` seconds; the whole wait lasts at
-    most ``timeout`` seconds (plus one query).
+    most ``timeout`` seconds (plus one query). A node that has not answered is in
+    the result without a partition (``NodeIdentity()``); ``queries`` keeps its
+    query open, to learn its answer later (:func:`identify_nodes`).
     """
+    queries = IdentityQueries() if queries is None else queries
     deadline = time.monotonic() + timeout
     identities: dict[int, NodeIdentity] = {}
     gone: set[int] = set()
@@ -77,9 +214,16 @@ def discover_nodes(
         new = [nid for nid in node_ids if nid not in identities and nid not in gone]
         if new:
             last_change = time.monotonic()
-            answered = _query(grid, new, query_timeout)
-            identities.update(answered)
-            gone.update(nid for nid in new if nid not in answered)
+            learned, absent = queries.ask(grid, new, query_timeout)
+            gone |= absent
+            for nid in new:
+                if nid not in absent:
+                    identities[nid] = learned.get(nid, NodeIdentity())
+            # Late answers of nodes asked in an earlier pass.
+            identities.update({n: i for n, i in learned.items() if n in identities})
+            _warn_unanswered(
+                queries.unanswered(n for n in new if n not in absent), query_timeout
+            )
             expected = expected_nodes(min_nodes, identities.values())
         # A node that is gone counts as answered: waiting does not bring it back.
         complete = (
@@ -101,68 +245,50 @@ def discover_nodes(
     return identities
 
 
-def identify_new_nodes(
-    grid: Grid, known: Iterable[int], timeout: float
+def identify_nodes(
+    grid: Grid,
+    known: Iterable[int],
+    queries: IdentityQueries,
+    timeout: float,
+    ask: bool = True,
 ) -> dict[int, NodeIdentity]:
-    """Ask the nodes connected now that are not in ``known`` who they are.
+    """What is new about the nodes since the last call: node id -> identity.
 
-    A SuperNode that restarts comes back under a new node id; asking it again keeps
-    its partition (and whether it is Byzantine) in the record.
+    With ``ask`` (before each round), the connected nodes that have not answered
+    are asked (again), and waited for at most ``timeout`` seconds: the nodes in
+    ``known`` that missed an earlier query, and those not in ``known`` (a
+    SuperNode that restarts comes back under a new node id; asking it keeps its
+    partition, and whether it is Byzantine, in the record). Late answers to
+    earlier queries are collected too; without ``ask`` only those.
+
+    The result holds every node that answered, and every connected node not in
+    ``known`` (as ``NodeIdentity()`` when it has not answered yet).
     """
-    seen = set(known)
-    new = sorted(nid for nid in grid.get_node_ids() if nid not in seen)
-    if not new:
-        return {}
-    found = _query(grid, new, timeout)
+    known = set(known)
+    connected = sorted(grid.get_node_ids()) if ask else []
+    learned, gone = queries.ask(grid, connected, timeout if ask else 0.0)
+    new = [nid for nid in connected if nid not in known and nid not in gone]
+    found = {nid: learned.get(nid, NodeIdentity()) for nid in new}
+    found.update(learned)
     for nid, node in found.items():
-        log(INFO, "Node %d joined (partition %s)", nid, node.partition_id)
+        if nid in known:
+            log(INFO, "Node %d answered late (partition %s)", nid, node.partition_id)
+        else:
+            log(INFO, "Node %d joined (partition %s)", nid, node.partition_id)
+    _warn_unanswered(queries.unanswered(new), timeout)
     return found
 
 
-def _query(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, NodeIdentity]:
-    """Ask ``node_ids`` who they are; node id → identity, without the nodes the
-    SuperLink reported gone."""
-    messages = [
-        Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY)
-        for nid in node_ids
-    ]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    own, absent = attribute_replies(
-        replies, instruction_destinations(messages), node_ids
-    )
-    asked = set(node_ids)
-    found: dict[int, NodeIdentity] = {}
-    for reply in own:
-        try:
-            nid = int(reply.metadata.src_node_id)
-            if nid not in asked or nid in found:
-                log(WARNING, "Ignored an identity reply from node %d", nid)
-                continue
-            if reply.has_error() or IDENTITY_RECORD not in reply.content:
-                # A node that cannot say who it is still takes part in training.
-                found[nid] = NodeIdentity()
-                continue
-            found[nid] = parse_identity(nid, reply.content[IDENTITY_RECORD])
-        except Exception:  # pylint: disable=broad-except
-            log(WARNING, "Ignored an unreadable identity reply", exc_info=True)
-    for nid, reason in absent.items():
+def _warn_unanswered(node_ids: list[int], timeout: float) -> None:
+    for nid in node_ids:
         log(
             WARNING,
-            "Node %d is gone (%s): it is not counted in the federation",
+            "Node %d did not answer the identity query within %g s; it takes "
+            "part without a partition id in the record until it answers (it is "
+            "asked again before each round)",
             nid,
-            reason.name,
+            timeout,
         )
-    for nid in node_ids:
-        if nid not in found and nid not in absent:
-            log(
-                WARNING,
-                "Node %d did not answer the identity query within %g s; it takes "
-                "part without a partition id in the record",
-                nid,
-                timeout,
-            )
-            found[nid] = NodeIdentity()
-    return found
 
 
 def _count(value: object, low: int) -> int | None:
