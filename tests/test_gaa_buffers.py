@@ -14,10 +14,11 @@ from strategy_helpers import instructions, reply, server_identity
 from torch import nn
 
 from flwr_byz.gaa import QVObjective, TrustedWorker
-from flwr_byz.gaa.buffers import weighted_coordinate_median
+from flwr_byz.gaa.buffers import is_variance, weighted_coordinate_median
 from flwr_byz.strategy import RoundStatus
 from flwr_byz.strategy.fltrust import FLTrust
 from flwr_byz.strategy.gaa import GAA
+from flwr_byz.strategy.mean import Mean
 from flwr_byz.strategy.zeno import Zeno
 
 HONEST = [101, 102, 103, 104, 105]
@@ -320,3 +321,67 @@ def test_weighted_coordinate_median():
     # No overflow on huge finite values.
     big = torch.tensor([[3e38], [3e38]])
     assert torch.isfinite(weighted_coordinate_median(big, torch.ones(2)))
+
+
+def _negative_statistics(theta, node, server_round):
+    """A Byzantine reply: honest parameters, running variances of -50, a
+    negative counter."""
+    out = client_train(theta, node, server_round)
+    out["bn.running_var"] = np.full_like(out["bn.running_var"], -50.0)
+    out["bn.num_batches_tracked"] = np.array(-5, dtype=np.int64)
+    return out
+
+
+def _eval_loss(theta) -> float:
+    model = BNCNN()
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in theta.items()})
+    model.eval()
+    x, y = data(7, 10)
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(model(x), y))
+
+
+def test_a_negative_running_var_never_freezes_gaa():
+    """The global model arrives with a negative running_var (a bad buffer) and
+    two attackers keep sending negative ones: every round aggregates, the
+    model moves, and from round 1 on its variances are >= 0 and its eval-mode
+    loss finite. (A negative variance made the QV loss NaN, and so every later
+    round NON_FINITE_RESULT with the model never moving again.)"""
+    strategy = gaa()
+    theta0 = theta = initial()
+    theta["bn.running_var"] = np.full_like(theta["bn.running_var"], -1.0)
+    assert not np.isfinite(_eval_loss(theta))
+    for rnd in range(1, 5):
+        new, metrics, _ = run_round(strategy, theta, rnd, _negative_statistics)
+        assert metrics["status"] == int(RoundStatus.OK), strategy.history[-1].message
+        assert np.isfinite(metrics["qv-loss-after"])
+        assert (new["bn.running_var"] >= 0).all(), new["bn.running_var"]
+        assert np.isfinite(_eval_loss(new))
+        assert new["bn.num_batches_tracked"] == theta["bn.num_batches_tracked"] >= 0
+        theta = new
+    for key in PARAMS:
+        assert not np.allclose(theta[key], theta0[key]), key
+
+
+def test_attackers_cannot_push_a_running_var_below_zero_through_the_mean():
+    """FedAvg's mean follows two attackers' running_var of -50 below zero; the
+    server step keeps every running variance >= 0 (a negative one would turn
+    every eval-mode output NaN) and the counter as sent."""
+    with server_identity():
+        strategy = Mean()
+    theta = initial()
+    for rnd in range(1, 4):
+        new, metrics, sent = run_round(strategy, theta, rnd, _negative_statistics)
+        assert metrics["status"] == int(RoundStatus.OK), strategy.history[-1].message
+        mean = np.mean([sent[n]["bn.running_var"] for n in sent], axis=0)
+        assert (mean < 0).all()  # what the rule asked for
+        assert (new["bn.running_var"] >= 0).all(), new["bn.running_var"]
+        assert np.isfinite(_eval_loss(new))
+        assert new["bn.num_batches_tracked"] == theta["bn.num_batches_tracked"] >= 0
+        assert new["bn.num_batches_tracked"].dtype == np.int64
+        theta = new
+
+
+def test_is_variance():
+    assert is_variance("bn.running_var") and is_variance("layer1.0.bn1.running_var")
+    assert not is_variance("bn.running_mean") and not is_variance("running_variance")

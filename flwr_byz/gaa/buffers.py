@@ -1,8 +1,21 @@
-"""How GAA aggregates a model's float buffers (BatchNorm running statistics)."""
+"""A model's float buffers (BatchNorm running statistics): how GAA aggregates them,
+and which of them must stay non-negative."""
 
 from __future__ import annotations
 
 import torch
+
+#: ``state_dict`` names (last component) of running variances (BatchNorm's and
+#: InstanceNorm's ``running_var``): eval-mode normalisation divides by
+#: ``sqrt(running_var + eps)``, so a negative one turns every output NaN.
+VARIANCE_BUFFERS = ("running_var",)
+
+
+def is_variance(key: str) -> bool:
+    """Whether the ``state_dict`` entry ``key`` is a running variance: a value
+    that must stay >= 0 (the server step and the QV loss clamp it at 0)."""
+    return key.rsplit(".", 1)[-1] in VARIANCE_BUFFERS
+
 
 #: Relative tolerance on "the cumulative credit reaches one half": credits are
 #: float32 softmax outputs, so equal credits need not sum to exactly 1/2.

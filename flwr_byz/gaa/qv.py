@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from .buffers import is_variance
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: :meth:`QVObjective.steps` evaluates this many parameters' worth of models at once
 #: (16 MB of float32): 126 of the Healthcare-style model (33,130 parameters).
@@ -112,6 +114,7 @@ class QVObjective:
         #: Float ``state_dict`` keys that are buffers, not parameters.
         self.buffer_keys = [k for k in self.keys if k not in params]
         self._buffer_set = frozenset(self.buffer_keys)
+        self._variances = [k for k in self.buffer_keys if is_variance(k)]
         #: ``(dim,)`` bool, True on the coordinates of float buffers.
         self.buffer_mask = torch.cat(
             [
@@ -127,7 +130,9 @@ class QVObjective:
         """Split a ``(d,)`` vector into the model's float ``state_dict`` tensors.
 
         Views of ``flat``; those of float buffers are detached (no gradient
-        flows into running statistics: ``native_batch_norm`` refuses one).
+        flows into running statistics: ``native_batch_norm`` refuses one), and
+        running variances are clamped at 0, so a model with a negative one
+        (a bad buffer) still has a finite loss.
         """
         if flat.shape != (self.dim,):
             raise ValueError(
@@ -139,6 +144,8 @@ class QVObjective:
             k: p.view(s).detach() if k in self._buffer_set else p.view(s)
             for k, p, s in zip(self.keys, parts, self.shapes, strict=True)
         }
+        for k in self._variances:  # a negative running variance would give NaN
+            out[k] = out[k].clamp(min=0.0)
         out.update(self.fixed)
         return out
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flwr_byz.gaa.buffers import is_variance
+
 from .model_layout import ModelLayout
 
 
@@ -46,7 +48,9 @@ def server_step(
 
     ``v = μ · buffer + aggregate`` (``v = aggregate`` on the first step or
     without momentum), ``θ_{t+1} = θ_t + lr · v``, written back per array in
-    each array's own dtype.
+    each array's own dtype. Running variances (BatchNorm's ``running_var``,
+    :func:`flwr_byz.gaa.buffers.is_variance`) are clamped at 0: a negative one
+    would make the model's every eval-mode output NaN.
 
     Parameters
     ----------
@@ -89,6 +93,8 @@ def server_step(
             if not np.isfinite(new).all():
                 finite = False
                 break
+            if is_variance(key):  # BatchNorm's running_var: never below 0
+                new = np.maximum(new, 0, dtype=new.dtype)
             new_theta[key] = new
     if not finite:
         return StepResult(None, buffer)
