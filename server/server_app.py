@@ -46,6 +46,7 @@ from flwr_byz.app.config import (
     RunConfigError,
     check_against_nodes,
     check_run_config,
+    check_run_dir,
 )
 from flwr_byz.app.federation import IdentityQueries, discover_nodes, identify_nodes
 from flwr_byz.app.liveness import node_floor
@@ -110,6 +111,7 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
         run_dir = resume.run_dir
     else:
         run_dir = expand_run_dir(str(cfg["output-dir"]), _run_name(run_id))
+        check_run_dir(run_dir, str(cfg["output-dir"]))  # a file in the way, no access
         check_unused(run_dir)
 
     round_timeout = float(cfg["round-timeout"])

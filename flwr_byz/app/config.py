@@ -13,9 +13,10 @@ puts the three together.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from flwr_byz.aggregation import byzantine_budget, min_nodes
@@ -27,6 +28,10 @@ from flwr_byz.models import MODELS
 
 class RunConfigError(ValueError):
     """A run-config value that cannot work; the message says what to change."""
+
+
+#: The shortest ``round-timeout`` and ``node-wait-timeout`` (seconds).
+MIN_TIMEOUT_S = 1.0
 
 
 #: Every value of the ``strategy`` key: GAA, Flower's own FedAvg (the undefended
@@ -97,19 +102,61 @@ def _is_str(value: Any) -> str | None:
     return None if isinstance(value, str) else "a string"
 
 
+def _seconds_at_least(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not low <= value <= high  # NaN fails too
+        ):
+            return (
+                f"a number of seconds in [{low:g}, {high:g}]: a shorter wait leaves "
+                f"no node time to answer; set it to at least {low:g}"
+            )
+        return None
+
+    return check
+
+
 def _output_dir(value: Any) -> str | None:
     """A directory inside the working directory, or an absolute path: never ``""``
-    and never a relative path that climbs out with ``..``."""
+    and never a path with ``..`` (it would climb out, or hide where it leads)."""
     allowed = (
-        "a non-empty directory path inside the ServerApp's working directory (no "
-        "'..'), or an absolute path"
+        "a non-empty directory path inside the ServerApp's working directory, or "
+        "an absolute path, without '..' (write the directory it leads to instead)"
     )
     if not isinstance(value, str) or not value.strip():
         return allowed
-    path = PurePath(value)
-    if not path.is_absolute() and ".." in path.parts:
+    if ".." in PurePath(value).parts:
         return allowed
     return None
+
+
+def check_run_dir(run_dir: Path, output_dir: str) -> None:
+    """Refuse a run directory that cannot be created or written, before the run.
+
+    ``run_dir`` is ``output_dir`` expanded (``{run}``) and resolved.
+
+    Raises
+    ------
+    RunConfigError
+        Naming ``output-dir`` and what to change: the path, or one of its parent
+        directories, is a file; or the nearest existing directory is not writable.
+    """
+    # The nearest part of the path that exists decides.
+    path = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not path.is_dir():
+        raise RunConfigError(
+            f"run-config key 'output-dir' = {output_dir!r}: {str(path)!r} is a "
+            "file, not a directory; set 'output-dir' to a directory (a new path "
+            "or an existing directory), or move that file away"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunConfigError(
+            f"run-config key 'output-dir' = {output_dir!r}: the directory "
+            f"{str(path)!r} is not writable by this user; set 'output-dir' to a "
+            "directory it may write"
+        )
 
 
 SERVER_KEYS: dict[str, Key] = {
@@ -146,13 +193,13 @@ SERVER_KEYS: dict[str, Key] = {
         600.0,
         "seconds a round waits for replies; then it aggregates what arrived and "
         "records the other sampled nodes as missing (timed-out)",
-        _float_in(0.0, 1e6, low_open=True),
+        _seconds_at_least(MIN_TIMEOUT_S, 1e6),
     ),
     "node-wait-timeout": Key(
         300.0,
         "seconds the run waits for enough connected nodes (at start-up and before "
         "each round) before it stops with a message",
-        _float_in(0.0, 1e6, low_open=True),
+        _seconds_at_least(MIN_TIMEOUT_S, 1e6),
     ),
     "server-learning-rate": Key(
         1.0, "η_server in w ← w + η·A(Δ)", _float_in(0.0, 1e6, low_open=True)
