@@ -230,9 +230,24 @@ def _generator(seed: int, context: Context, server_round: int) -> torch.Generato
     return torch_stream(seed, pid, server_round, _TAG_BATCHES)
 
 
-def _load_weights(node: _Node, msg: Message) -> None:
+def _load_weights(node: _Node, msg: Message, node_config: Mapping[str, Any]) -> None:
     record = next(iter(msg.content.array_records.values()))
     state = record.to_torch_state_dict()
+    own = node.model.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            where = (
+                f"node config 'data-path' = {node_config['data-path']!r}"
+                if "data-path" in node_config
+                else "this node's partition"
+            )
+            raise ValueError(
+                f"{where} has {node.train_x.shape[1]} features, but the server's "
+                f"model takes other inputs: its {key!r} has shape "
+                f"{tuple(value.shape)}, a model for this node's data "
+                f"{tuple(own[key].shape)}; give this node data with the same "
+                "feature columns as the federation's"
+            )
     node.model.load_state_dict(state, strict=True)
 
 
@@ -271,7 +286,7 @@ def train(msg: Message, context: Context) -> Message:
         time.sleep(delay)  # fault injection: a node that hangs
     cfg = client_config(context.run_config)
     node = _node(context, msg)
-    _load_weights(node, msg)
+    _load_weights(node, msg, context.node_config)
     generator = _generator(int(cfg["seed"]), context, _round(msg))
     steps, lr, batch = (
         int(cfg["local-steps"]),
@@ -319,7 +334,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_fn(msg: Message, context: Context) -> Message:
     """Evaluate the received weights on the node's local test split."""
     node = _node(context, msg)
-    _load_weights(node, msg)
+    _load_weights(node, msg, context.node_config)
     loss, acc = evaluate(node.model, node.test_x, node.test_y)
     metrics = MetricRecord(
         {"num-examples": int(node.test_y.shape[0]), "eval-loss": loss, "eval-acc": acc}

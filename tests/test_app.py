@@ -24,6 +24,7 @@ from flwr_byz.app.config import (
     app_defaults,
     check_against_nodes,
     check_run_config,
+    check_run_dir,
 )
 from flwr_byz.experiments.local_superlink import LocalSuperLink, processes_with_home
 
@@ -68,6 +69,9 @@ def test_defaults_are_valid() -> None:
         ("output-dir", "", "output-dir"),
         ("output-dir", "../elsewhere", "output-dir"),
         ("output-dir", "results/../../etc", "output-dir"),
+        ("output-dir", "/tmp/flwr-byz/../etc", "output-dir"),  # absolute, too
+        ("round-timeout", 1e-9, "round-timeout"),
+        ("node-wait-timeout", 0.5, "node-wait-timeout"),
     ],
 )
 def test_each_bad_value_is_named(key: str, value: object, named: str) -> None:
@@ -82,6 +86,53 @@ def test_each_bad_value_is_named(key: str, value: object, named: str) -> None:
 def test_output_dir_inside_the_working_directory_or_absolute() -> None:
     for value in ("results", "runs/a/b", "/tmp/flwr-byz-results"):
         assert check_run_config({"output-dir": value})["output-dir"] == value
+    with pytest.raises(RunConfigError, match=r"without '\.\.'"):
+        check_run_config({"output-dir": "/tmp/a/../b"})
+
+
+@pytest.mark.parametrize("key", ["round-timeout", "node-wait-timeout"])
+def test_timeouts_have_a_minimum_and_say_what_to_set(key: str) -> None:
+    for bad in (1e-9, 0.999, float("nan"), float("inf")):
+        with pytest.raises(RunConfigError, match=f"'{key}'.*at least 1"):
+            check_run_config({key: bad})
+    assert check_run_config({key: 1})[key] == 1
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_the_run(
+    tmp_path: Path,
+) -> None:
+    """The real ServerApp ``run``: a file where the run directory (or one of its
+    parents) would be stops the run before it waits for a node, names the key,
+    and leaves the file as it was."""
+    from link_federation import LinkFederation, silent
+
+    from server.server_app import run
+
+    in_the_way = tmp_path / "results"
+    in_the_way.write_text("keep me")
+    for value in (str(in_the_way), str(in_the_way / "{run}")):
+        # Without the check, the run would wait for nodes and fail on that.
+        cfg = check_run_config({"output-dir": value, "node-wait-timeout": 1.0})
+        with LinkFederation(0, silent) as fed, pytest.raises(RunConfigError) as info:
+            run(fed.grid, cfg)
+        message = str(info.value)
+        assert "'output-dir'" in message and "is a file" in message, message
+        assert str(in_the_way) in message
+        assert in_the_way.read_text() == "keep me"
+    check_run_dir(tmp_path / "new" / "run", "x")  # a path to create: fine
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anywhere"
+)
+def test_an_output_dir_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(RunConfigError, match=r"'output-dir'.*not writable"):
+            check_run_dir(locked / "run", str(locked / "run"))
+    finally:
+        locked.chmod(0o700)
 
 
 def test_episodes_need_gaa() -> None:

@@ -387,3 +387,120 @@ def test_a_bad_test_file_is_named_as_the_test_path(tmp_path) -> None:
     test = _write(_table(n_regions=1, d=5), tmp_path / "test.npz")
     with pytest.raises(ValueError, match=r"test-path file .*test\.npz.* 5 features"):
         load_server_data(_files(data, **{"test-path": test}), 3)
+
+
+@pytest.mark.parametrize("labels", ["zeros", "one-string"])
+def test_a_one_class_data_file_is_refused_naming_the_key(tmp_path, labels) -> None:
+    cols = _table()
+    cols["label"] = (
+        np.zeros(len(cols["label"]), dtype=np.int64)
+        if labels == "zeros"
+        else np.array(["cat"] * len(cols["label"]))
+    )
+    path = _write(cols, tmp_path / "one.npz")
+    with pytest.raises(ValueError) as info:
+        dataset_shape(_files(path))
+    message = str(info.value)
+    for words in (f"'data-path' = {path!r}", "1 class", "at least 2", "'label-column'"):
+        assert words in message, message
+
+
+def test_a_one_class_data_file_stops_the_run_before_round_one(tmp_path) -> None:
+    """The real ServerApp ``run`` on an in-process grid: the data's single class
+    is named before anything is written (not the model's raw refusal)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from link_federation import LinkFederation
+
+    from flwr_byz.app.config import check_run_config
+    from server.server_app import run
+
+    cols = _table()
+    cols["label"] = np.zeros(len(cols["label"]), dtype=np.int64)
+    path = _write(cols, tmp_path / "one.npz")
+    out = tmp_path / "out"
+    cfg = check_run_config(
+        {**_files(path), "output-dir": str(out), "node-wait-timeout": 5.0}
+    )
+
+    def identity(ins: Message) -> Message:
+        pid = {"partition-id": ins.metadata.dst_node_id % 3, "num-partitions": 3}
+        return Message(RecordDict({"identity": ConfigRecord(pid)}), reply_to=ins)
+
+    with LinkFederation(3, identity) as fed, pytest.raises(ValueError) as info:
+        run(fed.grid, cfg)
+    assert "'data-path'" in str(info.value) and "at least 2" in str(info.value)
+    assert not (out / "results.json").exists()
+
+
+def test_a_node_may_hold_a_single_class(tmp_path) -> None:
+    """A deployment node's own file with one class is ordinary (label skew)."""
+    from clients.client_app import load_client_data
+
+    cols = _table(n_regions=1)
+    cols["label"] = np.full(len(cols["label"]), 2, dtype=np.int64)
+    node = _write(cols, tmp_path / "node.npz")
+    data = load_client_data({"dataset": "yelp-style"}, {"data-path": node})
+    assert set(data.train.labels.tolist()) == {2}
+
+
+def test_a_node_file_of_the_wrong_dimension_is_named(tmp_path) -> None:
+    """The real ClientApp gets the server's model for 6 features; the node's own
+    file (node config ``data-path``) has 5: the reply names the key and the two
+    dimensions instead of torch's raw ``size mismatch``."""
+    import time
+
+    from flwr.app import (
+        ArrayRecord,
+        ConfigRecord,
+        Context,
+        Message,
+        MessageType,
+        Metadata,
+        RecordDict,
+    )
+
+    import clients.client_app as client_module
+    from flwr_byz.models import build_model
+
+    node = _write(_table(n_regions=1, d=5), tmp_path / "node.npz")
+    model = build_model("auto", 6, 3, seed=0)
+    msg = Message(
+        content=RecordDict(
+            {
+                "arrays": ArrayRecord(model.state_dict()),
+                "config": ConfigRecord({"server-round": 1, "num-classes": 3}),
+            }
+        ),
+        metadata=Metadata(
+            run_id=1,
+            message_id="x",
+            src_node_id=0,
+            dst_node_id=11,
+            reply_to_message_id="",
+            group_id="",
+            created_at=time.time(),
+            ttl=3600.0,
+            message_type=MessageType.TRAIN,
+        ),
+    )
+    ctx = Context(
+        run_id=1,
+        node_id=11,
+        node_config={"data-path": node},
+        state=RecordDict(),
+        run_config={"dataset": "files", "data-path": "server-side.npz"},
+    )
+    client_module._NODES.clear()
+    try:
+        with pytest.raises(ValueError) as info:
+            client_module.app(msg, ctx)
+    finally:
+        client_module._NODES.clear()
+    message = str(info.value)
+    first = next(iter(model.state_dict().values())).shape  # (hidden, 6)
+    for words in (
+        f"node config 'data-path' = {node!r}",
+        "has 5 features",
+        f"shape {tuple(first)}",
+    ):
+        assert words in message, message

@@ -104,6 +104,12 @@ def dataset_shape(cfg: Mapping[str, Any]) -> tuple[int, int]:
     Free for generated and embedded data; reads only the schema/label column of
     local files; for a Hugging Face name, the dataset's metadata (may download it
     once).
+
+    Raises
+    ------
+    ValueError
+        Naming the key, when the data has fewer than 2 classes (no classifier
+        can be trained on it).
     """
     parsed = parse_data_config(cfg)
     if parsed.is_generated or parsed.is_embedded:
@@ -111,4 +117,17 @@ def dataset_shape(cfg: Mapping[str, Any]) -> tuple[int, int]:
         return spec.num_features, spec.num_classes
     from flwr_byz.data.table_source import table_shape
 
-    return table_shape(parsed)
+    num_features, num_classes = table_shape(parsed)
+    if num_classes < 2:
+        where = (
+            f"'data-path' = {parsed.data_path!r}"
+            if parsed.is_files
+            else f"'dataset' = {parsed.dataset!r}"
+        )
+        raise ValueError(
+            f"run config {where}: its label column {parsed.label_column!r} holds "
+            f"{num_classes} class; a classifier needs at least 2: use data whose "
+            "labels take at least two values, or set 'label-column' to the column "
+            "that holds the labels"
+        )
+    return num_features, num_classes
