@@ -44,7 +44,7 @@ def test_a_node_that_dies_is_missing_under_its_own_id_and_not_sampled_again() ->
             min_available_nodes=3,
             min_train_nodes=3,
             fraction_evaluate=0.0,
-            round_timeout=30.0,
+            round_timeout=600.0,
         )
         started = time.monotonic()
         result = strategy.start(fed.grid, to_record(model_arrays(0)), num_rounds=3)
@@ -63,7 +63,8 @@ def test_a_node_that_dies_is_missing_under_its_own_id_and_not_sampled_again() ->
     assert third["num-sent"] == 3 and victim not in list(third["node-ids"])
     assert list(third["missing-node-ids"]) == []
     assert fed.received[victim] == ["train", "train"]
-    assert elapsed < 15, elapsed  # the notice ends round 2, not the 30 s timeout
+    # The notice ends round 2, not the 600 s timeout (a margin no load reaches).
+    assert elapsed < 300, elapsed
 
 
 @pytest.mark.timeout(60)
@@ -82,7 +83,10 @@ def test_a_silent_node_times_out_and_each_round_ends_on_time() -> None:
         # evaluate rounds alike (Flower's default would be 3600 s).
         result = strategy.start(fed.grid, to_record(model_arrays(1)), num_rounds=2)
         elapsed = time.monotonic() - started
-    assert 4 * 1.0 <= elapsed < 4 * 1.0 + 4, elapsed  # 2 × (train + evaluate)
+    # 2 × (train + evaluate) waited their 1 s each, and no round waited for the
+    # silent node beyond that (Flower's default would be 3600 s; the upper bound
+    # leaves room for a loaded machine).
+    assert 4 * 1.0 <= elapsed < 4 * 1.0 + 40, elapsed
     for rnd in (1, 2):
         metrics = result.train_metrics_clientapp[rnd]
         assert list(metrics["missing-node-ids"]) == [sleeper]
@@ -114,7 +118,7 @@ def test_too_few_nodes_end_the_run_with_a_message_instead_of_waiting() -> None:
     assert "at least 3" in message and "min-available-nodes" in message
     assert len(strategy.history) == 2  # rounds 1 and 2 ran, round 3 could not
     assert strategy.history[1].missing == [victim]
-    assert elapsed < 10, elapsed
+    assert elapsed < 40, elapsed  # gave up after ~1 s, instead of waiting forever
 
 
 @pytest.mark.timeout(60)

@@ -137,7 +137,9 @@ def test_a_node_sleeping_past_round_timeout_does_not_hold_the_round(
     late = {"node-id": sleeper, "partition-id": 1, "reason": "timed-out"}
     for entry in results["rounds"][1:]:
         assert entry["missing"] == [late]
-        assert 1.0 <= entry["train-time-s"] < 1.0 + 1.5, entry["train-time-s"]
+        # The round ended at its timeout: the sleeper's reply (3 s) never came
+        # in, so it is missing above; no upper time bound (a loaded machine).
+        assert entry["train-time-s"] >= 1.0, entry["train-time-s"]
         assert len(entry["node-ids"]) == 3 and not entry["rejected"]
     assert results["summary"]["final-accuracy"] is not None
 
@@ -163,18 +165,17 @@ def test_start_up_identities_bad_silent_or_dead_nodes_never_stop_the_run() -> No
             fed.kill(dead)
 
         fed.behaviours[dead] = dies
-        started = time.monotonic()
         found = discover_nodes(
             fed.grid, min_nodes=2, timeout=10, settle=0.5, query_timeout=1.0
         )
-        elapsed = time.monotonic() - started
     assert found == {
         good: NodeIdentity(0, 5),
         malformed: NodeIdentity(),  # its reply is excluded, the node is not
         failing: NodeIdentity(),
         quiet: NodeIdentity(),  # no answer within the query timeout
     }  # the dead node is left out; no phantom node 1 from the SuperLink's notice
-    assert elapsed < 5, elapsed  # one query, answered or timed out once
+    for nid in (good, malformed, failing, quiet, dead):  # one query each
+        assert fed.received[nid].count("query") == 1, (nid, fed.received[nid])
 
 
 @pytest.mark.parametrize(

@@ -113,8 +113,6 @@ def _malformed_cases(theta, msg_by_node, extra_inst):
     nan_w[1, 2] = np.nan
     inf_b = good["b"].copy()
     inf_b[0] = -np.inf
-    huge = good["w"].copy()
-    huge[0, 0] = 3e38
     wrong_order = np.asfortranarray(good["w"])
     cases = [
         (101, error_reply(msg_by_node[101]), R.ERROR_REPLY),
@@ -232,6 +230,17 @@ def _malformed_cases(theta, msg_by_node, extra_inst):
             R.WRONG_BYTE_LENGTH,
         ),
         (123, reply(extra_inst, good, m), R.UNEXPECTED_NODE),
+        (
+            # The declared dtype contradicts the payload, a well-formed float32
+            # .npy of the sent shape: the declaration is not trusted either way.
+            125,
+            reply(
+                msg_by_node[125],
+                with_array("w", _raw("float64", (4, 3), _npy(good["w"]))),
+                m,
+            ),
+            R.WRONG_DTYPE,
+        ),
     ]
     # A Fortran-ordered payload is well formed: accepted and read correctly.
     accepted_fortran = reply(
@@ -244,7 +253,7 @@ def test_every_malformed_reply_is_rejected_with_its_reason(caplog):
     theta = model_arrays(1)
     strategy = LocalMean(num_malicious_nodes=1)
     good_nodes = [1, 2, 3]
-    bad_nodes = [*range(101, 123), 124]
+    bad_nodes = [*range(101, 123), 124, 125]
     msgs = instructions(strategy, 3, theta, good_nodes + bad_nodes)
     by_node = {m.metadata.dst_node_id: m for m in msgs}
     # Node 102 answers an "evaluate" instruction: wrong message type.
@@ -541,3 +550,21 @@ def test_unreadable_reply_object_is_rejected_as_malformed():
     np.testing.assert_allclose(record_flat(arrays), flat(theta) + 1.0, atol=1e-6)
     assert metrics["rejected-node-ids"] == [0]
     assert metrics["rejected-reasons"] == [int(R.MALFORMED)]
+
+
+def test_huge_finite_values_are_not_taken_for_non_finite_ones():
+    """Two entries of 3e38: their float32 sum overflows, the values are finite, so
+    the reply is valid (only a NaN or an infinity rejects one as NON_FINITE)."""
+    theta = model_arrays(4)
+    strategy = LocalMean(num_malicious_nodes=0)
+    msgs = instructions(strategy, 1, theta, [1, 2, 3])
+    huge = _good(theta, 1.0)
+    huge["w"][0, :2] = 3e38
+    replies = [
+        reply(msgs[0], _good(theta, 1.0), {"num-examples": 5}),
+        reply(msgs[1], huge, {"num-examples": 5}),
+        reply(msgs[2], _good(theta, 1.0), {"num-examples": 5}),
+    ]
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["num-rejected"] == 0, metrics["rejected-reasons"]
+    assert sorted(metrics["node-ids"]) == [1, 2, 3]

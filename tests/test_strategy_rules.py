@@ -23,7 +23,6 @@ from strategy_helpers import (
     reply,
     server_identity,
     shifted,
-    to_record,
 )
 
 from flwr_byz.strategy import (
@@ -408,4 +407,8 @@ def test_error_reply_in_message_api_counts_as_rejected():
     arrays, metrics = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(record_flat(arrays), flat(theta) + 1.5, atol=1e-6)
     assert metrics["rejected-reasons"] == [int(RejectReason.ERROR_REPLY)]
-    assert to_record(theta) is not None
+    failed = msgs[2].metadata.dst_node_id
+    assert metrics["rejected-node-ids"] == [failed]
+    assert sorted(metrics["node-ids"]) == sorted(
+        m.metadata.dst_node_id for m in msgs[:2]
+    )
