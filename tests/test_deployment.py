@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +33,7 @@ from flwr_byz.experiments.deployment import (
     LocalDeployment,
     connection_toml,
     make_certificates,
+    register_supernode,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +81,45 @@ def test_bad_node_counts_are_named() -> None:
         LocalDeployment(2, node_configs=[{"data-path": "a.npz"}])
 
 
+def _fake_flwr(tmp_path: Path, slow_calls: str) -> Path:
+    """A ``flwr`` that counts its calls, hangs on the calls in ``slow_calls``
+    (e.g. ``"1"``: the first) and otherwise answers as ``supernode register``."""
+    script = tmp_path / "flwr"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import pathlib, sys, time\n"
+        f"count = pathlib.Path({str(tmp_path / 'calls')!r})\n"
+        "n = int(count.read_text()) + 1 if count.exists() else 1\n"
+        "count.write_text(str(n))\n"
+        f"if str(n) in {slow_calls!r}.split(','):\n"
+        "    time.sleep(60)\n"
+        'print(\'{"success": true, "node-id": 4242}\')\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.timeout(60)
+def test_a_register_command_that_hangs_is_tried_again(tmp_path: Path) -> None:
+    flwr = _fake_flwr(tmp_path, "1")
+    node_id = register_supernode("key.pub", "c", timeout=1.0, flwr=flwr)
+    assert node_id == 4242
+    assert (tmp_path / "calls").read_text() == "2"
+
+
+@pytest.mark.timeout(60)
+def test_a_register_command_that_always_hangs_ends_in_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    flwr = _fake_flwr(tmp_path, "1,2,3,4")
+    with pytest.raises(
+        RuntimeError, match=r"did not answer within 0\.5 s, 3 time"
+    ) as err:
+        register_supernode("key.pub", "c", timeout=0.5, flwr=flwr)
+    assert "supernode register key.pub c" in str(err.value)
+    assert (tmp_path / "calls").read_text() == "3"
+
+
 @pytest.mark.timeout(120)
 def test_ports_taken_before_the_superlink_gateway_and_supernode_bind_are_replaced(
     tmp_path: Path,
@@ -105,15 +148,16 @@ def test_ports_taken_before_the_superlink_gateway_and_supernode_bind_are_replace
             holder.close()
 
 
-def _processes_mentioning(needles: list[str]) -> list[str]:
-    """Command lines of live processes that name one of ``needles``."""
+def _processes_mentioning(needles: list[str], skip: str = "pytest") -> list[str]:
+    """Command lines of live processes that name one of ``needles`` (and not
+    ``skip``, when given)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(n in text for n in needles) and "pytest" not in text:
+        if any(n in text for n in needles) and not (skip and skip in text):
             found.append(text)
     return found
 
@@ -278,3 +322,84 @@ def test_tls_deployment_faba_removes_the_attacker_and_a_sleeper_never_stalls(
         assert entry["removed-node-ids"] == truth["byzantine-node-ids"], entry
         assert len(entry["selected-node-ids"]) == 2
     assert results["summary"]["detection-correct"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_stop_ends_the_serverapp_of_a_superlink_that_got_sigterm(
+    tmp_path: Path,
+) -> None:
+    """A SIGTERM to the SuperLink leaves its ServerApp process running (Flower's
+    SuperExec starts it in a session of its own); stop() still ends it."""
+    deployment = LocalDeployment(1, workdir=tmp_path / "deployment")
+    needles = _needles(deployment)
+    try:
+        deployment.start()
+        # One SuperNode: the run waits for a second one, its ServerApp stays up.
+        submitted = deployment.flwr(
+            "run",
+            str(REPO),
+            CONNECTION,
+            "--run-config",
+            'num-server-rounds=50 strategy="fedavg" attack="none"',
+            timeout=120,
+        )
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+
+        def serverapps() -> list[str]:
+            # (Its command line names the CA under tmp_path, a "pytest" path.)
+            return [
+                c
+                for c in _processes_mentioning([deployment.address], skip="")
+                if "flwr-serverapp" in c
+            ]
+
+        deadline = time.monotonic() + 90
+        while not serverapps():
+            assert time.monotonic() < deadline, "no ServerApp process started"
+            time.sleep(0.5)
+        assert deployment.superlink is not None
+        os.kill(deployment.superlink.pid, signal.SIGTERM)
+        deployment.superlink.wait(timeout=30)
+    finally:
+        deployment.stop()
+    assert not serverapps(), "the ServerApp was left running"
+    assert not _processes_mentioning(needles), "processes left behind"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_the_readme_command_runs_the_app_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    """``python -m flwr_byz.experiments.deployment --nodes 4 --rounds 3``, as the
+    README gives it (with an output directory and a kept work directory here)."""
+    out, workdir = tmp_path / "out", tmp_path / "deployment"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flwr_byz.experiments.deployment",
+            "--nodes",
+            "4",
+            "--rounds",
+            "3",
+            "--output-dir",
+            str(out),
+            "--keep",
+            str(workdir),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "4 registered SuperNodes" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [0, 1, 2, 3]
+    assert not _processes_mentioning([str(workdir)], skip=""), "processes left"

@@ -232,6 +232,54 @@ def test_gateway_forwards_the_fleet_api_and_nothing_else(tmp_path: Path) -> None
 
 
 # --- real processes -------------------------------------------------------------
+@pytest.mark.timeout(90)
+@LINUX
+def test_the_superlink_refuses_an_unregistered_key_and_keeps_its_files_private(
+    tmp_path: Path,
+) -> None:
+    """The SuperLink alone (seconds, not a federation): a SuperNode key nobody
+    registered cannot register itself over the Fleet API, and the SuperLink's
+    state and the CLI's connection file are the owner's only."""
+    from flwr.proto.fleet_pb2 import RegisterNodeFleetRequest
+    from flwr.supercore.primitives.asymmetric import (
+        generate_key_pairs,
+        public_key_to_bytes,
+    )
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    deployment = LocalDeployment(1, workdir=tmp_path / "deployment")
+    try:
+        deployment.start_superlink(timeout=60)
+        assert deployment.certificates is not None
+        private, public = generate_key_pairs()
+        with (
+            FleetHttpClient.from_server_address(
+                deployment.address,
+                False,
+                str(deployment.certificates.ca_cert),
+                interceptors=[NodeAuthHttpInterceptor(private, public)],
+            ) as client,
+            pytest.raises(httpx.HTTPStatusError) as refused,
+        ):
+            client.RegisterNode(
+                RegisterNodeFleetRequest(public_key=public_key_to_bytes(public))
+            )
+        assert refused.value.response.status_code == 412
+        assert "must be registered" in refused.value.response.text
+        home = deployment.workdir / "superlink"
+        private_files = [
+            *home.glob("state.db*"),
+            deployment.flwr_home / "config.toml",
+        ]
+        assert len(private_files) >= 2, private_files
+        for path in private_files:
+            assert _mode(path) == 0o600, path
+        assert _mode(home) == 0o700 and _mode(deployment.flwr_home) == 0o700
+    finally:
+        deployment.stop()
+
+
 def _wait_for(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -74,9 +74,9 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., tuple[int, Upstream]]]:
         return port, upstream
 
     yield start
-    for server, thread in servers:
+    for server, _ in servers:
         server.should_exit = True
-    for server, thread in servers:
+    for _, thread in servers:
         thread.join(10)
 
 

@@ -53,9 +53,11 @@ from flwr_byz.experiments.certificates import (
     connection_toml,
     make_certificates,
     make_supernode_keys,
+    write_new_file,
 )
+from flwr_byz.experiments.fleet_gateway import DEFAULT_MAX_REQUESTS_PER_PEER, body_limit
 from flwr_byz.experiments.local_superlink import free_port, port_is_free, run_config_arg
-from flwr_byz.experiments.processes import descendants, stop_processes
+from flwr_byz.experiments.processes import descendants, spawn, stop_processes
 
 __all__ = [
     "CONNECTION",
@@ -74,6 +76,8 @@ CONNECTION = "local-tls"
 
 #: Starts of the SuperLink or gateway, each on a fresh port after a port was taken.
 START_ATTEMPTS = 3
+#: Runs of ``flwr supernode register`` that time out before it gives up.
+REGISTER_ATTEMPTS = 3
 
 # The directory holding this flwr_byz, for ``python -m`` in child processes
 # (an editable install may point elsewhere).
@@ -85,31 +89,58 @@ def register_supernode(
     connection: str | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    attempts: int = REGISTER_ATTEMPTS,
+    flwr: str | Path | None = None,
 ) -> int:
     """Register a SuperNode's public key with ``flwr supernode register``; its node id.
 
     ``connection`` names a Control API connection in ``$FLWR_HOME/config.toml``
-    (``env`` may set ``FLWR_HOME``); ``None``: the default one.
+    (``env`` may set ``FLWR_HOME``); ``None``: the default one. A command that does
+    not answer within ``timeout`` seconds is tried again, ``attempts`` times in
+    all; then, or when it fails, :class:`RuntimeError` says what happened.
+    ``flwr``: the CLI to run (default: the one beside this Python).
     """
-    flwr = Path(sys.executable).parent / "flwr"
-    command = [str(flwr if flwr.exists() else "flwr"), "supernode", "register"]
+    if flwr is None:
+        beside = Path(sys.executable).parent / "flwr"
+        flwr = beside if beside.exists() else "flwr"
+    command = [str(flwr), "supernode", "register"]
     command += [str(public_key), *([connection] if connection else [])]
-    done = subprocess.run(
-        [*command, "--format", "json"],
-        env=dict(env) if env is not None else None,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    try:
-        reply = json.loads(done.stdout[done.stdout.index("{") :])
-        return int(reply["node-id"])
-    except (ValueError, KeyError, TypeError):
-        raise RuntimeError(
-            f"`{' '.join(command)}` failed (exit {done.returncode}):\n"
-            f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
-        ) from None
+    shown = " ".join(command)
+    for attempt in range(1, attempts + 1):
+        try:
+            done = subprocess.run(
+                [*command, "--format", "json"],
+                env=dict(env) if env is not None else None,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            if attempt < attempts:
+                continue
+            raise RuntimeError(
+                f"`{shown}` did not answer within {timeout:g} s, {attempts} "
+                "time(s): is the SuperLink of that connection running and not "
+                "overloaded? (A timed-out attempt may still have registered the "
+                "key: `flwr supernode ls` lists it.)"
+            ) from None
+        try:
+            reply = json.loads(done.stdout[done.stdout.index("{") :])
+            return int(reply["node-id"])
+        except (ValueError, KeyError, TypeError):
+            already = "already in use" in done.stdout + done.stderr
+            raise RuntimeError(
+                f"`{shown}` failed (exit {done.returncode}, attempt {attempt} of "
+                f"{attempts})"
+                + (
+                    "; the key was registered by an earlier attempt that timed out"
+                    if already and attempt > 1
+                    else ""
+                )
+                + f":\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            ) from None
+    raise AssertionError("unreachable")
 
 
 class LocalDeployment:
@@ -133,6 +164,15 @@ class LocalDeployment:
         ``FLWR_HOME`` go; a fresh temporary directory (removed at :meth:`stop`)
         when ``None``. One that already holds certificates is refused
         (:class:`~flwr_byz.experiments.certificates.KeyMaterialExistsError`).
+    model_bytes : int | None
+        The model's serialized size: the gateway refuses request bodies over
+        :func:`~flwr_byz.experiments.fleet_gateway.body_limit` of it (``None``:
+        the limit of any model, one array chunk plus framing).
+    max_body_bytes : int | None
+        The gateway's body limit itself, instead of one from ``model_bytes``.
+    max_requests_per_peer : int | None
+        Requests of one address the gateway serves at a time (``None``: 8 for each
+        SuperNode, all of which connect from 127.0.0.1, and 16 more).
 
     Attributes
     ----------
@@ -154,6 +194,9 @@ class LocalDeployment:
         num_nodes: int = 4,
         node_configs: Sequence[Mapping[str, Any]] | None = None,
         workdir: str | Path | None = None,
+        model_bytes: int | None = None,
+        max_body_bytes: int | None = None,
+        max_requests_per_peer: int | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes={num_nodes!r} is not valid; valid: >= 1")
@@ -168,6 +211,19 @@ class LocalDeployment:
             )
         self.num_nodes = num_nodes
         self.node_configs = [dict(c) for c in node_configs]
+        self.max_body_bytes = (
+            body_limit(model_bytes) if max_body_bytes is None else max_body_bytes
+        )
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes={max_body_bytes!r}; valid: >= 1")
+        # Every SuperNode here (and any spawn_supernode adds) shares 127.0.0.1.
+        self.max_requests_per_peer = (
+            DEFAULT_MAX_REQUESTS_PER_PEER * (num_nodes + 2)
+            if max_requests_per_peer is None
+            else max_requests_per_peer
+        )
+        #: Seconds one ``flwr supernode register`` may take (tried again after).
+        self.register_timeout = 60.0
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flwr-deploy-"))
         self.flwr_home = self.workdir / "cli-home"
@@ -207,20 +263,13 @@ class LocalDeployment:
     def start(self, timeout: float = 60.0) -> LocalDeployment:
         """Make keys, start the SuperLink and gateway, register and start SuperNodes."""
         try:
-            self.certificates = make_certificates(self.workdir / "certificates")
-            self.supernode_keys = make_supernode_keys(
-                self.workdir / "supernode-keys",
-                [f"supernode-{i}" for i in range(self.num_nodes)],
-            )
-            self._start_superlink(timeout)
-            self.flwr_home.mkdir(parents=True, exist_ok=True)
-            (self.flwr_home / "config.toml").write_text(
-                connection_toml(CONNECTION, self.address, self.certificates.ca_cert)
-            )
+            self.start_superlink(timeout)
             self._start_gateway(timeout)
             cli_env = {**self.env, "FLWR_HOME": str(self.flwr_home)}
             self.registered_node_ids = [
-                register_supernode(keys.public_key, CONNECTION, cli_env)
+                register_supernode(
+                    keys.public_key, CONNECTION, cli_env, self.register_timeout
+                )
                 for keys in self.supernode_keys
             ]
             for i, node_config in enumerate(self.node_configs):
@@ -232,6 +281,32 @@ class LocalDeployment:
                         self.node_addresses[i],
                     )
                 )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_superlink(self, timeout: float = 60.0) -> LocalDeployment:
+        """What :meth:`start` does first: make the certificates and SuperNode keys,
+        start the SuperLink (no gateway, no SuperNodes) and write the CLI's
+        ``config.toml``. :meth:`stop` ends it."""
+        try:
+            self.certificates = make_certificates(self.workdir / "certificates")
+            self.supernode_keys = make_supernode_keys(
+                self.workdir / "supernode-keys",
+                [f"supernode-{i}" for i in range(self.num_nodes)],
+            )
+            self._start_superlink(timeout)
+            # The CLI's connection: owner-only, like the SuperLink's state.
+            self.flwr_home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_new_file(
+                self.flwr_home / "config.toml",
+                connection_toml(
+                    CONNECTION, self.address, self.certificates.ca_cert
+                ).encode(),
+                0o600,
+                overwrite=True,
+            )
         except BaseException:
             self.stop()
             raise
@@ -285,7 +360,7 @@ class LocalDeployment:
         took the port before it bound it."""
         for attempt in range(1, START_ATTEMPTS + 1):
             port = getattr(self, port_attribute)
-            process = _spawn(command_for(port), env, cwd, log_file)
+            process = spawn(command_for(port), env, cwd, log_file)
             setattr(self, attribute, process)
             url = f"https://127.0.0.1:{port}/health"
             last = attempt == START_ATTEMPTS
@@ -297,7 +372,14 @@ class LocalDeployment:
         certificates = self.certificates
         assert certificates is not None
         home = self.workdir / "superlink"
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The SuperLink's state (runs, node keys, messages) is the owner's only:
+        # SQLite gives its journal files the database file's mode.
+        database = home / "state.db"
+        if database.exists():
+            database.chmod(0o600)
+        else:
+            write_new_file(database, b"", 0o600, overwrite=False)
 
         def command_for(port: int) -> list[str]:
             return [
@@ -319,7 +401,7 @@ class LocalDeployment:
                 "--port",
                 str(port),
                 "--database",
-                str(home / "state.db"),
+                str(database),
             ]
 
         env = {**self.env, "FLWR_HOME": str(home)}
@@ -343,6 +425,10 @@ class LocalDeployment:
                 self.address,
                 "--certificates",
                 str(certificates.ca_cert.parent),
+                "--max-body-bytes",
+                str(self.max_body_bytes),
+                "--max-requests-per-peer",
+                str(self.max_requests_per_peer),
             ]
 
         path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.getenv("PYTHONPATH")]))
@@ -379,7 +465,7 @@ class LocalDeployment:
         ]
         if private_key is not None:
             command += ["--auth-supernode-private-key", str(private_key)]
-        return _spawn(
+        return spawn(
             command,
             {**self.env, "FLWR_HOME": str(home)},
             home,
@@ -644,19 +730,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _spawn(
-    command: list[str], env: dict[str, str], cwd: Path, log_file: Path
-) -> subprocess.Popen[bytes]:
-    """Start ``command`` in its own session (so stop() can end its whole group),
-    its output written to ``log_file``."""
-    with log_file.open("wb") as out:
-        return subprocess.Popen(
-            command,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            start_new_session=True,
-        )
