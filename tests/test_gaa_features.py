@@ -201,3 +201,15 @@ def test_the_policy_reads_the_capped_gain():
     obs = Observation(obs.node_ids, obs.updates, obs.theta, obs.qv_loss, feats)
     x = EvidencePolicy().inputs(obs, torch.zeros(6))
     assert float(x[4, 0]) == float(x[5, 0]) == pytest.approx(0.3)
+
+
+def test_features_stay_finite_when_the_float32_sum_of_rows_overflows():
+    """Two finite rows near float32's largest value: their mean is finite, their
+    float32 sum is not (found by Hypothesis: every credit became NaN)."""
+    top = torch.finfo(torch.float32).max
+    updates = torch.full((5, 8), 0.01)
+    updates[0] = top
+    updates[1] = top / 2
+    solo = torch.full((5,), 0.5)
+    feats = evidence_features(updates, torch.tensor(0.6), torch.ones(8), solo)
+    assert torch.isfinite(feats).all()

@@ -158,7 +158,10 @@ def evidence_features(
     typical = vector_median(raw.abs()).clamp(min=SCALE_FLOOR)
     scaled = (raw / typical).clamp(-SCALED_CLIP, SCALED_CLIP).float()
     gain = (raw - vector_median(raw)).clamp(-GAIN_CLIP, GAIN_CLIP).float()
-    refs = torch.stack([-qv_grad.to(updates.dtype), updates.mean(dim=0)])
+    # The mean of finite rows is finite, but their float32 sum may not be
+    # (two rows near ±3.4e38): summed in float64, it is representable again.
+    mean = updates.mean(dim=0, dtype=torch.float64).to(updates.dtype)
+    refs = torch.stack([-qv_grad.to(updates.dtype), mean])
     norms, dots = row_statistics(updates, refs)
     cos = _cosines(norms, dots, refs)
     log_norm = torch.log(norms + 1e-30).float()
