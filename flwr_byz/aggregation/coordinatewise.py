@@ -35,8 +35,10 @@ def column_chunks(
     x: torch.Tensor,
     reduce: Callable[[torch.Tensor], torch.Tensor],
     rows: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Apply ``reduce`` per column chunk; the result has x's dtype and device.
+    """Apply ``reduce`` per column chunk; the result has x's device and x's dtype
+    (or ``dtype``: float64 keeps the float64 arithmetic after selection exact).
 
     ``reduce`` maps a ``(c, r)`` contiguous chunk (column ``j`` of ``x`` is row ``j``
     of the chunk; float32, or float64 for float64 input) to ``(c,)`` float64.
@@ -50,7 +52,7 @@ def column_chunks(
     height = x.shape[0] if rows is None else rows.numel()
     chunk = max(64, budget // max(height, 1))
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    out = torch.empty(d, dtype=x.dtype, device=x.device)
+    out = torch.empty(d, dtype=x.dtype if dtype is None else dtype, device=x.device)
 
     def one(start: int) -> None:
         stop = min(start + chunk, d)
@@ -118,7 +120,7 @@ def _order_statistics(chunk: torch.Tensor, ranks: list[int]) -> torch.Tensor:
     return torch.sort(chunk, dim=1).values
 
 
-def _median_of_chunk(chunk: torch.Tensor) -> torch.Tensor:
+def median_of_chunk(chunk: torch.Tensor) -> torch.Tensor:
     r = chunk.shape[1]
     ranks = [r // 2] if r % 2 == 1 else [r // 2 - 1, r // 2]
     return sorted_median(_order_statistics(chunk, ranks))
@@ -145,7 +147,7 @@ def coordinate_median(x: torch.Tensor) -> AggregationResult:
         Every row is ``selected`` (each may contribute to some coordinate).
     """
     n, _ = check_updates(x, "median")
-    agg = column_chunks(x, _median_of_chunk)
+    agg = column_chunks(x, median_of_chunk)
     return AggregationResult(aggregate=agg, selected=tuple(range(n)))
 
 

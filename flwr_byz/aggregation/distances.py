@@ -45,7 +45,8 @@ from flwr_byz.aggregation.validation import check_updates
 
 _CPU_CHUNK = 65_536  # the centred chunk (n × 65536 float32) stays in L3
 _CUDA_CHUNK = 1 << 20
-_SAMPLE_BLOCK = 512
+#: Columns per block of a column sample (:func:`sample_columns`).
+SAMPLE_BLOCK = 512
 _SAMPLE_FRACTION = 32
 _SAMPLE_MAX = 8_192
 # An uncentred product is used only where rows are at most this many times longer
@@ -69,17 +70,28 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def sample_columns(x: torch.Tensor, most: int = _SAMPLE_MAX) -> torch.Tensor:
-    """Evenly spread column blocks: 1/32 of the columns, >= 2048 and <= ``most``
-    (8192 by default); all of them when there are no more than that."""
-    d = x.shape[1]
-    wanted = min(max(4 * _SAMPLE_BLOCK, d // _SAMPLE_FRACTION), most)
+def sample_starts(
+    d: int, most: int = _SAMPLE_MAX, block: int = SAMPLE_BLOCK
+) -> list[int] | None:
+    """First columns of the blocks :func:`sample_columns` takes (``None``: all)."""
+    wanted = min(max(4 * block, d // _SAMPLE_FRACTION), most)
     if wanted >= d:
+        return None
+    blocks = max(wanted // block, 1)
+    step = (d - block) / max(blocks - 1, 1)
+    return [round(i * step) for i in range(blocks)]
+
+
+def sample_columns(
+    x: torch.Tensor, most: int = _SAMPLE_MAX, block: int = SAMPLE_BLOCK
+) -> torch.Tensor:
+    """Evenly spread blocks of ``block`` columns: 1/32 of the columns, at least four
+    blocks (2048 columns by default) and at most ``most`` (8192 by default); all of
+    them when there are no more than that."""
+    starts = sample_starts(x.shape[1], most, block)
+    if starts is None:
         return x
-    blocks = wanted // _SAMPLE_BLOCK
-    step = (d - _SAMPLE_BLOCK) / max(blocks - 1, 1)
-    starts = [round(i * step) for i in range(blocks)]
-    return torch.cat([x[:, s : s + _SAMPLE_BLOCK] for s in starts], dim=1)
+    return torch.cat([x[:, s : s + block] for s in starts], dim=1)
 
 
 def _centre_gram(gram: torch.Tensor, ref: int) -> torch.Tensor:
@@ -277,6 +289,12 @@ def scaled_centred_gram(
     if chunk is None:
         chunk = _CUDA_CHUNK if x.device.type == "cuda" else _CPU_CHUNK
     work = _work_dtype(x)
+    if d <= chunk and n > 2:
+        gram = _one_chunk_centred_gram(x, work)
+        if gram is not None:
+            return _tie_duplicates(
+                x, gram, 1e-5 if work == torch.float32 else 1e-12
+            ), scale
     ref_row, conditioning = reference_row(x)
     ref = x[ref_row].to(work)
     # Well-conditioned data (rows about as long as their distances) need no explicit
@@ -316,6 +334,26 @@ def scaled_centred_gram(
     gram = (gram + gram.T) / 2
     rel = 1e-5 if work == torch.float32 else 1e-12
     return _tie_duplicates(x, gram, rel), scale
+
+
+def _one_chunk_centred_gram(x: torch.Tensor, work: torch.dtype) -> torch.Tensor | None:
+    """The centred Gram of a matrix that fits one chunk, from its plain Gram.
+
+    The plain product is needed anyway; its medoid is the reference row, and when
+    the rows are about as long around the origin as around it (the conditioning
+    test of the chunked path) the centred Gram follows by ``n × n`` algebra, with
+    no column sample. ``None`` when they are not: the caller then centres the
+    columns explicitly on the sample's reference row.
+    """
+    plain, _ = _gram64(x, work)
+    cpu = plain.cpu()
+    ref = medoid(cpu, sq_distances_from_gram(cpu).sqrt())
+    centred = _centre_gram(cpu, ref)
+    if _conditioning(cpu, centred, ref) > _MAX_CONDITIONING:
+        return None
+    gram = _centre_gram(plain, ref)
+    # BLAS may round G[i, j] and G[j, i] differently; make it exactly symmetric.
+    return (gram + gram.T) / 2
 
 
 def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Tensor:

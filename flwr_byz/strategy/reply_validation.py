@@ -518,42 +518,15 @@ def _reject(report: RoundReport, node_id: int, reason: RejectReason) -> None:
     )
 
 
-def validate_replies(
+def _screen(
     sent: SentModel,
     candidates: Sequence[Candidate],
     report: RoundReport,
-    *,
     weighted_by: str | None,
-    buffer: np.ndarray | None = None,
-    absent: Mapping[int, MissingReason] | None = None,
-) -> ValidReplies:
-    """Check every reply on its own and write the valid updates into one matrix.
-
-    Never raises because of reply content: a reply that fails is excluded and
-    recorded in ``report`` (``rejected``, ``rejected_codes``, ``missing``,
-    ``missing_reasons``, ``missing_codes``).
-
-    Parameters
-    ----------
-    sent : SentModel
-        The model and recipients of this round.
-    candidates : Sequence[Candidate]
-        The replies.
-    report : RoundReport
-        Receives the rejected and missing nodes.
-    weighted_by : str or None
-        Metric key of the reply weight when weighting is on (checked per reply),
-        ``None`` for unweighted aggregation.
-    buffer : numpy.ndarray or None
-        A float32 matrix from an earlier round to write the updates into (reused
-        when it has room: a fresh ``n × d`` allocation costs page faults every
-        round). Its previous contents are overwritten.
-    absent : Mapping[int, MissingReason] or None
-        Why a node has no reply, where the SuperLink said so (see
-        :func:`attribute_replies`); every other node without a reply is
-        ``TIMED_OUT``.
-    """
-    layout = sent.layout
+    absent: Mapping[int, MissingReason] | None,
+) -> list[tuple[Candidate, float]]:
+    """Who sent what: the missing nodes, and the replies (with their weights) whose
+    sender, structure and weight pass; every other reply is rejected in ``report``."""
     sent_ids = set(sent.node_ids)
     # A stale reply is no reply of this round: it neither answers for its node
     # nor makes the node's own reply a duplicate.
@@ -598,6 +571,46 @@ def validate_replies(
         else:
             pending.append((cand, weight))
 
+    return pending
+
+
+def validate_replies(
+    sent: SentModel,
+    candidates: Sequence[Candidate],
+    report: RoundReport,
+    *,
+    weighted_by: str | None,
+    buffer: np.ndarray | None = None,
+    absent: Mapping[int, MissingReason] | None = None,
+) -> ValidReplies:
+    """Check every reply on its own and write the valid updates into one matrix.
+
+    Never raises because of reply content: a reply that fails is excluded and
+    recorded in ``report`` (``rejected``, ``rejected_codes``, ``missing``,
+    ``missing_reasons``, ``missing_codes``).
+
+    Parameters
+    ----------
+    sent : SentModel
+        The model and recipients of this round.
+    candidates : Sequence[Candidate]
+        The replies.
+    report : RoundReport
+        Receives the rejected and missing nodes.
+    weighted_by : str or None
+        Metric key of the reply weight when weighting is on (checked per reply),
+        ``None`` for unweighted aggregation.
+    buffer : numpy.ndarray or None
+        A float32 matrix from an earlier round to write the updates into (reused
+        when it has room: a fresh ``n × d`` allocation costs page faults every
+        round). Its previous contents are overwritten.
+    absent : Mapping[int, MissingReason] or None
+        Why a node has no reply, where the SuperLink said so (see
+        :func:`attribute_replies`); every other node without a reply is
+        ``TIMED_OUT``.
+    """
+    layout = sent.layout
+    pending = _screen(sent, candidates, report, weighted_by, absent)
     # One preallocated matrix; a rejected reply's row is reused by the next.
     if (
         buffer is not None
@@ -632,6 +645,93 @@ def validate_replies(
         [c.metrics if c.metrics is not None else {} for c, _ in valid],
         [w for _, w in valid] if weighted_by is not None else None,
         list(report.partition_ids),
+    )
+
+
+@dataclass
+class AveragedReplies(ValidReplies):
+    """Valid replies averaged as they were decoded (:func:`average_replies`).
+
+    ``matrix`` holds only the requested columns of each valid update (the
+    suspicion diagnostic's sample), never the whole ``(n, d)`` matrix.
+
+    Attributes
+    ----------
+    mean : numpy.ndarray or None
+        ``(d,)`` float32 (weighted) mean of the valid updates; ``None`` when no
+        reply is valid.
+    """
+
+    mean: np.ndarray | None = None
+
+
+def average_replies(
+    sent: SentModel,
+    candidates: Sequence[Candidate],
+    report: RoundReport,
+    *,
+    weighted_by: str | None,
+    columns: np.ndarray | None,
+    absent: Mapping[int, MissingReason] | None = None,
+) -> AveragedReplies:
+    """:func:`validate_replies` for a plain (weighted) mean, in one streaming pass.
+
+    Each reply is validated and decoded into one scratch row, as
+    :func:`validate_replies` does, and added to a float64 sum at once: memory
+    stays ``O(d)`` however many replies arrive (Flower's ``FedAvg`` streams
+    likewise), and the float64 sum neither overflows nor loses the small
+    updates of a large model.
+
+    Parameters
+    ----------
+    columns : numpy.ndarray or None
+        Columns of each valid update to keep in ``matrix`` (``None``: all).
+    sent, candidates, report, weighted_by, absent
+        As in :func:`validate_replies`.
+    """
+    layout = sent.layout
+    pending = _screen(sent, candidates, report, weighted_by, absent)
+    width = layout.d if columns is None else len(columns)
+    sample = np.empty((len(pending), width), dtype=np.float32)
+    row = np.empty(layout.d, dtype=np.float32)
+    total = np.zeros(layout.d, dtype=np.float64)
+    flat_sent = {k: v.reshape(-1) for k, v in sent.arrays.items()}
+    valid: list[tuple[Candidate, float]] = []
+    for cand, weight in pending:
+        try:
+            reason = decode_update_into(
+                cand.arrays, layout, flat_sent, row, sent.headers
+            )
+        except Exception:  # client bytes must never crash the server
+            log(logging.DEBUG, "decode failure", exc_info=True)
+            reason = RejectReason.MALFORMED
+        if reason is not None:
+            _reject(report, cand.node_id, reason)
+            continue
+        sample[len(valid)] = row if columns is None else row[columns]
+        if weighted_by is None:
+            total += row
+        else:
+            # The weight is applied in float64: no float32 product can overflow.
+            total += row.astype(np.float64) * weight
+        valid.append((cand, weight))
+    mean = None
+    if valid:
+        weight_sum = float(sum(w for _, w in valid)) if weighted_by else len(valid)
+        top = float(np.finfo(np.float32).max)
+        # A mean of float32 values lies within their range; float64 rounding at
+        # its very edge is clamped back into it.
+        mean = np.clip(total / weight_sum, -top, top).astype(np.float32)
+    node_ids = [int(c.node_id) for c, _ in valid]
+    report.node_ids = node_ids
+    report.partition_ids = [int(c.partition_id) for c, _ in valid]
+    return AveragedReplies(
+        sample[: len(valid)],
+        node_ids,
+        [c.metrics if c.metrics is not None else {} for c, _ in valid],
+        [w for _, w in valid] if weighted_by is not None else None,
+        list(report.partition_ids),
+        mean,
     )
 
 

@@ -323,6 +323,19 @@ class RobustStrategy(FedAvg):
 
         return int(min_nodes(self.rule_name, f))
 
+    @property
+    def streams_mean(self) -> bool:
+        """Whether a round averages the replies as it decodes them.
+
+        True for the plain mean rule when :meth:`aggregate_updates` is not
+        overridden: no ``(n, d)`` update matrix is built, as in Flower's
+        ``FedAvg``. Every reply is still validated on its own.
+        """
+        return (
+            self.rule_name == "mean"
+            and type(self).aggregate_updates is RobustStrategy.aggregate_updates
+        )
+
     def aggregate_updates(
         self,
         server_round: int,

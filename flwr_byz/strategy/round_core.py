@@ -17,6 +17,7 @@ The rule is anything with the :class:`RoundRule` methods and settings (every
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,14 +30,16 @@ from flwr.supercore import log
 from flwr_byz.aggregation.result import AggregationResult
 
 from .reply_validation import (
+    AveragedReplies,
     Candidate,
     SentModel,
     ValidReplies,
+    average_replies,
     validate_replies,
 )
 from .round_report import MissingReason, RoundReport, RoundStatus
 from .server_step import server_step
-from .suspicion import suspected_rows
+from .suspicion import sample_index, suspected_rows
 
 __all__ = [
     "Candidate",
@@ -56,6 +59,9 @@ class RoundRule(Protocol):
     torch_device: torch.device
     server_learning_rate: float
     server_momentum: float
+    #: Optional: when true, the round averages replies while decoding them and
+    #: never calls :meth:`aggregate_updates` (the plain mean rule).
+    streams_mean: bool
 
     def resolve_f(self, num_valid: int) -> int:
         """Byzantine budget for ``num_valid`` valid replies."""
@@ -125,10 +131,27 @@ def _row_ids(rows: Sequence[int], node_ids: Sequence[int]) -> list[int]:
     return [int(node_ids[r]) for r in rows]
 
 
-def _suspect(report: RoundReport, updates: torch.Tensor) -> None:
+def _streamed_mean(valid: AveragedReplies) -> AggregationResult:
+    """The mean rule's result for replies averaged while they were decoded."""
+    n = len(valid.node_ids)
+    if valid.weights is None:
+        coeffs = [1.0 / n] * n
+    else:
+        total = math.fsum(valid.weights)
+        coeffs = [w / total for w in valid.weights]
+    return AggregationResult(
+        aggregate=torch.from_numpy(valid.mean),
+        selected=tuple(i for i in range(n) if coeffs[i] > 0.0),
+        weights=tuple(coeffs),
+    )
+
+
+def _suspect(report: RoundReport, updates: torch.Tensor, sampled: bool) -> None:
     """Fill ``report.suspected`` (a diagnostic: never fails the round)."""
     try:
-        report.suspected = _row_ids(suspected_rows(updates), report.node_ids)
+        report.suspected = _row_ids(
+            suspected_rows(updates, sampled=sampled), report.node_ids
+        )
     except Exception:  # pylint: disable=broad-except
         log(
             logging.WARNING,
@@ -177,15 +200,30 @@ def run_robust_round(
     t0 = time.perf_counter()
     layout = sent.layout
     report = RoundReport(server_round=server_round, num_sent=len(sent.node_ids))
-    valid: ValidReplies = validate_replies(
-        sent,
-        candidates,
-        report,
-        weighted_by=rule.weighted_by_key if rule.weighted_aggregation else None,
-        buffer=state.buffer,
-        absent=absent,
-    )
-    state.buffer = valid.matrix
+    weighted_by = rule.weighted_by_key if rule.weighted_aggregation else None
+    streams = bool(getattr(rule, "streams_mean", False))
+    valid: ValidReplies
+    if streams:
+        # A plain mean needs no (n, d) matrix: each reply is added as it is
+        # decoded, and only the suspicion's column sample is kept.
+        valid = average_replies(
+            sent,
+            candidates,
+            report,
+            weighted_by=weighted_by,
+            columns=sample_index(len(candidates), layout.d),
+            absent=absent,
+        )
+    else:
+        valid = validate_replies(
+            sent,
+            candidates,
+            report,
+            weighted_by=weighted_by,
+            buffer=state.buffer,
+            absent=absent,
+        )
+        state.buffer = valid.matrix
     matrix = valid.matrix
     node_ids = valid.node_ids
     n = len(node_ids)
@@ -195,7 +233,7 @@ def run_robust_round(
     report.f = f
     report.min_nodes = max(1, int(rule.min_nodes(f)))
     if n < report.min_nodes:
-        _suspect(report, torch.from_numpy(matrix[:n]))
+        _suspect(report, torch.from_numpy(matrix[:n]), sampled=streams)
         report.status = RoundStatus.BOUND_FAILED
         report.message = (
             f"{n} valid replies < {report.min_nodes} needed by "
@@ -205,19 +243,25 @@ def run_robust_round(
         report.seconds = time.perf_counter() - t0
         return outcome
 
-    device = rule.torch_device
-    updates = torch.from_numpy(matrix[:n]).to(device)
-    theta = torch.from_numpy(sent.theta).to(device)
-    weights = (
-        torch.tensor(weight_list, dtype=torch.float32, device=device)
-        if weight_list is not None
-        else None
-    )
-    _suspect(report, updates)
+    _suspect(report, torch.from_numpy(matrix[:n]), sampled=streams)
     try:
-        result = rule.aggregate_updates(
-            server_round, updates, node_ids, weights, f, theta
-        )
+        if isinstance(valid, AveragedReplies):
+            result = _streamed_mean(valid)
+        else:
+            device = rule.torch_device
+            weights = (
+                torch.tensor(weight_list, dtype=torch.float32, device=device)
+                if weight_list is not None
+                else None
+            )
+            result = rule.aggregate_updates(
+                server_round,
+                torch.from_numpy(matrix[:n]).to(device),
+                node_ids,
+                weights,
+                f,
+                torch.from_numpy(sent.theta).to(device),
+            )
         aggregate = result.aggregate.detach().to("cpu", torch.float32).numpy()
         report.selected = _row_ids(result.selected, node_ids)
         report.removed = _row_ids(result.removed, node_ids)

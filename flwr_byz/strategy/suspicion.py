@@ -6,7 +6,9 @@ The suspected set answers the other question with one definition for every rule:
 
     s_i = ‖Δ_i − median(Δ)‖₂, the L2 distance of node i's update to the
     coordinate-wise median of the round's valid updates, on an evenly spread
-    sample of 2048 columns (all of them when there are no more);
+    sample of 2048 columns (all of them when there are no more; fewer beyond 64
+    updates, so that the sample holds at most 2^17 values, and never fewer than
+    128 columns);
     suspected = { i : s_i > med(s) + k · max(1.4826 · MAD(s), 0.05 · med(s)) }
 
 with ``k = 3`` (:data:`OUTLIER_K`): the robust z-score of the distance exceeds 3
@@ -15,7 +17,8 @@ the median distance keeps nearly identical honest updates from being flagged for
 float noise). A non-finite distance (an update whose difference overflows float32)
 is always suspected. With fewer than 3 valid updates nothing is suspected. The
 column sample keeps this diagnostic at a few milliseconds whatever the model size
-(the full median would cost as much as the Median rule itself); an attack confined
+and the number of clients (the full median would cost as much as the Median rule
+itself, and selection costs far more per value than a Gram product); an attack confined
 to a few coordinates outside the sample is not seen by it. With no
 attack the set is usually empty; an attacker with an honest-looking update (a small
 minority of label flippers, say) is not in it. Strategies that score nodes against
@@ -30,22 +33,43 @@ import math
 import numpy as np
 import torch
 
-from flwr_byz.aggregation import coordinate_median
-from flwr_byz.aggregation.distances import sample_columns
+from flwr_byz.aggregation.coordinatewise import column_chunks, median_of_chunk
+from flwr_byz.aggregation.distances import SAMPLE_BLOCK, sample_starts
 
 #: Robust z-score above which a node's distance to the median is an outlier.
 OUTLIER_K = 3.0
 _MAD_TO_STD = 1.4826
 _RELATIVE_FLOOR = 0.05
 _SAMPLE_COLUMNS = 2048
+_SAMPLE_VALUES = 1 << 17
+_MIN_COLUMNS = 128
+_SMALL_BLOCK = 32
 
 
-def median_distances(updates: torch.Tensor) -> np.ndarray:
+def sample_index(n: int, d: int) -> np.ndarray | None:
+    """Columns of the sample for ``n`` updates of length ``d`` (``None``: all)."""
+    columns = min(_SAMPLE_COLUMNS, max(_MIN_COLUMNS, _SAMPLE_VALUES // max(n, 1)))
+    block = SAMPLE_BLOCK if columns == _SAMPLE_COLUMNS else _SMALL_BLOCK
+    starts = sample_starts(d, most=columns, block=block)
+    if starts is None:
+        return None
+    return (np.asarray(starts)[:, None] + np.arange(block)).reshape(-1)
+
+
+def median_distances(updates: torch.Tensor, *, sampled: bool = False) -> np.ndarray:
     """``(n,)`` float64 L2 distances of each row to the coordinate-wise median,
-    on the column sample (see the module's definition)."""
-    sample = sample_columns(updates, most=_SAMPLE_COLUMNS).to(torch.float64)
-    centre = coordinate_median(sample).aggregate
-    return torch.linalg.vector_norm(sample - centre, dim=1).cpu().numpy()
+    on the column sample (see the module's definition; ``sampled``: ``updates``
+    already holds only the sample's columns)."""
+    sample = updates
+    index = None if sampled else sample_index(*updates.shape)
+    if index is not None:
+        sample = updates[:, torch.from_numpy(index).to(updates.device)]
+    # Selected in the input precision (the order does not depend on it), the
+    # midpoints and distances in float64.
+    centre = column_chunks(sample, median_of_chunk, dtype=torch.float64)
+    return (
+        torch.linalg.vector_norm(sample.to(torch.float64) - centre, dim=1).cpu().numpy()
+    )
 
 
 def outlier_rows(scores: np.ndarray, k: float = OUTLIER_K) -> list[int]:
@@ -70,9 +94,12 @@ def outlier_rows(scores: np.ndarray, k: float = OUTLIER_K) -> list[int]:
     ]
 
 
-def suspected_rows(updates: torch.Tensor, k: float = OUTLIER_K) -> list[int]:
+def suspected_rows(
+    updates: torch.Tensor, k: float = OUTLIER_K, *, sampled: bool = False
+) -> list[int]:
     """Rows of ``updates`` whose distance to the coordinate-wise median is a
-    robust outlier (the module's definition), ascending."""
+    robust outlier (the module's definition), ascending; ``sampled`` as in
+    :func:`median_distances`."""
     if updates.shape[0] < 3:
         return []
-    return outlier_rows(median_distances(updates), k)
+    return outlier_rows(median_distances(updates, sampled=sampled), k)
