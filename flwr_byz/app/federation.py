@@ -41,9 +41,6 @@ IDENTITY_RECORD = "identity"
 #: A node that answers this many identity queries with an error is not asked again.
 MAX_ERROR_REPLIES = 3
 
-#: Seconds between two pulls of identity replies.
-PULL_INTERVAL = 0.1
-
 
 @dataclass(frozen=True)
 class NodeIdentity:
@@ -94,9 +91,9 @@ class IdentityQueries:
     ) -> tuple[dict[int, NodeIdentity], set[int]]:
         """Ask the unanswered nodes of ``node_ids`` who they are.
 
-        Waits until each of them answered or was reported gone, at most
-        ``timeout`` seconds; late answers to earlier queries are collected on the
-        way (at least one pull, even with nothing to ask).
+        First collects the answers that arrived late to earlier queries (one
+        pull, no wait), then asks the nodes still unanswered and waits for them
+        at most ``timeout`` seconds (``send_and_receive``).
 
         Returns
         -------
@@ -105,36 +102,35 @@ class IdentityQueries:
             nodes asked and any earlier one answering late), and the nodes asked
             that the SuperLink reported gone.
         """
-        asked = self.unanswered(dict.fromkeys(node_ids))
-        messages = [
-            Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY)
-            for nid in asked
-        ]
-        if messages:
-            pushed = {str(mid) for mid in grid.push_messages(messages)}
-            self._open.update(
-                (mid, nid)
-                for mid, nid in instruction_destinations(messages).items()
-                if mid in pushed
-            )
         learned: dict[int, NodeIdentity] = {}
         gone: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._open:
-                self._take(list(grid.pull_messages(list(self._open))), learned, gone)
-            waiting = [nid for nid in self.unanswered(asked) if nid not in gone]
-            if not waiting or time.monotonic() >= deadline:
-                break
-            time.sleep(PULL_INTERVAL)
+        if self._open:
+            self._take(list(grid.pull_messages(list(self._open))), (), learned, gone)
+        asked = [n for n in self.unanswered(dict.fromkeys(node_ids)) if n not in gone]
+        if asked:
+            messages = [
+                Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY)
+                for nid in asked
+            ]
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+            # The grid set each query's id when it pushed it; unanswered ones stay
+            # open for a late answer.
+            self._open.update(instruction_destinations(messages))
+            self._take(replies, asked, learned, gone)
         return learned, gone & set(asked)
 
     def _take(
-        self, replies: list[Message], learned: dict[int, NodeIdentity], gone: set[int]
+        self,
+        replies: list[Message],
+        asked: Iterable[int],
+        learned: dict[int, NodeIdentity],
+        gone: set[int],
     ) -> None:
+        """Record ``replies``: to open queries, or from the nodes just ``asked``."""
+        asked = set(asked)
         destinations = dict(self._open)
         own, absent = attribute_replies(
-            replies, destinations, sorted(set(destinations.values()))
+            replies, destinations, sorted(asked | set(destinations.values()))
         )
         for nid, reason in absent.items():
             gone.add(nid)
@@ -152,8 +148,8 @@ class IdentityQueries:
         for reply in own:
             try:
                 nid = int(reply.metadata.src_node_id)
-                asked_nid = destinations.get(str(reply.metadata.reply_to_message_id))
-                if asked_nid != nid:
+                to = destinations.get(str(reply.metadata.reply_to_message_id))
+                if (to is not None and to != nid) or (to is None and nid not in asked):
                     log(WARNING, "Ignored an identity reply from node %d", nid)
                     continue
                 if nid in self.answered:
