@@ -127,6 +127,9 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
         query_timeout=query_timeout,
         queries=queries,
     )
+    if resume is not None and queries.unanswered(nodes):
+        # The checkpoint's nodes are matched by partition: ask once more.
+        nodes.update(identify_nodes(grid, nodes, queries, query_timeout))
     identities = {nid: node.partition_id for nid, node in nodes.items()}
     num_nodes = len(nodes)
     check_against_nodes(cfg, num_nodes)

@@ -23,6 +23,7 @@ from flwr_byz.app.federation import (
     identify_nodes,
 )
 from flwr_byz.app.liveness import node_floor, sampling_settings
+from flwr_byz.app.results import RunInterruptedError
 from flwr_byz.strategy.sampling import NotEnoughNodesError
 from server.server_app import run
 
@@ -398,3 +399,36 @@ def test_a_late_answer_to_the_first_query_is_collected_without_asking_again() ->
             late = identify_nodes(fed.grid, found, queries, timeout=0, ask=False)
         assert late == {slow: NodeIdentity(1, 2)}
         assert fed.received[slow].count("query") == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_resumed_run_asks_again_a_node_that_missed_the_identity_query(
+    tmp_path: Path,
+) -> None:
+    """A resumed run matches the checkpoint's nodes by partition: a node of the
+    new federation that misses the first identity query is asked again, so the
+    run resumes instead of refusing an unmatched node."""
+    cut = tmp_path / "cut"
+    settings = {
+        **RUN,
+        "num-server-rounds": 2,
+        "node-wait-timeout": 1.0,
+        "fault-stop-after-round": 1,
+    }
+    cfg = check_run_config({**settings, "output-dir": str(cut)})
+    with app_federation(cfg, partitions(4)) as fed, pytest.raises(RunInterruptedError):
+        run(fed.grid, cfg)
+    assert json.loads((cut / "results.json").read_text())["status"] == "interrupted"
+
+    cfg = check_run_config(
+        {**settings, "fault-stop-after-round": 0, "resume": str(cut)}
+    )
+    back = app_federation(cfg, partitions(4))
+    quiet = back.node_ids[3]
+    back.behaviours[quiet] = _first_query(back, quiet, silent)
+    with back:
+        results = run(back.grid, cfg)
+    assert results["status"] == "completed"
+    assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
+    assert results["ground-truth"]["node-partitions"][str(quiet)] == 3
+    assert back.received[quiet].count("query") == 2
