@@ -272,6 +272,70 @@ def test_misspelt_run_config_key_fails_loudly() -> None:
         wrapped(_msg(1), _ctx({"byzantine-fration": 0.5, "num-server-rounds": 3}))
 
 
+def test_an_update_attack_without_attackers_fails_on_a_simulated_node() -> None:
+    """``byzantine_mod(attack=...)`` alone names no attacker: an error, not an
+    honest run with a warning."""
+    from flwr_byz.attacks import ModConfigurationError
+
+    plain = _user_app([])
+    wrapped = _user_app([byzantine_mod(attack="sign-flip")])
+    for message_type in (MessageType.TRAIN, MessageType.EVALUATE):
+        with pytest.raises(ModConfigurationError, match="names no attacker"):
+            wrapped(_msg(1, message_type), _ctx({}))
+    # A deployment's node switch picks the attacker; a node without one is honest.
+    attacked = wrapped(_msg(1), _ctx({}, {"byzantine": "true"}))
+    assert not _same_reply(attacked, plain(_msg(1), _ctx({}, {"byzantine": "true"})))
+    honest = wrapped(_msg(1), _ctx({}, {}))
+    assert _same_reply(honest, plain(_msg(1), _ctx({}, {})))
+    # Named attackers, an explicit (if empty) fraction, or a run config that gives
+    # the fraction: no error.
+    for mod, cfg in (
+        (byzantine_mod(attack="sign-flip", partitions="1"), {}),
+        (byzantine_mod(attack="sign-flip", fraction=0.0), {}),
+        (byzantine_mod(attack="sign-flip"), {"byzantine-fraction": 0.5}),
+        (byzantine_mod(attack="none"), {}),
+    ):
+        _user_app([mod])(_msg(1), _ctx(cfg))
+
+
+def test_every_configuration_error_is_recognisable_in_its_reply() -> None:
+    from flwr.app import Error
+    from flwr.common.constant import ErrorCode
+
+    from flwr_byz.attacks import (
+        CONFIGURATION_ERROR,
+        ModConfigurationError,
+        is_configuration_error,
+    )
+
+    def reason(mod, cfg: dict) -> str:
+        with pytest.raises(ModConfigurationError) as caught:
+            _user_app([mod])(_msg(1), _ctx(cfg))
+        return str(caught.value)
+
+    raised = [
+        reason(byzantine_mod, {}),  # bare, no attack key
+        reason(byzantine_mod(attack="sign-flip"), {}),  # no attacker
+        reason(byzantine_mod, {**BYZ, "flip-period": 0}),  # invalid value
+        reason(byzantine_mod(attack="scaling", fraction=0.5), {"atack-side": "x"}),
+    ]
+    for text in raised:
+        assert text.startswith(f"{CONFIGURATION_ERROR}: ")
+        flower = Message(
+            Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=text),
+            reply_to=_msg(1),
+        )
+        assert is_configuration_error(flower)
+    # The error replies the mod sends itself (a data attack the app ignores).
+    ignored = _user_app([byzantine_mod])(
+        _msg(1), _ctx({"attack": "label-flip", "byzantine-partitions": "1"})
+    )
+    assert is_configuration_error(ignored)
+    other = Message(Error(code=ErrorCode.UNKNOWN, reason="boom"), reply_to=_msg(1))
+    assert not is_configuration_error(other)
+    assert not is_configuration_error(_user_app([])(_msg(1), _ctx({})))
+
+
 def test_each_malicious_node_says_once_what_it_does() -> None:
     import logging
 

@@ -26,7 +26,15 @@ from .config import (
     resolve_side,
     role_for,
 )
-from .mod import ByzantineMod, byzantine_mod, is_compromised, node_key
+from .mod import (
+    CONFIGURATION_ERROR,
+    ByzantineMod,
+    ModConfigurationError,
+    byzantine_mod,
+    is_compromised,
+    is_configuration_error,
+    node_key,
+)
 from .omniscient import PERTURBATIONS, alie, alie_z, ipm, min_max, min_sum
 from .roles import PretenseRole, RandomizedRole, StaticRole
 from .server_side import SERVER_SIDE_ATTACKS, ServerSideAttack
@@ -35,6 +43,7 @@ from .tampering import label_flip, random_fault, scaling, sign_flip, uniform_noi
 __all__ = [
     "ATTACKS",
     "ATTACK_DEFAULTS",
+    "CONFIGURATION_ERROR",
     "DATA_ATTACKS",
     "DEFAULT_LEARNING_RATE",
     "OMNISCIENT_ATTACKS",
@@ -45,6 +54,7 @@ __all__ = [
     "UPDATE_ATTACKS",
     "ActiveAttack",
     "ByzantineMod",
+    "ModConfigurationError",
     "PretenseRole",
     "RandomizedRole",
     "ServerSideAttack",
@@ -59,6 +69,7 @@ __all__ = [
     "check_attack_config",
     "ipm",
     "is_compromised",
+    "is_configuration_error",
     "label_flip",
     "min_max",
     "min_sum",

@@ -11,9 +11,12 @@ Two ways to attach it:
 - bare, ``ClientApp(mods=[byzantine_mod])``: everything from the run config's attack
   keys (this repository's app, whose ``pyproject.toml`` defines them all).
 
-A mod that has no attack configured anywhere, that meets a run-config key that looks
-like a misspelt attack key, or that is given an unknown argument raises at start-up
-instead of silently running honest.
+A mod that has no attack configured anywhere, whose attack names no attacker in a
+simulation (no fraction, no partitions), that meets a run-config key that looks like
+a misspelt attack key, or that is given an unknown argument raises at start-up
+instead of silently running honest. Every configuration error the mod raises or
+replies with names :data:`CONFIGURATION_ERROR`, so a server recognises it in the
+error reply Flower sends (:func:`is_configuration_error`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,38 @@ from .config import (
 _STATE_KEY = "flwr-byz-mod"
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
+
+
+#: In the text of every configuration error of the mod (the exception it raises on a
+#: node, and the reason of the error replies it sends).
+CONFIGURATION_ERROR = "byzantine_mod configuration error"
+
+
+class ModConfigurationError(ValueError):
+    """The mod cannot run as configured; the message starts with
+    :data:`CONFIGURATION_ERROR`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"{CONFIGURATION_ERROR}: {text}")
+
+
+def is_configuration_error(reply: Message) -> bool:
+    """Whether ``reply`` is an error reply carrying the mod's configuration error
+    (raised on the node and reported by Flower, or sent by the mod itself)."""
+    try:
+        return reply.has_error() and CONFIGURATION_ERROR in str(reply.error.reason)
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+def configuration_error_text(reply: Message) -> str:
+    """The mod's own words in a configuration error reply (without what Flower or
+    Ray wrapped around them), or ``""``."""
+    if not is_configuration_error(reply):
+        return ""
+    reason = str(reply.error.reason)
+    line = reason[reason.index(CONFIGURATION_ERROR) :].splitlines()[0]
+    return line.removesuffix("'>").strip()
 
 
 def _parse_bool(value: Any) -> bool:
@@ -101,9 +136,10 @@ def _server_round(msg: Message, context: Context) -> int:
 
 
 def _error(msg: Message, reason: str) -> Message:
-    log(WARNING, "byzantine_mod: %s", reason)
+    text = f"{CONFIGURATION_ERROR}: {reason}"
+    log(WARNING, "%s", text)
     return Message(
-        Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg
+        Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=text), reply_to=msg
     )
 
 
@@ -197,32 +233,66 @@ class ByzantineMod:
 
         Raises
         ------
-        ValueError
-            When no source configures ``attack`` (the mod would silently run
-            honest), when the run config holds a key that looks like a misspelt
-            attack key, or when a value is invalid.
+        ModConfigurationError
+            A ``ValueError``: when no source configures ``attack`` (the mod would
+            silently run honest), when the run config holds a key that looks like a
+            misspelt attack key, or when a value is invalid.
         """
         cfg: dict[str, Any] = dict(self.config)
         if self.run_config_override:
             typos = _misspelt_run_config_keys(run_config)
             if typos:
-                raise ValueError(
-                    "byzantine_mod: unknown run-config key(s) "
+                raise ModConfigurationError(
+                    "unknown run-config key(s) "
                     + ", ".join(typos)
                     + "; the attack keys are: "
                     + ", ".join(ATTACK_DEFAULTS)
                 )
             cfg.update({k: run_config[k] for k in _KNOWN_KEYS if k in run_config})
         if "attack" not in cfg:
-            raise ValueError(
-                "byzantine_mod has no attack configured: the run config has no "
+            raise ModConfigurationError(
+                "no attack configured: the run config has no "
                 "'attack' key and the mod was given no arguments, so every node "
                 "would run honest. Configure it in the app: "
                 'ClientApp(mods=[byzantine_mod(attack="sign-flip", fraction=0.3, '
                 "seed=0)]), or define the attack keys in [tool.flwr.app.config] "
                 '(attack = "none" for an honest run).'
             )
-        check_attack_config(cfg)
+        try:
+            check_attack_config(cfg)
+        except ValueError as err:
+            raise ModConfigurationError(str(err)) from err
+        return cfg
+
+    def node_config_checked(
+        self, run_config: Mapping[str, Any], node_config: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """:meth:`effective_config`, and, on a simulated node (one with a
+        ``partition-id`` and no ``byzantine`` switch), an update attack must name
+        its attackers: ``fraction`` or ``partitions`` (they have no default).
+
+        Raises
+        ------
+        ModConfigurationError
+            As :meth:`effective_config`, or for an attack without attackers.
+        """
+        cfg = self.effective_config(run_config)
+        simulated = "partition-id" in node_config and "byzantine" not in node_config
+        if (
+            simulated
+            and str(cfg["attack"]) != "none"
+            and resolve_side(cfg) == "client"
+            and "byzantine-fraction" not in cfg
+            and "byzantine-partitions" not in cfg
+        ):
+            raise ModConfigurationError(
+                f"attack={cfg['attack']!r} names no attacker: give the share of "
+                "nodes that attack or their partitions, e.g. "
+                f'byzantine_mod(attack="{cfg["attack"]}", fraction=0.3) or '
+                f'byzantine_mod(attack="{cfg["attack"]}", partitions="0,3") (in a '
+                'deployment: flower-supernode --node-config "byzantine=true" on '
+                "the attacking nodes)."
+            )
         return cfg
 
     def __call__(
@@ -250,7 +320,7 @@ class ByzantineMod:
         Omniscient attacks belong to the server-side injector (``attack-side =
         "auto"``): the mod leaves them alone.
         """
-        cfg = self.effective_config(context.run_config)
+        cfg = self.node_config_checked(context.run_config, context.node_config)
         if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
             return call_next(msg, context)
         return _with_identity(self._train(msg, context, call_next, cfg), context)
