@@ -56,6 +56,9 @@ from flwr_byz.app.results import (
     RunInterruptedError,
     check_unused,
     expand_run_dir,
+    recorded,
+    status_line,
+    status_of,
 )
 from flwr_byz.app.round_log import RoundLog
 from flwr_byz.app.strategy_factory import build_strategy
@@ -75,11 +78,17 @@ def main(grid: Grid, context: Context) -> None:
         cfg = check_run_config(context.run_config)
     except RunConfigError as err:
         log(ERROR, "Invalid run configuration: %s", err)
+        log(INFO, "%s", status_line("failed", f"invalid run configuration: {err}"))
         raise
     try:
         run(grid, cfg, run_id=context.run_id)
-    except RunConfigError as err:  # output-dir in use, a checkpoint that cannot fit
-        log(ERROR, "Cannot start the run: %s", err)
+    except BaseException as err:
+        if isinstance(err, RunConfigError):  # output-dir in use, a bad checkpoint
+            log(ERROR, "Cannot start the run: %s", err)
+        if not recorded(err):  # it ended before claiming its results.json
+            text = str(err).strip()
+            reason = f"{type(err).__name__}: {text}" if text else type(err).__name__
+            log(INFO, "%s", status_line(status_of(err), reason))
         raise
 
 
@@ -218,6 +227,7 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
     started = time.perf_counter()
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        round_log.see_model(arrays)  # did the round move the model?
         if server_round == 0 and observed.round_offset:
             return None  # a resumed episode's model: its round is on record already
         server_round += observed.round_offset

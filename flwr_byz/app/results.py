@@ -7,6 +7,7 @@ whether the run is running, completed, failed or was interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,8 +15,11 @@ import platform
 import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
+from logging import INFO
 from pathlib import Path
 from typing import Any
+
+from flwr.common import log
 
 from flwr_byz.app.config import RunConfigError
 
@@ -35,15 +39,40 @@ def package_versions() -> dict[str, str]:
 #: by a process killed outright), ``completed`` with the summary, ``failed`` with the
 #: exception text in ``error``, ``interrupted`` (a signal, a lost SuperLink, too few
 #: nodes within ``node-wait-timeout``, fault injection) with the reason in
-#: ``error``. A ``running`` or ``interrupted`` run
+#: ``error``. A run that played all its rounds is ``completed`` only when most of
+#: them updated the model (:func:`run_health`): else it is ``failed`` (no training
+#: round updated the model) or ``degraded`` (fewer than half did), with the summary
+#: and the reason in ``reason``. A ``running`` or ``interrupted`` run
 #: continues from its checkpoint with ``resume``.
-STATUSES = ("running", "completed", "failed", "interrupted")
+STATUSES = ("running", "completed", "degraded", "failed", "interrupted")
 
 RESULTS_FILE = "results.json"
+
+#: The ServerApp's log line (streamed by ``flwr run --stream``) that names the run's
+#: own ``results.json``, once the run has claimed it; ``flwr-byz run`` reads it.
+RESULTS_LINE = "flwr-byz results: "
+#: The ServerApp's log line when the run ends: its status and, unless completed, why.
+STATUS_LINE = "flwr-byz status: "
+
+
+def recorded(err: BaseException) -> bool:
+    """Whether a run's ``results.json`` (and status line) recorded ``err``."""
+    return hasattr(err, "flwr_byz_status")
+
+
+def status_line(status: str, reason: str = "") -> str:
+    """``flwr-byz status: <status>[: <reason on one line>]``."""
+    text = " ".join(str(reason).split())
+    return f"{STATUS_LINE}{status}" + (f": {text}" if text else "")
 
 
 class RunDirectoryError(RunConfigError):
     """A run directory that holds another run's results; the message says what to do."""
+
+
+class ClientConfigurationError(RuntimeError):
+    """Every reply of a training round is a client's configuration error (e.g.
+    ``byzantine_mod`` without an attack): no round could ever aggregate."""
 
 
 class RunInterruptedError(RuntimeError):
@@ -93,7 +122,8 @@ def check_unused(run_dir: Path) -> None:
     Raises
     ------
     RunDirectoryError
-        Naming the run found there (its status and last round) and the ways out.
+        Naming the run found there (its status and last round) and the ways out;
+        ``resume`` among them only where that run has rounds left to play.
     """
     from flwr_byz.app.checkpoint import CHECKPOINT_FILE
 
@@ -101,13 +131,112 @@ def check_unused(run_dir: Path) -> None:
     if not found:
         return
     about = describe_run(run_dir / RESULTS_FILE)
+    ways = (
+        f"move that directory away, or continue that run with resume = '{run_dir}'"
+        if resumable(run_dir / RESULTS_FILE)
+        else "or move that directory away (that run played to its end: there is "
+        "nothing to resume)"
+    )
     raise RunDirectoryError(
         f"run-config key 'output-dir': {run_dir} already holds {' and '.join(found)} "
         f"of another run ({about}); no run overwrites another's results. Give another "
-        "'output-dir' (e.g. one with '{run}' in it: a new directory per run), move "
-        "that directory away, or continue that run with resume = "
-        f"'{run_dir}'"
+        f"'output-dir' (e.g. one with '{{run}}' in it: a new directory per run), {ways}"
     )
+
+
+def resumable(path: Path) -> bool:
+    """Whether the run of a ``results.json`` has rounds left that ``resume`` plays:
+    ``running`` or ``interrupted``, or ``failed`` before its summary. A missing or
+    unreadable file (a checkpoint alone) counts as resumable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    status = data.get("status")
+    if status in ("running", "interrupted"):
+        return True
+    return status == "failed" and data.get("summary") is None
+
+
+def played_to_end(data: dict[str, Any]) -> bool:
+    """Whether a ``results.json`` holds a run that played all its rounds: a summary
+    and ``completed``, ``degraded`` or ``failed`` (no round updated the model); a
+    file from before statuses counts by its summary."""
+    status = data.get("status", "completed")
+    return data.get("summary") is not None and status in (
+        "completed",
+        "degraded",
+        "failed",
+    )
+
+
+def run_health(rounds: list[dict[str, Any]]) -> tuple[str, str]:
+    """``(status, reason)`` of a run that played all its ``rounds`` entries.
+
+    A training round updated the model when its strategy reported ``status`` 0
+    (:class:`~flwr_byz.strategy.round_report.RoundStatus` ``OK``), or, for a
+    strategy that reports none (Flower's ``FedAvg``), when the record says
+    ``model-updated``. ``failed``: no training round did; ``degraded``: fewer
+    than half did; else ``completed`` (reason ``""``).
+    """
+    training = [r for r in rounds if int(r.get("round", 0)) > 0]
+    if not training:
+        return "completed", ""
+    stalled = [r for r in training if not _updated(r)]
+    if not stalled or 2 * (len(training) - len(stalled)) >= len(training):
+        return "completed", ""
+    names: dict[str, int] = {}
+    for entry in stalled:
+        name = _stall_name(entry)
+        names[name] = names.get(name, 0) + 1
+    kinds = ", ".join(f"{name} ×{count}" for name, count in names.items())
+    first = stalled[0]
+    status = "failed" if len(stalled) == len(training) else "degraded"
+    head = (
+        "no training round updated the model"
+        if status == "failed"
+        else "fewer than half of the training rounds updated the model"
+    )
+    return status, (
+        f"{head}: {len(stalled)} of {len(training)} rounds left it unchanged "
+        f"({kinds}); round {first.get('round')}"
+        + (f" of episode {first['episode']}" if first.get("episode", 1) != 1 else "")
+        + f": {_replies_text(first)}"
+    )
+
+
+def _updated(entry: dict[str, Any]) -> bool:
+    if "status" in entry:
+        return int(entry["status"]) == 0
+    return bool(entry.get("model-updated", True))
+
+
+def _stall_name(entry: dict[str, Any]) -> str:
+    if "status" not in entry:
+        return "not-aggregated"
+    from flwr_byz.strategy.round_report import RoundStatus
+
+    try:
+        return RoundStatus(int(entry["status"])).name.lower().replace("_", "-")
+    except ValueError:
+        return f"status-{entry['status']}"
+
+
+def _replies_text(entry: dict[str, Any]) -> str:
+    parts = [f"{len(entry.get('node-ids', []))} valid replies"]
+    for key in ("rejected", "missing"):
+        items = entry.get(key) or []
+        if items:
+            reasons: dict[str, int] = {}
+            for item in items:
+                reason = str(item.get("reason", "?"))
+                reasons[reason] = reasons.get(reason, 0) + 1
+            parts.append(
+                f"{len(items)} {key} ("
+                + ", ".join(f"{r} ×{c}" for r, c in reasons.items())
+                + ")"
+            )
+    return ", ".join(parts)
 
 
 def describe_run(path: Path) -> str:
@@ -158,6 +287,7 @@ class ResultsFile:
             self.data["ground-truth"] = ground_truth
             self.data["status"] = "running"
             self.data.pop("error", None)
+            self.data.pop("reason", None)
         else:
             try:  # claim the file: two runs never share a directory
                 os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -174,11 +304,17 @@ class ResultsFile:
                 "summary": None,
             }
         self.flush()
+        log(INFO, "%s%s", RESULTS_LINE, self.path)
 
     @property
     def status(self) -> str:
-        """``running``, ``completed``, ``failed`` or ``interrupted``."""
+        """One of :data:`STATUSES`."""
         return str(self.data["status"])
+
+    @property
+    def reason(self) -> str:
+        """Why the run is not ``completed`` (``""`` when it is or still runs)."""
+        return str(self.data.get("reason") or self.data.get("error") or "")
 
     def add_round(self, entry: dict[str, Any]) -> None:
         """Append one round's entry and flush."""
@@ -186,10 +322,17 @@ class ResultsFile:
         self.flush()
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Store the run's summary, mark it completed and flush."""
+        """Store the run's summary, judge its rounds (:func:`run_health`: completed,
+        degraded or failed, with the reason) and flush."""
         self.data["summary"] = summary
-        self.data["status"] = "completed"
+        status, reason = run_health(self.data["rounds"])
+        self.data["status"] = status
+        if reason:
+            self.data["reason"] = reason
+        else:
+            self.data.pop("reason", None)
         self.flush()
+        log(INFO, "%s", status_line(status, reason))
 
     def stop(self, err: BaseException) -> None:
         """Mark the run failed or interrupted (:func:`status_of`) and flush."""
@@ -198,7 +341,11 @@ class ResultsFile:
         self.data["error"] = (
             f"{type(err).__name__}: {text}" if text else type(err).__name__
         )
+        self.data.pop("reason", None)
         self.flush()
+        log(INFO, "%s", status_line(self.status, self.data["error"]))
+        with contextlib.suppress(AttributeError, TypeError):
+            err.flwr_byz_status = self.status  # type: ignore[attr-defined]
 
     def flush(self) -> None:
         """Write the whole file atomically (temporary file + rename).

@@ -7,13 +7,14 @@ that runs can be compared across simulations (node ids are drawn afresh each run
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import MetricRecord
+from flwr.app import ArrayRecord, MetricRecord
 
 from flwr_byz.app.detection import flagged_by_removals, precision_recall
 from flwr_byz.app.results import ResultsFile
@@ -65,6 +66,8 @@ class RoundLog:
         self._seen: list[list[int]] = []
         self._credits: dict[int, float] = {}
         self.episode = 1
+        self._model: str | None = None
+        self._model_changed: bool | None = None
 
     def add_node(self, node_id: int, partition_id: int, byzantine: bool) -> None:
         """Record a node that joined during the run, in the ground truth too."""
@@ -180,12 +183,25 @@ class RoundLog:
         self._seen.append(node_ids)
         self._pending = entry
 
+    def see_model(self, arrays: ArrayRecord) -> None:
+        """The global model after a round (or the initial one): note whether it
+        differs from the one seen before, for strategies that report no round
+        ``status`` (:meth:`on_evaluate` records it as ``model-updated``)."""
+        digest = model_digest(arrays)
+        self._model_changed = None if self._model is None else digest != self._model
+        self._model = digest
+
     def on_evaluate(self, server_round: int, metrics: MetricRecord) -> None:
         """Complete the round's entry with the global evaluation and flush it."""
         now = time.perf_counter()
         entry = (
             self._pending if server_round > 0 else {"round": 0, "episode": self.episode}
         )
+        changed = self._model_changed
+        if server_round > 0 and "status" not in entry and changed is not None:
+            # The strategy said nothing of its round (Flower's FedAvg): whether
+            # the model moved is what the round did.
+            entry["model-updated"] = changed
         entry["accuracy"] = _finite(float(metrics["accuracy"]))
         entry["loss"] = _finite(float(metrics["loss"]))
         entry["round-time-s"] = round(now - self._last_eval, 4)
@@ -238,6 +254,12 @@ class RoundLog:
         acc = summary["final-accuracy"]
         acc0 = summary["initial-accuracy"]
         verdict = "correct" if summary["detection-correct"] else "NOT correct"
+        status = self.results.status
+        health = (
+            [f"  status: {status.upper()}: {self.results.reason}"]
+            if status != "completed"
+            else []
+        )
         return [
             "",
             "=" * 72,
@@ -257,9 +279,19 @@ class RoundLog:
             f"{summary['detected-partitions']} -> {verdict} "
             f"(precision {summary['detection-precision']:.2f}, "
             f"recall {summary['detection-recall']:.2f})",
+            *health,
             f"  results: {path}",
             "=" * 72,
         ]
+
+
+def model_digest(arrays: ArrayRecord) -> str:
+    """A digest of every array's key, dtype, shape and bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key, array in arrays.items():
+        digest.update(f"{key}|{array.dtype}|{tuple(array.shape)}|".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
 
 
 def _pct(value: float | None) -> str:

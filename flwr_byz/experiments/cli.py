@@ -7,18 +7,31 @@ Examples
     flwr-byz grid flwr_byz/experiments/grids/defences.toml --jobs 4
     flwr-byz grid flwr_byz/experiments/grids/defences.toml --ray-address auto
     flwr-byz report results/grid
+    flwr-byz run . --run-config "strategy='faba'"   # exits with the run's status
+    flwr-byz status results/20250101-120000-4242424242
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from flwr_byz.app.config import STRATEGY_NAMES
+from flwr_byz.app.results import (
+    RESULTS_FILE,
+    RESULTS_LINE,
+    STATUS_LINE,
+    STATUSES,
+    run_health,
+    status_line,
+)
 from flwr_byz.experiments.grid import (
     DEFAULT_SUPERNODES,
     SUPERNODES,
@@ -174,7 +187,159 @@ def _parser() -> argparse.ArgumentParser:
         "directory.",
     )
     report.add_argument("out", help="the grid's output directory")
+
+    codes = ", ".join(f"{code} {name}" for name, code in EXIT_CODES.items())
+    run = sub.add_parser(
+        "run",
+        help="flwr run --stream, exiting with the run's recorded status",
+        description="Run 'flwr run [APP_DIR] [ARGS...] --stream' (every argument "
+        "goes to flwr run; --stream is added), show its output, then read the "
+        "run's own results.json (its path is in the ServerApp's log) and exit "
+        f"with its status: {codes}.",
+    )
+    run.add_argument(
+        "flwr_args",
+        nargs=argparse.REMAINDER,
+        metavar="[APP_DIR] [FLWR RUN ARGS...]",
+        help="as for flwr run",
+    )
+    status = sub.add_parser(
+        "status",
+        help="a run's status and why, as an exit code",
+        description=f"Print a run's status and reason; exit with {codes}.",
+    )
+    status.add_argument("run", help="a run directory or its results.json")
     return parser
+
+
+#: Exit code of ``flwr-byz run`` and ``flwr-byz status`` for each recorded status
+#: (and when no results were found). 2 is a usage error.
+EXIT_CODES = {
+    "completed": 0,
+    "failed": 1,
+    "interrupted": 3,
+    "degraded": 4,
+    "running": 5,
+    "no results": 6,
+}
+assert set(EXIT_CODES) == {*STATUSES, "no results"}
+
+
+def run_status(path: Path) -> tuple[str, str]:
+    """``(status, reason)`` of the run whose directory or ``results.json`` is
+    ``path``; ``("no results", why)`` when there is none to read.
+
+    A run recorded ``completed`` is judged again from its rounds
+    (:func:`~flwr_byz.app.results.run_health`), so a file written before that
+    verdict existed does not pass for healthy when no round updated the model.
+    """
+    file = path / RESULTS_FILE if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        return "no results", f"no {file}"
+    except (OSError, ValueError) as err:
+        return "no results", f"{file} is unreadable: {err}"
+    if not isinstance(data, dict):
+        return "no results", f"{file} is not a results.json"
+    status = str(data.get("status") or ("completed" if data.get("summary") else ""))
+    if status not in STATUSES:
+        return "no results", f"{file} has no known status ({status or 'none'})"
+    reason = str(
+        data.get("reason")
+        or data.get("error")
+        or (data.get("summary") or {}).get("stopped")
+        or ""
+    )
+    if status == "completed":
+        judged, why = run_health(list(data.get("rounds") or []))
+        if judged != "completed":
+            status, reason = judged, f"{why} (recorded completed)"
+    return status, reason
+
+
+def _status_command(path: str) -> int:
+    status, reason = run_status(Path(path))
+    print(status_line(status, reason))
+    return EXIT_CODES[status]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_RESULTS = re.compile(re.escape(RESULTS_LINE) + r"(.*\S)\s*$")
+_STATUS = re.compile(re.escape(STATUS_LINE) + r"([a-z]+)(?:: (.*\S))?\s*$")
+
+
+def _flwr() -> str:
+    beside = Path(sys.executable).parent / "flwr"
+    return str(beside) if beside.exists() else (shutil.which("flwr") or "flwr")
+
+
+def _run_command(flwr_args: list[str]) -> int:
+    """``flwr run ... --stream``, its output passed through; exit with the run's
+    recorded status (:data:`EXIT_CODES`)."""
+    command = [_flwr(), "run", *flwr_args]
+    if "--stream" not in flwr_args:
+        command.append("--stream")
+    results: Path | None = None
+    streamed: tuple[str, str] | None = None
+    try:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
+    except OSError as err:
+        print(f"flwr-byz run: cannot start flwr: {err}", file=sys.stderr)
+        return EXIT_CODES["no results"]
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            text = _ANSI.sub("", line)
+            if found := _RESULTS.search(text):
+                results = Path(found.group(1))
+            elif found := _STATUS.search(text):
+                streamed = (found.group(1), found.group(2) or "")
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.wait()
+        print(
+            "flwr-byz run: interrupted; the run may go on on the SuperLink (see "
+            "'flwr ls', stop it with 'flwr stop <run-id>')",
+            file=sys.stderr,
+        )
+        return 130
+    status, reason = _ended_run_status(results, streamed, code)
+    print(status_line(status, reason), flush=True)
+    return EXIT_CODES[status]
+
+
+def _ended_run_status(
+    results: Path | None, streamed: tuple[str, str] | None, code: int
+) -> tuple[str, str]:
+    """The status of a run whose ``flwr run --stream`` ended with ``code``: its
+    ``results.json`` where readable here, else the status line it streamed."""
+    if results is not None:
+        status, reason = run_status(results)
+        if status == "running":  # nothing runs it any more, or nothing we see
+            return "interrupted", (
+                f"{results} still says running after 'flwr run' ended: the "
+                "ServerApp was stopped or killed before it recorded its end, or "
+                "the log stream broke"
+            )
+        if status != "no results":
+            return status, reason
+    if streamed is not None and streamed[0] in STATUSES:
+        return streamed
+    where = f" ({results} is not readable here)" if results is not None else ""
+    return "no results", (
+        f"the run streamed neither its results.json nor its status{where}; "
+        f"'flwr run' exited with code {code}"
+    )
 
 
 def _parse_value(text: str) -> object:
@@ -261,7 +426,13 @@ _DEFAULT_GRID = GridSpec.of(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flwr-byz`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv[1:2]):
+        # Everything after "run" is flwr run's, options included.
+        return _run_command(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        return _status_command(args.run)
     if args.command == "report":
         _report(Path(args.out))
         return 0

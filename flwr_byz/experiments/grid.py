@@ -30,7 +30,7 @@ from flwr_byz.app.config import (
     check_run_config,
     non_default_settings,
 )
-from flwr_byz.app.results import RESULTS_FILE
+from flwr_byz.app.results import RESULTS_FILE, played_to_end
 
 #: The grid's own key beside the run-config keys: simulated SuperNodes per cell
 #: (Flower's ``num-supernodes``; one per data partition).
@@ -363,15 +363,16 @@ def cell_overrides(cell: Mapping[str, Any], cell_dir: Path) -> dict[str, Any]:
 
 
 def finished(path: Path) -> bool:
-    """Whether ``path`` is a complete ``results.json``: status ``completed`` (a
-    run stopped for want of nodes keeps a partial summary but is ``interrupted``;
-    a file from before statuses counts by its summary)."""
+    """Whether ``path`` is a complete ``results.json``: a run that played all its
+    rounds (:func:`~flwr_byz.app.results.played_to_end`: ``completed``, or
+    ``degraded`` / ``failed`` when its rounds did not update the model — an
+    experiment's outcome too); a run stopped for want of nodes keeps a partial
+    summary but is ``interrupted``; a file from before statuses counts by its
+    summary."""
     if not path.exists():
         return False
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    return data.get("status", "completed") == "completed" and (
-        data.get("summary") is not None
-    )
+    return isinstance(data, dict) and played_to_end(data)
