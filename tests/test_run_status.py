@@ -459,3 +459,26 @@ def test_a_grid_cell_that_played_all_its_rounds_is_finished(
 
     _write(tmp_path, **data)
     assert finished(tmp_path / "results.json") is done
+
+
+def test_flwr_byz_run_decides_from_the_file_then_the_streamed_status(
+    tmp_path: Path,
+) -> None:
+    from flwr_byz.experiments.cli import _ended_run_status
+
+    # A ServerApp killed outright leaves "running": nothing runs it any more.
+    _write(tmp_path, status="running", summary=None)
+    status, reason = _ended_run_status(tmp_path / "results.json", None, 0)
+    assert status == "interrupted" and "still says running" in reason
+    # The file wins over the streamed line; a file not readable here (a remote
+    # SuperLink) leaves the streamed status.
+    _write(tmp_path, status="failed", summary=None, error="ValueError: x")
+    streamed = ("completed", "")
+    assert _ended_run_status(tmp_path / "results.json", streamed, 0) == (
+        "failed",
+        "ValueError: x",
+    )
+    remote = tmp_path / "elsewhere" / "results.json"
+    assert _ended_run_status(remote, ("degraded", "why"), 0) == ("degraded", "why")
+    status, reason = _ended_run_status(None, None, 1)
+    assert status == "no results" and "exited with code 1" in reason
