@@ -9,7 +9,10 @@ reaches it.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +30,7 @@ from flwr_byz.experiments.fleet_gateway import (
     create_app,
 )
 from flwr_byz.experiments.local_superlink import free_port
+from flwr_byz.experiments.processes import spawn, stop_processes
 
 LIMIT = 64 * 1024
 PATH = "/v1/fleet/push-object"
@@ -179,3 +183,51 @@ def test_requests_of_one_peer_beyond_the_cap_get_503_until_one_ends(gateway) -> 
         sock.sendall(b"y")
         assert _response(sock)[0] == 200
     assert len(upstream.seen) == 4
+
+
+@pytest.mark.timeout(90)
+def test_the_gateway_process_refuses_a_body_over_its_command_line_limit(
+    tmp_path: Path,
+) -> None:
+    """``python -m flwr_byz.experiments.fleet_gateway --max-body-bytes``, over TLS,
+    as LocalDeployment starts it (no SuperLink needed to refuse)."""
+    certificates = make_certificates(tmp_path / "certs")
+    port = free_port()
+    process = spawn(
+        [
+            sys.executable,
+            "-m",
+            "flwr_byz.experiments.fleet_gateway",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--superlink",
+            "127.0.0.1:1",
+            "--certificates",
+            str(tmp_path / "certs"),
+            "--max-body-bytes",
+            "1000",
+        ],
+        {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        tmp_path,
+        tmp_path / "gateway.log",
+    )
+    tls = ssl.create_default_context(cafile=str(certificates.ca_cert))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (tmp_path / "gateway.log").read_text()
+            try:
+                raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the gateway did not start"
+                time.sleep(0.2)
+        with tls.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            # 1001 bytes declared (the default limit would wait for them): refused.
+            head = f"POST {PATH} HTTP/1.1\r\nHost: g\r\nContent-Length: 1001\r\n\r\n"
+            sock.sendall(head.encode())
+            status, reply = _response(sock)
+        assert status == 413, reply
+        assert b"request body over 1000 bytes" in reply
+    finally:
+        stop_processes([process], timeout=5)
