@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m benchmarks.bench_scale [--ns 10,50,200,1000] [--dims 33000,1000000]
+    python -m benchmarks.bench_scale [--ns 10,50,200,500,1000] [--dims 20000,33130,1000000]
 
 See :func:`main` for the options. For each (n, d) the same ``n`` reply Messages
 (updates from :func:`scale_updates`) are aggregated, at strategy level
@@ -390,8 +390,8 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ns", default="10,50,200,1000", help="clients per round")
-    parser.add_argument("--dims", default="33130,1000000", help="model sizes")
+    parser.add_argument("--ns", default="10,50,200,500,1000", help="clients per round")
+    parser.add_argument("--dims", default="20000,33130,1000000", help="model sizes")
     parser.add_argument(
         "--k", type=int, default=DEFAULT_SKETCH_DIM, help="sketch width (default 4096)"
     )

@@ -31,7 +31,6 @@ from flwr.serverapp import strategy as flwr_strategies
 from flwr.supercore.task_identity import TaskIdentity
 
 from flwr_byz.strategy import FABA, Bulyan, Krum, Median, MultiKrum, TrimmedMean
-from flwr_byz.strategy.model_layout import parse_npy_header
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -130,16 +129,24 @@ def fresh_replies(fx: Fixture) -> list[Message]:
 
 
 def floor_seconds(fx: Fixture, x: np.ndarray) -> tuple[float, float]:
-    """One copy of the replies' bytes into ``x`` (n, d) float32 + one Gram product."""
+    """One copy of the replies' bytes into ``x`` (n, d) float32 + one Gram product.
+
+    The payload of each array is the tail of its ``.npy`` bytes (size known from
+    the sent model): the copy reads no header, so the floor is the memory traffic
+    and the product alone.
+    """
+    sizes = [(math.prod(a.shape), np.dtype(a.dtype)) for a in fx.theta.values()]
     with _PeakRss() as mem:
         t0 = time.perf_counter()
         for row, arrays in zip(x, fx.reply_arrays, strict=True):
             start = 0
-            for array in arrays.values():
-                header = parse_npy_header(array.data)
-                size = math.prod(header.shape)
+            for array, (size, dtype) in zip(arrays.values(), sizes, strict=True):
+                data = array.data
                 row[start : start + size] = np.frombuffer(
-                    array.data, dtype=header.dtype, count=size, offset=header.offset
+                    data,
+                    dtype=dtype,
+                    count=size,
+                    offset=len(data) - size * dtype.itemsize,
                 )
                 start += size
         xt = torch.from_numpy(x)

@@ -339,21 +339,23 @@ def scaled_centred_gram(
 def _one_chunk_centred_gram(x: torch.Tensor, work: torch.dtype) -> torch.Tensor | None:
     """The centred Gram of a matrix that fits one chunk, from its plain Gram.
 
-    The plain product is needed anyway; its medoid is the reference row, and when
-    the rows are about as long around the origin as around it (the conditioning
-    test of the chunked path) the centred Gram follows by ``n × n`` algebra, with
-    no column sample. ``None`` when they are not: the caller then centres the
-    columns explicitly on the sample's reference row.
+    The plain product is needed anyway; its medoid is the reference row (a far
+    minority cannot drag a medoid, as it would the row closest to the mean), and
+    when the rows are about as long around the origin as around it (the
+    conditioning test of the chunked path) the centred Gram follows by
+    ``n × n`` algebra, with no column sample. ``None`` when they are not: the
+    caller then centres the columns explicitly on the sample's reference row.
     """
     plain, _ = _gram64(x, work)
     cpu = plain.cpu()
-    ref = medoid(cpu, sq_distances_from_gram(cpu).sqrt())
+    ref = medoid(cpu, sq_distances_from_gram(cpu).sqrt_())
     centred = _centre_gram(cpu, ref)
     if _conditioning(cpu, centred, ref) > _MAX_CONDITIONING:
         return None
-    gram = _centre_gram(plain, ref)
+    if plain.device != cpu.device:
+        centred = _centre_gram(plain, ref)
     # BLAS may round G[i, j] and G[j, i] differently; make it exactly symmetric.
-    return (gram + gram.T) / 2
+    return (centred + centred.T) / 2
 
 
 def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Tensor:
