@@ -238,7 +238,7 @@ def test_every_option_of_every_subcommand_has_help() -> None:
     subparsers = next(
         a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
     )
-    assert set(subparsers.choices) == {"grid", "report"}
+    assert set(subparsers.choices) == {"grid", "report", "run", "status"}
     for name, sub in subparsers.choices.items():
         helped = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
         assert helped, name
