@@ -171,8 +171,9 @@ def _reliable(product: torch.Tensor, cols: torch.Tensor) -> bool:
     Judged row by row: a row whose squared norm is below ``_TINY`` may have lost its
     values to underflow, even when another row is large.
     """
-    # |G_ij| sums to at most n² · 1e82 for finite float32 input: finite iff all are.
-    if not math.isfinite(float(product.abs().sum())):
+    # A float32 product's entries are finite float32 values or ±inf, so their
+    # float64 sum is finite iff all of them are (±inf together give NaN).
+    if not math.isfinite(float(product.sum())):
         return False
     diag = product.diagonal()
     if float(diag.min()) >= _TINY:

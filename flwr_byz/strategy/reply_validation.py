@@ -264,10 +264,22 @@ def decode_update_into(
     RejectReason or None
         Why the reply is rejected, or ``None`` if ``out`` now holds its update.
     """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _decode(arrays, layout, theta, out, headers or {})
+
+
+def _decode(
+    arrays: Mapping[str, ArrayLike],
+    layout: ModelLayout,
+    theta: Mapping[str, np.ndarray],
+    out: np.ndarray,
+    headers: Mapping[str, bytes],
+) -> RejectReason | None:
+    """:func:`decode_update_into` under the caller's ``np.errstate`` (one per
+    round, not one per reply)."""
     reason, entries = _read_entries(arrays, layout)
     if reason is not None:
         return reason
-    headers = headers or {}
     # Integer arrays are not aggregated, but a malformed one still marks the
     # reply as malformed.
     for i, key in enumerate(layout.keys):
@@ -279,30 +291,40 @@ def decode_update_into(
                 return reason
     sources: list[tuple[int, np.ndarray]] = []
     checked = 0  # out[:checked] is known to be finite
-    with np.errstate(over="ignore", invalid="ignore"):
-        for i, key, start, stop in layout.segments():
-            reason, src = _payload(
-                entries[i], layout.shapes[i], layout.dtypes[i], headers.get(key)
+    for i, key, start, stop in layout.segments():
+        reason, src = _payload(
+            entries[i], layout.shapes[i], layout.dtypes[i], headers.get(key)
+        )
+        if reason is not None:
+            return reason
+        sources.append((start, src))
+        sent = theta[key]
+        for a in range(0, stop - start, _BLOCK):
+            b = min(a + _BLOCK, stop - start)
+            np.subtract(
+                src[a:b], sent[a:b], out=out[start + a : start + b], casting="same_kind"
             )
-            if reason is not None:
-                return reason
-            sources.append((start, src))
-            sent = theta[key]
-            for a in range(0, stop - start, _BLOCK):
-                b = min(a + _BLOCK, stop - start)
-                np.subtract(
-                    src[a:b],
-                    sent[a:b],
-                    out=out[start + a : start + b],
-                    casting="same_kind",
-                )
-                if start + b - checked >= _BLOCK:
-                    if not _finite(out[checked : start + b]):
-                        return _non_finite_reason(sources, checked, start + b)
-                    checked = start + b
-        if checked < layout.d and not _finite(out[checked : layout.d]):
-            return _non_finite_reason(sources, checked, layout.d)
+            if start + b - checked >= _BLOCK:
+                if not _finite(out[checked : start + b]):
+                    return _non_finite_reason(sources, checked, start + b)
+                checked = start + b
+    if checked < layout.d and not _finite(out[checked : layout.d]):
+        return _non_finite_reason(sources, checked, layout.d)
     return None
+
+
+def _decode_or_malformed(
+    cand: Candidate,
+    sent: SentModel,
+    flat_sent: Mapping[str, np.ndarray],
+    out: np.ndarray,
+) -> RejectReason | None:
+    """:func:`_decode` of a candidate; whatever its bytes make fail is MALFORMED."""
+    try:
+        return _decode(cand.arrays, sent.layout, flat_sent, out, sent.headers)
+    except Exception:  # client bytes must never crash the server
+        log(logging.DEBUG, "decode failure", exc_info=True)
+        return RejectReason.MALFORMED
 
 
 def _non_finite_reason(
@@ -624,18 +646,13 @@ def validate_replies(
         matrix = np.empty((len(pending), layout.d), dtype=np.float32)
     flat_sent = {k: v.reshape(-1) for k, v in sent.arrays.items()}
     valid: list[tuple[Candidate, float]] = []
-    for cand, weight in pending:
-        try:
-            reason = decode_update_into(
-                cand.arrays, layout, flat_sent, matrix[len(valid)], sent.headers
-            )
-        except Exception:  # client bytes must never crash the server
-            log(logging.DEBUG, "decode failure", exc_info=True)
-            reason = RejectReason.MALFORMED
-        if reason is None:
-            valid.append((cand, weight))
-        else:
-            _reject(report, cand.node_id, reason)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for cand, weight in pending:
+            reason = _decode_or_malformed(cand, sent, flat_sent, matrix[len(valid)])
+            if reason is None:
+                valid.append((cand, weight))
+            else:
+                _reject(report, cand.node_id, reason)
     node_ids = [int(c.node_id) for c, _ in valid]
     report.node_ids = node_ids
     report.partition_ids = [int(c.partition_id) for c, _ in valid]
@@ -697,24 +714,19 @@ def average_replies(
     total = np.zeros(layout.d, dtype=np.float64)
     flat_sent = {k: v.reshape(-1) for k, v in sent.arrays.items()}
     valid: list[tuple[Candidate, float]] = []
-    for cand, weight in pending:
-        try:
-            reason = decode_update_into(
-                cand.arrays, layout, flat_sent, row, sent.headers
-            )
-        except Exception:  # client bytes must never crash the server
-            log(logging.DEBUG, "decode failure", exc_info=True)
-            reason = RejectReason.MALFORMED
-        if reason is not None:
-            _reject(report, cand.node_id, reason)
-            continue
-        sample[len(valid)] = row if columns is None else row[columns]
-        if weighted_by is None:
-            total += row
-        else:
-            # The weight is applied in float64: no float32 product can overflow.
-            total += row.astype(np.float64) * weight
-        valid.append((cand, weight))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for cand, weight in pending:
+            reason = _decode_or_malformed(cand, sent, flat_sent, row)
+            if reason is not None:
+                _reject(report, cand.node_id, reason)
+                continue
+            sample[len(valid)] = row if columns is None else row[columns]
+            if weighted_by is None:
+                total += row
+            else:
+                # The weight is applied in float64: no float32 product overflows.
+                total += row.astype(np.float64) * weight
+            valid.append((cand, weight))
     mean = None
     if valid:
         weight_sum = float(sum(w for _, w in valid)) if weighted_by else len(valid)
