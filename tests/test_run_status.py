@@ -22,9 +22,7 @@ import pytest
 from flwr.app import Error, Message, Metadata, MetricRecord
 from flwr.common.constant import ErrorCode
 
-from flwr_byz.app.observed_strategy import stop_on_configuration_errors
 from flwr_byz.app.results import (
-    ClientConfigurationError,
     ResultsFile,
     RunDirectoryError,
     check_unused,
@@ -32,6 +30,10 @@ from flwr_byz.app.results import (
 )
 from flwr_byz.app.round_log import RoundLog
 from flwr_byz.attacks import CONFIGURATION_ERROR, byzantine_mod
+from flwr_byz.configuration_errors import (
+    ClientConfigurationError,
+    stop_on_configuration_errors,
+)
 from flwr_byz.experiments.cli import EXIT_CODES, main, run_status
 from flwr_byz.experiments.local_superlink import LocalSuperLink, run_config_arg
 
@@ -264,6 +266,32 @@ def test_a_round_of_only_configuration_errors_stops_the_run() -> None:
     # One other error, or no reply at all: the round goes on as a round.
     stop_on_configuration_errors(3, [*replies, _error_reply("out of memory", 13)])
     stop_on_configuration_errors(3, [])
+
+
+def test_a_flwr_byz_strategy_in_any_app_stops_on_a_round_of_configuration_errors():
+    """Not only this app's ServerApp: a strategy imported into a user's app (e.g.
+    Flower's quickstart with the mod) raises instead of freezing every round."""
+    from strategy_helpers import instructions, model_arrays, server_identity
+
+    from flwr_byz.strategy import FABA
+
+    reason = _raised_on_a_node(byzantine_mod)
+    strategy = FABA(num_malicious_nodes=0)
+    with server_identity():
+        msgs = instructions(strategy, 1, model_arrays(0), [1, 2, 3])
+        replies = [
+            Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                reply_to=m,
+            )
+            for m in msgs
+        ]
+        with pytest.raises(ClientConfigurationError, match="round 1: every reply"):
+            strategy.aggregate_train(1, replies)
+        # One ordinary error among them: a round like any other.
+        replies[0] = Message(Error(code=0, reason="out of memory"), reply_to=msgs[0])
+        _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["num-valid"] == 0
 
 
 # ----------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ nodes never answered a training round and why, and bounds the wait for nodes of
 a strategy that samples with Flower's own ``sample_nodes`` (which would wait
 forever for a node that died).
 
-It stops the run (:class:`~flwr_byz.app.results.ClientConfigurationError`) at the
-first training round in which every reply is ``byzantine_mod``'s configuration
-error: no round of such a run could ever aggregate.
+It stops the run (:class:`~flwr_byz.configuration_errors.ClientConfigurationError`)
+at the first training round in which every reply is ``byzantine_mod``'s
+configuration error, whatever strategy it wraps: no round of such a run could
+ever aggregate.
 
 It also lets a resumed run go on with the round numbers of the run it continues:
 Flower's ``Strategy.start`` always counts from 1, so the wrapper adds
@@ -30,8 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from flwr_byz.app.results import ClientConfigurationError
-from flwr_byz.attacks.mod import configuration_error_text, is_configuration_error
+from flwr_byz.configuration_errors import stop_on_configuration_errors
 from flwr_byz.strategy.reply_validation import (
     attribute_replies,
     instruction_destinations,
@@ -188,15 +188,3 @@ class ObservedStrategy(Strategy):
         if self.order_key is not None:
             replies.sort(key=lambda msg: self.order_key(msg.metadata.src_node_id))
         return replies
-
-
-def stop_on_configuration_errors(server_round: int, replies: list[Message]) -> None:
-    """Raise when every reply of the round is ``byzantine_mod``'s configuration
-    error (a round without replies is a liveness matter, not this)."""
-    if not replies or not all(is_configuration_error(r) for r in replies):
-        return
-    raise ClientConfigurationError(
-        f"round {server_round}: every reply ({len(replies)}) is a ClientApp "
-        "configuration error, so no round can aggregate; fix the ClientApp. The "
-        f"first: {configuration_error_text(replies[0])}"
-    )

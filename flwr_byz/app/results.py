@@ -70,11 +70,6 @@ class RunDirectoryError(RunConfigError):
     """A run directory that holds another run's results; the message says what to do."""
 
 
-class ClientConfigurationError(RuntimeError):
-    """Every reply of a training round is a client's configuration error (e.g.
-    ``byzantine_mod`` without an attack): no round could ever aggregate."""
-
-
 class RunInterruptedError(RuntimeError):
     """The run stopped before its end for a reason outside the experiment: a signal
     or fault injection (``fault-stop-after-round``)."""

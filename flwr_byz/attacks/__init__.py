@@ -9,6 +9,8 @@ Two places to run them:
   (ALIE, IPM, min-max, min-sum) in simulations.
 """
 
+from flwr_byz.configuration_errors import CONFIGURATION_ERROR, is_configuration_error
+
 from .active import ActiveAttack, active_attack
 from .adaptive import adaptive_fault_gradient
 from .behaviour import attack_generator, tamper_update
@@ -27,12 +29,10 @@ from .config import (
     role_for,
 )
 from .mod import (
-    CONFIGURATION_ERROR,
     ByzantineMod,
     ModConfigurationError,
     byzantine_mod,
     is_compromised,
-    is_configuration_error,
     node_key,
 )
 from .omniscient import PERTURBATIONS, alie, alie_z, ipm, min_max, min_sum

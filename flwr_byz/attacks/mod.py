@@ -31,6 +31,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
+from flwr_byz.configuration_errors import CONFIGURATION_ERROR
 from flwr_byz.records import IDENTITY_RECORD
 
 from ._flat import ArrayMismatchError, as_numpy, check_same_layout, flat_update
@@ -55,36 +56,12 @@ _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
 
 
-#: In the text of every configuration error of the mod (the exception it raises on a
-#: node, and the reason of the error replies it sends).
-CONFIGURATION_ERROR = "byzantine_mod configuration error"
-
-
 class ModConfigurationError(ValueError):
     """The mod cannot run as configured; the message starts with
     :data:`CONFIGURATION_ERROR`."""
 
     def __init__(self, text: str) -> None:
         super().__init__(f"{CONFIGURATION_ERROR}: {text}")
-
-
-def is_configuration_error(reply: Message) -> bool:
-    """Whether ``reply`` is an error reply carrying the mod's configuration error
-    (raised on the node and reported by Flower, or sent by the mod itself)."""
-    try:
-        return reply.has_error() and CONFIGURATION_ERROR in str(reply.error.reason)
-    except Exception:  # pylint: disable=broad-except
-        return False
-
-
-def configuration_error_text(reply: Message) -> str:
-    """The mod's own words in a configuration error reply (without what Flower or
-    Ray wrapped around them), or ``""``."""
-    if not is_configuration_error(reply):
-        return ""
-    reason = str(reply.error.reason)
-    line = reason[reason.index(CONFIGURATION_ERROR) :].splitlines()[0]
-    return line.removesuffix("'>").strip()
 
 
 def _parse_bool(value: Any) -> bool:

@@ -26,6 +26,7 @@ from flwr_byz.aggregation.bounds import byzantine_budget
 from flwr_byz.aggregation.registry import REGISTRY, RULE_BY_NAME
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.sketch import CountSketch
+from flwr_byz.configuration_errors import stop_on_configuration_errors
 from flwr_byz.devices import resolve_device
 
 from .client_metrics import mean_client_metrics
@@ -555,8 +556,12 @@ class RobustStrategy(FedAvg):
             )
         # The SuperLink answers for a node it considers gone (sender id 1): such a
         # notice makes that node missing, it is not a reply to validate.
+        replies = list(replies)
+        # A round of nothing but ClientApp configuration errors (e.g. a bare
+        # byzantine_mod) can never aggregate: stop the run with that error.
+        stop_on_configuration_errors(server_round, replies)
         destinations = instruction_destinations(self._instructions)
-        replies, absent = attribute_replies(list(replies), destinations, sent.node_ids)
+        replies, absent = attribute_replies(replies, destinations, sent.node_ids)
         candidates = []
         for msg in replies:
             try:
