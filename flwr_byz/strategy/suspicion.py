@@ -33,7 +33,7 @@ import math
 import numpy as np
 import torch
 
-from flwr_byz.aggregation.coordinatewise import column_chunks, median_of_chunk
+from flwr_byz.aggregation.coordinatewise import sorted_median
 from flwr_byz.aggregation.distances import SAMPLE_BLOCK, sample_starts
 
 #: Robust z-score above which a node's distance to the median is an outlier.
@@ -64,12 +64,13 @@ def median_distances(updates: torch.Tensor, *, sampled: bool = False) -> np.ndar
     index = None if sampled else sample_index(*updates.shape)
     if index is not None:
         sample = updates[:, torch.from_numpy(index).to(updates.device)]
-    # Selected in the input precision (the order does not depend on it), the
-    # midpoints and distances in float64.
-    centre = column_chunks(sample, median_of_chunk, dtype=torch.float64)
-    return (
-        torch.linalg.vector_norm(sample.to(torch.float64) - centre, dim=1).cpu().numpy()
-    )
+    # Sorted in the input precision (the order does not depend on it; numpy's
+    # vectorised sort of short rows beats selection), midpoints and distances in
+    # float64. The sample is small (at most 2^17 values): on the CPU.
+    sample = sample.cpu()
+    ordered = np.sort(np.ascontiguousarray(sample.numpy().T), axis=1)
+    centre = sorted_median(torch.from_numpy(ordered))
+    return torch.linalg.vector_norm(sample.to(torch.float64) - centre, dim=1).numpy()
 
 
 def outlier_rows(scores: np.ndarray, k: float = OUTLIER_K) -> list[int]:
