@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from flwr_byz.aggregation.bounds import require_rows
@@ -34,11 +35,13 @@ def krum_scores(sq_dist: torch.Tensor, f: int) -> list[float]:
         Number of Byzantine rows.
     """
     n = sq_dist.shape[0]
-    others = sq_dist.to(device="cpu", dtype=torch.float64).clone()
     # A NaN distance (never produced from finite input) sorts as the farthest.
-    others = others.nan_to_num(nan=math.inf)
+    others = sq_dist.to(device="cpu", dtype=torch.float64).nan_to_num(nan=math.inf)
     others.fill_diagonal_(math.inf)
-    nearest = torch.sort(others, dim=1).values[:, : n - f - 2].contiguous()
+    # numpy's vectorised sort: the same order as torch.sort, several times faster
+    # on the CPU for the short rows of an n × n matrix.
+    ordered = np.sort(others.numpy(), axis=1)
+    nearest = torch.from_numpy(np.ascontiguousarray(ordered[:, : n - f - 2]))
     return nearest.sum(dim=1).tolist()
 
 
