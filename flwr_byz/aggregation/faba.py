@@ -9,7 +9,7 @@ import torch
 from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.distances import scaled_centred_gram
 from flwr_byz.aggregation.mean import combine_rows
-from flwr_byz.aggregation.ordering import argmax_lowest
+from flwr_byz.aggregation.ordering import argmax_lowest_allowed
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
@@ -77,7 +77,7 @@ def faba(
     removed: list[int] = []
     for _ in range(f):
         scaled = (k * k) * diag - (2 * k) * g_keep + quad
-        j = argmax_lowest(scaled, (keep > 0).tolist())
+        j = argmax_lowest_allowed(scaled, keep > 0)
         worst = float(scaled[j])
         scores[j] = scale * math.sqrt(max(worst, 0.0)) / k
         removed.append(j)

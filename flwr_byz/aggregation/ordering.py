@@ -51,3 +51,19 @@ def argmax_lowest(
     if best < 0:
         raise ValueError("argmax_lowest: no row is allowed")
     return best
+
+
+def argmax_lowest_allowed(values: torch.Tensor, allowed: torch.Tensor) -> int:
+    """:func:`argmax_lowest` of a 1-D float tensor among the rows where the bool
+    tensor ``allowed`` holds, in tensor operations (for a rule's inner loop)."""
+    candidates = torch.where(allowed, values, -math.inf)
+    nan = torch.isnan(candidates)
+    if bool(nan.any()):
+        return int(torch.nonzero(nan)[0])
+    if not bool(allowed.any()):
+        raise ValueError("argmax_lowest: no row is allowed")
+    # torch.argmax returns the first of equal maxima: the lowest index.
+    best = int(torch.argmax(candidates))
+    if not bool(allowed[best]):  # every allowed value is -inf
+        best = int(torch.nonzero(allowed)[0])
+    return best
