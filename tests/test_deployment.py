@@ -316,9 +316,9 @@ def test_tls_deployment_faba_removes_the_attacker_and_a_sleeper_never_stalls(
     for entry in rounds[1:]:
         assert entry["missing"] == [late], entry
         assert len(entry["node-ids"]) == 3 and not entry["rejected"], entry
-        # The grid polls every 3 s: the round ends within the timeout plus a poll
-        # and the aggregation, not when the sleeper wakes up.
-        assert timeout <= entry["train-time-s"] < timeout + 10, entry
+        # The round ends at its timeout (plus a 3 s poll and the aggregation, and
+        # whatever a loaded machine adds), not when the sleeper wakes up (600 s).
+        assert timeout <= entry["train-time-s"] < timeout + 60, entry
         assert entry["removed-node-ids"] == truth["byzantine-node-ids"], entry
         assert len(entry["selected-node-ids"]) == 2
     assert results["summary"]["detection-correct"] is True
