@@ -44,6 +44,9 @@ MAX_NUM_EXAMPLES = 2**31
 # Δ is written and checked in blocks small enough to stay in cache, so the
 # finiteness check costs no extra pass over memory.
 _BLOCK = 1 << 17
+# Small arrays are checked together once this many values are written since the
+# last check: few calls per reply, and the values still in cache when read.
+_CHECK = 1 << 14
 
 
 class RejectReason(IntEnum):
@@ -310,7 +313,7 @@ def _decode(
         sent = theta[key]
         if stop - start <= _BLOCK:  # most arrays: one call (ufuncs cast same_kind)
             np.subtract(src, sent, out[start:stop])
-            if stop - checked >= _BLOCK:
+            if stop - checked >= _CHECK:
                 if not _finite(out[checked:stop]):
                     return _non_finite_reason(sources, checked, stop)
                 checked = stop
@@ -318,7 +321,7 @@ def _decode(
         for a in range(0, stop - start, _BLOCK):
             b = min(a + _BLOCK, stop - start)
             np.subtract(src[a:b], sent[a:b], out[start + a : start + b])
-            if start + b - checked >= _BLOCK:
+            if start + b - checked >= _CHECK:
                 if not _finite(out[checked : start + b]):
                     return _non_finite_reason(sources, checked, start + b)
                 checked = start + b
