@@ -2,7 +2,8 @@
 
 Run::
 
-    python -m benchmarks.bench_scale [--ns 10,50,200,500,1000] [--dims 20000,33130,1000000]
+    python -m benchmarks.bench_scale [--ns 10,50,200,500,1000]
+        [--dims 20000,33130,1000000]
 
 See :func:`main` for the options. For each (n, d) the same ``n`` reply Messages
 (updates from :func:`scale_updates`) are aggregated, at strategy level
