@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from logging import ERROR, INFO
 from typing import Any
 
@@ -344,7 +344,7 @@ def run(grid: Grid, cfg: dict[str, Any], run_id: int | None = None) -> dict[str,
 
 def _run_name(run_id: int | None) -> str:
     """What ``{run}`` in ``output-dir`` becomes: UTC date-time and run id."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{run_id if run_id is not None else uuid.uuid4().hex[:8]}"
 
 

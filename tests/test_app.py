@@ -7,17 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 from run_comparison import assert_bit_equal, comparable, final_state
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from flwr_byz.app.config import (
     RunConfigError,

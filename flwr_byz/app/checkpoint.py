@@ -31,7 +31,7 @@ import os
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -525,7 +525,7 @@ class Resume:
                 "after-episode": self.episode,
                 "after-round": self.round,
                 "previous-status": self.previous_status,
-                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
                 "versions": package_versions(),
             },
         ]

@@ -13,7 +13,7 @@ import math
 import os
 import platform
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from logging import INFO
 from pathlib import Path
@@ -292,7 +292,7 @@ class ResultsFile:
             self.data = {
                 "config": dict(config),
                 "versions": package_versions(),
-                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
                 "status": "running",
                 "ground-truth": ground_truth,
                 "rounds": [],

@@ -127,7 +127,7 @@ def make_certificates(
     if not overwrite:
         _refuse_existing(targets, f"the CA in {directory}", _OVERWRITE)
     _make_directory(directory)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before, not_after = (
         now - datetime.timedelta(minutes=5),
         now + datetime.timedelta(days=days),

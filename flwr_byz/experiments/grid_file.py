@@ -29,18 +29,13 @@ an axis in it). Without ``[axes]`` a file with groups runs only the groups.
 from __future__ import annotations
 
 import difflib
-import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flwr_byz.experiments.grid import GridGroup, GridSpec, grid_keys
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, which Flower depends on
-    import tomli as tomllib
 
 _TOP = ("out", "axes", "set", "group")
 _GROUP = ("name", "axes", "set")
