@@ -13,8 +13,10 @@ from strategy_helpers import instructions, model_arrays, reply, server_identity,
 
 from flwr_byz.aggregation import AggregationResult, min_nodes
 from flwr_byz.aggregation import registry as reg
+from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.app.config import STRATEGY_NAMES, check_run_config
 from flwr_byz.strategy import STRATEGIES, RobustStrategy, strategy_for
+from flwr_byz.validation import number
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -51,31 +53,40 @@ def test_flags_come_from_the_registry() -> None:
             assert cls.supports_weights == rule.supports_weights
 
 
-def _largest_norm_dropped(x: torch.Tensor, f: int) -> AggregationResult:
-    """A toy rule: drop the f rows of largest norm, average the rest."""
+def _largest_norm_dropped(
+    ri: RoundInput, *, sketch: object = None, shrink: float = 1.0
+) -> AggregationResult:
+    """A toy rule: drop the f rows of largest norm, average the rest, scale it."""
+    x, f = ri.updates, ri.f
     order = torch.argsort(torch.linalg.vector_norm(x, dim=1)).tolist()
     keep, drop = sorted(order[: x.shape[0] - f]), order[x.shape[0] - f :][::-1]
-    return AggregationResult(x[keep].mean(dim=0), tuple(keep), tuple(drop))
+    return AggregationResult(shrink * x[keep].mean(dim=0), tuple(keep), tuple(drop))
+
+
+TOY = reg.Rule(
+    "toy-norm",
+    bound=lambda f: 2 * f + 1,
+    bound_text="2f+1",
+    uses_f=True,
+    supports_weights=False,
+    description="drop the f largest norms",
+    function=_largest_norm_dropped,
+    aggregate=_largest_norm_dropped,
+    params=(reg.Param("shrink", 1.0, number(0.0, 1.0), "factor on the mean"),),
+)
 
 
 def test_a_new_rule_is_one_function_and_one_entry(monkeypatch) -> None:
-    toy = reg.Rule(
-        "toy-norm",
-        lambda f: 2 * f + 1,
-        "2f+1",
-        True,
-        False,
-        "drop the f largest norms",
-        aggregate=lambda x, f, w: _largest_norm_dropped(x, f),
-    )
-    monkeypatch.setitem(reg.RULE_BY_NAME, toy.name, toy)
-    cls = strategy_for(toy)
+    monkeypatch.setitem(reg.RULE_BY_NAME, TOY.name, TOY)
+    cls = strategy_for(TOY)
     assert issubclass(cls, RobustStrategy) and cls.__name__ == "ToyNorm"
     assert cls.uses_f and not cls.supports_weights
     with pytest.raises(ValueError, match="Byzantine budget"):
         cls()
+    with pytest.raises(ValueError, match=r"shrink=2: allowed values are a number"):
+        cls(num_malicious_nodes=1, shrink=2)
     with server_identity():
-        strategy = cls(num_malicious_nodes=1)
+        strategy = cls(num_malicious_nodes=1, shrink=0.5)
         theta = model_arrays(2)
         msgs = instructions(strategy, 1, theta, [1, 2, 3, 4])
         steps = {1: 0.1, 2: 0.1, 3: 0.1, 4: 50.0}
@@ -86,7 +97,21 @@ def test_a_new_rule_is_one_function_and_one_entry(monkeypatch) -> None:
         arrays, metrics = strategy.aggregate_train(1, replies)
     assert metrics["removed-node-ids"] == [4]
     assert metrics["min-nodes"] == 3
-    np.testing.assert_allclose(arrays["b"].numpy(), theta["b"] + 0.1, rtol=1e-6)
+    np.testing.assert_allclose(arrays["b"].numpy(), theta["b"] + 0.05, rtol=1e-6)
+
+
+def test_a_rule_parameter_gets_its_run_config_key(monkeypatch) -> None:
+    from flwr_byz.app import config, strategy_factory
+
+    monkeypatch.setattr(config, "REGISTRY", (*reg.REGISTRY, TOY))
+    key = config._rule_parameter_keys()["toy-norm-shrink"]
+    assert key.default == 1.0 and key.check(2) is not None and key.check(0.5) is None
+    monkeypatch.setitem(reg.RULE_BY_NAME, TOY.name, TOY)
+    monkeypatch.setitem(STRATEGIES, TOY.name, strategy_for(TOY))
+    cfg = {**config.with_defaults({}), "strategy": "toy-norm", "toy-norm-shrink": 0.25}
+    strategy = strategy_factory.build_strategy(cfg, 10, None, None, "cpu")  # type: ignore[arg-type]
+    assert strategy.rule_params == {"shrink": 0.25}
+    assert strategy.malicious_fraction == 0.3
 
 
 def test_the_app_builds_every_plain_rule_from_the_registry() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr_byz.aggregation.bounds import byzantine_budget, min_nodes
+from flwr_byz.aggregation.bounds import byzantine_budget
 from flwr_byz.aggregation.brute_force import brute_force
 from flwr_byz.aggregation.bulyan import bulyan
 from flwr_byz.aggregation.coordinatewise import coordinate_median, trimmed_mean
@@ -26,21 +26,12 @@ from flwr_byz.aggregation.fltrust import fltrust
 from flwr_byz.aggregation.geomed import geomed_medoid, geometric_median
 from flwr_byz.aggregation.krum import krum, multikrum
 from flwr_byz.aggregation.mean import mean
+from flwr_byz.aggregation.registry import REGISTRY, min_nodes
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.zeno import zeno
 
 RULES: dict[str, Callable[..., AggregationResult]] = {
-    "mean": mean,
-    "faba": faba,
-    "krum": krum,
-    "multikrum": multikrum,
-    "bulyan": bulyan,
-    "geomed": geomed_medoid,
-    "median": coordinate_median,
-    "trimmed-mean": trimmed_mean,
-    "brute-force": brute_force,
-    "fltrust": fltrust,
-    "zeno": zeno,
+    rule.name: rule.function for rule in REGISTRY
 }
 """Run-config rule name -> function. Signatures differ (see each function)."""
 

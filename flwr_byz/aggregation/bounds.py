@@ -1,57 +1,13 @@
-"""How many rows each rule needs to tolerate ``f`` Byzantine rows."""
+"""The Byzantine budget ``f`` of a fraction of rows.
+
+Each rule's bound (how many rows it needs for ``f``) is part of its entry
+(:class:`~flwr_byz.aggregation.rule.Rule`); by name:
+:func:`~flwr_byz.aggregation.registry.min_nodes`.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .registry import Rule
-
-
-def _rule(rule: str) -> Rule:
-    # Imported here: the registry imports the rule modules, which import this one.
-    from .registry import RULE_BY_NAME
-
-    if rule not in RULE_BY_NAME:
-        raise ValueError(
-            f"min_nodes: unknown rule {rule!r}; allowed: "
-            f"{', '.join(sorted(RULE_BY_NAME))}"
-        )
-    return RULE_BY_NAME[rule]
-
-
-def min_nodes(rule: str, f: int) -> int:
-    """Smallest number of rows ``n`` with which ``rule`` tolerates ``f`` Byzantine rows.
-
-    Parameters
-    ----------
-    rule : str
-        A rule of :data:`~flwr_byz.aggregation.registry.REGISTRY` (its ``bound``).
-    f : int
-        Number of Byzantine rows, >= 0.
-
-    Returns
-    -------
-    int
-        ``1`` for mean and FLTrust, ``f+1`` for Zeno (``b = f``), ``2f+1`` for
-        FABA (n > 2f), GeoMed, median, trimmed mean and brute force, ``2f+3`` for
-        Krum and MultiKrum, ``4f+3`` for Bulyan.
-    """
-    entry = _rule(rule)
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise ValueError(f"min_nodes: f must be an integer >= 0, got {f!r}")
-    return int(entry.bound(f))
-
-
-def require_rows(rule: str, n: int, f: int) -> None:
-    """Raise ``ValueError`` naming n, f and the bound when ``n`` is too small."""
-    needed = min_nodes(rule, f)
-    if n < needed:
-        raise ValueError(
-            f"{rule} needs n >= {_rule(rule).bound_text} = {needed} rows to tolerate "
-            f"f = {f} Byzantine rows, got n = {n}"
-        )
 
 
 def byzantine_budget(alpha: float, n: int) -> int:

@@ -7,10 +7,12 @@ import math
 
 import torch
 
-from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
 from flwr_byz.aggregation.mean import combine_rows
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.aggregation.rule import Rule
+from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_f, check_updates
 
 _BATCH = 4096
@@ -44,7 +46,7 @@ def brute_force(
     """
     n, _ = check_updates(x, "brute-force")
     f = check_f(f, "brute-force")
-    require_rows("brute-force", n, f)
+    RULE.require_rows(n, f)
     count = math.comb(n, f)
     if count > max_subsets:
         raise ValueError(
@@ -88,3 +90,22 @@ def brute_force(
         scores=tuple(scores),
         weights=tuple(coeffs.tolist()),
     )
+
+
+def _aggregate(
+    round_input: RoundInput, *, sketch: CountSketch | None = None
+) -> AggregationResult:
+    return brute_force(round_input.updates, round_input.f)
+
+
+RULE = Rule(
+    "brute-force",
+    bound=lambda f: 2 * f + 1,
+    bound_text="2f+1",
+    uses_f=True,
+    supports_weights=False,
+    description="brute force (FABA paper's baseline): mean of the (n − f)-subset of "
+    "smallest diameter",
+    function=brute_force,
+    aggregate=_aggregate,
+)

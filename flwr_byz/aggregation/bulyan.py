@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.coordinatewise import (
     column_chunks,
     row_mean,
@@ -16,6 +15,8 @@ from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
 from flwr_byz.aggregation.krum import krum_scores
 from flwr_byz.aggregation.ordering import argmin_lowest
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.aggregation.rule import Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_f, check_updates
 
@@ -149,7 +150,7 @@ def bulyan(
     """
     n, _ = check_updates(x, "bulyan")
     f = check_f(f, "bulyan")
-    require_rows("bulyan", n, f)
+    RULE.require_rows(n, f)
     sq, scale = scaled_pairwise_sq_distances(x, sketch=sketch)
     sq = sq.cpu()
     first_scores = [s * scale * scale for s in krum_scores(sq, f)]
@@ -172,3 +173,23 @@ def bulyan(
         removed=tuple(sorted(set(range(n)) - set(chosen))),
         scores=tuple(first_scores),
     )
+
+
+def _aggregate(
+    round_input: RoundInput, *, sketch: CountSketch | None = None
+) -> AggregationResult:
+    return bulyan(round_input.updates, round_input.f, sketch=sketch)
+
+
+RULE = Rule(
+    "bulyan",
+    bound=lambda f: 4 * f + 3,
+    bound_text="4f+3",
+    uses_f=True,
+    supports_weights=False,
+    description="Bulyan (El Mhamdi et al., ICML 2018): n − 2f updates by repeated "
+    "Krum, then per coordinate the mean of the n − 4f closest to the median",
+    function=bulyan,
+    aggregate=_aggregate,
+    uses_distances=True,
+)

@@ -21,7 +21,11 @@ import torch
 
 from flwr_byz.aggregation.bounds import byzantine_budget
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.aggregation.rule import Param, Rule
+from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_updates
+from flwr_byz.validation import number
 
 #: Values per chunk (rows × columns). A chunk's working copies (transposed, partially
 #: ordered, float64, sort indices: up to ≈ 60 bytes a value, Bulyan's) stay ≈ 16 MB
@@ -181,3 +185,50 @@ def trimmed_mean(x: torch.Tensor, beta: float) -> AggregationResult:
     cut = byzantine_budget(float(beta), n)
     agg = column_chunks(x, lambda c: _trimmed_mean_of_chunk(c, cut))
     return AggregationResult(aggregate=agg, selected=tuple(range(n)))
+
+
+def _aggregate_median(
+    round_input: RoundInput, *, sketch: CountSketch | None = None
+) -> AggregationResult:
+    return coordinate_median(round_input.updates)
+
+
+def _aggregate_trimmed_mean(
+    round_input: RoundInput, *, sketch: CountSketch | None = None, beta: float = 0.2
+) -> AggregationResult:
+    return trimmed_mean(round_input.updates, beta)
+
+
+MEDIAN = Rule(
+    "median",
+    bound=lambda f: 2 * f + 1,
+    bound_text="2f+1",
+    uses_f=False,
+    supports_weights=False,
+    description="coordinate-wise median (Yin et al., ICML 2018); numpy's even-n median",
+    function=coordinate_median,
+    aggregate=_aggregate_median,
+)
+
+TRIMMED_MEAN = Rule(
+    "trimmed-mean",
+    bound=lambda f: 2 * f + 1,
+    bound_text="2f+1",
+    uses_f=False,
+    supports_weights=False,
+    description="coordinate-wise trimmed mean (Yin et al., ICML 2018): drop the "
+    "floor(βn) largest and smallest per coordinate",
+    function=trimmed_mean,
+    aggregate=_aggregate_trimmed_mean,
+    params=(
+        Param(
+            "beta",
+            0.2,
+            number(0.0, 0.5, high_open=True),
+            "fraction trimmed on each side per coordinate",
+            config_key="assumed-byzantine-fraction",
+        ),
+    ),
+)
+
+RULES = (MEDIAN, TRIMMED_MEAN)

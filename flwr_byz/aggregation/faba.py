@@ -6,11 +6,12 @@ import math
 
 import torch
 
-from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.distances import scaled_centred_gram
 from flwr_byz.aggregation.mean import combine_rows
 from flwr_byz.aggregation.ordering import argmax_lowest_allowed
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.aggregation.rule import Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
     check_f,
@@ -62,7 +63,7 @@ def faba(
     """
     n, _ = check_updates(x, "faba")
     f = check_f(f, "faba")
-    require_rows("faba", n, f)
+    RULE.require_rows(n, f)
     w = check_weights(weights, n, "faba")
     gram, scale = scaled_centred_gram(x, sketch=sketch)
     gram = gram.cpu()
@@ -104,3 +105,23 @@ def faba(
         scores=tuple(scores),
         weights=tuple(coeffs.tolist()),
     )
+
+
+def _aggregate(
+    round_input: RoundInput, *, sketch: CountSketch | None = None
+) -> AggregationResult:
+    return faba(round_input.updates, round_input.f, round_input.weights, sketch=sketch)
+
+
+RULE = Rule(
+    "faba",
+    bound=lambda f: 2 * f + 1,
+    bound_text="2f+1",
+    uses_f=True,
+    supports_weights=True,
+    description="FABA (Xia et al., IJCAI 2019): f times, drop the update farthest "
+    "from the mean of the rest; mean of the n − f left",
+    function=faba,
+    aggregate=_aggregate,
+    uses_distances=True,
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.rule import Rule
 from flwr_byz.aggregation.validation import check_updates
 
 _CPU_CHUNK = 65_536
@@ -143,3 +144,15 @@ def fltrust(
         scores=scores,
         weights=tuple(float(w) for w in weights),
     )
+
+
+RULE = Rule(
+    "fltrust",
+    bound=lambda f: 1,
+    bound_text="1",
+    uses_f=False,
+    supports_weights=False,
+    description="FLTrust (Cao et al., NDSS 2021): trust ReLU(cos) to the server's own "
+    "update, updates rescaled to its norm",
+    function=fltrust,
+)

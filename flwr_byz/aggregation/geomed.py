@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.distances import (
     decision_scaling,
     medoid,
@@ -16,6 +15,8 @@ from flwr_byz.aggregation.distances import (
 )
 from flwr_byz.aggregation.mean import combine_rows, select_row
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.aggregation.rule import Param, Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
     check_f,
@@ -23,6 +24,7 @@ from flwr_byz.aggregation.validation import (
     check_weights,
     normalised,
 )
+from flwr_byz.validation import one_of
 
 # Smallest positive normal float64: the smoothing floor when most rows sit at z.
 _SMALLEST = 2.2250738585072014e-308
@@ -51,7 +53,7 @@ def geomed_medoid(
     """
     n, _ = check_updates(x, "geomed")
     f = check_f(f, "geomed")
-    require_rows("geomed", n, f)
+    RULE.require_rows(n, f)
     gram, scale = scaled_centred_gram(x, sketch=sketch)
     gram = gram.cpu()
     dist = sq_distances_from_gram(gram).sqrt()
@@ -123,7 +125,7 @@ def geometric_median(
     """
     n, _ = check_updates(x, "geometric_median")
     f = check_f(f, "geomed")
-    require_rows("geomed", n, f)
+    RULE.require_rows(n, f)
     for name, value in (("eps", eps), ("tol", tol)):
         if (
             isinstance(value, bool)
@@ -199,3 +201,39 @@ def geometric_median(
         scores=tuple((dist * scale).tolist()),
         weights=tuple(c.tolist()),
     )
+
+
+def _aggregate(
+    round_input: RoundInput,
+    *,
+    sketch: CountSketch | None = None,
+    method: str = "medoid",
+) -> AggregationResult:
+    if method == "medoid":
+        return geomed_medoid(round_input.updates, round_input.f, sketch=sketch)
+    return geometric_median(
+        round_input.updates, round_input.f, weights=round_input.weights, sketch=sketch
+    )
+
+
+RULE = Rule(
+    "geomed",
+    bound=lambda f: 2 * f + 1,
+    bound_text="2f+1",
+    uses_f=True,
+    supports_weights=False,
+    description="GeoMed: the medoid (FABA paper's baseline) or the smoothed-Weiszfeld "
+    "geometric median (weighted)",
+    function=geomed_medoid,
+    aggregate=_aggregate,
+    uses_distances=True,
+    params=(
+        Param(
+            "method",
+            "medoid",
+            one_of(("medoid", "weiszfeld")),
+            "the medoid (an update) or the smoothed-Weiszfeld geometric median",
+            config_key="geomed-method",
+        ),
+    ),
+)

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 
-from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.distances import (
     scaled_cross_sq_distances,
     scaled_pairwise_sq_distances,
@@ -15,6 +14,8 @@ from flwr_byz.aggregation.distances import (
 from flwr_byz.aggregation.mean import combine_rows, select_row
 from flwr_byz.aggregation.ordering import ranked_ascending
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.aggregation.rule import Param, Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
     check_f,
@@ -22,6 +23,7 @@ from flwr_byz.aggregation.validation import (
     check_weights,
     normalised,
 )
+from flwr_byz.validation import integer
 
 
 def krum_scores(sq_dist: torch.Tensor, f: int) -> list[float]:
@@ -96,7 +98,7 @@ def krum(
     """
     n, _ = check_updates(x, "krum")
     f = check_f(f, "krum")
-    require_rows("krum", n, f)
+    KRUM.require_rows(n, f)
     scaled, scores = _scores(x, f, sketch)
     if sketch is None or not sketch.applies_to(*x.shape):
         best = ranked_ascending(scaled)[0]
@@ -138,7 +140,7 @@ def multikrum(
     """
     n, _ = check_updates(x, "multikrum")
     f = check_f(f, "multikrum")
-    require_rows("multikrum", n, f)
+    MULTIKRUM.require_rows(n, f)
     if m is None:
         m = n - f
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
@@ -159,3 +161,61 @@ def multikrum(
         scores=tuple(scores),
         weights=tuple(coeffs.tolist()),
     )
+
+
+def _aggregate_krum(
+    round_input: RoundInput, *, sketch: CountSketch | None = None
+) -> AggregationResult:
+    return krum(round_input.updates, round_input.f, sketch=sketch)
+
+
+def _aggregate_multikrum(
+    round_input: RoundInput,
+    *,
+    sketch: CountSketch | None = None,
+    num_nodes_to_select: int | None = None,
+) -> AggregationResult:
+    m = num_nodes_to_select
+    if m is not None:
+        m = min(m, round_input.n)
+    return multikrum(
+        round_input.updates, round_input.f, m, round_input.weights, sketch=sketch
+    )
+
+
+KRUM = Rule(
+    "krum",
+    bound=lambda f: 2 * f + 3,
+    bound_text="2f+3",
+    uses_f=True,
+    supports_weights=False,
+    description="Krum (Blanchard et al., NeurIPS 2017): the update with the smallest "
+    "sum of squared distances to its n − f − 2 nearest",
+    function=krum,
+    aggregate=_aggregate_krum,
+    uses_distances=True,
+)
+
+MULTIKRUM = Rule(
+    "multikrum",
+    bound=lambda f: 2 * f + 3,
+    bound_text="2f+3",
+    uses_f=True,
+    supports_weights=True,
+    description="MultiKrum (Blanchard et al., NeurIPS 2017): mean of the m lowest "
+    "Krum scores",
+    function=multikrum,
+    aggregate=_aggregate_multikrum,
+    uses_distances=True,
+    params=(
+        Param(
+            "num_nodes_to_select",
+            None,
+            integer(1, optional=True),
+            "number m of updates averaged; None means n - f (capped at n)",
+            config_key=None,
+        ),
+    ),
+)
+
+RULES = (KRUM, MULTIKRUM)

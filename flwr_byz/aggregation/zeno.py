@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import torch
 
-from flwr_byz.aggregation.bounds import require_rows
 from flwr_byz.aggregation.mean import combine_rows
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.rule import Rule
 from flwr_byz.aggregation.validation import (
     check_f,
     check_updates,
@@ -115,7 +115,7 @@ def zeno(
     """
     n, d = check_updates(x, "zeno")
     b = check_f(b, "zeno")
-    require_rows("zeno", n, b)
+    RULE.require_rows(n, b)
     rho = finite_non_negative("zeno: rho", rho)
     gamma = finite_non_negative("zeno: gamma", gamma, positive=True)
     if not isinstance(theta, torch.Tensor) or tuple(theta.shape) != (d,):
@@ -149,3 +149,15 @@ def zeno(
         scores=tuple(scores),
         weights=tuple(coeffs.tolist()),
     )
+
+
+RULE = Rule(
+    "zeno",
+    bound=lambda f: f + 1,
+    bound_text="f+1",
+    uses_f=True,
+    supports_weights=False,
+    description="Zeno (Xie et al., ICML 2019): mean of the n − b updates with the best "
+    "descendant score on the server's data",
+    function=zeno,
+)

@@ -20,7 +20,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from flwr_byz.aggregation import byzantine_budget, min_nodes
-from flwr_byz.aggregation.registry import REGISTRY
+from flwr_byz.aggregation.registry import REGISTRY, RULE_BY_NAME
 from flwr_byz.attacks import ATTACK_DEFAULTS, check_attack_config
 from flwr_byz.data import DATA_DEFAULTS, check_data_config
 from flwr_byz.models import MODELS
@@ -38,10 +38,6 @@ MIN_TIMEOUT_S = 1.0
 #: peer), and every rule of the registry.
 STRATEGY_NAMES = ("gaa", "fedavg", *(rule.name for rule in REGISTRY))
 
-# Strategies whose rule bound is checked against the federation's size before the
-# first round. GAA needs one reply whatever f; FLTrust's and Zeno's bounds (1, b+1)
-# are met by any sampled set, so checking them with the assumed fraction is harmless.
-_RULE_OF_STRATEGY = {rule.name: rule.name for rule in REGISTRY}
 
 
 @dataclass(frozen=True)
@@ -211,7 +207,6 @@ SERVER_KEYS: dict[str, Key] = {
         "clients: squared distances within a relative std of sqrt(2/k))",
         _sketch_width,
     ),
-    "geomed-method": Key("medoid", "GeoMed variant", _one_of("medoid", "weiszfeld")),
     "gaa-policy": Key("evidence", "GAA policy", _one_of("evidence", "paper")),
     "gaa-episode-length": Key(5, "GAA episode length T (rounds)", _int_at_least(1)),
     "gaa-episodes": Key(
@@ -306,6 +301,22 @@ SERVER_KEYS: dict[str, Key] = {
 }
 
 
+def _rule_parameter_keys() -> dict[str, Key]:
+    """The run-config key of every rule parameter, from the rules' registry entries."""
+    keys: dict[str, Key] = {}
+    for rule in REGISTRY:
+        for param in rule.params:
+            name = rule.config_key(param)
+            if name is not None and name not in SERVER_KEYS:
+                keys[name] = Key(
+                    param.default, f"{rule.name}: {param.help}", param.check
+                )
+    return keys
+
+
+SERVER_KEYS.update(_rule_parameter_keys())
+
+
 def strategy_of_option(key: str) -> str | None:
     """The strategy a run-config key configures (``zeno-rho`` → ``zeno``), or None.
 
@@ -380,6 +391,15 @@ def check_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
                 f"run-config key {name!r} = {cfg[name]!r} is invalid: expected "
                 f"{expected} ({key.help})"
             )
+    rule = RULE_BY_NAME.get(cfg["strategy"])
+    for param in rule.params if rule is not None else ():
+        name = rule.config_key(param)
+        expected = param.check(cfg[name]) if name is not None else None
+        if expected is not None:
+            raise RunConfigError(
+                f"run-config key {name!r} = {cfg[name]!r} is invalid for strategy "
+                f"{rule.name!r}: expected {expected} ({param.help})"
+            )
     if cfg["gaa-episodes"] > 1 and cfg["strategy"] != "gaa":
         raise RunConfigError(
             f"run-config key 'gaa-episodes' = {cfg['gaa-episodes']!r} needs "
@@ -400,8 +420,6 @@ def check_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _decides_on_distances(strategy: str) -> bool:
-    from flwr_byz.aggregation.registry import RULE_BY_NAME
-
     rule = RULE_BY_NAME.get(strategy)
     return rule is not None and rule.uses_distances
 
@@ -421,8 +439,10 @@ def check_against_nodes(cfg: Mapping[str, Any], num_nodes: int) -> None:
         the rule's precondition (e.g. Bulyan needs n >= 4f + 3).
     """
     sampled = max(1, int(num_nodes * float(cfg["fraction-train"])))
-    rule = _RULE_OF_STRATEGY.get(cfg["strategy"])
-    if rule is None:
+    # GAA needs one reply whatever f; FLTrust's and Zeno's bounds (1, b+1) are met
+    # by any sampled set, so checking them with the assumed fraction is harmless.
+    rule = cfg["strategy"]
+    if rule not in RULE_BY_NAME:
         return
     f = assumed_f(cfg, sampled)
     needed = min_nodes(rule, f)

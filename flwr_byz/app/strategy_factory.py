@@ -108,14 +108,13 @@ def build_strategy(
             seed=int(cfg["seed"]),
             **common,
         )
-    if name == "trimmed-mean":
-        return strategies.TrimmedMean(beta=alpha, **common)
-    if name == "geomed":
-        return strategies.GeoMed(
-            malicious_fraction=alpha, method=str(cfg["geomed-method"]), **common
-        )
     # Every other registered rule: its strategy, with the assumed fraction as the
-    # budget when f changes what it does.
+    # budget when f changes what it does, and its own parameters from their keys.
     rule = get_rule(name)
     budget = {"malicious_fraction": alpha} if rule.uses_f else {}
-    return strategies.STRATEGIES[name](**budget, **common)
+    own = {
+        param.name: cfg[key]
+        for param in rule.params
+        if (key := rule.config_key(param)) is not None
+    }
+    return strategies.STRATEGIES[name](**budget, **own, **common)

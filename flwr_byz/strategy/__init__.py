@@ -10,6 +10,8 @@ from .brute_force import BruteForce
 from .bulyan import Bulyan
 from .faba import FABA
 from .fltrust import FLTrust
+from .gaa import GAA
+from .generated import RuleStrategy, generated_strategy
 from .geomed import GeoMed
 from .krum import Krum
 from .mean import Mean
@@ -22,31 +24,40 @@ from .sampling import NotEnoughNodesError
 from .trimmed_mean import TrimmedMean
 from .zeno import Zeno
 
+#: The strategy classes written by hand (rules with more than a registry entry).
+_WRITTEN: dict[str, type[RobustStrategy]] = {
+    cls.rule_name: cls
+    for cls in (
+        BruteForce,
+        Bulyan,
+        FABA,
+        FLTrust,
+        GeoMed,
+        Krum,
+        Mean,
+        Median,
+        MultiKrum,
+        TrimmedMean,
+        Zeno,
+    )
+}
+
 
 def strategy_for(rule: Rule) -> type[RobustStrategy]:
-    """The strategy class of a registered rule: its own class in this package, or
-    one generated from the registry entry (``rule.strategy == ""``)."""
-    if rule.strategy:
-        return globals()[rule.strategy]
-    name = "".join(part.capitalize() for part in rule.name.split("-"))
-    doc = (
-        f"{rule.description}.\n\nNeeds n >= {rule.bound_text} valid replies. "
-        "Arguments: see :class:`RobustStrategy`."
-    )
-    return type(
-        name,
-        (RobustStrategy,),
-        {"rule_name": rule.name, "__doc__": doc, "__module__": __name__},
-    )
+    """The strategy class of a registered rule: its hand-written class in this
+    package, or one generated from its registry entry."""
+    return _WRITTEN.get(rule.name) or generated_strategy(rule)
 
 
 #: Strategy class per run-config name (``strategy`` key), from the rule registry.
 STRATEGIES: dict[str, type[RobustStrategy]] = {
     rule.name: strategy_for(rule) for rule in REGISTRY
 }
+STRATEGIES["gaa"] = GAA
 
 __all__ = [
     "FABA",
+    "GAA",
     "STRATEGIES",
     "BruteForce",
     "Bulyan",
@@ -62,15 +73,8 @@ __all__ = [
     "RobustStrategy",
     "RoundReport",
     "RoundStatus",
+    "RuleStrategy",
     "TrimmedMean",
     "Zeno",
     "strategy_for",
 ]
-
-try:  # GAA lives in its own module (GAA engineer); absent until it lands.
-    from .gaa import GAA
-except ImportError:  # pragma: no cover - depends on the checkout
-    pass
-else:
-    STRATEGIES["gaa"] = GAA
-    __all__ += ["GAA"]
