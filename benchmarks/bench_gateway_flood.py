@@ -1,7 +1,7 @@
 """Memory of the Fleet gateway and the SuperLink under a keyless flood, and the
 time of an honest round beside it.
 
-A :class:`~flwr_byz.experiments.deployment.LocalDeployment` (TLS, SuperNode
+A :class:`~flwr_byz.deploy.deployment.LocalDeployment` (TLS, SuperNode
 authentication, 4 registered SuperNodes, all on 127.0.0.1). A stranger holding
 only ``ca.crt`` sends ``--requests`` concurrent POSTs of ``--mb`` MiB each to the
 gateway's ``/v1/fleet/push-object``, their size declared (``Content-Length``) or
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from flwr_byz.experiments.deployment import LocalDeployment
+from flwr_byz.deploy.deployment import LocalDeployment
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20

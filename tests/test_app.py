@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 import tomllib
@@ -21,7 +19,8 @@ from flwr_byz.app.config import (
     check_run_config,
     check_run_dir,
 )
-from flwr_byz.experiments.local_superlink import LocalSuperLink, processes_with_home
+from flwr_byz.deploy.local_superlink import LocalSuperLink
+from flwr_byz.deploy.processes import kill_now, processes_with_home
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -322,12 +321,7 @@ def test_a_run_whose_superlink_is_killed_resumes_bit_for_bit(
             # process with the ServerApp and the ClientApps) die at once, SIGKILL.
             # (A SIGTERM to the SuperLink alone gives the simulation time to end.)
             assert doomed.process is not None
-            victims = processes_with_home(doomed.flwr_home)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(doomed.process.pid, signal.SIGKILL)
-            for pid in victims:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_now([doomed.process], processes_with_home(doomed.flwr_home))
         finally:
             if flwr.poll() is None:
                 flwr.kill()

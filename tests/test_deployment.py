@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 from flwr.cli.flower_config import parse_superlink_connection
 
-from flwr_byz.experiments.deployment import (
+from flwr_byz.deploy.deployment import (
     CONNECTION,
     LocalDeployment,
     connection_toml,
@@ -369,14 +369,14 @@ def test_stop_ends_the_serverapp_of_a_superlink_that_got_sigterm(
 def test_the_readme_command_runs_the_app_and_leaves_nothing_running(
     tmp_path: Path,
 ) -> None:
-    """``python -m flwr_byz.experiments.deployment --nodes 4 --rounds 3``, as the
+    """``python -m flwr_byz.deploy.deployment --nodes 4 --rounds 3``, as the
     README gives it (with an output directory and a kept work directory here)."""
     out, workdir = tmp_path / "out", tmp_path / "deployment"
     done = subprocess.run(
         [
             sys.executable,
             "-m",
-            "flwr_byz.experiments.deployment",
+            "flwr_byz.deploy.deployment",
             "--nodes",
             "4",
             "--rounds",

@@ -28,14 +28,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from flwr_byz.experiments.certificates import (
+from flwr_byz.deploy.certificates import (
     CERTIFICATE_FILES,
     KeyMaterialExistsError,
     make_certificates,
     make_supernode_keys,
 )
-from flwr_byz.experiments.deployment import LocalDeployment, connection_toml, main
-from flwr_byz.experiments.fleet_gateway import FLEET_PATHS, create_app
+from flwr_byz.deploy.deployment import LocalDeployment, connection_toml, main
+from flwr_byz.deploy.fleet_gateway import FLEET_PATHS, create_app
 
 REPO = Path(__file__).resolve().parents[1]
 LINUX = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")

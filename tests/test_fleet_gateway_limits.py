@@ -22,15 +22,14 @@ import httpx
 import pytest
 import uvicorn
 
-from flwr_byz.experiments.certificates import make_certificates
-from flwr_byz.experiments.fleet_gateway import (
+from flwr_byz.deploy.certificates import make_certificates
+from flwr_byz.deploy.fleet_gateway import (
     ARRAY_CHUNK_BYTES,
     BODY_OVERHEAD_BYTES,
     body_limit,
     create_app,
 )
-from flwr_byz.experiments.local_superlink import free_port
-from flwr_byz.experiments.processes import spawn, stop_processes
+from flwr_byz.deploy.processes import free_port, spawn, stop_processes
 
 LIMIT = 64 * 1024
 PATH = "/v1/fleet/push-object"
@@ -189,7 +188,7 @@ def test_requests_of_one_peer_beyond_the_cap_get_503_until_one_ends(gateway) -> 
 def test_the_gateway_process_refuses_a_body_over_its_command_line_limit(
     tmp_path: Path,
 ) -> None:
-    """``python -m flwr_byz.experiments.fleet_gateway --max-body-bytes``, over TLS,
+    """``python -m flwr_byz.deploy.fleet_gateway --max-body-bytes``, over TLS,
     as LocalDeployment starts it (no SuperLink needed to refuse)."""
     certificates = make_certificates(tmp_path / "certs")
     port = free_port()
@@ -197,7 +196,7 @@ def test_the_gateway_process_refuses_a_body_over_its_command_line_limit(
         [
             sys.executable,
             "-m",
-            "flwr_byz.experiments.fleet_gateway",
+            "flwr_byz.deploy.fleet_gateway",
             "--listen",
             f"127.0.0.1:{port}",
             "--superlink",

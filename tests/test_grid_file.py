@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flwr_byz.deploy.local_superlink import LocalSuperLink
 from flwr_byz.experiments import grid_runner
 from flwr_byz.experiments.cli import _parser, main
 from flwr_byz.experiments.grid import GridSpec, check_grid
@@ -18,7 +19,6 @@ from flwr_byz.experiments.grid_progress import (
     failure_reason,
     round_started,
 )
-from flwr_byz.experiments.local_superlink import LocalSuperLink
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = REPO / "flwr_byz" / "experiments" / "grids"

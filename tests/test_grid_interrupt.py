@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flwr_byz.experiments.local_superlink import session_of
+from flwr_byz.deploy.processes import kill_now, session_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,9 +121,5 @@ def test_sigterm_stops_the_grid_and_everything_it_started(tmp_path) -> None:
         assert left == [], f"processes outlived the grid: {left}"
         assert "interrupted" in log.read_text()
     finally:
-        if grid.poll() is None:
-            grid.kill()
-        for pid in _processes_under(str(tmp)) + _in_sessions(sessions):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_now([grid], _processes_under(str(tmp)) + _in_sessions(sessions))
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_honest_only import honest_only_accuracy
+from flwr_byz.deploy.processes import free_port, session_of, stop_pids
 from flwr_byz.experiments.cli import main
-from flwr_byz.experiments.local_superlink import free_port, session_of
-from flwr_byz.experiments.processes import stop_pids
 
 RAY = str(Path(sys.executable).parent / "ray")
 CELL = "fedavg__none__b0.0__s0__num-server-rounds=2__supernodes=4"

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flwr_byz.experiments.local_superlink import LocalSuperLink, free_port
+from flwr_byz.deploy.local_superlink import LocalSuperLink
+from flwr_byz.deploy.processes import free_port
 
 _EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 

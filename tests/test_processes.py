@@ -1,4 +1,5 @@
-"""stop_processes ends everything a spawned process started, even after it exited.
+"""The process helper: stop_processes ends everything a spawned process started,
+even after it exited; kill_now does so at once; the waits see a listener or an exit.
 
 Real processes: a leader that starts children (in its own process group, or in a
 session of their own as Flower's SuperExec does) and exits before the stop.
@@ -6,9 +7,9 @@ session of their own as Flower's SuperExec does) and exits before the stop.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -16,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from flwr_byz.experiments.processes import TAG_VARIABLE, spawn, stop_processes
+from flwr_byz.deploy.processes import (
+    TAG_VARIABLE,
+    free_port,
+    is_alive,
+    kill_now,
+    spawn,
+    stop_processes,
+    wait_for_port,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
 
@@ -53,14 +63,6 @@ LEADER = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _start(tmp_path: Path, escape: bool, stay: bool):
     pids_file = tmp_path / "pids"
     env = {
@@ -88,10 +90,7 @@ def cleanup():
     """Kill, by PID, whatever a failing test left behind."""
     pids: list[int] = []
     yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    kill_now(pids=pids)
 
 
 @pytest.mark.timeout(60)
@@ -102,11 +101,11 @@ def test_children_of_an_exited_leader_are_stopped(
     leader, children = _start(tmp_path, escape=escape, stay=False)
     cleanup.extend(children)
     assert leader.returncode == 0
-    assert all(_alive(pid) for pid in children)
+    assert all(is_alive(pid) for pid in children)
     # The SuperLink's case: it exited (SIGTERM from someone else) and left the
     # ServerApp process of its SuperExec running.
     stop_processes([leader], timeout=5)
-    assert not [pid for pid in children if _alive(pid)]
+    assert not [pid for pid in children if is_alive(pid)]
 
 
 @pytest.mark.timeout(60)
@@ -117,7 +116,7 @@ def test_a_live_leader_and_its_escaped_children_are_stopped(
     cleanup.extend([leader.pid, *children])
     stop_processes([leader], timeout=5)
     assert leader.poll() is not None
-    assert not [pid for pid in children if _alive(pid)]
+    assert not [pid for pid in children if is_alive(pid)]
 
 
 def test_spawned_processes_carry_their_own_tag(tmp_path: Path) -> None:
@@ -127,3 +126,60 @@ def test_spawned_processes_carry_their_own_tag(tmp_path: Path) -> None:
     assert first.wait(30) == 0 and second.wait(30) == 0
     tags = {(tmp_path / name).read_text().strip() for name in "ab"}
     assert len(tags) == 2 and all(len(tag) == 32 for tag in tags)
+
+
+# A process that ignores SIGTERM and serves HTTP on PORT once it starts.
+STUBBORN = textwrap.dedent(
+    """
+    import http.server, os, signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+    server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Health)
+    server.serve_forever()
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_the_waits_see_a_listener_and_kill_now_ends_one_that_ignores_sigterm(
+    tmp_path: Path, cleanup: list[int]
+) -> None:
+    port = free_port()
+    env = {**os.environ, "PORT": str(port)}
+    server = spawn([sys.executable, "-c", STUBBORN], env, None, tmp_path / "log")
+    cleanup.append(server.pid)
+    wait_for_port(port, server, timeout=30)
+    assert wait_until_healthy(server, f"http://127.0.0.1:{port}/", timeout=30)
+    started = time.monotonic()
+    kill_now([server])
+    assert server.returncode == -signal.SIGKILL
+    assert time.monotonic() - started < 5  # no wait for a SIGTERM it ignores
+
+
+@pytest.mark.timeout(60)
+def test_the_waits_report_a_process_that_exits_before_it_listens(
+    tmp_path: Path,
+) -> None:
+    code = "import sys; print('bad flag'); sys.exit(3)"
+    process = spawn([sys.executable, "-c", code], os.environ, None, tmp_path / "log")
+    port = free_port()
+    with pytest.raises(RuntimeError, match=r"exited with code 3.*\n.*bad flag"):
+        wait_for_port(port, process, timeout=30, log_file=tmp_path / "log")
+    assert not wait_until_healthy(process, f"http://127.0.0.1:{port}/", 30)
+    with pytest.raises(TimeoutError, match=f"port {port} within 0.3 s"):
+        wait_for_port(port, timeout=0.3)
+
+
+@pytest.mark.timeout(60)
+def test_a_child_outside_its_own_group_is_stopped_alone(tmp_path: Path) -> None:
+    """A plain child (a ``flwr run`` of the grid) shares this process's group:
+    the signal goes to it, not to the group (which holds this test)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stop_processes([child], timeout=5)
+        assert child.returncode == -signal.SIGTERM
+    finally:
+        kill_now([child])

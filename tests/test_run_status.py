@@ -34,8 +34,8 @@ from flwr_byz.configuration_errors import (
     ClientConfigurationError,
     stop_on_configuration_errors,
 )
+from flwr_byz.deploy.local_superlink import LocalSuperLink, run_config_arg
 from flwr_byz.experiments.cli import EXIT_CODES, main, run_status
-from flwr_byz.experiments.local_superlink import LocalSuperLink, run_config_arg
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """Run a grid's cells through Flower's simulation engine, several at a time.
 
 Each cell is ``flwr run <app> --stream`` against a private SuperLink on free ports
-(:class:`~flwr_byz.experiments.local_superlink.LocalSuperLink`), with the cell's
+(:class:`~flwr_byz.deploy.local_superlink.LocalSuperLink`), with the cell's
 values as run-config overrides and its number of SuperNodes as the run's
 federation size; its log streams into ``<cell>/flwr-run.log`` and its rounds into
 the grid's progress lines.
@@ -45,6 +45,8 @@ from flwr.supercore.utils import simulation_config_from_json
 
 from flwr_byz.app.checkpoint import CHECKPOINT_FILE
 from flwr_byz.app.results import RESULTS_FILE
+from flwr_byz.deploy.local_superlink import LocalSuperLink
+from flwr_byz.deploy.processes import stop_processes
 from flwr_byz.experiments.grid import (
     Cell,
     GridSpec,
@@ -58,7 +60,6 @@ from flwr_byz.experiments.grid_progress import (
     failure_reason,
     round_started,
 )
-from flwr_byz.experiments.local_superlink import LocalSuperLink
 
 #: CPUs of one ClientApp actor (Flower's default ``client-resources-num-cpus``):
 #: a simulation bounded below it could start no client at all.
@@ -331,13 +332,7 @@ class _Runner:
         """Stop the ``flwr run`` commands still streaming (by PID); their runs end
         with their SuperLinks (the caller's exit stack)."""
         for item in list(self.running.values()):
-            if item.process.poll() is None:
-                item.process.terminate()
-                try:
-                    item.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    item.process.kill()
-                    item.process.wait(timeout=10)
+            stop_processes([item.process], timeout=10)
             item.log.close()
             if item.process.stdout is not None:
                 item.process.stdout.close()

@@ -1,6 +1,6 @@
 """A real Flower deployment on 127.0.0.1: TLS, SuperNode auth, a Fleet-only gateway.
 
-Simulation (:mod:`flwr_byz.experiments.local_superlink`) runs every ClientApp
+Simulation (:mod:`flwr_byz.deploy.local_superlink`) runs every ClientApp
 inside the SuperLink's Ray backend. A deployment is what runs across machines:
 ``flower-superlink`` serves the Fleet, Control and Runtime APIs over HTTPS on one
 listener, each ``flower-supernode`` connects with the CA certificate and its own
@@ -15,7 +15,7 @@ Secure by default, as the README's threat model asks:
   and admits nobody.
 * The SuperLink listens on 127.0.0.1 only, so its Control API (run, list and stop
   runs; register SuperNodes) and Runtime API are out of the SuperNodes' reach;
-  SuperNodes connect to :mod:`~flwr_byz.experiments.fleet_gateway`, which forwards
+  SuperNodes connect to :mod:`~flwr_byz.deploy.fleet_gateway`, which forwards
   the Fleet API and nothing else.
 
 :class:`LocalDeployment` starts all of it on this machine, on free ports, each
@@ -23,18 +23,16 @@ process in its own process group, and stops them by PID.
 
 By hand::
 
-    python -m flwr_byz.experiments.deployment --nodes 4 --rounds 3
+    python -m flwr_byz.deploy.deployment --nodes 4 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -44,9 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from flwr_byz.experiments.certificates import (
+from flwr_byz.deploy.certificates import (
     Certificates,
     KeyMaterialExistsError,
     SuperNodeKeys,
@@ -55,9 +51,17 @@ from flwr_byz.experiments.certificates import (
     make_supernode_keys,
     write_new_file,
 )
-from flwr_byz.experiments.fleet_gateway import DEFAULT_MAX_REQUESTS_PER_PEER, body_limit
-from flwr_byz.experiments.local_superlink import free_port, port_is_free, run_config_arg
-from flwr_byz.experiments.processes import descendants, spawn, stop_processes
+from flwr_byz.deploy.fleet_gateway import DEFAULT_MAX_REQUESTS_PER_PEER, body_limit
+from flwr_byz.deploy.local_superlink import run_config_arg
+from flwr_byz.deploy.processes import (
+    free_port,
+    kill_now,
+    log_tail,
+    port_is_free,
+    spawn,
+    stop_processes,
+    wait_until_healthy,
+)
 
 __all__ = [
     "CONNECTION",
@@ -163,10 +167,10 @@ class LocalDeployment:
         Where certificates, keys, logs, state and the ``flwr`` CLI's
         ``FLWR_HOME`` go; a fresh temporary directory (removed at :meth:`stop`)
         when ``None``. One that already holds certificates is refused
-        (:class:`~flwr_byz.experiments.certificates.KeyMaterialExistsError`).
+        (:class:`~flwr_byz.deploy.certificates.KeyMaterialExistsError`).
     model_bytes : int | None
         The model's serialized size: the gateway refuses request bodies over
-        :func:`~flwr_byz.experiments.fleet_gateway.body_limit` of it (``None``:
+        :func:`~flwr_byz.deploy.fleet_gateway.body_limit` of it (``None``:
         the limit of any model, one array chunk plus framing).
     max_body_bytes : int | None
         The gateway's body limit itself, instead of one from ``model_bytes``.
@@ -326,24 +330,18 @@ class LocalDeployment:
         moment): the caller starts it again on a fresh port."""
         assert self.certificates is not None
         tls = ssl.create_default_context(cafile=str(self.certificates.ca_cert))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                taken = not port_is_free(port)
-                if taken and not last_attempt:
-                    return False
-                raise RuntimeError(
-                    f"{process.args[0]} exited with code {process.returncode} "
-                    f"(port {port} {'taken' if taken else 'free'}); "
-                    f"see {log_file}:\n{log_file.read_text()[-2000:]}"
-                )
-            try:
-                if httpx.get(url, verify=tls, timeout=0.5).is_success:
-                    return True
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+        try:
+            if wait_until_healthy(process, url, timeout, verify=tls):
+                return True
+        except TimeoutError as err:
+            raise RuntimeError(str(err)) from None
+        taken = not port_is_free(port)
+        if taken and not last_attempt:
+            return False
+        raise RuntimeError(
+            f"{process.args[0]} exited with code {process.returncode} "
+            f"(port {port} {'taken' if taken else 'free'})" + log_tail(log_file, 40)
+        )
 
     def _start_listener(
         self,
@@ -418,7 +416,7 @@ class LocalDeployment:
             return [
                 sys.executable,
                 "-m",
-                "flwr_byz.experiments.fleet_gateway",
+                "flwr_byz.deploy.fleet_gateway",
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--superlink",
@@ -520,13 +518,7 @@ class LocalDeployment:
         that dies: it neither deregisters nor says goodbye, so the SuperLink only
         learns of it from the missed heartbeats. Returns the SuperNode's PID."""
         process = self.supernodes[index]
-        victims = [process.pid, *descendants(process.pid)]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        kill_now([process])
         return process.pid
 
     def pids(self) -> list[int]:
@@ -651,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files without ``--overwrite``.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m flwr_byz.experiments.deployment",
+        prog="python -m flwr_byz.deploy.deployment",
         description="Run this app on a local TLS SuperLink and SuperNodes, or make "
         "the certificates and SuperNode keys of a real deployment.",
     )

@@ -32,7 +32,7 @@ it and the SuperLink hold:
 
 On the SuperLink machine::
 
-    python -m flwr_byz.experiments.fleet_gateway --listen 0.0.0.0:9092 \\
+    python -m flwr_byz.deploy.fleet_gateway --listen 0.0.0.0:9092 \\
         --superlink 127.0.0.1:9093 --certificates certificates
 """
 
@@ -247,7 +247,7 @@ def _host_port(address: str) -> tuple[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m flwr_byz.experiments.fleet_gateway",
+        prog="python -m flwr_byz.deploy.fleet_gateway",
         description="Expose only the SuperLink's Fleet API to the SuperNodes.",
     )
     parser.add_argument(

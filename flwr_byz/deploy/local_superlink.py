@@ -9,67 +9,25 @@ environment variables it uses for its managed local SuperLink.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-# Its own stream: drawing ports must not move the seeded global `random` state.
-_PORT_DRAWS = random.Random()
-# Below Linux's default ephemeral range, above Ray's default worker ports (10002 to
-# 19999) and the ports the Ray-cluster test scans from 20000.
-_FIRST_PORT = 21000
-
-
-def _ephemeral_low() -> int:
-    """The first port of the kernel's ephemeral range (32768 where unknown)."""
-    try:
-        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
-        return int(text.split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now, drawn below the kernel's
-    ephemeral range.
-
-    The caller binds it later, in another process. A port of the ephemeral range
-    (where ``bind(port=0)`` and every outgoing connection get theirs) can be
-    taken in between by any process on the machine (CI saw a SuperNode's port
-    go to a parallel test's connection); one below it only by a process that
-    names it.
-    """
-    low, high = _FIRST_PORT, _ephemeral_low()
-    if high - low >= 1000:
-        for _ in range(200):
-            port = _PORT_DRAWS.randrange(low, high)
-            if port_is_free(port):
-                return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a TCP listener could bind ``port`` on 127.0.0.1 now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from flwr_byz.deploy.processes import (
+    free_port,
+    kill_now,
+    log_tail,
+    port_is_free,
+    processes_with_home,
+    spawn,
+    stop_processes,
+    wait_until_healthy,
+)
 
 
 def _toml_value(value: Any) -> str:
@@ -83,46 +41,6 @@ def _toml_value(value: Any) -> str:
 def run_config_arg(overrides: Mapping[str, Any]) -> str:
     """``--run-config`` value for ``overrides`` (TOML values, space separated)."""
     return " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
-
-
-def session_of(pid: int) -> int | None:
-    """The session id of ``pid`` (from ``/proc/<pid>/stat``), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parens.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[3]) if len(fields) > 3 else None
-
-
-def processes_with_home(flwr_home: str | Path) -> list[int]:
-    """PIDs of the processes a SuperLink with ``flwr_home`` started (Linux ``/proc``;
-    an empty list where it is not available).
-
-    Those whose environment has ``FLWR_HOME=flwr_home``, and every process in their
-    sessions: Ray's agents rewrite their environment area with their process title,
-    so they are found through the session of the SuperExec that started them.
-    """
-    wanted = f"FLWR_HOME={flwr_home}".encode()
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    pids = [int(e.name) for e in proc.iterdir() if e.name.isdigit()]
-    pids = [pid for pid in pids if pid != os.getpid()]
-    sessions = {}
-    found = set()
-    for pid in pids:
-        sessions[pid] = session_of(pid)
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if wanted in env:
-            found.add(pid)
-    ours = {sessions[pid] for pid in found} - {None, session_of(os.getpid())}
-    found |= {pid for pid in pids if sessions.get(pid) in ours}
-    return sorted(found)
 
 
 class LocalSuperLink:
@@ -172,13 +90,11 @@ class LocalSuperLink:
             ports = (self.http_port, self.control_port)
             taken = not all(port_is_free(port) for port in ports)
             if not taken or attempt == attempts:
-                output = self.flwr_home / "superlink.out"
-                tail = output.read_text(errors="replace").strip().splitlines()[-15:]
                 raise RuntimeError(
                     f"flower-superlink exited with code {self.returncode} "
                     f"(attempt {attempt} of {attempts}; port {self.http_port} "
-                    f"{'taken' if taken else 'free'}); its last output, from "
-                    f"{output}:\n" + "\n".join(tail)
+                    f"{'taken' if taken else 'free'})"
+                    + log_tail(self.flwr_home / "superlink.out")
                 )
             self._pick_ports()
         raise AssertionError("unreachable")
@@ -204,32 +120,21 @@ class LocalSuperLink:
             "--database",
             str(self.flwr_home / "state.db"),
         ]
-        with (self.flwr_home / "superlink.out").open("wb") as output:
-            self.process = subprocess.Popen(
-                command,
-                env=self.env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                # Its own process group, so stop() also ends the ServerApp and
-                # SuperNode processes it spawns.
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.returncode = self.process.returncode
-                self.process = None
-                return False
-            try:
-                if httpx.get(
-                    f"http://127.0.0.1:{self.http_port}/health", timeout=0.5
-                ).is_success:
-                    return True
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"flower-superlink did not start within {timeout:.0f} s")
+        # Its own process group, so stop() also ends the ServerApp and SuperNode
+        # processes it spawns.
+        self.process = spawn(command, self.env, None, self.flwr_home / "superlink.out")
+        url = f"http://127.0.0.1:{self.http_port}/health"
+        try:
+            if wait_until_healthy(self.process, url, timeout):
+                return True
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"flower-superlink did not start within {timeout:.0f} s"
+            ) from None
+        self.returncode = self.process.returncode
+        self.process = None
+        return False
 
     def run_command(
         self,
@@ -276,21 +181,13 @@ class LocalSuperLink:
 
     def stop(self) -> None:
         """Stop the SuperLink and everything it started."""
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
+        if self.process is not None:
+            stop_processes([self.process])
         self.process = None
         # The SuperExec and Ray start their own sessions, so their helpers (Ray's
         # dashboard and runtime-env agents) can outlive the process group. Every
         # process this SuperLink started carries its FLWR_HOME: end those too.
-        for pid in processes_with_home(self.flwr_home):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        kill_now(pids=processes_with_home(self.flwr_home))
         if self._own_home:
             shutil.rmtree(self.flwr_home, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """Key material for a Flower deployment: a CA, a server certificate, SuperNode keys.
 
-``python -m flwr_byz.experiments.deployment --make-certificates DIR --hosts ...``
+``python -m flwr_byz.deploy.deployment --make-certificates DIR --hosts ...``
 writes the CA and the SuperLink's certificate; ``--make-supernode-keys DIR --names
 ...`` writes one SuperNode authentication key pair per name (Flower's
 ``--auth-supernode-private-key``; the public half is what ``flwr supernode
