@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .qv import LossFn, QVObjective, qv_tensors
+from .qv import LossFn, QVKeys, QVObjective, qv_tensors
 
 
 class TrustedWorker:
@@ -44,6 +44,9 @@ class TrustedWorker:
         Training loss; cross-entropy when ``None``.
     device : str or torch.device
         Where it trains.
+    keys : tuple or None
+        ``(input_key, label_key)`` of dict samples or batches in ``data``
+        (see :func:`flwr_byz.gaa.qv.qv_tensors`).
     """
 
     def __init__(
@@ -55,13 +58,14 @@ class TrustedWorker:
         batch_size: int | None = None,
         loss: LossFn | None = None,
         device: str | torch.device = "cpu",
+        keys: QVKeys | None = None,
     ) -> None:
         if lr <= 0 or steps < 1:
             raise ValueError(
                 f"trusted worker: need trusted_lr > 0 and trusted_steps >= 1, got "
                 f"lr={lr}, steps={steps}"
             )
-        self.x, self.y = qv_tensors(data)
+        self.x, self.y = qv_tensors(data, keys)
         self.objective = QVObjective(model_factory, (self.x, self.y), loss, device)
         self.lr, self.steps, self.batch_size = lr, steps, batch_size
 

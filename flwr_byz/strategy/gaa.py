@@ -19,7 +19,7 @@ from flwr_byz.gaa import (
     StepResult,
     TrustedWorker,
 )
-from flwr_byz.gaa.qv import LossFn
+from flwr_byz.gaa.qv import LossFn, check_model_factory
 
 from .robust_strategy import RobustStrategy
 
@@ -66,10 +66,16 @@ class GAA(RobustStrategy):
     Parameters
     ----------
     model_factory : Callable[[], torch.nn.Module]
-        Builds the model; its ``state_dict`` must match the ArrayRecord (same
-        keys in the same order).
-    qv_set : tuple[Tensor, Tensor] | Dataset | DataLoader | LabeledData
-        The QV set B, any size >= 1 (the paper uses < 10 samples).
+        Builds a fresh model: a ``torch.nn.Module`` class or a zero-argument
+        function (``Net`` or ``lambda: Net()``, never the instance ``Net()``,
+        refused with a ValueError); its ``state_dict`` must match the
+        ArrayRecord (same keys in the same order).
+    qv_set : tuple[Tensor, Tensor] | Mapping | Dataset | DataLoader | LabeledData
+        The QV set B, any size >= 1 (the paper uses < 10 samples): ``(x, y)``
+        tensors; a torch ``Dataset``, ``Subset`` or Hugging Face ``Dataset`` of
+        ``(x, y)`` or dict samples; a ``DataLoader`` of ``(x, y)`` or dict
+        batches (Flower's quickstarts: ``{"img": x, "label": y}``); see
+        :func:`flwr_byz.gaa.qv.qv_tensors`.
     loss : Callable[[logits, targets], Tensor] or None
         Mean loss on B; cross-entropy when ``None``.
     gamma : float
@@ -101,6 +107,12 @@ class GAA(RobustStrategy):
     policy_options : mapping or None
         Keyword arguments of :class:`~flwr_byz.gaa.EvidencePolicy`
         (``policy="evidence"`` only).
+    qv_keys : tuple or None
+        ``(input_key, label_key)`` of the dict samples or batches of ``qv_set``
+        and ``trusted_data``, e.g. ``("img", "fine_label")``. ``None``: the
+        keys among the common names (``x``, ``img``, ``image``,
+        ``pixel_values``, ... and ``y``, ``label``, ``labels``, ``target``,
+        ...); a dict whose keys leave a doubt is refused, naming its keys.
     **kwargs : Any
         Every argument of :class:`RobustStrategy` (``fraction_train``,
         ``min_train_nodes``, ``server_learning_rate``, ``device``, ...).
@@ -137,6 +149,7 @@ class GAA(RobustStrategy):
         max_paper_policy_params: int = 20_000_000,
         seed: int = 0,
         policy_options: Mapping[str, float] | None = None,
+        qv_keys: tuple[str | int, str | int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -147,12 +160,8 @@ class GAA(RobustStrategy):
                 f"server_momentum={self.server_momentum!r}: GAA learns through the "
                 "plain step θ + η·Σ α_i Δ_i; allowed value: 0.0"
             )
-        if not callable(model_factory):
-            raise ValueError(
-                f"model_factory: got {type(model_factory).__name__}; allowed: a "
-                "callable returning a torch.nn.Module"
-            )
-        objective = QVObjective(model_factory, qv_set, loss, self.torch_device)
+        check_model_factory(model_factory)
+        objective = QVObjective(model_factory, qv_set, loss, self.torch_device, qv_keys)
         trusted = None
         if trusted_data is not None:
             trusted = TrustedWorker(
@@ -163,6 +172,7 @@ class GAA(RobustStrategy):
                 trusted_batch_size,
                 loss,
                 self.torch_device,
+                qv_keys,
             )
         if policy == "paper":
             n_min = max(1, self.min_train_nodes) + (trusted is not None)
