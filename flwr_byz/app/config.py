@@ -24,6 +24,7 @@ from flwr_byz.aggregation.registry import REGISTRY, RULE_BY_NAME
 from flwr_byz.attacks import ATTACK_DEFAULTS, check_attack_config
 from flwr_byz.data import DATA_DEFAULTS, check_data_config
 from flwr_byz.models import MODELS
+from flwr_byz.validation import boolean, integer, number, one_of
 
 
 class RunConfigError(ValueError):
@@ -39,7 +40,6 @@ MIN_TIMEOUT_S = 1.0
 STRATEGY_NAMES = ("gaa", "fedavg", *(rule.name for rule in REGISTRY))
 
 
-
 @dataclass(frozen=True)
 class Key:
     """One server-side run-config key: its default, meaning and check."""
@@ -49,49 +49,10 @@ class Key:
     check: Callable[[Any], str | None]
 
 
-def _int_at_least(low: int) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            return f"an integer >= {low}"
-        return None
-
-    return check
-
-
-def _float_in(
-    low: float, high: float, *, low_open: bool = False, high_open: bool = False
-) -> Callable[[Any], str | None]:
-    left, right = ("(" if low_open else "["), (")" if high_open else "]")
-
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"a number in {left}{low}, {high}{right}"
-        too_low = value <= low if low_open else value < low
-        too_high = value >= high if high_open else value > high
-        if too_low or too_high or value != value:
-            return f"a number in {left}{low}, {high}{right}"
-        return None
-
-    return check
-
-
-def _one_of(*choices: Any) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value not in choices:
-            return "one of " + ", ".join(repr(c) for c in choices)
-        return None
-
-    return check
-
-
 def _sketch_width(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return "0 or an integer >= 16"
-    return None if value == 0 or value >= 16 else "0 or an integer >= 16"
-
-
-def _is_bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
+    if integer(0)(value) is None and (value == 0 or value >= 16):
+        return None
+    return "0 or an integer >= 16"
 
 
 def _is_str(value: Any) -> str | None:
@@ -99,17 +60,15 @@ def _is_str(value: Any) -> str | None:
 
 
 def _seconds_at_least(low: float, high: float) -> Callable[[Any], str | None]:
+    within = number(low, high)
+
     def check(value: Any) -> str | None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not low <= value <= high  # NaN fails too
-        ):
-            return (
-                f"a number of seconds in [{low:g}, {high:g}]: a shorter wait leaves "
-                f"no node time to answer; set it to at least {low:g}"
-            )
-        return None
+        if within(value) is None:
+            return None
+        return (
+            f"a number of seconds in [{low:g}, {high:g}]: a shorter wait leaves "
+            f"no node time to answer; set it to at least {low:g}"
+        )
 
     return check
 
@@ -156,34 +115,34 @@ def check_run_dir(run_dir: Path, output_dir: str) -> None:
 
 
 SERVER_KEYS: dict[str, Key] = {
-    "num-server-rounds": Key(20, "federated rounds", _int_at_least(1)),
+    "num-server-rounds": Key(20, "federated rounds", integer(1)),
     "strategy": Key(
         "gaa",
         "the defence; 'fedavg' is Flower's own FedAvg, the undefended baseline",
-        _one_of(*STRATEGY_NAMES),
+        one_of(STRATEGY_NAMES),
     ),
     "assumed-byzantine-fraction": Key(
         0.3,
         "the defence's α: it tolerates f = floor(α·n) Byzantine replies "
         "(FABA, Krum, MultiKrum, Bulyan, GeoMed, brute force; trimmed mean drops f "
         "per side)",
-        _float_in(0.0, 0.5, high_open=True),
+        number(0.0, 0.5, high_open=True),
     ),
     "fraction-train": Key(
-        1.0, "share of nodes sampled each round", _float_in(0.0, 1.0, low_open=True)
+        1.0, "share of nodes sampled each round", number(0.0, 1.0, low_open=True)
     ),
     "fraction-evaluate": Key(
         0.0,
         "share of nodes asked for federated evaluation each round (the global "
         "model is always evaluated on the server's test set)",
-        _float_in(0.0, 1.0),
+        number(0.0, 1.0),
     ),
     "min-available-nodes": Key(
         0,
         "each round samples from the nodes connected then, waiting (at most "
         "node-wait-timeout s) until this many are connected; 0 = what the rule "
         "needs: max(2, its bound for the assumed f)",
-        _int_at_least(0),
+        integer(0),
     ),
     "round-timeout": Key(
         600.0,
@@ -198,7 +157,7 @@ SERVER_KEYS: dict[str, Key] = {
         _seconds_at_least(MIN_TIMEOUT_S, 1e6),
     ),
     "server-learning-rate": Key(
-        1.0, "η_server in w ← w + η·A(Δ)", _float_in(0.0, 1e6, low_open=True)
+        1.0, "η_server in w ← w + η·A(Δ)", number(0.0, 1e6, low_open=True)
     ),
     "distance-sketch": Key(
         0,
@@ -207,72 +166,74 @@ SERVER_KEYS: dict[str, Key] = {
         "clients: squared distances within a relative std of sqrt(2/k))",
         _sketch_width,
     ),
-    "gaa-policy": Key("evidence", "GAA policy", _one_of("evidence", "paper")),
-    "gaa-episode-length": Key(5, "GAA episode length T (rounds)", _int_at_least(1)),
+    "gaa-policy": Key("evidence", "GAA policy", one_of(("evidence", "paper"))),
+    "gaa-episode-length": Key(5, "GAA episode length T (rounds)", integer(1)),
     "gaa-episodes": Key(
         1,
         "GAA: episodes of the paper's outer loop (Algorithm 1): the model restarts "
         "from the same initial weights each episode, the policy and the credits "
         "carry over; results.json reports every episode",
-        _int_at_least(1),
+        integer(1),
     ),
-    "gaa-gamma": Key(0.9, "GAA discount γ", _float_in(0.0, 1.0)),
+    "gaa-gamma": Key(0.9, "GAA discount γ", number(0.0, 1.0)),
     "gaa-policy-lr": Key(
         0.01,
         "GAA policy learning rate (0: the prior policy, no learning)",
-        _float_in(0.0, 1e3),
+        number(0.0, 1e3),
     ),
     "gaa-reference-gain": Key(
         3.3,
         "GAA evidence policy: how hard the consensus reference leans towards "
         "QV descent when the credit-weighted consensus goes uphill on the QV set",
-        _float_in(0.0, 1e3),
+        number(0.0, 1e3),
     ),
     "gaa-uphill-margin": Key(
         0.25,
         "GAA evidence policy: the consensus counts as going uphill when its cosine "
         "with the QV descent direction is below minus this many typical "
         "alignments of one node (the round's median |cosine|)",
-        _float_in(0.0, 100.0),
+        number(0.0, 100.0),
     ),
-    "gaa-backprop": Key("exact", "GAA episode gradient", _one_of("exact", "truncated")),
+    "gaa-backprop": Key(
+        "exact", "GAA episode gradient", one_of(("exact", "truncated"))
+    ),
     "gaa-trusted-worker": Key(
-        False, "GAA: add the server's own update from its QV data", _is_bool
+        False, "GAA: add the server's own update from its QV data", boolean()
     ),
     "zeno-b-fraction": Key(
         0.5,
         "Zeno discards b = floor(zeno-b-fraction·n) lowest-scoring updates (b must "
         "cover the Byzantine replies; a majority is allowed)",
-        _float_in(0.0, 1.0, high_open=True),
+        number(0.0, 1.0, high_open=True),
     ),
     "zeno-rho": Key(
         5e-4,
         "Zeno's ρ in the paper's gradient units; applied to updates as "
         "ρ/learning-rate²",
-        _float_in(0.0, 1e6),
+        number(0.0, 1e6),
     ),
     "zeno-batch-size": Key(
         4,
         "Zeno: server samples drawn per round for the score (n_r); 0 = the whole "
         "QV set",
-        _int_at_least(0),
+        integer(0),
     ),
     "detection-k": Key(
         0,
         "GAA+ detection reports the k lowest-credit nodes; 0 = the true number of "
         "Byzantine nodes (as in the paper's Table 4)",
-        _int_at_least(0),
+        integer(0),
     ),
-    "model": Key("auto", "the model", _one_of(*MODELS)),
+    "model": Key("auto", "the model", one_of(MODELS)),
     "local-steps": Key(
-        1, "local SGD steps per round (1 with full batch = FedSGD)", _int_at_least(1)
+        1, "local SGD steps per round (1 with full batch = FedSGD)", integer(1)
     ),
     "learning-rate": Key(
-        0.5, "client SGD learning rate λ", _float_in(0.0, 1e3, low_open=True)
+        0.5, "client SGD learning rate λ", number(0.0, 1e3, low_open=True)
     ),
-    "batch-size": Key(0, "client batch size; 0 = full batch", _int_at_least(0)),
-    "seed": Key(0, "seed of everything", _int_at_least(0)),
-    "device": Key("auto", "where torch runs", _one_of("auto", "cpu", "cuda")),
+    "batch-size": Key(0, "client batch size; 0 = full batch", integer(0)),
+    "seed": Key(0, "seed of everything", integer(0)),
+    "device": Key("auto", "where torch runs", one_of(("auto", "cpu", "cuda"))),
     "output-dir": Key(
         "results/{run}",
         "the run directory: results.json and checkpoint.pt go there (relative "
@@ -296,7 +257,7 @@ SERVER_KEYS: dict[str, Key] = {
         "testing only (fault injection): stop the run as a crash would, right "
         "after the checkpoint of its k-th round (rounds of every episode counted "
         "together); results.json then says 'interrupted'; 0 = off",
-        _int_at_least(0),
+        integer(0),
     ),
 }
 
