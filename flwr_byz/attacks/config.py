@@ -29,12 +29,52 @@ ATTACKS: tuple[str, ...] = (
     "adaptive-fault",
     "min-max",
     "min-sum",
+    "qv-orthogonal",
+    "pretense-drift",
+    "class-targeted",
+    "sybil",
+    "sybil-noise",
+    "fang-krum",
+    "fang-trim",
+    "agr-tailored",
 )
 PATTERNS: tuple[str, ...] = ("static", "pretense", "randomized")
 SIDES: tuple[str, ...] = ("auto", "client", "server")
 
 # Need the honest updates of the round: only the server-side injector can run them.
 OMNISCIENT_ATTACKS: tuple[str, ...] = ("alie", "ipm", "min-max", "min-sum")
+# Defence-aware colluders (flwr_byz.attacks.tailored, .colluders): they know the
+# defence's rule and thresholds and the data distribution, never the server's QV
+# samples; they see the honest updates and pool their own data, so only the
+# server-side injector can run them.
+ADAPTIVE_ATTACKS: tuple[str, ...] = (
+    "qv-orthogonal",
+    "pretense-drift",
+    "class-targeted",
+    "sybil",
+    "sybil-noise",
+    "fang-krum",
+    "fang-trim",
+    "agr-tailored",
+)
+# Run only by the server-side injector.
+COLLUDING_ATTACKS: tuple[str, ...] = OMNISCIENT_ATTACKS + ADAPTIVE_ATTACKS
+# Adaptive attacks that need the colluders' data and the model.
+COLLUDER_DATA_ATTACKS: tuple[str, ...] = ("qv-orthogonal", "class-targeted")
+# The attack pretense-drift turns into, and the base vector of the sybils.
+DRIFT_ATTACKS: tuple[str, ...] = (
+    *(a for a in COLLUDING_ATTACKS if a not in ("pretense-drift", "sybil-noise")),
+    "sign-flip",
+)
+SYBIL_BASES: tuple[str, ...] = (
+    "sign-flip",
+    "qv-orthogonal",
+    "class-targeted",
+    "ipm",
+    "alie",
+    "min-max",
+    "min-sum",
+)
 # Need the node's data and model: only a ClientApp's training code can run them.
 DATA_ATTACKS: tuple[str, ...] = ("label-flip", "adaptive-fault")
 # Need only the node's own update: run anywhere (client mod or server injector).
@@ -67,6 +107,15 @@ ATTACK_DEFAULTS: dict[str, Any] = {
     "alie-z": "auto",
     "perturbation": "std",
     "adaptive-alpha": 10.0,
+    "qv-epsilon": 0.3,
+    "colluder-qv-size": 200,
+    "drift-honest-rounds": 5,
+    "drift-blend-rounds": 5,
+    "drift-attack": "qv-orthogonal",
+    "target-class": 0,
+    "sybil-base": "sign-flip",
+    "sybil-noise": 0.05,
+    "fang-trim-b": 2.0,
 }
 
 # Separates the partition draw from every other use of the seed.
@@ -137,14 +186,15 @@ def parse_partition_list(value: Any) -> list[int]:
 def resolve_side(cfg: Mapping[str, Any]) -> str:
     """Where the configured attack runs: ``"none"``, ``"client"`` or ``"server"``.
 
-    ``attack-side = "auto"`` runs omniscient attacks (ALIE, IPM, min-max, min-sum)
-    in the server-side injector and every other attack in the malicious clients.
+    ``attack-side = "auto"`` runs the colluding attacks (ALIE, IPM, min-max,
+    min-sum and the adaptive suite, :data:`ADAPTIVE_ATTACKS`) in the server-side
+    injector and every other attack in the malicious clients.
     """
     c = merged(cfg)
     if c["attack"] == "none":
         return "none"
     if c["attack-side"] == "auto":
-        return "server" if c["attack"] in OMNISCIENT_ATTACKS else "client"
+        return "server" if c["attack"] in COLLUDING_ATTACKS else "client"
     return str(c["attack-side"])
 
 
@@ -184,14 +234,25 @@ def check_attack_config(cfg: Mapping[str, Any]) -> None:
     if c["alie-z"] != "auto":
         _number(c, "alie-z", '"auto" or a finite float')
     _choice(c, "perturbation", PERTURBATIONS)
+    for key in ("qv-epsilon", "sybil-noise"):
+        if _number(c, key, "finite floats >= 0") < 0:
+            raise _fail(key, c[key], "finite floats >= 0")
+    if _number(c, "fang-trim-b", "finite floats >= 1") < 1:
+        raise _fail("fang-trim-b", c["fang-trim-b"], "finite floats >= 1")
+    _integer(c, "colluder-qv-size", 1)
+    _integer(c, "drift-honest-rounds", 0)
+    _integer(c, "drift-blend-rounds", 0)
+    _integer(c, "target-class", 0)
+    _choice(c, "drift-attack", DRIFT_ATTACKS)
+    _choice(c, "sybil-base", SYBIL_BASES)
     seed = c["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise _fail("seed", seed, "integers >= 0")
-    if side == "client" and attack in OMNISCIENT_ATTACKS:
+    if side == "client" and attack in COLLUDING_ATTACKS:
         raise _fail(
             "attack-side",
             side,
-            f'"auto" or "server" for attack={attack!r} (omniscient: it needs the '
+            f'"auto" or "server" for attack={attack!r} (colluding: it needs the '
             "honest updates, which only the server-side injector sees)",
         )
     if side == "server" and attack in DATA_ATTACKS:
