@@ -50,6 +50,10 @@ def number(
     left, right = ("(" if low_open else "["), (")" if high_open else "]")
     if math.isinf(low) and math.isinf(high):
         expected = "a finite number"
+    elif math.isinf(high):
+        expected = f"a finite number {'>' if low_open else '>='} {low:g}"
+    elif math.isinf(low):
+        expected = f"a number {'<' if high_open else '<='} {high:g}"
     else:
         expected = f"a number in {left}{low}, {high}{right}"
 
@@ -83,12 +87,14 @@ def one_of(choices: Iterable[Any]) -> Check:
     return check
 
 
-def require(name: str, value: Any, check: Check) -> Any:
+def require(name: str, value: Any, check: Check, *, owner: str = "") -> Any:
     """Return ``value`` when ``check`` allows it, else raise ``ValueError``.
 
-    The message is ``"name=value: allowed values are <what check allows>"``.
+    The message is ``"[owner: ]name=value: allowed values are <what check
+    allows>"``; ``owner`` names the function or class that was given it.
     """
     expected = check(value)
     if expected is not None:
-        raise ValueError(f"{name}={value!r}: allowed values are {expected}")
+        where = f"{owner}: " if owner else ""
+        raise ValueError(f"{where}{name}={value!r}: allowed values are {expected}")
     return value

@@ -93,7 +93,7 @@ def test_a_large_common_offset_costs_the_sketch_no_precision() -> None:
 
 @pytest.mark.parametrize("bad", [0, 15, 2.5, True])
 def test_a_too_narrow_or_non_integer_sketch_is_refused(bad) -> None:
-    with pytest.raises(ValueError, match="integers >= 16"):
+    with pytest.raises(ValueError, match="allowed values are an integer >= 16"):
         CountSketch(bad)
 
 

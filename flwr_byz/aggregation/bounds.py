@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from flwr_byz.validation import integer, number, require
+
 
 def byzantine_budget(alpha: float, n: int) -> int:
     """``f = floor(alpha · n)``: the Byzantine budget of a fraction.
@@ -31,14 +33,8 @@ def byzantine_budget(alpha: float, n: int) -> int:
     int
         The budget, ``0 <= f <= n``.
     """
-    if (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, (int, float))
-        or not (0.0 <= alpha <= 1.0)
-    ):
-        raise ValueError(f"byzantine_budget: alpha must be in [0, 1], got {alpha!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"byzantine_budget: n must be an integer >= 0, got {n!r}")
+    require("alpha", alpha, number(0.0, 1.0), owner="byzantine_budget")
+    require("n", n, integer(0), owner="byzantine_budget")
     product = alpha * n
     nearest = round(product)
     if abs(product - nearest) <= 1e-9 * max(1.0, product):

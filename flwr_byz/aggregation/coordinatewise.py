@@ -25,7 +25,7 @@ from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.aggregation.rule import Param, Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_updates
-from flwr_byz.validation import number
+from flwr_byz.validation import number, require
 
 #: Values per chunk (rows × columns). A chunk's working copies (transposed, partially
 #: ordered, float64, sort indices: up to ≈ 60 bytes a value, Bulyan's) stay ≈ 16 MB
@@ -174,14 +174,7 @@ def trimmed_mean(x: torch.Tensor, beta: float) -> AggregationResult:
         Every row is ``selected``.
     """
     n, _ = check_updates(x, "trimmed-mean")
-    if (
-        isinstance(beta, bool)
-        or not isinstance(beta, (int, float))
-        or not (0.0 <= beta < 0.5)
-    ):
-        raise ValueError(
-            f"trimmed-mean: beta must be a number in [0, 0.5), got {beta!r}"
-        )
+    require("beta", beta, number(0.0, 0.5, high_open=True), owner="trimmed-mean")
     cut = byzantine_budget(float(beta), n)
     agg = column_chunks(x, lambda c: _trimmed_mean_of_chunk(c, cut))
     return AggregationResult(aggregate=agg, selected=tuple(range(n)))

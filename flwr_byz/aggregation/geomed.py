@@ -24,7 +24,7 @@ from flwr_byz.aggregation.validation import (
     check_weights,
     normalised,
 )
-from flwr_byz.validation import one_of
+from flwr_byz.validation import integer, number, one_of, require
 
 # Smallest positive normal float64: the smoothing floor when most rows sit at z.
 _SMALLEST = 2.2250738585072014e-308
@@ -127,16 +127,8 @@ def geometric_median(
     f = check_f(f, "geomed")
     RULE.require_rows(n, f)
     for name, value in (("eps", eps), ("tol", tol)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not 0 < value < math.inf
-        ):
-            raise ValueError(f"geometric_median: {name} must be > 0, got {value!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(
-            f"geometric_median: max_iter must be an integer >= 1, got {max_iter!r}"
-        )
+        require(name, value, number(0.0, low_open=True), owner="geometric_median")
+    require("max_iter", max_iter, integer(1), owner="geometric_median")
     w = check_weights(weights, n, "geometric_median")
     a = torch.full((n,), 1.0 / n, dtype=torch.float64) if w is None else w / w.sum()
     gram, scale = scaled_centred_gram(x, sketch=sketch)

@@ -23,7 +23,7 @@ from flwr_byz.aggregation.validation import (
     check_weights,
     normalised,
 )
-from flwr_byz.validation import integer
+from flwr_byz.validation import integer, require
 
 
 def krum_scores(sq_dist: torch.Tensor, f: int) -> list[float]:
@@ -143,11 +143,9 @@ def multikrum(
     MULTIKRUM.require_rows(n, f)
     if m is None:
         m = n - f
-    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
-        raise ValueError(
-            f"multikrum: m (rows to average) must be an integer in [1, n = {n}], "
-            f"got {m!r}"
-        )
+    require("m", m, integer(1), owner="multikrum")
+    if m > n:
+        raise ValueError(f"multikrum: m={m!r}: allowed values are integers <= n = {n}")
     w = check_weights(weights, n, "multikrum")
     scaled, scores = _scores(x, f, sketch)
     chosen = sorted(ranked_ascending(scaled)[:m])

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flwr_byz.validation import Check, require
+from flwr_byz.validation import Check, integer, require
 
 from .result import AggregationResult
 from .round_input import RoundInput
@@ -93,8 +93,7 @@ class Rule:
 
     def min_nodes(self, f: int) -> int:
         """Smallest number of rows with which the rule tolerates ``f`` bad rows."""
-        if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-            raise ValueError(f"min_nodes: f must be an integer >= 0, got {f!r}")
+        require("f", f, integer(0), owner="min_nodes")
         return int(self.bound(f))
 
     def require_rows(self, n: int, f: int) -> None:

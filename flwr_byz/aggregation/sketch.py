@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 
 from flwr_byz.aggregation.validation import check_updates
+from flwr_byz.validation import integer, require
 
 #: Default sketch width ``k``.
 DEFAULT_SKETCH_DIM = 4096
@@ -74,14 +75,9 @@ class CountSketch:
         seed: int = 0,
         min_rows: int = DEFAULT_MIN_ROWS,
     ) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 16:
-            raise ValueError(f"sketch width k={k!r}: allowed values are integers >= 16")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"sketch seed={seed!r}: allowed values are integers")
-        if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 0:
-            raise ValueError(
-                f"sketch min_rows={min_rows!r}: allowed values are integers >= 0"
-            )
+        require("k", k, integer(16), owner="CountSketch")
+        require("seed", seed, integer(), owner="CountSketch")
+        require("min_rows", min_rows, integer(0), owner="CountSketch")
         self.k = k
         self.seed = seed
         self.min_rows = min_rows

@@ -6,9 +6,9 @@ strategy can pass it on unchanged.
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from flwr_byz.validation import integer, number, require
 
 
 def check_updates(x: torch.Tensor, rule: str) -> tuple[int, int]:
@@ -27,12 +27,7 @@ def check_updates(x: torch.Tensor, rule: str) -> tuple[int, int]:
 
 def check_f(f: int, rule: str) -> int:
     """Return ``f`` if it is a non-negative integer, else raise ``ValueError``."""
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise ValueError(
-            f"{rule}: f (number of Byzantine rows to tolerate) must be an integer "
-            f">= 0, got {f!r}"
-        )
-    return f
+    return require("f", f, integer(0), owner=rule)
 
 
 def check_weights(
@@ -72,13 +67,4 @@ def finite_non_negative(name: str, value: float, *, positive: bool = False) -> f
     """``value`` as a float if it is a finite number ``>= 0`` (``> 0`` when
     ``positive``); otherwise a ValueError that names ``name`` and what is allowed.
     Booleans are refused (``True`` is not a number of seconds or a weight)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (positive and value == 0)
-    ):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name}={value!r}: allowed values are finite numbers {bound}")
-    return float(value)
+    return float(require(name, value, number(0.0, low_open=positive)))

@@ -19,6 +19,7 @@ from flwr_byz.aggregation.validation import (
     check_updates,
     finite_non_negative,
 )
+from flwr_byz.validation import integer, require
 
 #: ``(k, d)`` flat weight vectors -> ``(k,)`` losses on the server's batch.
 BatchLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -123,8 +124,7 @@ def zeno(
             f"zeno: theta must be a ({d},) tensor, got "
             f"{getattr(theta, 'shape', type(theta))}"
         )
-    if isinstance(row_chunk, bool) or not isinstance(row_chunk, int) or row_chunk < 1:
-        raise ValueError(f"zeno: row_chunk must be an integer >= 1, got {row_chunk!r}")
+    require("row_chunk", row_chunk, integer(1), owner="zeno")
     with torch.no_grad():
         base = theta.detach()
         before = _losses(loss_fn, base[None], batched)[0]
