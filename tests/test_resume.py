@@ -107,12 +107,12 @@ def _payload(**changes: Any) -> dict[str, Any]:
     cfg = check_run_config({**GAA_RUN, "output-dir": "x"})
     payload = {
         "format": "flwr-byz-checkpoint",
-        "version": 1,
+        "version": 2,
         "config": cfg,
         "episode": 1,
         "round": 2,
         "arrays": {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(2)},
-        "strategy": [],
+        "strategy": {"class": "flwr.serverapp.strategy.fedavg.FedAvg", "state": {}},
         "rng": capture_rng(),
         "nodes": {11: 0, 22: 1},
         "results": {"rounds": [], "status": "running"},
@@ -161,6 +161,9 @@ def test_rng_states_round_trip(tmp_path) -> None:
         (lambda p: torch.save({"weights": torch.ones(2)}, p), "not a flwr-byz"),
         (lambda p: torch.save(_payload(version=99), p), "format version 99"),
         (lambda p: torch.save(_payload(arrays=None), p), "'arrays'"),
+        (lambda p: torch.save(_payload(strategy=[]), p), "'strategy'"),
+        (lambda p: torch.save(_payload(version=1, strategy=[]), p), "'strategy'"),
+        (lambda p: torch.save(_payload(version=1, strategy=[3]), p), "'strategy'"),
         # A pickled object other than tensors and containers is never unpickled.
         (lambda p: torch.save(_payload(nodes=Path("evil")), p), "unreadable"),
     ],

@@ -4,9 +4,11 @@ After every round the ServerApp writes, atomically (temporary file + ``os.replac
 into its run directory:
 
 * the global model after the round (``arrays``, a torch state dict);
-* the strategy's whole state, layer by layer through its wrappers: a server-side
-  attack's record, a robust rule's server-momentum buffer, GAA's agent (policy ψ,
-  its optimiser, log-credits, the episode window, episode counters, its RNG);
+* the strategy's whole state: its ``state_dict()``, in which every wrapper holds
+  the state of the strategy it wraps (a server-side attack's record, a robust
+  rule's server-momentum buffer, GAA's agent: policy ψ, its optimiser,
+  log-credits, the episode window, episode counters, its RNG; see
+  :mod:`flwr_byz.strategy.layer_state`);
 * the random states the server draws from: Python's ``random`` (Flower samples the
   nodes of each round with it) and torch's (CPU, and CUDA where used);
 * where the run is: episode, round, elapsed seconds;
@@ -29,23 +31,31 @@ import contextlib
 import json
 import os
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from flwr_byz.app.config import RunConfigError
 from flwr_byz.app.results import RESULTS_FILE, package_versions
+from flwr_byz.strategy.layer_state import (
+    StateMismatchError,
+    load_tagged_state,
+    map_node_id,
+    tagged_state,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "flwr-byz-checkpoint"
-VERSION = 1
+#: The format version written; :func:`load_checkpoint` also reads version 1 (the
+#: strategy state as a list of layers, outermost first).
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 #: Run-config keys that may differ between an interrupted run and its resume: they
 #: say where results go, which run to resume, or inject a fault; nothing computed
@@ -59,7 +69,7 @@ _REQUIRED = {
     "episode": int,
     "round": int,
     "arrays": dict,
-    "strategy": list,
+    "strategy": dict,
     "rng": dict,
     "nodes": dict,
     "results": dict,
@@ -146,12 +156,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a flwr-byz checkpoint; point 'resume' at the run "
             f"directory of an interrupted flwr-byz run, {_FRESH}"
         )
-    if payload.get("version") != VERSION:
+    version = payload.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"checkpoint {path} has format version {payload.get('version')!r}; "
-            f"this flwr-byz reads version {VERSION}. Resume it with the flwr-byz "
-            f"that wrote it, {_FRESH}"
+            f"checkpoint {path} has format version {version!r}; this flwr-byz "
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}. Resume it "
+            f"with the flwr-byz that wrote it, {_FRESH}"
         )
+    if version == 1 and isinstance(payload.get("strategy"), list):
+        try:
+            payload["strategy"] = _strategy_from_version_1(payload["strategy"])
+        except ValueError as err:
+            raise CheckpointError(
+                f"checkpoint {path} lacks a valid 'strategy' entry ({err}): it is "
+                f"damaged. Resume from an intact copy, {_FRESH}"
+            ) from err
     for key, kind in _REQUIRED.items():
         if not isinstance(payload.get(key), kind):
             raise CheckpointError(
@@ -295,86 +314,33 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 
 
 # ------------------------------------------------------------ strategy state
-def _layers(strategy: Strategy) -> Iterator[Strategy]:
-    """The strategy and every strategy it wraps, outermost first."""
-    layer: Strategy | None = strategy
-    while layer is not None:
-        yield layer
-        inner = vars(layer).get("strategy")
-        layer = inner if isinstance(inner, Strategy) else None
-
-
-def _class_name(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def capture_strategy(strategy: Strategy) -> list[dict[str, Any]]:
-    """The state of every layer of ``strategy`` that carries one between rounds.
-
-    * ``ServerSideAttack``: which nodes it tampered in each round (a record; its
-      roles and noise are pure functions of seed, node and round);
-    * ``RobustStrategy``: the server-momentum buffer (its ``(n, d)`` matrix is
-      storage reused between rounds, not state);
-    * ``GAA``: its agent's :meth:`~flwr_byz.gaa.GAAAgent.state_dict`.
-
-    Flower's FedAvg and the rules that draw their randomness from ``(seed, round)``
-    (FLTrust, Zeno) carry nothing else from one round to the next.
-    """
-    from flwr_byz.attacks import ServerSideAttack
-    from flwr_byz.strategy import GAA, RobustStrategy
-
-    out = []
-    for layer in _layers(strategy):
-        entry: dict[str, Any] = {"class": _class_name(layer)}
-        if isinstance(layer, ServerSideAttack):
-            entry["tampered"] = {int(r): list(n) for r, n in layer.tampered.items()}
-        if isinstance(layer, RobustStrategy):
-            momentum = layer.round_state.momentum
-            entry["momentum"] = (
-                None if momentum is None else torch.from_numpy(np.array(momentum))
-            )
-        if isinstance(layer, GAA):
-            entry["agent"] = layer.state_dict()
-        out.append(entry)
-    return out
+def capture_strategy(strategy: Strategy) -> dict[str, Any]:
+    """``strategy``'s tagged state (see :mod:`flwr_byz.strategy.layer_state`): its
+    class and its ``state_dict()``, which holds the states of the strategies it
+    wraps."""
+    return tagged_state(strategy)
 
 
 def restore_strategy(
     strategy: Strategy,
-    saved: list[dict[str, Any]],
+    saved: Mapping[str, Any],
     nodes: Mapping[int, int],
     where: Path,
 ) -> None:
-    """Load :func:`capture_strategy` output, node ids mapped through ``nodes``."""
-    from flwr_byz.attacks import ServerSideAttack
-    from flwr_byz.strategy import GAA, RobustStrategy
+    """Load :func:`capture_strategy` output, node ids mapped through ``nodes``.
 
-    layers = list(_layers(strategy))
-    names = [_class_name(layer) for layer in layers]
-    saved_names = [s.get("class") if isinstance(s, dict) else None for s in saved]
-    if names != saved_names:
-        raise CheckpointError(
-            f"checkpoint {where} holds the state of strategy {saved_names}, this run "
-            f"builds {names}. Resume with the interrupted run's config and code, "
-            f"{_FRESH}"
-        )
+    Raises
+    ------
+    CheckpointError
+        When the saved state is another strategy's, or does not fit this one.
+    """
     try:
-        for layer, state in zip(layers, saved, strict=True):
-            if isinstance(layer, ServerSideAttack):
-                layer.tampered = {
-                    int(r): [_mapped(n, nodes) for n in ids]
-                    for r, ids in state["tampered"].items()
-                }
-            if isinstance(layer, RobustStrategy):
-                momentum = state["momentum"]
-                layer.round_state.momentum = (
-                    None if momentum is None else momentum.numpy().copy()
-                )
-                layer.round_state.buffer = None
-            if isinstance(layer, GAA):
-                layer.load_state_dict(remap_agent_state(state["agent"], nodes))
-    except CheckpointError:
-        raise
+        load_tagged_state(strategy, saved, nodes)
+    except StateMismatchError as err:
+        raise CheckpointError(
+            f"checkpoint {where} holds the state of another strategy: {err}. "
+            f"Resume with the interrupted run's config and code, {_FRESH}"
+        ) from err
     except Exception as err:
         raise CheckpointError(
             f"checkpoint {where}: the strategy state does not fit this run's "
@@ -383,31 +349,30 @@ def restore_strategy(
         ) from err
 
 
+def _strategy_from_version_1(layers: list[Any]) -> dict[str, Any]:
+    """A version-1 strategy entry (one dict per layer, outermost first, with
+    ``tampered`` / ``momentum`` / ``agent`` by class) as a tagged state."""
+    tagged: dict[str, Any] | None = None
+    for layer in reversed(layers):
+        if not isinstance(layer, dict):
+            raise ValueError("a layer entry is not a dict")
+        state: dict[str, Any] = {}
+        if "tampered" in layer:
+            state["tampered"] = layer["tampered"]
+        if "momentum" in layer:
+            state["momentum"] = layer["momentum"]
+        if "agent" in layer:
+            state["agent"] = layer["agent"]
+        if tagged is not None:
+            state["strategy"] = tagged
+        tagged = {"class": layer.get("class"), "state": state}
+    if tagged is None:
+        raise ValueError("no layer")
+    return tagged
+
+
 def _mapped(node_id: Any, nodes: Mapping[int, int]) -> Any:
-    if isinstance(node_id, bool) or not isinstance(node_id, int):
-        return node_id
-    return nodes.get(node_id, node_id)
-
-
-def remap_agent_state(
-    state: dict[str, Any], nodes: Mapping[int, int]
-) -> dict[str, Any]:
-    """A GAA agent state with its node ids mapped (the trusted worker's id, and any
-    id not in ``nodes``, unchanged); dictionary order is kept."""
-    out = dict(state)
-    for key in ("logits", "episode_start"):
-        out[key] = {_mapped(int(i), nodes): v for i, v in state[key].items()}
-    out["buffer"] = [
-        {**r, "node_ids": [_mapped(int(i), nodes) for i in r["node_ids"]]}
-        for r in state["buffer"]
-    ]
-    layout = state.get("policy_layout")
-    if layout is not None:
-        out["policy_layout"] = {
-            **layout,
-            "slots": {_mapped(int(i), nodes): s for i, s in layout["slots"].items()},
-        }
-    return out
+    return map_node_id(node_id, nodes)
 
 
 def remap_record(value: Any, nodes: Mapping[int, int]) -> Any:

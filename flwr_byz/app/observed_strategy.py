@@ -25,13 +25,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flwr_byz.configuration_errors import stop_on_configuration_errors
+from flwr_byz.strategy.layer_state import (
+    NodeIdMap,
+    load_tagged_state,
+    tagged_state,
+)
 from flwr_byz.strategy.reply_validation import (
     attribute_replies,
     instruction_destinations,
@@ -103,6 +109,18 @@ class ObservedStrategy(Strategy):
         if name == "strategy":
             raise AttributeError(name)
         return getattr(self.strategy, name)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"strategy": <the wrapped strategy's tagged state>}``: the observer
+        itself carries nothing between rounds (``round_offset`` is set by whoever
+        starts the rounds)."""
+        return {"strategy": tagged_state(self.strategy)}
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], node_ids: NodeIdMap = None
+    ) -> None:
+        """Restore :meth:`state_dict` output into the wrapped strategy."""
+        load_tagged_state(self.strategy, state["strategy"], node_ids)
 
     def summary(self) -> None:
         """Log the wrapped strategy's summary."""

@@ -21,6 +21,7 @@ from flwr_byz.gaa import (
 )
 from flwr_byz.gaa.qv import LossFn, check_model_factory
 
+from .layer_state import NodeIdMap, map_node_id
 from .robust_strategy import RobustStrategy
 
 
@@ -274,12 +275,18 @@ class GAA(RobustStrategy):
         return self.agent.credits()
 
     def state_dict(self) -> dict[str, Any]:
-        """The agent's full state (see :meth:`GAAAgent.state_dict`)."""
-        return self.agent.state_dict()
+        """:meth:`RobustStrategy.state_dict` and, under ``"agent"``, the agent's
+        full state (ψ, its optimiser, log-credits, the episode window and
+        counters, its RNG: :meth:`~flwr_byz.gaa.GAAAgent.state_dict`)."""
+        return {**super().state_dict(), "agent": self.agent.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict` output."""
-        self.agent.load_state_dict(state)
+    def load_state_dict(
+        self, state: Mapping[str, Any], node_ids: NodeIdMap = None
+    ) -> None:
+        """Resume from :meth:`state_dict` output, node ids mapped by ``node_ids``
+        (the trusted worker's id, and ids it does not name, unchanged)."""
+        super().load_state_dict(state, node_ids)
+        self.agent.load_state_dict(_agent_state_mapped(state["agent"], node_ids))
 
     def _settings(self) -> list[tuple[str, object]]:
         a = self.agent
@@ -290,3 +297,27 @@ class GAA(RobustStrategy):
             ("QV samples", int(a.objective.x.shape[0])),
             ("Trusted worker", a.trusted is not None),
         ]
+
+
+def _agent_state_mapped(
+    state: Mapping[str, Any], node_ids: NodeIdMap
+) -> dict[str, Any]:
+    """A :meth:`GAAAgent.state_dict` with its node ids mapped (order kept)."""
+    out = dict(state)
+    if node_ids is None:
+        return out
+    for key in ("logits", "episode_start"):
+        out[key] = {map_node_id(int(i), node_ids): v for i, v in state[key].items()}
+    out["buffer"] = [
+        {**r, "node_ids": [map_node_id(int(i), node_ids) for i in r["node_ids"]]}
+        for r in state["buffer"]
+    ]
+    layout = state.get("policy_layout")
+    if layout is not None:
+        out["policy_layout"] = {
+            **layout,
+            "slots": {
+                map_node_id(int(i), node_ids): s for i, s in layout["slots"].items()
+            },
+        }
+    return out

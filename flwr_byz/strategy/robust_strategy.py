@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from flwr_byz.configuration_errors import stop_on_configuration_errors
 from flwr_byz.devices import resolve_device
 
 from .client_metrics import mean_client_metrics
+from .layer_state import NodeIdMap
 from .model_layout import ModelLayout
 from .reply_validation import (
     Candidate,
@@ -390,6 +392,36 @@ class RobustStrategy(FedAvg):
         if self.malicious_fraction is not None:
             return byzantine_budget(self.malicious_fraction, num_valid)
         return self.num_malicious_nodes or 0
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy carries from one round to the next.
+
+        ``{"momentum": (d,) float32 tensor or None}``: the server-momentum buffer
+        (``None`` before the first step or without momentum). The ``(n, d)``
+        update matrix is storage reused between rounds, not state; subclasses
+        that carry more (:class:`~flwr_byz.strategy.GAA`) add their keys.
+        """
+        momentum = self.round_state.momentum
+        return {
+            "momentum": None
+            if momentum is None
+            else torch.from_numpy(np.array(momentum, copy=True))
+        }
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], node_ids: NodeIdMap = None
+    ) -> None:
+        """Restore :meth:`state_dict` output (``node_ids``: it holds none)."""
+        momentum = state["momentum"]
+        if momentum is not None and not isinstance(momentum, torch.Tensor):
+            raise ValueError(
+                f"state['momentum']: expected a tensor or None, got "
+                f"{type(momentum).__name__}"
+            )
+        self.round_state = RoundState(
+            momentum=None if momentum is None else momentum.numpy().copy()
+        )
 
     @property
     def layout(self) -> ModelLayout | None:

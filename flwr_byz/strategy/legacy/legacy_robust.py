@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.supercore import log
 
 from ..client_metrics import mean_client_metrics
+from ..layer_state import NodeIdMap, load_tagged_state, tagged_state
 from ..model_layout import NUMPY_STYPE, parse_npy_header
 from ..reply_validation import Candidate, RejectReason, SentModel
 from ..robust_strategy import RobustStrategy
@@ -128,6 +130,17 @@ class LegacyRobust(LegacyFedAvg):
 
     def __repr__(self) -> str:
         return f"LegacyRobust({type(self.strategy).__name__})"
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"strategy": <the wrapped strategy's tagged state>}``: the adapter
+        carries nothing between rounds of its own."""
+        return {"strategy": tagged_state(self.strategy)}
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], node_ids: NodeIdMap = None
+    ) -> None:
+        """Restore :meth:`state_dict` output into the wrapped strategy."""
+        load_tagged_state(self.strategy, state["strategy"], node_ids)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
