@@ -13,6 +13,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from flwr_byz.aggregation.bounds import byzantine_budget
+from flwr_byz.records import ModelLayout
 from flwr_byz.strategy.layer_state import (
     NodeIdMap,
     load_tagged_state,
@@ -24,10 +26,12 @@ from ._flat import ArrayMismatchError, as_numpy, check_same_layout, flat_update
 from ._flat import apply_update as _apply_update
 from ._flat import float_keys as _float_keys
 from .behaviour import attack_generator, tamper_update
+from .colluders import Colluders, defence_aggregate, flat_gradient, load_colluders
 from .config import (
+    COLLUDER_DATA_ATTACKS,
+    COLLUDING_ATTACKS,
     DATA_ATTACKS,
     DEFAULT_LEARNING_RATE,
-    OMNISCIENT_ATTACKS,
     UPDATE_ATTACKS,
     byzantine_partitions,
     check_attack_config,
@@ -36,15 +40,42 @@ from .config import (
     role_for,
 )
 from .omniscient import alie, alie_z, ipm, min_max, min_sum
+from .tailored import (
+    agr_tailored,
+    drift_weight,
+    fang_krum,
+    fang_trim,
+    honest_norm,
+    qv_orthogonal,
+    scaled_to,
+    sybil_rows,
+)
 
-SERVER_SIDE_ATTACKS: tuple[str, ...] = UPDATE_ATTACKS + OMNISCIENT_ATTACKS
+SERVER_SIDE_ATTACKS: tuple[str, ...] = UPDATE_ATTACKS + COLLUDING_ATTACKS
+
+
+def uses_colluder_data(attack: str, cfg: Mapping[str, Any]) -> bool:
+    """Whether ``attack`` (with ``cfg``'s inner attack, sybil base and strategy)
+    needs the colluders' data and the model (:class:`Colluders`)."""
+    c = {**merged(cfg), **dict(cfg)}
+    if attack in COLLUDER_DATA_ATTACKS:
+        return True
+    if attack == "pretense-drift":
+        return uses_colluder_data(str(c["drift-attack"]), cfg)
+    if attack in ("sybil", "sybil-noise"):
+        return uses_colluder_data(str(c["sybil-base"]), cfg)
+    if attack == "agr-tailored":
+        return c.get("strategy") in ("fltrust", "zeno")
+    return False
 
 
 class ServerSideAttack(Strategy):
     """Wrap any Strategy; replace chosen nodes' train replies before it aggregates.
 
     Simulates colluding attackers that see every honest update of the round (ALIE,
-    IPM, min-max, min-sum) and, for comparison, the update-only attacks
+    IPM, min-max, min-sum, and the defence-aware suite of
+    :data:`~flwr_byz.attacks.ADAPTIVE_ATTACKS`) and, for comparison, the update-only
+    attacks
     (random-fault, uniform-noise, sign-flip, scaling) applied to a node's own reply.
     The wrapped strategy never learns who was tampered: it receives ordinary
     replies whose arrays changed.
@@ -69,6 +100,14 @@ class ServerSideAttack(Strategy):
         replay exactly what :func:`byzantine_mod` would do); default the node id.
     learning_rate : float
         The clients' learning rate (noise attacks send ``−λ·g_noise``).
+    colluders : Colluders, optional
+        The colluders' data, QV-distribution samples and model: required by the
+        attacks that run the model (qv-orthogonal, class-targeted, and those built
+        on them; see :func:`uses_colluder_data`).
+
+    The adaptive attacks read the defence from ``config`` as its run-config keys
+    (``strategy``, ``assumed-byzantine-fraction``, ``geomed-method``, ``zeno-*``,
+    ``learning-rate``): they know the rule and its thresholds.
 
     Notes
     -----
@@ -91,6 +130,7 @@ class ServerSideAttack(Strategy):
         config: Mapping[str, Any] | None = None,
         node_keys: Mapping[int, int] | None = None,
         learning_rate: float = DEFAULT_LEARNING_RATE,
+        colluders: Colluders | None = None,
     ) -> None:
         if attack in DATA_ATTACKS or attack not in SERVER_SIDE_ATTACKS:
             raise ValueError(
@@ -100,7 +140,14 @@ class ServerSideAttack(Strategy):
         cfg = {**dict(config or {}), "attack": attack, "seed": seed}
         cfg.setdefault("attack-side", "server")
         check_attack_config(cfg)
+        if colluders is None and uses_colluder_data(attack, cfg):
+            raise ValueError(
+                f"attack={attack!r} runs the model on the colluders' data: pass "
+                "colluders= (flwr_byz.attacks.load_colluders)"
+            )
         self.strategy = strategy
+        self.run_config = dict(cfg)
+        self.colluders = colluders
         self.attack = attack
         self.byzantine_node_ids = sorted({int(i) for i in byzantine_node_ids})
         self.seed = int(seed)
@@ -139,6 +186,10 @@ class ServerSideAttack(Strategy):
             return strategy
         chosen = set(byzantine_partitions(run_config, len(node_partitions)))
         nodes = [nid for nid, pid in node_partitions.items() if pid in chosen]
+        colluders = None
+        attack = str(run_config["attack"])
+        if uses_colluder_data(attack, run_config):
+            colluders = load_colluders(run_config, sorted(chosen), len(node_partitions))
         return cls(
             strategy,
             str(run_config["attack"]),
@@ -147,6 +198,7 @@ class ServerSideAttack(Strategy):
             config=run_config,
             node_keys=dict(node_partitions),
             learning_rate=float(run_config.get("learning-rate", DEFAULT_LEARNING_RATE)),
+            colluders=colluders,
         )
 
     def add_node(self, node_id: int, key: int, byzantine: bool) -> None:
@@ -245,6 +297,8 @@ class ServerSideAttack(Strategy):
             if item is not None:
                 parsed[msg.metadata.src_node_id] = (msg, *item)
         targets = [nid for nid in parsed if nid in byzantine]
+        if self.attack == "pretense-drift" and not self._drift(server_round):
+            targets = []  # the pretense: every colluder sends its true update
         if targets:
             crafted = self._craft(server_round, parsed, targets)
             for nid in targets:
@@ -276,16 +330,32 @@ class ServerSideAttack(Strategy):
             return None
         return out_key, local, delta
 
+    def _drift(self, server_round: int) -> float:
+        return drift_weight(
+            server_round,
+            int(self.config["drift-honest-rounds"]),
+            int(self.config["drift-blend-rounds"]),
+        )
+
     def _craft(
         self,
         server_round: int,
         parsed: Mapping[int, tuple[Message, str, dict[str, np.ndarray], torch.Tensor]],
         targets: list[int],
     ) -> dict[int, torch.Tensor]:
-        if self.attack in UPDATE_ATTACKS:
+        return self._craft_attack(self.attack, server_round, parsed, targets)
+
+    def _craft_attack(
+        self,
+        attack: str,
+        server_round: int,
+        parsed: Mapping[int, tuple[Message, str, dict[str, np.ndarray], torch.Tensor]],
+        targets: list[int],
+    ) -> dict[int, torch.Tensor]:
+        if attack in UPDATE_ATTACKS:
             return {
                 nid: tamper_update(
-                    self.attack,
+                    attack,
                     parsed[nid][3],
                     self.config,
                     attack_generator(self.seed, self._key(nid), server_round),
@@ -293,18 +363,97 @@ class ServerSideAttack(Strategy):
                 )
                 for nid in targets
             }
+        own = torch.stack([parsed[nid][3] for nid in targets])
         honest = [item[3] for nid, item in parsed.items() if nid not in targets]
-        if not honest:
-            honest = [parsed[nid][3] for nid in targets]
-        x = torch.stack(honest)
-        if self.attack == "alie":
+        x = torch.stack(honest) if honest else own
+        if attack == "pretense-drift":
+            t = self._drift(server_round)
+            inner = self._craft_attack(
+                str(self.config["drift-attack"]), server_round, parsed, targets
+            )
+            return {
+                nid: (1.0 - t) * parsed[nid][3] + t * inner[nid].to(torch.float64)
+                for nid in targets
+            }
+        generator = attack_generator(
+            self.seed, min(self._key(nid) for nid in targets), server_round
+        )
+        if attack in ("sybil", "sybil-noise"):
+            base = str(self.config["sybil-base"])
+            if base == "sign-flip":
+                vector = scaled_to(-own.mean(dim=0), honest_norm(x))
+            else:
+                vector = self._craft_attack(base, server_round, parsed, targets)[
+                    targets[0]
+                ]
+            noise = float(self.config["sybil-noise"]) if attack == "sybil-noise" else 0
+            rows = sybil_rows(vector, len(targets), noise, generator)
+            return {nid: rows[i] for i, nid in enumerate(targets)}
+        if attack == "fang-trim":
+            rows = fang_trim(
+                torch.cat([x, own]) if honest else own,
+                len(targets),
+                generator,
+                float(self.config["fang-trim-b"]),
+            )
+            return {nid: rows[i] for i, nid in enumerate(targets)}
+        if attack == "alie":
             z = self.config["alie-z"]
             z = alie_z(len(parsed), len(targets)) if z == "auto" else float(z)
             update = alie(x, z)
-        elif self.attack == "ipm":
+        elif attack == "ipm":
             update = ipm(x, float(self.config["ipm-epsilon"]))
-        elif self.attack == "min-max":
+        elif attack == "min-max":
             update = min_max(x, str(self.config["perturbation"]))
-        else:
+        elif attack == "min-sum":
             update = min_sum(x, str(self.config["perturbation"]))
+        elif attack == "fang-krum":
+            f = byzantine_budget(
+                float(self.run_config.get("assumed-byzantine-fraction", 0.0)),
+                len(parsed),
+            )
+            update = fang_krum(
+                torch.cat([x, own]) if honest else own, x, len(targets), f
+            )
+        elif attack == "agr-tailored":
+            model = layout = None
+            if self.colluders is not None:
+                model, layout = self._model(targets[0])
+            aggregate = defence_aggregate(
+                self.run_config, len(parsed), self.colluders, model, layout
+            )
+            perturbation = str(self.config["perturbation"])
+            update = (
+                min_max(x, perturbation)
+                if aggregate is None
+                else agr_tailored(x, len(targets), aggregate, perturbation)
+            )
+        else:  # qv-orthogonal, class-targeted: the model on the colluders' data
+            update = self._data_attack(attack, targets[0], honest_norm(x))
         return dict.fromkeys(targets, update)
+
+    def _model(self, nid: int) -> tuple[torch.nn.Module, ModelLayout]:
+        """The model at the weights sent this round, and the flat layout."""
+        if self.colluders is None:  # checked at construction
+            raise ValueError(f"attack={self.attack!r} needs colluders=")
+        sent = self._sent[nid]
+        layout = ModelLayout.from_arrays({k: sent[k] for k in _float_keys(sent)})
+        return self.colluders.model_at(sent), layout
+
+    def _data_attack(self, attack: str, nid: int, norm: float) -> torch.Tensor:
+        model, layout = self._model(nid)
+        colluders = self.colluders
+        assert colluders is not None
+        x_own, y_own = colluders.own
+        if attack == "class-targeted":
+            target = int(self.config["target-class"])
+            if target >= colluders.num_classes:
+                raise ValueError(
+                    f"target-class={target} is not valid; valid values: 0.."
+                    f"{colluders.num_classes - 1} (the task's classes)"
+                )
+            labels = torch.full_like(y_own, target)
+            return scaled_to(-flat_gradient(model, layout, x_own, labels), norm)
+        ascent = flat_gradient(model, layout, x_own, y_own)
+        qv_descent = -flat_gradient(model, layout, *colluders.qv)
+        return qv_orthogonal(ascent, qv_descent, float(self.config["qv-epsilon"]), norm)
