@@ -55,14 +55,9 @@ def _san(path: Path) -> set[str]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("package", ["deploy", "experiments"])
 def test_make_certificates_as_the_docs_show(tmp_path: Path, package: str) -> None:
-    done = _command(
-        f"flwr_byz.{package}.deployment",
-        "--make-certificates",
-        "certificates",
-        "--hosts",
-        "superlink.example.org",
-        cwd=tmp_path,
-    )
+    module = f"flwr_byz.{package}.deployment"
+    args = "--make-certificates certificates --hosts superlink.example.org"
+    done = _command(module, *args.split(), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     folder = tmp_path / "certificates"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -80,12 +75,7 @@ def test_make_certificates_as_the_docs_show(tmp_path: Path, package: str) -> Non
     warned = DEPRECATED.format("deployment") in done.stderr
     assert warned == (package == "experiments"), done.stderr
     # Run again: the CA is never replaced; the command says so and exits 2.
-    again = _command(
-        f"flwr_byz.{package}.deployment",
-        "--make-certificates",
-        "certificates",
-        cwd=tmp_path,
-    )
+    again = _command(module, "--make-certificates", "certificates", cwd=tmp_path)
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
 
 
@@ -94,14 +84,8 @@ def test_make_certificates_as_the_docs_show(tmp_path: Path, package: str) -> Non
 def test_make_and_register_supernode_keys_as_the_docs_show(tmp_path: Path) -> None:
     """``--make-supernode-keys keys --names site-0``; then, on the SuperLink
     machine, ``--names site-1,site-2 --register <connection>`` registers each."""
-    done = _command(
-        "flwr_byz.deploy.deployment",
-        "--make-supernode-keys",
-        "keys",
-        "--names",
-        "site-0",
-        cwd=tmp_path,
-    )
+    args = "--make-supernode-keys keys --names site-0"
+    done = _command("flwr_byz.deploy.deployment", *args.split(), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert stat.S_IMODE((tmp_path / "keys" / "site-0.key").stat().st_mode) == 0o600
     assert (tmp_path / "keys" / "site-0.pub").read_text().startswith("ecdsa-sha2-")
@@ -109,13 +93,10 @@ def test_make_and_register_supernode_keys_as_the_docs_show(tmp_path: Path) -> No
     deployment = LocalDeployment(1, workdir=tmp_path / "deployment")
     try:
         deployment.start_superlink(timeout=60)
+        args = "--make-supernode-keys keys --names site-1,site-2 --register"
         done = _command(
             "flwr_byz.deploy.deployment",
-            "--make-supernode-keys",
-            "keys",
-            "--names",
-            "site-1,site-2",
-            "--register",
+            *args.split(),
             CONNECTION,
             cwd=tmp_path,
             env={"FLWR_HOME": str(deployment.flwr_home)},

@@ -12,7 +12,6 @@ import asyncio
 import os
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +26,10 @@ from flwr_byz.deploy.fleet_gateway import (
     ARRAY_CHUNK_BYTES,
     BODY_OVERHEAD_BYTES,
     body_limit,
+    command_line,
     create_app,
 )
-from flwr_byz.deploy.processes import free_port, spawn, stop_processes
+from flwr_byz.deploy.processes import free_port, spawn, stop_processes, wait_for_port
 
 LIMIT = 64 * 1024
 PATH = "/v1/fleet/push-object"
@@ -188,39 +188,21 @@ def test_requests_of_one_peer_beyond_the_cap_get_503_until_one_ends(gateway) -> 
 def test_the_gateway_process_refuses_a_body_over_its_command_line_limit(
     tmp_path: Path,
 ) -> None:
-    """``python -m flwr_byz.deploy.fleet_gateway --max-body-bytes``, over TLS,
-    as LocalDeployment starts it (no SuperLink needed to refuse)."""
+    """``python -m flwr_byz.deploy.fleet_gateway ... --max-body-bytes 1000``
+    (:func:`command_line`), over TLS, as LocalDeployment starts it (no SuperLink
+    needed to refuse)."""
     certificates = make_certificates(tmp_path / "certs")
     port = free_port()
     process = spawn(
-        [
-            sys.executable,
-            "-m",
-            "flwr_byz.deploy.fleet_gateway",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--superlink",
-            "127.0.0.1:1",
-            "--certificates",
-            str(tmp_path / "certs"),
-            "--max-body-bytes",
-            "1000",
-        ],
+        command_line(f"127.0.0.1:{port}", "127.0.0.1:1", tmp_path / "certs", 1000),
         {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         tmp_path,
         tmp_path / "gateway.log",
     )
     tls = ssl.create_default_context(cafile=str(certificates.ca_cert))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (tmp_path / "gateway.log").read_text()
-            try:
-                raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the gateway did not start"
-                time.sleep(0.2)
+        wait_for_port(port, process, timeout=60, log_file=tmp_path / "gateway.log")
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         with tls.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
             # 1001 bytes declared (the default limit would wait for them): refused.
             head = f"POST {PATH} HTTP/1.1\r\nHost: g\r\nContent-Length: 1001\r\n\r\n"

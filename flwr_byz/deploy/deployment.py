@@ -51,7 +51,11 @@ from flwr_byz.deploy.certificates import (
     make_supernode_keys,
     write_new_file,
 )
-from flwr_byz.deploy.fleet_gateway import DEFAULT_MAX_REQUESTS_PER_PEER, body_limit
+from flwr_byz.deploy.fleet_gateway import (
+    DEFAULT_MAX_REQUESTS_PER_PEER,
+    body_limit,
+    command_line,
+)
 from flwr_byz.deploy.local_superlink import run_config_arg
 from flwr_byz.deploy.processes import (
     free_port,
@@ -413,21 +417,13 @@ class LocalDeployment:
         assert certificates is not None
 
         def command_for(port: int) -> list[str]:
-            return [
-                sys.executable,
-                "-m",
-                "flwr_byz.deploy.fleet_gateway",
-                "--listen",
+            return command_line(
                 f"127.0.0.1:{port}",
-                "--superlink",
                 self.address,
-                "--certificates",
-                str(certificates.ca_cert.parent),
-                "--max-body-bytes",
-                str(self.max_body_bytes),
-                "--max-requests-per-peer",
-                str(self.max_requests_per_peer),
-            ]
+                certificates.ca_cert.parent,
+                self.max_body_bytes,
+                self.max_requests_per_peer,
+            )
 
         path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.getenv("PYTHONPATH")]))
         env = {**self.env, "PYTHONPATH": path}

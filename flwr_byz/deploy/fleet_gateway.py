@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_MAX_REQUESTS_PER_PEER",
     "FLEET_PATHS",
     "body_limit",
+    "command_line",
     "create_app",
     "main",
 ]
@@ -242,6 +243,25 @@ def _host_port(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{address!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def command_line(
+    listen: str,
+    superlink: str,
+    certificates: str | Path,
+    max_body_bytes: int | None = None,
+    max_requests_per_peer: int | None = None,
+) -> list[str]:
+    """``python -m flwr_byz.deploy.fleet_gateway ...`` with this Python: the
+    command that starts the gateway (``None``: the flag's default)."""
+    command = [sys.executable, "-m", "flwr_byz.deploy.fleet_gateway"]
+    command += ["--listen", listen, "--superlink", superlink]
+    command += ["--certificates", str(certificates)]
+    if max_body_bytes is not None:
+        command += ["--max-body-bytes", str(max_body_bytes)]
+    if max_requests_per_peer is not None:
+        command += ["--max-requests-per-peer", str(max_requests_per_peer)]
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
