@@ -1,0 +1,43 @@
+"""MkDocs hooks: the generated parts of the site.
+
+- ``<!-- rules-table -->`` becomes the rule table of
+  :mod:`flwr_byz.aggregation.registry`, so the table shown is the registry's.
+- ``<!-- readme -->`` becomes the repository's ``README.md``, its links into
+  ``docs/`` made relative to the site, so the front page is written once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+
+RULES_TABLE_MARKER = "<!-- rules-table -->"
+README_MARKER = "<!-- readme -->"
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rules_table() -> str:
+    """The registry's rule table (Markdown)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    registry = importlib.import_module("flwr_byz.aggregation.registry")
+    table = getattr(registry, "rules_table", None) or registry.readme_table
+    return table()
+
+
+def readme_for_site() -> str:
+    """README.md with its ``docs/…`` links relative to the site's root."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return re.sub(r"\]\(docs/", "](", text)
+
+
+def on_page_markdown(markdown: str, **_: object) -> str:
+    """Replace the markers with the generated text."""
+    if README_MARKER in markdown:
+        markdown = markdown.replace(README_MARKER, readme_for_site())
+    if RULES_TABLE_MARKER in markdown:
+        markdown = markdown.replace(RULES_TABLE_MARKER, rules_table())
+    return markdown
