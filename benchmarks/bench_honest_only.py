@@ -20,13 +20,11 @@ import argparse
 
 import torch
 
-from clients.client_app import _TAG_BATCHES  # the client's batch stream tag
 from flwr_byz.app.config import check_run_config
-from flwr_byz.app.training import sgd_steps
+from flwr_byz.app.training import batch_generator, sgd_steps
 from flwr_byz.attacks import byzantine_partitions
 from flwr_byz.data import dataset_shape, load_partition, load_server_data
 from flwr_byz.models import build_model
-from flwr_byz.seeding import torch_stream
 
 
 def honest_only_accuracy(run_config: dict, num_nodes: int) -> float:
@@ -51,7 +49,7 @@ def honest_only_accuracy(run_config: dict, num_nodes: int) -> float:
         for p in honest:
             net = model()
             torch.nn.utils.vector_to_parameters(theta.clone(), net.parameters())
-            generator = torch_stream(seed, p, rnd, _TAG_BATCHES)
+            generator = batch_generator(seed, p, rnd)  # the client's batches
             data = train[p]
             sgd_steps(net, data.features, data.labels, steps, lr, batch, generator)
             after = torch.nn.utils.parameters_to_vector(net.parameters()).detach()

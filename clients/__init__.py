@@ -1,1 +1,1 @@
-"""This repository's ClientApp (``clients.client_app:app``) and its local training."""
+"""This repository's ClientApp entry point (``clients.client_app:app``)."""

@@ -100,7 +100,7 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_run(
     and leaves the file as it was."""
     from link_federation import LinkFederation, silent
 
-    from server.server_app import run
+    from flwr_byz.app.server_run import run_server
 
     in_the_way = tmp_path / "results"
     in_the_way.write_text("keep me")
@@ -108,7 +108,7 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_run(
         # Without the check, the run would wait for nodes and fail on that.
         cfg = check_run_config({"output-dir": value, "node-wait-timeout": 1.0})
         with LinkFederation(0, silent) as fed, pytest.raises(RunConfigError) as info:
-            run(fed.grid, cfg)
+            run_server(fed.grid, cfg)
         message = str(info.value)
         assert "'output-dir'" in message and "is a file" in message, message
         assert str(in_the_way) in message

@@ -22,8 +22,16 @@ from flwr.app import (
 )
 from torch.nn import functional as F
 
-import clients.client_app as client_module
-from clients.client_app import CLIENT_DEFAULTS, app, client_config
+from clients.client_app import app
+from flwr_byz.app import client_run
+from flwr_byz.app.client_data import ADAPTIVE_D0_SIZE
+from flwr_byz.app.config import (
+    CLIENT_KEYS,
+    SERVER_KEYS,
+    RunConfigError,
+    check_run_config,
+    client_config,
+)
 from flwr_byz.attacks import ATTACK_DEFAULTS, adaptive_fault_gradient, label_flip
 from flwr_byz.data import dataset_shape, load_partition, load_server_data
 from flwr_byz.models import build_model
@@ -34,8 +42,7 @@ NUM = 5
 
 @pytest.fixture(autouse=True)
 def _fresh_process_cache() -> None:
-    client_module._NODES.clear()
-    client_module._D0.clear()
+    client_run.clear_caches()
 
 
 def _global() -> torch.nn.Module:
@@ -110,7 +117,7 @@ def test_same_seed_same_weights_minibatch_and_many_steps() -> None:
     cfg = {**CFG, "local-steps": 3, "batch-size": 16}
     arrays = ArrayRecord(_global().state_dict())
     first = _weights(app(_msg(arrays, 4), _ctx(cfg)))
-    client_module._NODES.clear()
+    client_run.clear_caches()
     second = _weights(app(_msg(arrays, 4), _ctx(cfg)))
     other_round = _weights(app(_msg(arrays, 5), _ctx(cfg)))
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -159,7 +166,7 @@ def test_adaptive_fault_node_sends_minus_lr_times_af_gradient() -> None:
     cfg = {**CFG, "attack": "adaptive-fault", "byzantine-partitions": "2"}
     reply = app(_msg(ArrayRecord(model.state_dict())), _ctx(cfg))
     data = load_partition(cfg, 2, NUM)
-    qv = load_server_data({**cfg, "qv-size": client_module.ADAPTIVE_D0_SIZE}, NUM).qv
+    qv = load_server_data({**cfg, "qv-size": ADAPTIVE_D0_SIZE}, NUM).qv
     grads = adaptive_fault_gradient(
         model,
         (qv.features, qv.labels),
@@ -193,19 +200,23 @@ def test_random_fault_node_through_the_mod() -> None:
 
 
 def test_client_config_defaults_and_errors() -> None:
-    assert client_config({}) == CLIENT_DEFAULTS
+    assert client_config({}) == {k: SERVER_KEYS[k].default for k in CLIENT_KEYS}
     for key, bad, hint in (
         ("model", "vgg", "mlp-yelp"),
         ("local-steps", 0, ">= 1"),
         ("batch-size", -1, ">= 0"),
-        ("learning-rate", 0.0, "> 0"),
+        ("learning-rate", 0.0, "(0.0, 1000.0]"),
         ("device", "tpu", "cuda"),
     ):
-        with pytest.raises(ValueError) as err:
+        with pytest.raises(RunConfigError) as err:
             client_config({key: bad})
         assert key in str(err.value)
         assert repr(bad) in str(err.value)
         assert hint in str(err.value)
+        # One check, one message: the server's check of the same key.
+        with pytest.raises(RunConfigError) as server:
+            check_run_config({key: bad})
+        assert str(server.value) == str(err.value)
 
 
 def test_deployment_node_loads_its_own_file(tmp_path) -> None:

@@ -412,7 +412,7 @@ def test_a_one_class_data_file_stops_the_run_before_round_one(tmp_path) -> None:
     from link_federation import LinkFederation
 
     from flwr_byz.app.config import check_run_config
-    from server.server_app import run
+    from flwr_byz.app.server_run import run_server
 
     cols = _table()
     cols["label"] = np.zeros(len(cols["label"]), dtype=np.int64)
@@ -427,14 +427,14 @@ def test_a_one_class_data_file_stops_the_run_before_round_one(tmp_path) -> None:
         return Message(RecordDict({"identity": ConfigRecord(pid)}), reply_to=ins)
 
     with LinkFederation(3, identity) as fed, pytest.raises(ValueError) as info:
-        run(fed.grid, cfg)
+        run_server(fed.grid, cfg)
     assert "'data-path'" in str(info.value) and "at least 2" in str(info.value)
     assert not (out / "results.json").exists()
 
 
 def test_a_node_may_hold_a_single_class(tmp_path) -> None:
     """A deployment node's own file with one class is ordinary (label skew)."""
-    from clients.client_app import load_client_data
+    from flwr_byz.app.client_data import load_client_data
 
     cols = _table(n_regions=1)
     cols["label"] = np.full(len(cols["label"]), 2, dtype=np.int64)
@@ -459,7 +459,8 @@ def test_a_node_file_of_the_wrong_dimension_is_named(tmp_path) -> None:
         RecordDict,
     )
 
-    import clients.client_app as client_module
+    from clients.client_app import app as client_app
+    from flwr_byz.app import client_run
     from flwr_byz.models import build_model
 
     node = _write(_table(n_regions=1, d=5), tmp_path / "node.npz")
@@ -490,12 +491,12 @@ def test_a_node_file_of_the_wrong_dimension_is_named(tmp_path) -> None:
         state=RecordDict(),
         run_config={"dataset": "files", "data-path": "server-side.npz"},
     )
-    client_module._NODES.clear()
+    client_run.clear_caches()
     try:
         with pytest.raises(ValueError) as info:
-            client_module.app(msg, ctx)
+            client_app(msg, ctx)
     finally:
-        client_module._NODES.clear()
+        client_run.clear_caches()
     message = str(info.value)
     first = next(iter(model.state_dict().values())).shape  # (hidden, 6)
     for words in (

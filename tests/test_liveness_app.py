@@ -13,7 +13,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from link_federation import Behaviour, LinkFederation, dies_in_round, silent
 
 from clients.client_app import app as client_app
-from clients.client_app import fault_delay
+from flwr_byz.app.client_run import fault_delay
 from flwr_byz.app.config import RunConfigError, check_run_config
 from flwr_byz.app.federation import (
     MAX_ERROR_REPLIES,
@@ -24,8 +24,8 @@ from flwr_byz.app.federation import (
 )
 from flwr_byz.app.liveness import node_floor, sampling_settings
 from flwr_byz.app.results import RunInterruptedError
+from flwr_byz.app.server_run import run_server
 from flwr_byz.strategy.sampling import NotEnoughNodesError
-from server.server_app import run
 
 RUN = {
     "num-server-rounds": 3,
@@ -75,7 +75,7 @@ def test_a_node_that_dies_after_round_1_is_recorded_missing_and_the_run_ends(
     victim = fed.node_ids[2]
     fed.behaviours[victim] = dies_in_round(fed, victim, 2, fed.behaviour)
     with fed:
-        results = run(fed.grid, cfg)
+        results = run_server(fed.grid, cfg)
     assert results == json.loads((tmp_path / "results.json").read_text())
     rounds = results["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
@@ -107,7 +107,7 @@ def test_too_few_nodes_stop_the_run_with_a_message_in_results_json(
     fed.behaviours[victim] = dies_in_round(fed, victim, 2, fed.behaviour)
     started = time.monotonic()
     with fed, pytest.raises(NotEnoughNodesError, match="only 3 node"):
-        run(fed.grid, cfg)
+        run_server(fed.grid, cfg)
     assert time.monotonic() - started < 60
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
@@ -134,7 +134,7 @@ def test_a_node_sleeping_past_round_timeout_does_not_hold_the_round(
     fed = app_federation(cfg, configs)
     sleeper = fed.node_ids[1]
     with fed:
-        results = run(fed.grid, cfg)
+        results = run_server(fed.grid, cfg)
     late = {"node-id": sleeper, "partition-id": 1, "reason": "timed-out"}
     for entry in results["rounds"][1:]:
         assert entry["missing"] == [late]
@@ -259,7 +259,7 @@ def test_a_restarted_node_keeps_its_partition_and_role_in_the_record(
 
     fed.behaviours[victim] = dies_and_restarts
     with fed:
-        results = run(fed.grid, cfg)
+        results = run_server(fed.grid, cfg)
     assert len(restarted) == 1
     new = restarted[0]
     truth = results["ground-truth"]
@@ -322,7 +322,7 @@ def test_nodes_that_miss_the_identity_query_get_their_partition_in_the_record(
     )
     fed.behaviours[quiet] = _first_query(fed, quiet, silent)
     with fed:
-        results = run(fed.grid, cfg)
+        results = run_server(fed.grid, cfg)
     truth = results["ground-truth"]
     assert truth["node-partitions"] == {str(n): p for p, n in enumerate(fed.node_ids)}
     assert truth["byzantine-node-ids"] == sorted([late, failing])
@@ -417,7 +417,7 @@ def test_a_resumed_run_asks_again_a_node_that_missed_the_identity_query(
     }
     cfg = check_run_config({**settings, "output-dir": str(cut)})
     with app_federation(cfg, partitions(4)) as fed, pytest.raises(RunInterruptedError):
-        run(fed.grid, cfg)
+        run_server(fed.grid, cfg)
     assert json.loads((cut / "results.json").read_text())["status"] == "interrupted"
 
     cfg = check_run_config(
@@ -427,7 +427,7 @@ def test_a_resumed_run_asks_again_a_node_that_missed_the_identity_query(
     quiet = back.node_ids[3]
     back.behaviours[quiet] = _first_query(back, quiet, silent)
     with back:
-        results = run(back.grid, cfg)
+        results = run_server(back.grid, cfg)
     assert results["status"] == "completed"
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
     assert results["ground-truth"]["node-partitions"][str(quiet)] == 3

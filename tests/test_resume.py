@@ -1,9 +1,10 @@
 """Checkpoints and resume: refusals, and a resumed run equal to an uninterrupted one.
 
-The end-to-end checks here run the real ServerApp (``server.server_app.run``) and
-the real ClientApp in this process (``InProcessGrid``, a few seconds a run); the
-same check through a real SuperLink is in ``test_app.py`` (slow). A resumed run
-gets other node ids than the run it continues, as a restarted simulation does.
+The end-to-end checks here run the real ServerApp's run
+(``flwr_byz.app.server_run.run_server``) and the real ClientApp in this process
+(``InProcessGrid``, a few seconds a run); the same check through a real SuperLink
+is in ``test_app.py`` (slow). A resumed run gets other node ids than the run it
+continues, as a restarted simulation does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from resume_helpers import InProcessGrid
 from run_comparison import assert_bit_equal, comparable, final_state
 from strategy_helpers import server_identity
 
-import clients.client_app as client_module
+from flwr_byz.app import client_run
 from flwr_byz.app.checkpoint import (
     CHECKPOINT_FILE,
     VOLATILE_KEYS,
@@ -45,7 +46,7 @@ from flwr_byz.app.results import (
     RunInterruptedError,
     expand_run_dir,
 )
-from server.server_app import run
+from flwr_byz.app.server_run import run_server
 
 PARTITIONS = (0, 1, 2, 3)
 FIRST_IDS = (1101, 2202, 3303, 4404)
@@ -68,8 +69,7 @@ GAA_RUN = {
 
 @pytest.fixture(autouse=True)
 def _fresh_client_cache() -> None:
-    client_module._NODES.clear()
-    client_module._D0.clear()
+    client_run.clear_caches()
 
 
 def _run(
@@ -78,7 +78,7 @@ def _run(
     cfg = check_run_config({**GAA_RUN, "output-dir": str(out), **overrides})
     grid = InProcessGrid(dict(zip(node_ids, PARTITIONS, strict=True)), cfg)
     with server_identity():
-        return run(grid, cfg), grid
+        return run_server(grid, cfg), grid
 
 
 def _interrupted(out: Path, after: int, **overrides: Any) -> InProcessGrid:
@@ -87,7 +87,7 @@ def _interrupted(out: Path, after: int, **overrides: Any) -> InProcessGrid:
     )
     grid = InProcessGrid(dict(zip(FIRST_IDS, PARTITIONS, strict=True)), cfg)
     with server_identity(), pytest.raises(RunInterruptedError, match="fault injection"):
-        run(grid, cfg)
+        run_server(grid, cfg)
     return grid
 
 
@@ -299,7 +299,7 @@ def test_sampled_partitions_and_numbers_do_not_depend_on_the_node_ids(
     cfg = check_run_config({**GAA_RUN, "output-dir": str(tmp_path / "b")})
     relisted = InProcessGrid({42: 3, 17: 1, 9001: 0, 5555: 2}, cfg)
     with server_identity():
-        second = run(relisted, cfg)
+        second = run_server(relisted, cfg)
     assert len(_trained(first_grid)) == 3 * GAA_RUN["num-server-rounds"]  # 3 of 4
     assert _trained(relisted) == _trained(first_grid)
     assert comparable(second) == comparable(first)
@@ -395,7 +395,7 @@ def test_resume_refuses_a_mismatch_before_writing(tmp_path) -> None:
         grid = InProcessGrid({7: 0, 8: 1, 9: 2, 10: 5}, cfg)
         grid.contexts[10].node_config["num-partitions"] = 4
         with server_identity():
-            run(grid, cfg)
+            run_server(grid, cfg)
     assert (cut / "results.json").read_bytes() == results
     assert not (tmp_path / "x").exists()
 
@@ -503,7 +503,7 @@ def test_a_run_stopped_for_want_of_nodes_is_interrupted_and_resumes(tmp_path):
         fed, fed.node_ids[0], 2, fed.behaviour
     )
     with fed, pytest.raises(NotEnoughNodesError):
-        run(fed.grid, cfg)
+        run_server(fed.grid, cfg)
     stopped = _results(cut)
     assert stopped["status"] == "interrupted"
     assert stopped["summary"]["stopped"].startswith("after round 2")
@@ -511,7 +511,7 @@ def test_a_run_stopped_for_want_of_nodes_is_interrupted_and_resumes(tmp_path):
 
     cfg = check_run_config({**GAA_RUN, **settings, "resume": str(cut)})
     with app_federation(cfg, partitions(4)) as back:
-        run(back.grid, cfg)
+        run_server(back.grid, cfg)
     done = _results(cut)
     assert done["status"] == "completed" and "stopped" not in done["summary"]
     assert [r["round"] for r in done["rounds"]] == [0, 1, 2, 3]

@@ -3,6 +3,13 @@
 ``server/server_app.py`` and ``clients/client_app.py`` (the app's thin entry points,
 ``flwr run .``) build on these modules:
 
+- :mod:`~flwr_byz.app.server_run`: the ServerApp's run
+  (:func:`~flwr_byz.app.server_run.run_server`, a
+  call a test can make with its own ``Grid``), :mod:`~flwr_byz.app.roster` (who is
+  in the run, who is Byzantine) and :mod:`~flwr_byz.app.episodes` (GAA's episodes;
+  what ends every round: evaluation, checkpoint, fault injection);
+- :mod:`~flwr_byz.app.client_run`: the ClientApp's train, evaluate and query
+  handlers, on :mod:`~flwr_byz.app.client_data` (what a node trains on);
 - :mod:`~flwr_byz.app.config`: every run-config key, its default and its check;
 - :mod:`~flwr_byz.app.strategy_factory`: run config → strategy;
 - :mod:`~flwr_byz.app.federation`: who is in the federation (node id → partition);

@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -421,6 +422,68 @@ def checkpoint_payload(
         "log": dict(log),
         "elapsed-s": float(elapsed),
     }
+
+
+class RunCheckpoint:
+    """Writes a run's ``checkpoint.pt`` at the end of each of its rounds.
+
+    Parameters
+    ----------
+    path : Path
+        The checkpoint file (in the run directory).
+    config : Mapping
+        The run config.
+    strategy : Strategy
+        The strategy whose :func:`capture_strategy` state is saved.
+    nodes : Mapping[int, int]
+        node id → partition id of the run (kept up to date by the caller).
+    elapsed_before : float
+        Seconds the interrupted run(s) had spent (0 for a fresh run).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        config: Mapping[str, Any],
+        strategy: Strategy,
+        nodes: Mapping[int, int],
+        elapsed_before: float = 0.0,
+    ) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.strategy = strategy
+        self.nodes = nodes
+        self.elapsed_before = float(elapsed_before)
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of the whole run so far, interrupted runs included."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def save(
+        self,
+        episode: int,
+        server_round: int,
+        arrays: ArrayRecord,
+        results: Mapping[str, Any],
+        log: Mapping[str, Any],
+    ) -> None:
+        """Write the checkpoint of the end of ``server_round`` of ``episode``, with
+        the run's record (``results.json``) and round log as of that round."""
+        save_checkpoint(
+            self.path,
+            checkpoint_payload(
+                config=self.config,
+                episode=episode,
+                server_round=server_round,
+                arrays=arrays,
+                strategy=self.strategy,
+                nodes=self.nodes,
+                results=results,
+                log=log,
+                elapsed=self.elapsed(),
+            ),
+        )
 
 
 @dataclass

@@ -278,6 +278,36 @@ def _rule_parameter_keys() -> dict[str, Key]:
 SERVER_KEYS.update(_rule_parameter_keys())
 
 
+#: The run-config keys the ClientApp reads for its local training.
+CLIENT_KEYS = ("model", "local-steps", "learning-rate", "batch-size", "seed", "device")
+
+
+def client_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The client-training keys (:data:`CLIENT_KEYS`) of ``run_config``, defaults
+    where absent, each checked as :func:`check_run_config` checks it.
+
+    Raises
+    ------
+    RunConfigError
+        Naming the key, the value given and what is allowed.
+    """
+    cfg = {}
+    for name in CLIENT_KEYS:
+        key = SERVER_KEYS[name]
+        cfg[name] = run_config.get(name, key.default)
+        _check_key(name, key, cfg[name])
+    return cfg
+
+
+def _check_key(name: str, key: Key, value: Any) -> None:
+    expected = key.check(value)
+    if expected is not None:
+        raise RunConfigError(
+            f"run-config key {name!r} = {value!r} is invalid: expected "
+            f"{expected} ({key.help})"
+        )
+
+
 def strategy_of_option(key: str) -> str | None:
     """The strategy a run-config key configures (``zeno-rho`` → ``zeno``), or None.
 
@@ -346,12 +376,7 @@ def check_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
             f"known keys: {', '.join(sorted(app_defaults()))}"
         )
     for name, key in SERVER_KEYS.items():
-        expected = key.check(cfg[name])
-        if expected is not None:
-            raise RunConfigError(
-                f"run-config key {name!r} = {cfg[name]!r} is invalid: expected "
-                f"{expected} ({key.help})"
-            )
+        _check_key(name, key, cfg[name])
     rule = RULE_BY_NAME.get(cfg["strategy"])
     for param in rule.params if rule is not None else ():
         name = rule.config_key(param)

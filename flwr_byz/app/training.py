@@ -7,6 +7,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from flwr_byz.attacks import adaptive_fault_gradient
+from flwr_byz.seeding import torch_stream
+
+#: Tag of a client's batch stream (:func:`batch_generator`): "BATC".
+BATCH_STREAM_TAG = 0x42415443
+
+
+def batch_generator(seed: int, partition_id: int, server_round: int) -> torch.Generator:
+    """The generator a client draws its batches of ``server_round`` from: a pure
+    function of the run's seed, the node's partition and the round."""
+    return torch_stream(seed, partition_id, server_round, BATCH_STREAM_TAG)
 
 
 def _batch(
