@@ -105,12 +105,12 @@ class ServerSideAttack(Strategy):
         attacks that run the model (qv-orthogonal, class-targeted, and those built
         on them; see :func:`uses_colluder_data`).
 
+    Notes
+    -----
     The adaptive attacks read the defence from ``config`` as its run-config keys
     (``strategy``, ``assumed-byzantine-fraction``, ``geomed-method``, ``zeno-*``,
     ``learning-rate``): they know the rule and its thresholds.
 
-    Notes
-    -----
     Honest updates are ``Δ_i = reply_i − sent_i`` over the float arrays, taken from
     the replies of nodes that are not Byzantine this round and parse cleanly
     (one ArrayRecord with the sent keys/shapes/dtypes, finite values). Replies that
