@@ -7,6 +7,7 @@ config and the grid, and real runs of the app by name.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable
@@ -417,6 +418,31 @@ def test_agr_tailored_by_name_runs_the_defences_rule(world) -> None:
     assert torch.allclose(v, expected, atol=1e-6)
 
 
+def test_fltrust_and_zeno_are_run_with_the_colluders_own_qv_samples(
+    colluders, world
+) -> None:
+    from flwr_byz.aggregation import fltrust
+    from flwr_byz.attacks.colluders import imitated_update
+
+    model, _, layout, updates = world
+    x = torch.stack([updates[i] for i in range(NUM)])
+    assert defence_aggregate({"strategy": "fltrust"}, NUM) is None  # no data: none
+    fl = defence_aggregate({"strategy": "fltrust"}, NUM, colluders, model, layout)
+    server = imitated_update(colluders, model, layout)
+    # The imitation is one honest step on the colluders' QV samples.
+    expected = -0.5 * flat_gradient(model, layout, *colluders.qv)
+    assert torch.allclose(server, expected, atol=1e-9)
+    assert torch.allclose(fl(x), fltrust(x, server).aggregate)
+    zeno_cfg = {"strategy": "zeno", "zeno-b-fraction": 0.4}
+    ze = defence_aggregate(zeno_cfg, NUM, colluders, model, layout)
+    out = ze(x)  # Zeno keeps the n − b = 3 best-scored updates: their mean
+    subsets = [
+        x[list(rows)].mean(dim=0) for rows in itertools.combinations(range(NUM), 3)
+    ]
+    assert any(torch.allclose(out, m, atol=1e-9) for m in subsets)
+    assert defence_aggregate({"strategy": "gaa"}, NUM, colluders, model, layout) is None
+
+
 # --- pretense then drift
 
 
@@ -519,7 +545,7 @@ def _app_run(cfg: dict, tmp: Path) -> dict:
 
     import clients.client_app as client_module
     from flwr_byz.app.config import check_run_config
-    from flwr_byz.app.server_run import run_server
+    from server.server_app import run
 
     cfg = check_run_config({**cfg, "output-dir": str(tmp / "out")})
     with LinkFederation(NUM, lambda m: None) as fed:
@@ -534,7 +560,7 @@ def _app_run(cfg: dict, tmp: Path) -> dict:
             fed.behaviours[nid] = lambda msg, context=context: client_module.app(
                 msg, context
             )
-        return run_server(fed.grid, cfg)
+        return run(fed.grid, cfg)
 
 
 def _config(name: str, strategy: str) -> dict:
@@ -582,7 +608,7 @@ def test_qv_orthogonal_by_name_in_the_flower_simulation_engine(tmp_path: Path) -
 
     import clients.client_app as client_module
     from flwr_byz.app.config import check_run_config
-    from flwr_byz.app.server_run import run_server
+    from server.server_app import run
 
     cfg = check_run_config(
         {**_config("qv-orthogonal", "gaa"), "output-dir": str(tmp_path / "out")}
@@ -592,7 +618,7 @@ def test_qv_orthogonal_by_name_in_the_flower_simulation_engine(tmp_path: Path) -
 
     @server.main()
     def main(grid, context) -> None:
-        out["results"] = run_server(grid, cfg)
+        out["results"] = run(grid, cfg)
 
     client = ClientApp()
 

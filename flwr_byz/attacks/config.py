@@ -208,7 +208,10 @@ def check_attack_config(cfg: Mapping[str, Any]) -> None:
         or side, ``byzantine-fraction`` outside [0, 1), malformed
         ``byzantine-partitions``, ``pretense-rounds`` < 0, ``flip-period`` < 1,
         ``flip-probability`` or ``initial-byzantine-probability`` outside [0, 1],
-        negative noise parameters, an omniscient attack with
+        negative noise parameters, adaptive-suite parameters out of range
+        (``qv-epsilon``, ``sybil-noise`` < 0, ``fang-trim-b`` < 1,
+        ``colluder-qv-size`` < 1, negative ``drift-*-rounds`` or ``target-class``,
+        an unknown ``drift-attack`` or ``sybil-base``), a colluding attack with
         ``attack-side = "client"`` (a client sees only its own update) or a data
         attack with ``attack-side = "server"`` (the server has no client data).
     """
