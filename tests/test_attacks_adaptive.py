@@ -545,7 +545,7 @@ def _app_run(cfg: dict, tmp: Path) -> dict:
 
     import clients.client_app as client_module
     from flwr_byz.app.config import check_run_config
-    from server.server_app import run
+    from flwr_byz.app.server_run import run_server
 
     cfg = check_run_config({**cfg, "output-dir": str(tmp / "out")})
     with LinkFederation(NUM, lambda m: None) as fed:
@@ -560,7 +560,7 @@ def _app_run(cfg: dict, tmp: Path) -> dict:
             fed.behaviours[nid] = lambda msg, context=context: client_module.app(
                 msg, context
             )
-        return run(fed.grid, cfg)
+        return run_server(fed.grid, cfg)
 
 
 def _config(name: str, strategy: str) -> dict:
@@ -608,7 +608,7 @@ def test_qv_orthogonal_by_name_in_the_flower_simulation_engine(tmp_path: Path) -
 
     import clients.client_app as client_module
     from flwr_byz.app.config import check_run_config
-    from server.server_app import run
+    from flwr_byz.app.server_run import run_server
 
     cfg = check_run_config(
         {**_config("qv-orthogonal", "gaa"), "output-dir": str(tmp_path / "out")}
@@ -618,7 +618,7 @@ def test_qv_orthogonal_by_name_in_the_flower_simulation_engine(tmp_path: Path) -
 
     @server.main()
     def main(grid, context) -> None:
-        out["results"] = run(grid, cfg)
+        out["results"] = run_server(grid, cfg)
 
     client = ClientApp()
 
