@@ -63,15 +63,19 @@ def hf_dataset(x: torch.Tensor, y: torch.Tensor) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"img": x.tolist(), "label": y.tolist()})
 
 
-def flower_quickstart_loader(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
-    """Flower's quickstart-pytorch: a partition ``with_transform`` into tensors,
-    then ``DataLoader(partition, batch_size=...)``: batches are dicts."""
+def flower_quickstart_partition(x: torch.Tensor, y: torch.Tensor) -> datasets.Dataset:
+    """Flower's quickstart-pytorch: a partition ``with_transform`` into tensors."""
 
     def apply_transforms(batch: dict) -> dict:
         batch["img"] = [torch.tensor(v) for v in batch["img"]]
         return batch
 
-    return DataLoader(hf_dataset(x, y).with_transform(apply_transforms), batch_size=3)
+    return hf_dataset(x, y).with_transform(apply_transforms)
+
+
+def flower_quickstart_loader(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
+    """Then ``DataLoader(partition, batch_size=...)``: batches are dicts."""
+    return DataLoader(flower_quickstart_partition(x, y), batch_size=3)
 
 
 def accepted_forms() -> dict[str, tuple[object, object, list[int]]]:
@@ -110,6 +114,7 @@ def accepted_forms() -> dict[str, tuple[object, object, list[int]]]:
         ),
         "columns-mapping": ({"image": x, "label": y}, None, every),
         "huggingface-dataset": (hf_dataset(x, y).with_format("torch"), None, every),
+        "flower-quickstart-partition": (flower_quickstart_partition(x, y), None, every),
         "flower-quickstart-dataloader": (flower_quickstart_loader(x, y), None, every),
         "triples-named-positions": (
             DataLoader(TensorDataset(x, torch.zeros(M), y), batch_size=3),
