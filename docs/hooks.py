@@ -24,8 +24,7 @@ def rules_table() -> str:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     registry = importlib.import_module("flwr_byz.aggregation.registry")
-    table = getattr(registry, "rules_table", None) or registry.readme_table
-    return table()
+    return registry.rules_table()
 
 
 def readme_for_site() -> str:

@@ -216,7 +216,7 @@ def test_the_strategies_page_shows_the_registrys_rule_table(site: Path) -> None:
 def test_the_registry_module_prints_the_rule_table() -> None:
     from flwr_byz.aggregation import registry
 
-    table = getattr(registry, "rules_table", None) or registry.readme_table
+    table = registry.rules_table
     done = subprocess.run(
         [sys.executable, "-m", "flwr_byz.aggregation.registry"],
         cwd=REPO,

@@ -31,7 +31,7 @@ def test_the_docs_rule_table_is_generated_from_the_registry() -> None:
     spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
     hooks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hooks)
-    table = getattr(reg, "rules_table", None) or reg.readme_table
+    table = reg.rules_table
     page = hooks.on_page_markdown(text)
     assert table() in page and "<!-- rules-table -->" not in page
     for rule in reg.REGISTRY:

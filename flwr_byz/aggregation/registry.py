@@ -24,7 +24,7 @@ __all__ = ["REGISTRY", "RULE_BY_NAME", "Param", "Rule", "get_rule", "min_nodes"]
 
 
 def _collect() -> tuple[Rule, ...]:
-    package = __name__.rpartition(".")[0]
+    package = __package__  # also under ``python -m flwr_byz.aggregation.registry``
     here = importlib.import_module(package)
     found: list[Rule] = []
     for info in sorted(pkgutil.iter_modules(here.__path__), key=lambda m: m.name):
@@ -106,9 +106,6 @@ def rules_table() -> str:
         )
     return "\n".join(lines)
 
-
-#: The name the README's table test used; the docs hook uses :func:`rules_table`.
-readme_table = rules_table
 
 if __name__ == "__main__":  # pragma: no cover
     print(rules_table())
