@@ -2,8 +2,9 @@
 
 - ``<!-- rules-table -->`` becomes the rule table of
   :mod:`flwr_byz.aggregation.registry`, so the table shown is the registry's.
-- ``<!-- readme -->`` becomes the repository's ``README.md``, its links into
-  ``docs/`` made relative to the site, so the front page is written once.
+- A page that starts with ``<!-- readme -->`` (``index.md``) becomes the
+  repository's ``README.md``, its links into ``docs/`` made relative to the site,
+  so the front page is written once.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def readme_for_site() -> str:
 
 def on_page_markdown(markdown: str, **_: object) -> str:
     """Replace the markers with the generated text."""
-    if README_MARKER in markdown:
-        markdown = markdown.replace(README_MARKER, readme_for_site())
+    if markdown.startswith(README_MARKER):  # the whole page is the README
+        markdown = readme_for_site()
     if RULES_TABLE_MARKER in markdown:
         markdown = markdown.replace(RULES_TABLE_MARKER, rules_table())
     return markdown

@@ -197,6 +197,7 @@ def test_the_site_builds_in_strict_mode(site: Path) -> None:
     assert 'id="flwr_byz.strategy.FABA"' in api  # generated from the docstrings
     index = (site / "index.html").read_text(encoding="utf-8")
     assert "Quick start 3" in index and "<!-- readme -->" not in index
+    assert "home page is the repository" not in index  # the README replaced it
     assert 'href="strategies/"' in index  # README's docs/ links, made the site's
 
 
