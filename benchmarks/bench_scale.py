@@ -340,7 +340,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    """Log-log seconds vs n per rule, one panel per d (the README's figure)."""
+    """Log-log seconds vs n per rule, one panel per d (docs/bench_scale.png)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -307,7 +307,7 @@ def run(
 
 
 def markdown(rows: list[dict]) -> str:
-    """The rows as a README table."""
+    """The rows as a Markdown table (docs/benchmarks.md)."""
     lines = [
         "| d | rule | runs | ours (s) | Flower (s) | Flower / ours | "
         "ours / floor | ours / our Krum | peak MB ours | peak MB Flower |",

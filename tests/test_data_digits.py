@@ -214,6 +214,6 @@ def test_federated_sgd_learns_the_digits() -> None:
         unflat(theta + torch.stack(deltas).mean(dim=0), model.parameters())
     acc = evaluate(model, server.test.features, server.test.labels)[1]
     # Chance is 0.10; seeds 0-2 reached 0.93-0.95 here (0.61-0.68 with the main
-    # job's one step at λ = 0.5, which is why the README's grid sets 5 steps).
+    # job's one step at λ = 0.5, which is why the digits grid sets 5 steps).
     assert start < 0.25
     assert acc > 0.8, acc

@@ -1,4 +1,4 @@
-"""The deployment is secure by default: the README's threat model, checked.
+"""The deployment is secure by default: the threat model of docs/deployment.md, checked.
 
 Fast: key files are private from creation, an existing CA is never replaced, the
 SuperNode keys are what Flower loads, the gateway forwards the Fleet API only.

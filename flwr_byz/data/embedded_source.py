@@ -1,7 +1,7 @@
 """Real datasets shipped inside the package: read offline, split like local files.
 
 An embedded dataset (``dataset = "digits"``) is a JSON file in
-``flwr_byz/data/embedded/`` (source, licence and encoding in the README and in
+``flwr_byz/data/embedded/`` (source, licence and encoding in the README.md and in
 ``make_digits.py`` there; JSON because a Flower App Bundle, which ``flwr run .``
 ships and imports ``flwr_byz`` from, keeps no binary files). It goes
 through the same pipeline as ``dataset = "files"``

@@ -8,7 +8,7 @@ registered key, pulls the app (FAB) for a run and starts the ClientApp for every
 message, and ``flwr run`` submits the run through a named connection in
 ``$FLWR_HOME/config.toml``.
 
-Secure by default, as the README's threat model asks:
+Secure by default, as the threat model (docs/deployment.md) asks:
 
 * ``--enable-supernode-auth``: only SuperNodes whose public key the operator
   registered (``flwr supernode register``) may join; the CA certificate is public

@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         metavar="GRID.toml",
         help="a grid file: [axes] (lists of values), [set] (shared values), "
-        "[[group]] (more cells) and 'out'; see README 'Grid files'. Flags given "
+        "[[group]] (more cells) and 'out'; see docs/experiments.md. Flags given "
         "here win over the file in every group",
     )
     grid.add_argument(
@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run every cell's ClientApps on this existing Ray cluster ('auto' on "
         "its head node, or HEAD:PORT of 'ray start --head'), one cell at a time, "
         "instead of a private Ray instance per cell; SuperLink and ServerApp stay "
-        "on this machine. See README 'A grid on a Ray cluster'",
+        "on this machine. See docs/experiments.md, 'A grid on a Ray cluster'",
     )
     grid.add_argument(
         "--federation-config",

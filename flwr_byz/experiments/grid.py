@@ -243,7 +243,7 @@ def unknown_key(key: str, where: str) -> str | None:
     hint = f"; did you mean {near[0]!r}?" if near else ""
     return (
         f"unknown key {key!r} in {where}{hint} (run-config keys and "
-        f"{SUPERNODES!r} only; see README 'Run configuration')"
+        f"{SUPERNODES!r} only; see docs/configuration.md)"
     )
 
 
