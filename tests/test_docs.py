@@ -389,3 +389,10 @@ def test_the_readme_test_command_is_what_ci_runs() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     assert command in readme
     assert command in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_every_shipped_grid_file_is_documented() -> None:
+    text = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+    grids = sorted((REPO / "flwr_byz" / "experiments" / "grids").glob("*.toml"))
+    assert grids
+    assert [g.name for g in grids if g.name not in text] == []
