@@ -71,14 +71,12 @@ def _largest_norm_dropped(
 
 TOY = reg.Rule(
     "toy-norm",
-    bound=lambda f: 2 * f + 1,
-    bound_text="2f+1",
+    "2f+1",
+    _largest_norm_dropped,
+    _largest_norm_dropped,
     uses_f=True,
-    supports_weights=False,
-    description="drop the f largest norms",
-    function=_largest_norm_dropped,
-    aggregate=_largest_norm_dropped,
     params=(reg.Param("shrink", 1.0, number(0.0, 1.0), "factor on the mean"),),
+    description="drop the f largest norms",
 )
 
 

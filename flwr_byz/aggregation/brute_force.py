@@ -10,9 +10,7 @@ import torch
 from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
 from flwr_byz.aggregation.mean import combine_rows
 from flwr_byz.aggregation.result import AggregationResult
-from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.aggregation.rule import Rule
-from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_f, check_updates
 
 _BATCH = 4096
@@ -21,7 +19,8 @@ _BATCH = 4096
 def brute_force(
     x: torch.Tensor, f: int, max_subsets: int = 200_000
 ) -> AggregationResult:
-    """Mean of the ``n − f`` rows whose largest pairwise distance is smallest.
+    """Brute force (the FABA paper's baseline): the mean of the ``n − f`` rows
+    whose largest pairwise distance is smallest.
 
     All ``C(n, f)`` subsets are examined. Equal diameters are common (two subsets
     sharing the farthest pair), so they are compared next by the sum of their squared
@@ -92,20 +91,4 @@ def brute_force(
     )
 
 
-def _aggregate(
-    round_input: RoundInput, *, sketch: CountSketch | None = None
-) -> AggregationResult:
-    return brute_force(round_input.updates, round_input.f)
-
-
-RULE = Rule(
-    "brute-force",
-    bound=lambda f: 2 * f + 1,
-    bound_text="2f+1",
-    uses_f=True,
-    supports_weights=False,
-    description="brute force (FABA paper's baseline): mean of the (n − f)-subset of "
-    "smallest diameter",
-    function=brute_force,
-    aggregate=_aggregate,
-)
+RULE = Rule("brute-force", "2f+1", brute_force, uses_f=True)

@@ -15,7 +15,6 @@ from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
 from flwr_byz.aggregation.krum import krum_scores
 from flwr_byz.aggregation.ordering import argmin_lowest
 from flwr_byz.aggregation.result import AggregationResult
-from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.aggregation.rule import Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_f, check_updates
@@ -123,7 +122,8 @@ def _repeated_krum_by_sorting(sq: torch.Tensor, f: int, count: int) -> list[int]
 def bulyan(
     x: torch.Tensor, f: int, *, sketch: CountSketch | None = None
 ) -> AggregationResult:
-    """Bulyan.
+    """Bulyan (El Mhamdi et al., ICML 2018): ``n − 2f`` rows by repeated Krum, then
+    per coordinate the mean of the ``n − 4f`` values closest to the median.
 
     1. Choose ``θ = n − 2f`` rows by Krum repeatedly: each time, Krum scores (with the
        same ``f``) are recomputed on the rows not chosen yet, and the lowest-scoring
@@ -175,21 +175,4 @@ def bulyan(
     )
 
 
-def _aggregate(
-    round_input: RoundInput, *, sketch: CountSketch | None = None
-) -> AggregationResult:
-    return bulyan(round_input.updates, round_input.f, sketch=sketch)
-
-
-RULE = Rule(
-    "bulyan",
-    bound=lambda f: 4 * f + 3,
-    bound_text="4f+3",
-    uses_f=True,
-    supports_weights=False,
-    description="Bulyan (El Mhamdi et al., ICML 2018): n − 2f updates by repeated "
-    "Krum, then per coordinate the mean of the n − 4f closest to the median",
-    function=bulyan,
-    aggregate=_aggregate,
-    uses_distances=True,
-)
+RULE = Rule("bulyan", "4f+3", bulyan, uses_f=True, uses_distances=True)

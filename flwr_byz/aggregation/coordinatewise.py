@@ -21,9 +21,7 @@ import torch
 
 from flwr_byz.aggregation.bounds import byzantine_budget
 from flwr_byz.aggregation.result import AggregationResult
-from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.aggregation.rule import Param, Rule
-from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_updates
 from flwr_byz.validation import number, require
 
@@ -138,7 +136,8 @@ def _trimmed_mean_of_chunk(chunk: torch.Tensor, cut: int) -> torch.Tensor:
 
 
 def coordinate_median(x: torch.Tensor) -> AggregationResult:
-    """Coordinate-wise median; for even n the mean of the two middle values (numpy's).
+    """Coordinate-wise median (Yin et al., ICML 2018); for even n the mean of the
+    two middle values (numpy's).
 
     Parameters
     ----------
@@ -156,7 +155,8 @@ def coordinate_median(x: torch.Tensor) -> AggregationResult:
 
 
 def trimmed_mean(x: torch.Tensor, beta: float) -> AggregationResult:
-    """Per coordinate, drop the ``floor(beta·n)`` largest and smallest; average rest.
+    """Coordinate-wise trimmed mean (Yin et al., ICML 2018): per coordinate, drop
+    the ``floor(beta·n)`` largest and smallest values; average the rest.
 
     The count is :func:`~flwr_byz.aggregation.bounds.byzantine_budget`, so
     ``beta = f / n`` trims exactly ``f`` on each side despite binary rounding.
@@ -180,39 +180,12 @@ def trimmed_mean(x: torch.Tensor, beta: float) -> AggregationResult:
     return AggregationResult(aggregate=agg, selected=tuple(range(n)))
 
 
-def _aggregate_median(
-    round_input: RoundInput, *, sketch: CountSketch | None = None
-) -> AggregationResult:
-    return coordinate_median(round_input.updates)
-
-
-def _aggregate_trimmed_mean(
-    round_input: RoundInput, *, sketch: CountSketch | None = None, beta: float = 0.2
-) -> AggregationResult:
-    return trimmed_mean(round_input.updates, beta)
-
-
-MEDIAN = Rule(
-    "median",
-    bound=lambda f: 2 * f + 1,
-    bound_text="2f+1",
-    uses_f=False,
-    supports_weights=False,
-    description="coordinate-wise median (Yin et al., ICML 2018); numpy's even-n median",
-    function=coordinate_median,
-    aggregate=_aggregate_median,
-)
+MEDIAN = Rule("median", "2f+1", coordinate_median)
 
 TRIMMED_MEAN = Rule(
     "trimmed-mean",
-    bound=lambda f: 2 * f + 1,
-    bound_text="2f+1",
-    uses_f=False,
-    supports_weights=False,
-    description="coordinate-wise trimmed mean (Yin et al., ICML 2018): drop the "
-    "floor(βn) largest and smallest per coordinate",
-    function=trimmed_mean,
-    aggregate=_aggregate_trimmed_mean,
+    "2f+1",
+    trimmed_mean,
     params=(
         Param(
             "beta",

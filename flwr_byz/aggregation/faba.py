@@ -10,7 +10,6 @@ from flwr_byz.aggregation.distances import scaled_centred_gram
 from flwr_byz.aggregation.mean import combine_rows
 from flwr_byz.aggregation.ordering import argmax_lowest_allowed
 from flwr_byz.aggregation.result import AggregationResult
-from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.aggregation.rule import Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
@@ -32,7 +31,8 @@ def faba(
     *,
     sketch: CountSketch | None = None,
 ) -> AggregationResult:
-    """FABA: delete the row farthest (L2) from the mean, ``f`` times; average the rest.
+    """FABA (Xia et al., IJCAI 2019): delete the row farthest (L2) from the mean,
+    ``f`` times; average the rest.
 
     Computed from one Gram product: with ``s`` the 0/1 indicator of the ``k`` remaining
     rows, ``k² ‖x_i − m‖² = k² G_ii − 2k (G s)_i + sᵀ G s``, and deleting row ``j``
@@ -107,21 +107,6 @@ def faba(
     )
 
 
-def _aggregate(
-    round_input: RoundInput, *, sketch: CountSketch | None = None
-) -> AggregationResult:
-    return faba(round_input.updates, round_input.f, round_input.weights, sketch=sketch)
-
-
 RULE = Rule(
-    "faba",
-    bound=lambda f: 2 * f + 1,
-    bound_text="2f+1",
-    uses_f=True,
-    supports_weights=True,
-    description="FABA (Xia et al., IJCAI 2019): f times, drop the update farthest "
-    "from the mean of the rest; mean of the n − f left",
-    function=faba,
-    aggregate=_aggregate,
-    uses_distances=True,
+    "faba", "2f+1", faba, uses_f=True, supports_weights=True, uses_distances=True
 )

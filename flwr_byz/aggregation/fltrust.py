@@ -28,7 +28,8 @@ def _unit_rows(
 def fltrust(
     x: torch.Tensor, server_update: torch.Tensor, chunk: int | None = None
 ) -> AggregationResult:
-    """FLTrust: trust-weighted mean of the updates rescaled to the server's norm.
+    """FLTrust (Cao et al., NDSS 2021): trust-weighted mean of the updates rescaled
+    to the server's norm.
 
     With ``Δ_0`` the server's own update (computed on its root dataset with the
     clients' training recipe)::
@@ -146,13 +147,4 @@ def fltrust(
     )
 
 
-RULE = Rule(
-    "fltrust",
-    bound=lambda f: 1,
-    bound_text="1",
-    uses_f=False,
-    supports_weights=False,
-    description="FLTrust (Cao et al., NDSS 2021): trust ReLU(cos) to the server's own "
-    "update, updates rescaled to its norm",
-    function=fltrust,
-)
+RULE = Rule("fltrust", "1", fltrust, needs_server_data=True)

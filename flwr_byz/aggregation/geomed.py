@@ -195,29 +195,24 @@ def geometric_median(
     )
 
 
-def _aggregate(
+def _geomed_of_round(
     round_input: RoundInput,
     *,
     sketch: CountSketch | None = None,
     method: str = "medoid",
 ) -> AggregationResult:
+    x, f = round_input.updates, round_input.f
     if method == "medoid":
-        return geomed_medoid(round_input.updates, round_input.f, sketch=sketch)
-    return geometric_median(
-        round_input.updates, round_input.f, weights=round_input.weights, sketch=sketch
-    )
+        return geomed_medoid(x, f, sketch=sketch)
+    return geometric_median(x, f, weights=round_input.weights, sketch=sketch)
 
 
 RULE = Rule(
     "geomed",
-    bound=lambda f: 2 * f + 1,
-    bound_text="2f+1",
+    "2f+1",
+    geomed_medoid,
+    _geomed_of_round,
     uses_f=True,
-    supports_weights=False,
-    description="GeoMed: the medoid (FABA paper's baseline) or the smoothed-Weiszfeld "
-    "geometric median (weighted)",
-    function=geomed_medoid,
-    aggregate=_aggregate,
     uses_distances=True,
     params=(
         Param(
@@ -228,4 +223,6 @@ RULE = Rule(
             config_key="geomed-method",
         ),
     ),
+    description="GeoMed: the medoid (the FABA paper's baseline) or the "
+    "smoothed-Weiszfeld geometric median (weighted)",
 )

@@ -78,7 +78,8 @@ def _shortlist_exact(
 def krum(
     x: torch.Tensor, f: int, *, sketch: CountSketch | None = None
 ) -> AggregationResult:
-    """Krum: the row with the lowest Krum score.
+    """Krum (Blanchard et al., NeurIPS 2017): the row with the lowest Krum score,
+    the sum of squared distances to its ``n − f − 2`` nearest rows.
 
     Parameters
     ----------
@@ -115,7 +116,8 @@ def multikrum(
     *,
     sketch: CountSketch | None = None,
 ) -> AggregationResult:
-    """MultiKrum: the mean of the ``m`` rows with the lowest Krum scores.
+    """MultiKrum (Blanchard et al., NeurIPS 2017): the mean of the ``m`` rows with
+    the lowest Krum scores.
 
     Parameters
     ----------
@@ -161,13 +163,7 @@ def multikrum(
     )
 
 
-def _aggregate_krum(
-    round_input: RoundInput, *, sketch: CountSketch | None = None
-) -> AggregationResult:
-    return krum(round_input.updates, round_input.f, sketch=sketch)
-
-
-def _aggregate_multikrum(
+def _multikrum_of_round(
     round_input: RoundInput,
     *,
     sketch: CountSketch | None = None,
@@ -176,34 +172,19 @@ def _aggregate_multikrum(
     m = num_nodes_to_select
     if m is not None:
         m = min(m, round_input.n)
-    return multikrum(
-        round_input.updates, round_input.f, m, round_input.weights, sketch=sketch
-    )
+    x, f, w = round_input.updates, round_input.f, round_input.weights
+    return multikrum(x, f, m, w, sketch=sketch)
 
 
-KRUM = Rule(
-    "krum",
-    bound=lambda f: 2 * f + 3,
-    bound_text="2f+3",
-    uses_f=True,
-    supports_weights=False,
-    description="Krum (Blanchard et al., NeurIPS 2017): the update with the smallest "
-    "sum of squared distances to its n − f − 2 nearest",
-    function=krum,
-    aggregate=_aggregate_krum,
-    uses_distances=True,
-)
+KRUM = Rule("krum", "2f+3", krum, uses_f=True, uses_distances=True)
 
 MULTIKRUM = Rule(
     "multikrum",
-    bound=lambda f: 2 * f + 3,
-    bound_text="2f+3",
+    "2f+3",
+    multikrum,
+    _multikrum_of_round,
     uses_f=True,
     supports_weights=True,
-    description="MultiKrum (Blanchard et al., NeurIPS 2017): mean of the m lowest "
-    "Krum scores",
-    function=multikrum,
-    aggregate=_aggregate_multikrum,
     uses_distances=True,
     params=(
         Param(

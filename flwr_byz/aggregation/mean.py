@@ -7,9 +7,7 @@ import math
 import torch
 
 from flwr_byz.aggregation.result import AggregationResult
-from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.aggregation.rule import Rule
-from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_updates, check_weights, normalised
 
 
@@ -82,19 +80,4 @@ def select_row(
     )
 
 
-def _aggregate(
-    round_input: RoundInput, *, sketch: CountSketch | None = None
-) -> AggregationResult:
-    return mean(round_input.updates, round_input.weights)
-
-
-RULE = Rule(
-    "mean",
-    bound=lambda f: 1,
-    bound_text="1",
-    uses_f=False,
-    supports_weights=True,
-    description="mean of the updates: no defence, with flwr-byz's reply validation",
-    function=mean,
-    aggregate=_aggregate,
-)
+RULE = Rule("mean", "1", mean, supports_weights=True)

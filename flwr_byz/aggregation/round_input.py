@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from flwr_byz.records import ModelLayout
+
 
 @dataclass(frozen=True)
 class RoundInput:
@@ -31,6 +33,10 @@ class RoundInput:
     global_flat : torch.Tensor
         The flat model that was sent this round (``d`` values), for rules that
         evaluate candidates on server data.
+    layout : ModelLayout or None
+        Keys, shapes and flat offsets of the model sent this round: which
+        array each column of ``updates`` belongs to (``None`` where the caller
+        has no ArrayRecord, e.g. a rule called on a bare matrix).
     """
 
     server_round: int
@@ -39,6 +45,7 @@ class RoundInput:
     weights: torch.Tensor | None
     f: int
     global_flat: torch.Tensor
+    layout: ModelLayout | None = None
 
     @property
     def n(self) -> int:

@@ -9,6 +9,8 @@ experiment grid. This module imports no rule and no Flower.
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ from flwr_byz.validation import Check, integer, require
 
 from .result import AggregationResult
 from .round_input import RoundInput
+from .sketch import CountSketch
 
 #: ``aggregate(round_input, *, sketch=None, **params)``: the rule on one round.
 AggregateFn = Callable[..., AggregationResult]
@@ -48,6 +51,20 @@ class Param:
     config_key: str | None = ""
 
 
+def _parse_bound(text: str) -> tuple[int, int]:
+    """``"2f+3"`` -> ``(2, 3)``, ``"f+1"`` -> ``(1, 1)``, ``"1"`` -> ``(0, 1)``."""
+    match = re.fullmatch(r"(?:(\d*)f\+)?(\d+)", text)
+    if match is None:
+        raise ValueError(f"bound {text!r}: allowed forms are 'af+b' and 'b'")
+    slope, offset = match.groups()
+    return (0 if slope is None else int(slope or 1)), int(offset)
+
+
+def _first_paragraph(function: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(function) or ""
+    return " ".join(doc.split("\n\n")[0].split()).rstrip(".")
+
+
 @dataclass(frozen=True)
 class Rule:
     """One aggregation rule, declared in its own module.
@@ -56,45 +73,59 @@ class Rule:
     ----------
     name : str
         Run-config name (``strategy`` key) and ``RobustStrategy.rule_name``.
-    bound : Callable[[int], int]
-        Smallest number of valid updates with which the rule tolerates ``f``.
     bound_text : str
-        The bound as text, e.g. ``"2f+1"``.
+        The smallest number of valid updates with which the rule tolerates
+        ``f``, as ``"af+b"`` or ``"b"`` (e.g. ``"2f+1"``): :meth:`min_nodes`.
+    function : Callable
+        The pure rule function, e.g. :func:`~flwr_byz.aggregation.krum.krum`.
+        Unless ``aggregate`` is given, :meth:`decide` calls it as
+        ``function(updates[, f], [weights=…,] [sketch=…,] **params)``, by the
+        flags below.
+    aggregate : AggregateFn or None
+        ``(round_input, *, sketch=None, **params) -> AggregationResult`` where
+        the generic call does not fit (a parameter to translate, a variant).
     uses_f : bool
         Whether ``f`` changes what the rule does (then a budget is required).
     supports_weights : bool
         Whether the rule accepts per-update weights (``weighted_aggregation``).
-    description : str
-        One line for the docs' table: what the rule computes, with the paper.
-    function : Callable
-        The pure rule function (its own signature), e.g.
-        :func:`~flwr_byz.aggregation.krum.krum`.
-    aggregate : AggregateFn or None
-        ``(round_input, *, sketch=None, **params) -> AggregationResult``;
-        ``None`` for rules that need more than a round's updates (the server's
-        data: FLTrust, Zeno), whose strategy class calls ``function`` itself.
     uses_distances : bool
         Whether the rule decides on pairwise distances from a Gram product (then
         it accepts the opt-in ``sketch``, :mod:`flwr_byz.aggregation.sketch`).
+    needs_server_data : bool
+        The rule needs more than a round's updates (FLTrust's server update,
+        Zeno's loss on server data): its strategy class calls ``function``.
     params : tuple[Param, ...]
         The rule's own parameters.
+    description : str
+        One line for the docs' table; by default the first paragraph of
+        ``function``'s docstring.
     """
 
     name: str
-    bound: Callable[[int], int]
     bound_text: str
-    uses_f: bool
-    supports_weights: bool
-    description: str
     function: Callable[..., AggregationResult]
     aggregate: AggregateFn | None = None
+    uses_f: bool = False
+    supports_weights: bool = False
     uses_distances: bool = False
+    needs_server_data: bool = False
     params: tuple[Param, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _parse_bound(self.bound_text)
+        if not self.description:
+            object.__setattr__(self, "description", _first_paragraph(self.function))
+
+    def bound(self, f: int) -> int:
+        """``a·f + b`` of :attr:`bound_text`, without checking ``f``."""
+        slope, offset = _parse_bound(self.bound_text)
+        return slope * f + offset
 
     def min_nodes(self, f: int) -> int:
         """Smallest number of rows with which the rule tolerates ``f`` bad rows."""
         require("f", f, integer(0), owner="min_nodes")
-        return int(self.bound(f))
+        return self.bound(f)
 
     def require_rows(self, n: int, f: int) -> None:
         """Raise ``ValueError`` naming n, f and the bound when ``n`` is too small."""
@@ -122,11 +153,28 @@ class Rule:
             for p in self.params
         }
 
-    def decide(self, round_input: RoundInput, **kwargs: Any) -> AggregationResult:
-        """Run ``aggregate`` on ``round_input`` (``TypeError`` when it has none)."""
-        if self.aggregate is None:
+    def decide(
+        self,
+        round_input: RoundInput,
+        *,
+        sketch: CountSketch | None = None,
+        **params: Any,
+    ) -> AggregationResult:
+        """The rule on one round's updates (``TypeError`` for server-data rules)."""
+        if self.needs_server_data:
             raise TypeError(
-                f"rule {self.name!r} needs its strategy class (server data); it has "
-                "no aggregate of a round's updates alone"
+                f"rule {self.name!r} needs the server's data: its strategy class "
+                "calls it, not the registry"
             )
-        return self.aggregate(round_input, **kwargs)
+        if self.aggregate is not None:
+            return self.aggregate(round_input, sketch=sketch, **params)
+        args = (
+            (round_input.updates, round_input.f)
+            if self.uses_f
+            else (round_input.updates,)
+        )
+        if self.supports_weights:
+            params["weights"] = round_input.weights
+        if self.uses_distances:
+            params["sketch"] = sketch
+        return self.function(*args, **params)

@@ -69,7 +69,8 @@ def zeno(
     batched: bool = True,
     row_chunk: int = 32,
 ) -> AggregationResult:
-    """Zeno: the mean of the ``n − b`` updates with the highest descendant score.
+    """Zeno (Xie et al., ICML 2019): the mean of the ``n − b`` updates with the
+    highest descendant score on the server's data.
 
     The paper scores a candidate *gradient* ``u`` at parameters ``θ`` by
     ``f_r(θ) − f_r(θ − γ u) − ρ‖u‖²`` on a mini-batch ``f_r`` of the server's
@@ -151,13 +152,4 @@ def zeno(
     )
 
 
-RULE = Rule(
-    "zeno",
-    bound=lambda f: f + 1,
-    bound_text="f+1",
-    uses_f=True,
-    supports_weights=False,
-    description="Zeno (Xie et al., ICML 2019): mean of the n − b updates with the best "
-    "descendant score on the server's data",
-    function=zeno,
-)
+RULE = Rule("zeno", "f+1", zeno, uses_f=True, needs_server_data=True)

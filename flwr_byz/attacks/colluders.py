@@ -220,10 +220,6 @@ def defence_aggregate(
     """
     from flwr_byz.aggregation import (
         fltrust,
-        geomed_medoid,
-        geometric_median,
-        multikrum,
-        trimmed_mean,
         zeno,
     )
     from flwr_byz.aggregation.registry import RULE_BY_NAME
@@ -234,15 +230,8 @@ def defence_aggregate(
     if name in ("fedavg", "mean"):
         return lambda x: x.mean(dim=0)
     rule = RULE_BY_NAME.get(name)
-    if rule is not None and rule.aggregate is not None:
+    if rule is not None and not rule.needs_server_data:
         return _rule_aggregate(rule, cfg, f)
-    if name == "trimmed-mean":
-        return lambda x: trimmed_mean(x, alpha).aggregate
-    if name == "multikrum":
-        return lambda x: multikrum(x, f).aggregate
-    if name == "geomed":
-        median = geometric_median if cfg.get("geomed-method") == "weiszfeld" else None
-        return lambda x: (median or geomed_medoid)(x, f).aggregate
     if name in ("fltrust", "zeno"):
         if colluders is None or model is None or layout is None:
             return None
@@ -275,9 +264,6 @@ def defence_aggregate(
 def _rule_aggregate(rule: Any, cfg: Mapping[str, Any], f: int) -> Aggregate:
     """The registry entry's aggregate on a matrix, with the run config's values of
     the rule's parameters (``Rule.params``) and the budget ``f``."""
-    decide = getattr(rule, "decide", None)
-    if decide is None:  # an entry of the form aggregate(updates, f, weights)
-        return lambda x: rule.aggregate(x, f, None).aggregate
     from flwr_byz.aggregation.round_input import RoundInput
 
     given = {}
@@ -297,6 +283,6 @@ def _rule_aggregate(rule: Any, cfg: Mapping[str, Any], f: int) -> Aggregate:
             f=f,
             global_flat=torch.zeros(d, dtype=x.dtype),
         )
-        return decide(round_input, **params).aggregate
+        return rule.decide(round_input, **params).aggregate
 
     return run
