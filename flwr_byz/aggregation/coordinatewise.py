@@ -27,8 +27,8 @@ from flwr_byz.validation import number, require
 
 #: Values per chunk (rows × columns). A chunk's working copies (transposed, partially
 #: ordered, float64, sort indices: up to ≈ 60 bytes a value, Bulyan's) stay ≈ 16 MB
-#: per thread on the CPU whatever n is; a 65,536-column chunk instead grew with n
-#: (+1 GB at n = 1000, d = 1M). 2^18 was as fast as 2^20 and 2^17 at n = 50–1000.
+#: per thread on the CPU whatever n is; a fixed 65,536-column chunk would grow with n
+#: (+1 GB at n = 1000, d = 1M). 2^18 is as fast as 2^20 and 2^17 at n = 50–1000.
 _CPU_CHUNK_VALUES = 1 << 18
 _CUDA_CHUNK_VALUES = 1 << 26
 

@@ -94,7 +94,7 @@ def geometric_median(
     iteration stops once a step moves ``z`` by at most ``tol · s``. So the answer
     does not depend on the units of ``x``, nor on how far away a minority of rows
     is: a far row's pull is a unit vector whatever its distance, and the stopping
-    rule no longer ends early because one huge distance dominates the objective.
+    rule does not end early because one huge distance dominates the objective.
 
     Parameters
     ----------

@@ -25,7 +25,7 @@ SCALED_CLIP = 5.0
 #: converged model every solo step changes the QV loss by noise only.
 SCALE_FLOOR = 0.01
 #: Values per column chunk of :func:`row_statistics` (2 MB as float64): its
-#: buffers stay that size whatever the update matrix's (2^18 was faster than 2^16
+#: buffers stay that size whatever the update matrix's (2^18 is faster than 2^16
 #: and 2^20 at 50 × 33,130).
 _CHUNK_VALUES = 1 << 18
 
