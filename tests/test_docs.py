@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import importlib.util
 import os
 import re
 import shlex
@@ -326,12 +327,19 @@ def test_every_documented_command_is_accepted_by_its_parser(
     assert checked >= 30
 
 
+def _hooks():
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_configuration_page_lists_every_run_config_key() -> None:
     import tomllib
 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     keys = set(pyproject["tool"]["flwr"]["app"]["config"])
-    page = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    page = _hooks().on_page_markdown((DOCS / "configuration.md").read_text("utf-8"))
     documented = set()
     for line in page.splitlines():
         if line.startswith("| `"):

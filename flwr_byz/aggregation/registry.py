@@ -107,5 +107,24 @@ def rules_table() -> str:
     return "\n".join(lines)
 
 
+def rule_parameters_table() -> str:
+    """The docs' table of the rules' run-config keys, from :data:`REGISTRY`."""
+    lines = [
+        "| key | main job | strategy | allowed values / meaning |",
+        "|---|---|---|---|",
+    ]
+    for rule in REGISTRY:
+        for param in rule.params:
+            key = rule.config_key(param)
+            if key is None or key == "assumed-byzantine-fraction":
+                continue
+            allowed = param.check(object()) or ""
+            lines.append(
+                f"| `{key}` | `{param.default!r}` | `{rule.name}` | "
+                f"{allowed}: {param.help} |"
+            )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # pragma: no cover
     print(rules_table())

@@ -32,13 +32,12 @@ def generated_strategy(rule: Rule) -> type[RuleStrategy]:
     """A :class:`RuleStrategy` subclass for ``rule``, named after it."""
     name = "".join(part.capitalize() for part in rule.name.split("-"))
     params = "".join(
-        f"\n    {p.name} : default {p.default!r}\n        {p.help}."
-        for p in rule.params
+        f"\n{p.name} : default {p.default!r}\n    {p.help}." for p in rule.params
     )
     doc = (
         f"{rule.description}.\n\nNeeds n >= {rule.bound_text} valid replies.\n\n"
-        f"Parameters\n----------{params}\n    **kwargs : Any\n"
-        "        See :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy`."
+        f"Parameters\n----------{params}\n**kwargs : Any\n"
+        "    See :class:`~flwr_byz.strategy.robust_strategy.RobustStrategy`."
     )
     return type(
         name,
