@@ -86,7 +86,7 @@ UPDATE_ATTACKS: tuple[str, ...] = (
 )
 
 # The client learning rate the noise attacks assume when the run config has none
-# (the honest clients of this app use the same default: clients.CLIENT_DEFAULTS).
+# (the honest clients of this app use the same default, the `learning-rate` key's).
 DEFAULT_LEARNING_RATE = 0.5
 
 ATTACK_DEFAULTS: dict[str, Any] = {
