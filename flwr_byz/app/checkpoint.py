@@ -43,7 +43,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from flwr_byz.app.config import RunConfigError
-from flwr_byz.app.results import RESULTS_FILE, package_versions
+from flwr_byz.app.results import CHECKPOINT_FILE, RESULTS_FILE, package_versions
 from flwr_byz.strategy.layer_state import (
     StateMismatchError,
     load_tagged_state,
@@ -51,7 +51,6 @@ from flwr_byz.strategy.layer_state import (
     tagged_state,
 )
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "flwr-byz-checkpoint"
 #: The format version written; :func:`load_checkpoint` also reads version 1 (the
 #: strategy state as a list of layers, outermost first).

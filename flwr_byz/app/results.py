@@ -47,6 +47,8 @@ def package_versions() -> dict[str, str]:
 STATUSES = ("running", "completed", "degraded", "failed", "interrupted")
 
 RESULTS_FILE = "results.json"
+#: The run directory's checkpoint (:mod:`flwr_byz.app.checkpoint` writes it).
+CHECKPOINT_FILE = "checkpoint.pt"
 
 #: The ServerApp's log line (streamed by ``flwr run --stream``) that names the run's
 #: own ``results.json``, once the run has claimed it; ``flwr-byz run`` reads it.
@@ -120,8 +122,6 @@ def check_unused(run_dir: Path) -> None:
         Naming the run found there (its status and last round) and the ways out;
         ``resume`` among them only where that run has rounds left to play.
     """
-    from flwr_byz.app.checkpoint import CHECKPOINT_FILE
-
     found = [n for n in (RESULTS_FILE, CHECKPOINT_FILE) if (run_dir / n).exists()]
     if not found:
         return
