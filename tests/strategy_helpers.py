@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.strategy import RobustStrategy
 
 SHAPES = {"w": (4, 3), "b": (3,), "count": ()}
@@ -181,9 +182,13 @@ class LocalMean(RobustStrategy):
     def min_nodes(self, f: int) -> int:
         return 2 * f + 1
 
-    def aggregate_updates(
-        self, server_round, updates, node_ids, weights, f, global_flat
-    ) -> AggregationResult:
+    def aggregate_updates(self, round_input: RoundInput) -> AggregationResult:
+        updates, weights = round_input.updates, round_input.weights
+        node_ids, f, global_flat = (
+            round_input.node_ids,
+            round_input.f,
+            round_input.global_flat,
+        )
         self.seen = (
             updates.clone(),
             list(node_ids),

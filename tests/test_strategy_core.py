@@ -568,3 +568,95 @@ def test_huge_finite_values_are_not_taken_for_non_finite_ones():
     _, metrics = strategy.aggregate_train(1, replies)
     assert metrics["num-rejected"] == 0, metrics["rejected-reasons"]
     assert sorted(metrics["node-ids"]) == [1, 2, 3]
+
+
+def _plan(decide, momentum=0.0, bound=lambda f: 1):
+    import torch
+
+    from flwr_byz.strategy.round_core import RoundPlan
+
+    return RoundPlan(
+        name="plain",
+        budget=lambda n: 0,
+        bound=bound,
+        decide=decide,
+        streams_mean=False,
+        weighted_by=None,
+        device=torch.device("cpu"),
+        lr=1.0,
+        momentum=momentum,
+    )
+
+
+def _candidates(theta, steps):
+    from flwr_byz.strategy.reply_validation import Candidate
+
+    return [
+        Candidate(node, to_record(_good(theta, step)), {})
+        for node, step in steps.items()
+    ]
+
+
+def test_the_round_core_runs_a_plan_of_plain_functions_and_returns_the_state():
+    from flwr_byz.aggregation.mean import mean
+    from flwr_byz.strategy.reply_validation import SentModel
+    from flwr_byz.strategy.round_core import RoundState, run_robust_round
+
+    theta = model_arrays(3)
+    sent = SentModel.from_record(4, to_record(theta), [1, 2, 3])
+    seen = []
+
+    def decide(round_input):
+        seen.append(round_input)
+        return mean(round_input.updates)
+
+    state = RoundState()
+    plan = _plan(decide, momentum=0.5)
+    first = run_robust_round(plan, sent, _candidates(theta, {1: 1.0, 2: 3.0}), state)
+    # The argument is not changed: the next state comes back in the outcome.
+    assert state.momentum is None and state.buffer is None
+    assert first.report.status == RoundStatus.OK
+    np.testing.assert_allclose(first.state.momentum, 2.0)
+    assert first.state.buffer is not None
+    # The rule saw one RoundInput: the round, the rows, f and the sent layout.
+    (got,) = seen
+    assert got.server_round == 4 and got.node_ids == [1, 2] and got.f == 0
+    assert got.layout is sent.layout
+    # Missing nodes are found once, by validation, and reported as such.
+    assert first.report.missing == [3]
+    assert first.report.missing_reasons == ["TIMED_OUT"]
+    # The next round starts from the returned state: v = 0.5 * 2 + 2.
+    second = run_robust_round(
+        plan, sent, _candidates(theta, {1: 2.0, 2: 2.0}), first.state
+    )
+    np.testing.assert_allclose(second.state.momentum, 3.0)
+    np.testing.assert_allclose(flat(second.arrays), flat(theta) + 3.0, atol=1e-6)
+    assert second.state.buffer is first.state.buffer  # the storage is reused
+
+
+def test_validate_replies_returns_what_it_found():
+    from flwr_byz.strategy.reply_validation import (
+        Candidate,
+        SentModel,
+        validate_replies,
+    )
+    from flwr_byz.strategy.round_report import MissingReason
+
+    theta = model_arrays(5)
+    sent = SentModel.from_record(1, to_record(theta), [1, 2, 3, 4])
+    candidates = [
+        *_candidates(theta, {1: 1.0, 9: 1.0}),
+        Candidate(2, None, None, RejectReason.ERROR_REPLY),
+    ]
+    valid = validate_replies(
+        sent,
+        candidates,
+        weighted_by=None,
+        absent={4: MissingReason.NODE_UNAVAILABLE},
+    )
+    assert valid.node_ids == [1]
+    assert valid.rejected == [(9, R.UNEXPECTED_NODE), (2, R.ERROR_REPLY)]
+    assert valid.missing == [
+        (3, MissingReason.TIMED_OUT),
+        (4, MissingReason.NODE_UNAVAILABLE),
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.common import (
     Code,
     FitRes,
@@ -15,9 +16,11 @@ from flwr.common import (
 from flwr.server.client_proxy import ClientProxy
 from flwr.serverapp import strategy as flwr_strategies
 from strategy_helpers import (
+    Linear43,
     error_reply,
     flat,
     instructions,
+    linear43_data,
     model_arrays,
     record_flat,
     reply,
@@ -30,6 +33,7 @@ from flwr_byz.strategy import (
     STRATEGIES,
     BruteForce,
     Bulyan,
+    FLTrust,
     GeoMed,
     Krum,
     Mean,
@@ -412,3 +416,42 @@ def test_error_reply_in_message_api_counts_as_rejected():
     assert sorted(metrics["node-ids"]) == sorted(
         m.metadata.dst_node_id for m in msgs[:2]
     )
+
+
+class _Transposed(torch.nn.Module):
+    """Linear43's parameter count with another shape: (3, 4) weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3, 4))
+        self.b = torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        return x @ self.w.T + self.b
+
+
+@pytest.mark.parametrize(
+    ("model", "status"),
+    [(Linear43, RoundStatus.OK), (_Transposed, RoundStatus.AGGREGATION_FAILED)],
+)
+def test_legacy_rounds_check_the_server_model_against_the_sent_layout(model, status):
+    """The layout sent reaches the rule under LegacyRobust too: a server-side model
+    whose arrays do not fit the Parameters is refused, not read in the wrong shape."""
+    theta = model_arrays(9)
+    inner = FLTrust(model_factory=model, qv_set=linear43_data(3, 12))
+    legacy = LegacyRobust(inner)
+    sent = ndarrays_to_parameters(list(theta.values()))
+    clients = [_Proxy(1), _Proxy(2)]
+    legacy.remember_sent(1, sent, clients)
+    ok = Status(code=Code.OK, message="")
+    results = [
+        (c, FitRes(ok, ndarrays_to_parameters(list(shifted(theta, s).values())), 3, {}))
+        for c, s in zip(clients, (0.1, 0.2), strict=True)
+    ]
+    _, metrics = legacy.aggregate_fit(1, results, [])
+    report = inner.history[-1]
+    assert report.status == status and metrics["status"] == int(status)
+    # The wrapped strategy carries the round's state on (its matrix storage).
+    assert inner.round_state.buffer is not None
+    if status != RoundStatus.OK:
+        assert "model_factory" in report.message

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flwr_byz.validation import integer, require
+
 from .robust_strategy import RobustStrategy
 
 
@@ -25,14 +27,7 @@ class BruteForce(RobustStrategy):
     rule_name = "brute-force"
 
     def __init__(self, max_subsets: int = 200_000, **kwargs: Any) -> None:
-        if (
-            isinstance(max_subsets, bool)
-            or not isinstance(max_subsets, int)
-            or (max_subsets < 1)
-        ):
-            raise ValueError(
-                f"max_subsets={max_subsets!r}: allowed values are integers >= 1"
-            )
+        require("max_subsets", max_subsets, integer(1))
         super().__init__(**kwargs)
         self.max_subsets = max_subsets
 

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.gaa import TrustedWorker
-from flwr_byz.gaa.qv import LossFn
+from flwr_byz.gaa.qv import LossFn, check_model_factory
+from flwr_byz.validation import integer, require
 
 from .robust_strategy import RobustStrategy
 from .server_model import check_model_keys, check_seed, round_generator
@@ -88,20 +90,8 @@ class FLTrust(RobustStrategy):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not callable(model_factory):
-            raise ValueError(
-                f"model_factory: got {type(model_factory).__name__}; allowed: a "
-                "callable returning a torch.nn.Module"
-            )
-        if trusted_batch_size is not None and (
-            isinstance(trusted_batch_size, bool)
-            or not isinstance(trusted_batch_size, int)
-            or trusted_batch_size < 1
-        ):
-            raise ValueError(
-                f"trusted_batch_size={trusted_batch_size!r}: allowed "
-                "values are None or integers >= 1"
-            )
+        check_model_factory(model_factory)
+        require("trusted_batch_size", trusted_batch_size, integer(1, optional=True))
         self.seed = check_seed(seed)
         self.worker = TrustedWorker(
             model_factory,
@@ -114,31 +104,22 @@ class FLTrust(RobustStrategy):
         )
 
     # ------------------------------------------------------------------ hooks
-    def min_nodes(self, f: int) -> int:
-        """FLTrust needs one valid reply, whatever ``f``."""
-        return 1
-
     def server_update(
         self, server_round: int, global_flat: torch.Tensor
     ) -> torch.Tensor:
         """``Δ_0``: the server's own update from ``θ_t`` on its root dataset."""
-        check_model_keys(self.layout, self.worker.objective)
         theta = global_flat.to(self.worker.objective.device, torch.float32)
         return self.worker.update(theta, round_generator(self.seed, server_round))
 
-    def aggregate_updates(
-        self,
-        server_round: int,
-        updates: torch.Tensor,
-        node_ids: list[int],
-        weights: torch.Tensor | None,
-        f: int,
-        global_flat: torch.Tensor,
-    ) -> AggregationResult:
+    def aggregate_updates(self, round_input: RoundInput) -> AggregationResult:
         """Trust-weighted mean with :func:`flwr_byz.aggregation.fltrust`."""
         from flwr_byz.aggregation import fltrust
 
-        delta0 = self.server_update(server_round, global_flat).to(updates.device)
+        check_model_keys(round_input.layout, self.worker.objective)
+        updates = round_input.updates
+        delta0 = self.server_update(
+            round_input.server_round, round_input.global_flat
+        ).to(updates.device)
         result = fltrust(updates, delta0)
         norm = float(torch.linalg.vector_norm(delta0.double()))
         # Suspected: the zero-trust rows; reported: the server update's norm.

@@ -11,6 +11,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.gaa import (
     TRUSTED_NODE_ID,
     GAAAgent,
@@ -23,6 +24,7 @@ from flwr_byz.gaa.qv import LossFn, check_model_factory
 
 from .layer_state import NodeIdMap, map_node_id
 from .robust_strategy import RobustStrategy
+from .server_model import check_model_keys
 
 
 class GAA(RobustStrategy):
@@ -214,29 +216,11 @@ class GAA(RobustStrategy):
         """GAA needs one valid reply, whatever ``f``."""
         return 1
 
-    def aggregate_updates(
-        self,
-        server_round: int,
-        updates: torch.Tensor,
-        node_ids: list[int],
-        weights: torch.Tensor | None,
-        f: int,
-        global_flat: torch.Tensor,
-    ) -> AggregationResult:
+    def aggregate_updates(self, round_input: RoundInput) -> AggregationResult:
         """Credit-weighted mean of the updates, credits from the agent."""
-        layout = self.layout
-        objective = self.agent.objective
-        if layout is not None:
-            float_keys = [
-                k for k, o in zip(layout.keys, layout.offsets, strict=True) if o >= 0
-            ]
-            if float_keys != objective.keys:
-                raise ValueError(
-                    "model_factory: its state_dict float keys "
-                    f"{objective.keys[:3]}... do not match the ArrayRecord's "
-                    f"{float_keys[:3]}... (same keys in the same order needed)"
-                )
-        res = self.agent.step(global_flat, updates, node_ids)
+        check_model_keys(round_input.layout, self.agent.objective)
+        updates, node_ids = round_input.updates, round_input.node_ids
+        res = self.agent.step(round_input.global_flat, updates, node_ids)
         refused = set(res.refused)
         return AggregationResult(
             aggregate=res.aggregate.to(updates.device, updates.dtype),

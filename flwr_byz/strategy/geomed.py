@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.validation import integer, number, one_of, require
 
 from .robust_strategy import RobustStrategy
 
@@ -46,14 +46,10 @@ class GeoMed(RobustStrategy):
         tol: float = 1e-7,
         **kwargs: Any,
     ) -> None:
-        if method not in _METHODS:
-            raise ValueError(f"method={method!r}: allowed values are {_METHODS}")
-        if not (isinstance(max_iter, int) and max_iter >= 1):
-            raise ValueError(f"max_iter={max_iter!r}: allowed values are ints >= 1")
-        if not (isinstance(eps, int | float) and eps >= 0):
-            raise ValueError(f"eps={eps!r}: allowed values are numbers >= 0")
-        if not (isinstance(tol, int | float) and tol >= 0):
-            raise ValueError(f"tol={tol!r}: allowed values are numbers >= 0")
+        require("method", method, one_of(_METHODS))
+        require("max_iter", max_iter, integer(1))
+        require("eps", eps, number(0.0))
+        require("tol", tol, number(0.0))
         # Only the Weiszfeld median is a weighted estimator.
         self.supports_weights = method == "weiszfeld"
         super().__init__(**kwargs)
@@ -72,25 +68,18 @@ class GeoMed(RobustStrategy):
             ("tol", self.tol),
         ]
 
-    def aggregate_updates(
-        self,
-        server_round: int,
-        updates: torch.Tensor,
-        node_ids: list[int],
-        weights: torch.Tensor | None,
-        f: int,
-        global_flat: torch.Tensor,
-    ) -> AggregationResult:
+    def aggregate_updates(self, round_input: RoundInput) -> AggregationResult:
         """Aggregate with :func:`flwr_byz.aggregation.geomed_medoid` or
         :func:`flwr_byz.aggregation.geometric_median`."""
         from flwr_byz.aggregation import geomed_medoid, geometric_median
 
+        x, f = round_input.updates, round_input.f
         if self.method == "medoid":
-            return geomed_medoid(updates, f, sketch=self.sketch)
+            return geomed_medoid(x, f, sketch=self.sketch)
         return geometric_median(
-            updates,
+            x,
             f,
-            weights=weights,
+            weights=round_input.weights,
             eps=self.eps,
             max_iter=self.max_iter,
             tol=self.tol,

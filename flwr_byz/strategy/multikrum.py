@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.validation import integer, require
 
 from .robust_strategy import RobustStrategy
 
@@ -30,34 +30,19 @@ class MultiKrum(RobustStrategy):
     rule_name = "multikrum"
 
     def __init__(self, num_nodes_to_select: int | None = None, **kwargs: Any) -> None:
-        if num_nodes_to_select is not None and (
-            isinstance(num_nodes_to_select, bool)
-            or not isinstance(num_nodes_to_select, int)
-            or num_nodes_to_select < 1
-        ):
-            raise ValueError(
-                f"num_nodes_to_select={num_nodes_to_select!r}: allowed "
-                "values are None or integers >= 1"
-            )
+        require("num_nodes_to_select", num_nodes_to_select, integer(1, optional=True))
         super().__init__(**kwargs)
         self.num_nodes_to_select = num_nodes_to_select
 
     def _settings(self) -> list[tuple[str, object]]:
         return [("Number of nodes to select", self.num_nodes_to_select or "n - f")]
 
-    def aggregate_updates(
-        self,
-        server_round: int,
-        updates: torch.Tensor,
-        node_ids: list[int],
-        weights: torch.Tensor | None,
-        f: int,
-        global_flat: torch.Tensor,
-    ) -> AggregationResult:
+    def aggregate_updates(self, round_input: RoundInput) -> AggregationResult:
         """Aggregate with :func:`flwr_byz.aggregation.multikrum`."""
         from flwr_byz.aggregation import multikrum
 
         m = self.num_nodes_to_select
         if m is not None:
-            m = min(m, updates.shape[0])
-        return multikrum(updates, f, m, weights, sketch=self.sketch)
+            m = min(m, round_input.n)
+        x, f, weights = round_input.updates, round_input.f, round_input.weights
+        return multikrum(x, f, m, weights, sketch=self.sketch)

@@ -35,7 +35,7 @@ from .model_layout import (
     decode_arrayrecord,
     parse_npy_header,
 )
-from .round_report import MissingReason, RoundReport
+from .round_report import MissingReason
 
 #: Largest ``num-examples`` accepted when weighting is on; beyond this a single
 #: client could dominate a weighted aggregate by what it claims about itself.
@@ -515,7 +515,7 @@ def _claimed_partition(record: ConfigRecord | None) -> int:
 
 @dataclass
 class ValidReplies:
-    """The replies of a round that passed validation, as an update matrix.
+    """What validation found in a round's replies, with the valid updates as a matrix.
 
     Attributes
     ----------
@@ -524,12 +524,17 @@ class ValidReplies:
         valid updates ``w_i − θ_t`` in reply order (the rest is scratch).
     node_ids : list[int]
         Node id of each valid row.
-    partition_ids : list[int]
-        Partition each valid row's node says it holds (``-1``: unknown).
     metrics : list[Mapping[str, Any]]
         The valid replies' metrics (row order).
     weights : list[float] or None
         Their validated weights when weighting is on.
+    partition_ids : list[int]
+        Partition each valid row's node says it holds (``-1``: unknown).
+    rejected : list[tuple[int, RejectReason]]
+        ``(node id, reason)`` of every reply excluded, in reply order.
+    missing : list[tuple[int, MissingReason]]
+        ``(node id, reason)`` of every node sent to without a reply of this
+        round, in the order the instructions went out.
     """
 
     matrix: np.ndarray
@@ -537,6 +542,8 @@ class ValidReplies:
     metrics: list[Mapping[str, Any]]
     weights: list[float] | None
     partition_ids: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, RejectReason]] = field(default_factory=list)
+    missing: list[tuple[int, MissingReason]] = field(default_factory=list)
 
     @property
     def updates(self) -> np.ndarray:
@@ -544,51 +551,63 @@ class ValidReplies:
         return self.matrix[: len(self.node_ids)]
 
 
-def _reject(report: RoundReport, node_id: int, reason: RejectReason) -> None:
-    report.rejected.append((int(node_id), reason.name))
-    report.rejected_codes.append(int(reason))
+def _reject(
+    rejected: list[tuple[int, RejectReason]],
+    server_round: int,
+    node_id: int,
+    reason: RejectReason,
+) -> None:
+    rejected.append((int(node_id), reason))
     log(
         logging.WARNING,
         "Round %d: rejected reply from node %d: %s (code %d)",
-        report.server_round,
+        server_round,
         node_id,
         reason.name,
         int(reason),
     )
 
 
+@dataclass
+class _Screened:
+    """:func:`_screen`'s findings: the replies to decode, the rejected, the missing."""
+
+    pending: list[tuple[Candidate, float]]
+    rejected: list[tuple[int, RejectReason]]
+    missing: list[tuple[int, MissingReason]]
+
+
 def _screen(
     sent: SentModel,
     candidates: Sequence[Candidate],
-    report: RoundReport,
     weighted_by: str | None,
     absent: Mapping[int, MissingReason] | None,
-) -> list[tuple[Candidate, float]]:
-    """Who sent what: the missing nodes, and the replies (with their weights) whose
-    sender, structure and weight pass; every other reply is rejected in ``report``."""
+) -> _Screened:
+    """Who sent what: the missing nodes, the replies (with their weights) whose
+    sender, structure and weight pass, and every other reply, rejected."""
     sent_ids = set(sent.node_ids)
     # A stale reply is no reply of this round: it neither answers for its node
     # nor makes the node's own reply a duplicate.
     counts = Counter(
         c.node_id for c in candidates if c.reason != RejectReason.STALE_REPLY
     )
-    replied = set(counts)
     absent = absent or {}
-    report.missing = [i for i in sent.node_ids if i not in replied]
-    reasons = [absent.get(i, MissingReason.TIMED_OUT) for i in report.missing]
-    report.missing_reasons = [r.name for r in reasons]
-    report.missing_codes = [int(r) for r in reasons]
-    for node_id, reason in zip(report.missing, reasons, strict=True):
+    missing = [
+        (i, absent.get(i, MissingReason.TIMED_OUT))
+        for i in sent.node_ids
+        if i not in counts
+    ]
+    for node_id, reason in missing:
         log(
             logging.WARNING,
             "Round %d: no reply from node %d: %s (code %d)",
-            report.server_round,
+            sent.server_round,
             node_id,
             reason.name,
             int(reason),
         )
 
-    pending: list[tuple[Candidate, float]] = []
+    found = _Screened([], [], missing)
     for cand in candidates:
         # Who sent it is judged first: a stranger's reply is UNEXPECTED_NODE
         # whatever it holds (unless the reply could not even be read).
@@ -606,17 +625,36 @@ def _screen(
         if reason is None and cand.arrays is None:
             reason = RejectReason.MISSING_ARRAY_RECORD
         if reason is not None:
-            _reject(report, cand.node_id, reason)
+            _reject(found.rejected, sent.server_round, cand.node_id, reason)
         else:
-            pending.append((cand, weight))
+            found.pending.append((cand, weight))
+    return found
 
-    return pending
+
+def _found(
+    cls: type[ValidReplies],
+    matrix: np.ndarray,
+    valid: list[tuple[Candidate, float]],
+    weighted: bool,
+    screened: _Screened,
+    **extra: Any,
+) -> ValidReplies:
+    """The :class:`ValidReplies` (or subclass) of the decoded ``valid`` replies."""
+    return cls(
+        matrix,
+        [int(c.node_id) for c, _ in valid],
+        [c.metrics if c.metrics is not None else {} for c, _ in valid],
+        [w for _, w in valid] if weighted else None,
+        [int(c.partition_id) for c, _ in valid],
+        screened.rejected,
+        screened.missing,
+        **extra,
+    )
 
 
 def validate_replies(
     sent: SentModel,
     candidates: Sequence[Candidate],
-    report: RoundReport,
     *,
     weighted_by: str | None,
     buffer: np.ndarray | None = None,
@@ -625,8 +663,8 @@ def validate_replies(
     """Check every reply on its own and write the valid updates into one matrix.
 
     Never raises because of reply content: a reply that fails is excluded and
-    recorded in ``report`` (``rejected``, ``rejected_codes``, ``missing``,
-    ``missing_reasons``, ``missing_codes``).
+    returned in ``rejected``; every node sent to without a reply is returned in
+    ``missing``.
 
     Parameters
     ----------
@@ -634,8 +672,6 @@ def validate_replies(
         The model and recipients of this round.
     candidates : Sequence[Candidate]
         The replies.
-    report : RoundReport
-        Receives the rejected and missing nodes.
     weighted_by : str or None
         Metric key of the reply weight when weighting is on (checked per reply),
         ``None`` for unweighted aggregation.
@@ -649,7 +685,8 @@ def validate_replies(
         ``TIMED_OUT``.
     """
     layout = sent.layout
-    pending = _screen(sent, candidates, report, weighted_by, absent)
+    screened = _screen(sent, candidates, weighted_by, absent)
+    pending = screened.pending
     # One preallocated matrix; a rejected reply's row is reused by the next.
     if (
         buffer is not None
@@ -669,17 +706,8 @@ def validate_replies(
             if reason is None:
                 valid.append((cand, weight))
             else:
-                _reject(report, cand.node_id, reason)
-    node_ids = [int(c.node_id) for c, _ in valid]
-    report.node_ids = node_ids
-    report.partition_ids = [int(c.partition_id) for c, _ in valid]
-    return ValidReplies(
-        matrix,
-        node_ids,
-        [c.metrics if c.metrics is not None else {} for c, _ in valid],
-        [w for _, w in valid] if weighted_by is not None else None,
-        list(report.partition_ids),
-    )
+                _reject(screened.rejected, sent.server_round, cand.node_id, reason)
+    return _found(ValidReplies, matrix, valid, weighted_by is not None, screened)
 
 
 @dataclass
@@ -702,7 +730,6 @@ class AveragedReplies(ValidReplies):
 def average_replies(
     sent: SentModel,
     candidates: Sequence[Candidate],
-    report: RoundReport,
     *,
     weighted_by: str | None,
     columns: np.ndarray | None,
@@ -720,11 +747,12 @@ def average_replies(
     ----------
     columns : numpy.ndarray or None
         Columns of each valid update to keep in ``matrix`` (``None``: all).
-    sent, candidates, report, weighted_by, absent
+    sent, candidates, weighted_by, absent
         As in :func:`validate_replies`.
     """
     layout = sent.layout
-    pending = _screen(sent, candidates, report, weighted_by, absent)
+    screened = _screen(sent, candidates, weighted_by, absent)
+    pending = screened.pending
     width = layout.d if columns is None else len(columns)
     sample = np.empty((len(pending), width), dtype=np.float32)
     row = np.empty(layout.d, dtype=np.float32)
@@ -735,7 +763,7 @@ def average_replies(
         for cand, weight in pending:
             reason = _decode_or_malformed(cand, sent, flat_sent, row)
             if reason is not None:
-                _reject(report, cand.node_id, reason)
+                _reject(screened.rejected, sent.server_round, cand.node_id, reason)
                 continue
             sample[len(valid)] = row if columns is None else row[columns]
             if weighted_by is None:
@@ -751,16 +779,13 @@ def average_replies(
         # A mean of float32 values lies within their range; float64 rounding at
         # its very edge is clamped back into it.
         mean = np.clip(total / weight_sum, -top, top).astype(np.float32)
-    node_ids = [int(c.node_id) for c, _ in valid]
-    report.node_ids = node_ids
-    report.partition_ids = [int(c.partition_id) for c, _ in valid]
-    return AveragedReplies(
+    return _found(
+        AveragedReplies,
         sample[: len(valid)],
-        node_ids,
-        [c.metrics if c.metrics is not None else {} for c, _ in valid],
-        [w for _, w in valid] if weighted_by is not None else None,
-        list(report.partition_ids),
-        mean,
+        valid,
+        weighted_by is not None,
+        screened,
+        mean=mean,
     )
 
 

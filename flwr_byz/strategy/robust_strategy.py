@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from logging import INFO
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -26,9 +28,11 @@ from flwr.supercore import log
 from flwr_byz.aggregation.bounds import byzantine_budget
 from flwr_byz.aggregation.registry import REGISTRY, RULE_BY_NAME
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.configuration_errors import stop_on_configuration_errors
 from flwr_byz.devices import resolve_device
+from flwr_byz.validation import boolean, integer, number, require
 
 from .client_metrics import mean_client_metrics
 from .layer_state import NodeIdMap
@@ -41,7 +45,7 @@ from .reply_validation import (
     instruction_destinations,
     message_to_candidate,
 )
-from .round_core import RoundState, run_robust_round
+from .round_core import RoundPlan, RoundState, run_robust_round
 from .round_report import RoundReport
 from .sampling import check_seconds, sample_connected
 
@@ -148,6 +152,9 @@ class RobustStrategy(FedAvg):
     #: Name of the rule in :data:`flwr_byz.aggregation.registry.REGISTRY`: its
     #: bound, and the defaults of the two flags below, come from there.
     rule_name: str = "mean"
+    #: Values of the rule entry's own parameters (:attr:`Rule.params`), passed to
+    #: its ``aggregate``; a generated strategy class sets them from its arguments.
+    rule_params: Mapping[str, Any] = MappingProxyType({})
     #: Whether the rule accepts per-update weights.
     supports_weights: bool = True
     #: Whether ``f`` changes what the rule does: then exactly one of
@@ -205,8 +212,8 @@ class RobustStrategy(FedAvg):
             train_metrics_aggr_fn=train_metrics_aggr_fn,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
-        _check_fraction("fraction_train", fraction_train)
-        _check_fraction("fraction_evaluate", fraction_evaluate)
+        require("fraction_train", fraction_train, number(0.0, 1.0))
+        require("fraction_evaluate", fraction_evaluate, number(0.0, 1.0))
         if num_malicious_nodes is not None and malicious_fraction is not None:
             raise ValueError(
                 "give at most one of num_malicious_nodes and malicious_fraction, "
@@ -219,48 +226,18 @@ class RobustStrategy(FedAvg):
                 "num_malicious_nodes (an integer >= 0) or malicious_fraction "
                 "(a number in [0, 0.5)), got neither"
             )
-        if num_malicious_nodes is not None and (
-            isinstance(num_malicious_nodes, bool)
-            or not isinstance(num_malicious_nodes, int | np.integer)
-            or num_malicious_nodes < 0
-        ):
-            raise ValueError(
-                f"num_malicious_nodes={num_malicious_nodes!r}: allowed "
-                "values are integers >= 0"
+        require("num_malicious_nodes", num_malicious_nodes, integer(0, optional=True))
+        if malicious_fraction is not None:
+            require(
+                "malicious_fraction",
+                malicious_fraction,
+                number(0.0, 0.5, high_open=True),
             )
-        if malicious_fraction is not None and (
-            isinstance(malicious_fraction, bool)
-            or not isinstance(malicious_fraction, int | float)
-            or not 0.0 <= malicious_fraction < 0.5
-        ):
-            raise ValueError(
-                f"malicious_fraction={malicious_fraction!r}: allowed "
-                "values are numbers in [0, 0.5)"
-            )
-        if (
-            isinstance(server_learning_rate, bool)
-            or not isinstance(server_learning_rate, int | float)
-            or not math.isfinite(server_learning_rate)
-            or server_learning_rate <= 0
-        ):
-            raise ValueError(
-                f"server_learning_rate={server_learning_rate!r}: "
-                "allowed values are finite numbers > 0"
-            )
-        if (
-            isinstance(server_momentum, bool)
-            or not isinstance(server_momentum, int | float)
-            or not 0.0 <= server_momentum < 1.0
-        ):
-            raise ValueError(
-                f"server_momentum={server_momentum!r}: allowed values "
-                "are numbers in [0, 1)"
-            )
-        if not isinstance(weighted_aggregation, bool):
-            raise ValueError(
-                f"weighted_aggregation={weighted_aggregation!r}: "
-                "allowed values are True, False"
-            )
+        require(
+            "server_learning_rate", server_learning_rate, number(0.0, low_open=True)
+        )
+        require("server_momentum", server_momentum, number(0.0, 1.0, high_open=True))
+        require("weighted_aggregation", weighted_aggregation, boolean())
         if weighted_aggregation and not self.supports_weights:
             raise ValueError(
                 f"weighted_aggregation=True is not supported by "
@@ -285,7 +262,9 @@ class RobustStrategy(FedAvg):
         self.distance_sketch = self._check_sketch(distance_sketch)
         #: The count sketch the rule decides on (``None``: exact distances).
         self.sketch = (
-            CountSketch(self.distance_sketch, _check_seed(sketch_seed))
+            CountSketch(
+                self.distance_sketch, require("sketch_seed", sketch_seed, integer())
+            )
             if self.distance_sketch
             else None
         )
@@ -311,7 +290,7 @@ class RobustStrategy(FedAvg):
             )
         rule = RULE_BY_NAME.get(self.rule_name)
         if k and not (rule is not None and rule.uses_distances):
-            users = ", ".join(r.strategy for r in REGISTRY if r.uses_distances)
+            users = ", ".join(r.name for r in REGISTRY if r.uses_distances)
             raise ValueError(
                 f"distance_sketch={k}: {type(self).__name__} does not decide on "
                 f"pairwise distances; the sketch applies to {users}. Use "
@@ -339,59 +318,58 @@ class RobustStrategy(FedAvg):
             and type(self).aggregate_updates is RobustStrategy.aggregate_updates
         )
 
-    def aggregate_updates(
-        self,
-        server_round: int,
-        updates: torch.Tensor,
-        node_ids: list[int],
-        weights: torch.Tensor | None,
-        f: int,
-        global_flat: torch.Tensor,
-    ) -> AggregationResult:
-        """Aggregate the ``(n, d)`` float32 updates of the valid replies.
+    def aggregate_updates(self, round_input: RoundInput) -> AggregationResult:
+        """Aggregate the valid replies' updates: the rule this strategy runs.
 
         Parameters
         ----------
-        server_round : int
-            The round.
-        updates : torch.Tensor
-            ``(n, d)`` float32 updates ``w_i - θ_t`` on :attr:`torch_device`,
-            one row per valid reply, in the order of `node_ids`. Only valid
-            during the call: on CPU its storage is reused next round (clone
-            to keep).
-        node_ids : list[int]
-            Flower node id of each row.
-        weights : torch.Tensor or None
-            ``(n,)`` validated ``num-examples`` when `weighted_aggregation`,
-            else ``None``.
-        f : int
-            Byzantine budget this round.
-        global_flat : torch.Tensor
-            ``(d,)`` float32 flat model ``θ_t`` (float arrays, key order; see
-            :attr:`layout` to unflatten).
+        round_input : RoundInput
+            The round's ``(n, d)`` float32 updates ``w_i - θ_t`` on
+            :attr:`torch_device` (one row per valid reply, in the order of its
+            ``node_ids``; only valid during the call: on CPU the storage is
+            reused next round, clone to keep), the validated weights when
+            `weighted_aggregation`, the budget ``f``, the flat model ``θ_t``
+            and the sent model's layout.
 
         Returns
         -------
         AggregationResult
             Aggregate and decisions (row indices). By default the registry
-            entry's ``aggregate(updates, f, weights)`` of :attr:`rule_name`.
+            entry's ``aggregate`` of :attr:`rule_name`.
         """
         rule = RULE_BY_NAME.get(self.rule_name)
-        if rule is None or rule.aggregate is None:
+        if rule is None or rule.needs_server_data:
             raise NotImplementedError(
                 f"{type(self).__name__}: rule {self.rule_name!r} has no registry "
                 "aggregate; override aggregate_updates"
             )
-        if rule.uses_distances:
-            return rule.aggregate(updates, f, weights, sketch=self.sketch)
-        return rule.aggregate(updates, f, weights)
+        return rule.decide(round_input, sketch=self.sketch, **self.rule_params)
+
+    def round_plan(self) -> RoundPlan:
+        """What :func:`~flwr_byz.strategy.round_core.run_robust_round` needs from
+        this strategy: its settings, its budget and bound, and its rule."""
+        return RoundPlan(
+            name=type(self).__name__,
+            budget=partial(
+                resolve_budget,
+                count=self.num_malicious_nodes,
+                fraction=self.malicious_fraction,
+            ),
+            bound=self.min_nodes,
+            decide=self.aggregate_updates,
+            streams_mean=self.streams_mean,
+            weighted_by=self.weighted_by_key if self.weighted_aggregation else None,
+            device=self.torch_device,
+            lr=self.server_learning_rate,
+            momentum=self.server_momentum,
+        )
 
     # --------------------------------------------------------------- helpers
     def resolve_f(self, num_valid: int) -> int:
         """Byzantine budget ``f`` for a round with ``num_valid`` valid replies."""
-        if self.malicious_fraction is not None:
-            return byzantine_budget(self.malicious_fraction, num_valid)
-        return self.num_malicious_nodes or 0
+        return resolve_budget(
+            num_valid, count=self.num_malicious_nodes, fraction=self.malicious_fraction
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -616,8 +594,9 @@ class RobustStrategy(FedAvg):
             len(sent.node_ids),
         )
         outcome = run_robust_round(
-            self, server_round, sent, candidates, self.round_state, absent
+            self.round_plan(), sent, candidates, self.round_state, absent
         )
+        self.round_state = outcome.state
         report = outcome.report
         self.history.append(report)
         if outcome.arrays is None:
@@ -705,19 +684,12 @@ class RobustStrategy(FedAvg):
         )
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0.0 <= value <= 1.0
-    ):
-        raise ValueError(f"{name}={value!r}: allowed values are numbers in [0, 1]")
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise ValueError(f"sketch_seed={seed!r}: allowed values are integers")
-    return int(seed)
+def resolve_budget(num_valid: int, *, count: int | None, fraction: float | None) -> int:
+    """The Byzantine budget ``f`` for ``num_valid`` valid replies: ``count``, or
+    ``floor(fraction · num_valid)`` when a fraction is given, else ``0``."""
+    if fraction is not None:
+        return byzantine_budget(fraction, num_valid)
+    return count or 0
 
 
 def _report_line(report: RoundReport) -> str:

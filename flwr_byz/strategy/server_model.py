@@ -13,11 +13,24 @@ def check_model_keys(layout: ModelLayout | None, objective: QVObjective) -> None
     """Refuse (ValueError) a ``model_factory`` whose float keys differ from the record.
 
     The flat vectors the strategy builds follow the ArrayRecord's float arrays in key
-    order; the server-side model must read them in the same order.
+    order; the server-side model must read them in the same order. Legacy
+    ``Parameters`` name their arrays by position (``"0"``, ``"1"``, ...): there the
+    float arrays' shapes must match the model's, in order.
     """
     if layout is None:
         return
-    float_keys = [k for k, o in zip(layout.keys, layout.offsets, strict=True) if o >= 0]
+    floats = [i for i, o in enumerate(layout.offsets) if o >= 0]
+    if layout.keys == tuple(str(i) for i in range(len(layout.keys))):
+        shapes = [tuple(layout.shapes[i]) for i in floats]
+        expected = [tuple(s) for s in objective.shapes]
+        if shapes != expected:
+            raise ValueError(
+                f"model_factory: its state_dict float shapes {expected[:3]}... do "
+                f"not match the Parameters' float arrays {shapes[:3]}... (same "
+                "arrays in the same order needed)"
+            )
+        return
+    float_keys = [layout.keys[i] for i in floats]
     if float_keys != objective.keys:
         raise ValueError(
             "model_factory: its state_dict float keys "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from flwr_byz.aggregation.result import AggregationResult
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.validation import number, require
 
 from .robust_strategy import RobustStrategy
 
@@ -26,28 +26,15 @@ class TrimmedMean(RobustStrategy):
     rule_name = "trimmed-mean"
 
     def __init__(self, beta: float = 0.2, **kwargs: Any) -> None:
-        if (
-            isinstance(beta, bool)
-            or not isinstance(beta, int | float)
-            or not 0.0 <= beta < 0.5
-        ):
-            raise ValueError(f"beta={beta!r}: allowed values are numbers in [0, 0.5)")
+        require("beta", beta, number(0.0, 0.5, high_open=True))
         super().__init__(**kwargs)
         self.beta = float(beta)
 
     def _settings(self) -> list[tuple[str, object]]:
         return [("beta", self.beta)]
 
-    def aggregate_updates(
-        self,
-        server_round: int,
-        updates: torch.Tensor,
-        node_ids: list[int],
-        weights: torch.Tensor | None,
-        f: int,
-        global_flat: torch.Tensor,
-    ) -> AggregationResult:
+    def aggregate_updates(self, round_input: RoundInput) -> AggregationResult:
         """Aggregate with :func:`flwr_byz.aggregation.trimmed_mean`."""
         from flwr_byz.aggregation import trimmed_mean
 
-        return trimmed_mean(updates, self.beta)
+        return trimmed_mean(round_input.updates, self.beta)

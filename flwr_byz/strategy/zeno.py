@@ -12,7 +12,9 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from flwr_byz.aggregation.result import AggregationResult
-from flwr_byz.gaa.qv import LossFn, QVObjective
+from flwr_byz.aggregation.round_input import RoundInput
+from flwr_byz.gaa.qv import LossFn, QVObjective, check_model_factory
+from flwr_byz.validation import integer, number, require
 
 from .robust_strategy import RobustStrategy
 from .server_model import check_model_keys, check_seed, round_generator
@@ -110,53 +112,25 @@ class Zeno(RobustStrategy):
                 f"got num_malicious_nodes={num_malicious_nodes!r} and "
                 f"malicious_fraction={malicious_fraction!r}"
             )
-        if malicious_fraction is not None and (
-            isinstance(malicious_fraction, bool)
-            or not isinstance(malicious_fraction, int | float)
-            or not 0.0 <= malicious_fraction < 1.0
-        ):
-            raise ValueError(
-                f"malicious_fraction={malicious_fraction!r}: allowed "
-                "values are numbers in [0, 1)"
+        if malicious_fraction is not None:
+            require(
+                "malicious_fraction",
+                malicious_fraction,
+                number(0.0, 1.0, high_open=True),
             )
         super().__init__(num_malicious_nodes=num_malicious_nodes, **kwargs)
         if malicious_fraction is not None:
             self.malicious_fraction = float(malicious_fraction)
-        for name, value, low_open in (("rho", rho, False), ("gamma", gamma, True)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-                or (low_open and value == 0)
-            ):
-                allowed = "> 0" if low_open else ">= 0"
-                raise ValueError(
-                    f"{name}={value!r}: allowed values are finite numbers {allowed}"
-                )
-        if batch_size is not None and (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or batch_size < 1
-        ):
-            raise ValueError(
-                f"batch_size={batch_size!r}: allowed values are None or integers >= 1"
-            )
-        if not callable(model_factory):
-            raise ValueError(
-                f"model_factory: got {type(model_factory).__name__}; allowed: a "
-                "callable returning a torch.nn.Module"
-            )
+        require("rho", rho, number(0.0))
+        require("gamma", gamma, number(0.0, low_open=True))
+        require("batch_size", batch_size, integer(1, optional=True))
+        check_model_factory(model_factory)
         self.rho, self.gamma = float(rho), float(gamma)
         self.batch_size = batch_size
         self.seed = check_seed(seed)
         self.objective = QVObjective(model_factory, qv_set, loss, self.torch_device)
 
     # ------------------------------------------------------------------ hooks
-    def min_nodes(self, f: int) -> int:
-        """Zeno needs ``b + 1`` valid replies: one update must remain."""
-        return f + 1
-
     def batch_indices(self, server_round: int) -> torch.Tensor:
         """Indices of this round's batch of the server set (sorted)."""
         m = int(self.objective.x.shape[0])
@@ -184,21 +158,21 @@ class Zeno(RobustStrategy):
 
         return batch
 
-    def aggregate_updates(
-        self,
-        server_round: int,
-        updates: torch.Tensor,
-        node_ids: list[int],
-        weights: torch.Tensor | None,
-        f: int,
-        global_flat: torch.Tensor,
-    ) -> AggregationResult:
+    def aggregate_updates(self, round_input: RoundInput) -> AggregationResult:
         """Mean of the ``n − b`` best-scoring updates (``aggregation.zeno``)."""
         from flwr_byz.aggregation import zeno
 
-        check_model_keys(self.layout, self.objective)
+        check_model_keys(round_input.layout, self.objective)
+        server_round, global_flat = round_input.server_round, round_input.global_flat
         loss_fn = self.batch_loss(server_round)
-        result = zeno(updates, global_flat, loss_fn, f, self.rho, self.gamma)
+        result = zeno(
+            round_input.updates,
+            global_flat,
+            loss_fn,
+            round_input.f,
+            self.rho,
+            self.gamma,
+        )
         with torch.no_grad():
             before = float(loss_fn(global_flat[None])[0])
         # MetricRecords and results.json hold finite numbers only.

@@ -186,11 +186,12 @@ class LegacyRobust(LegacyFedAvg):
             except Exception:  # a result object we cannot even read
                 candidates.append(Candidate(0, None, None, RejectReason.MALFORMED))
         inner = self.strategy
-        # The wrapped strategy's round state (momentum, matrix storage) is
-        # handed to the core, which updates it: the same state as its own rounds.
+        # The wrapped strategy's plan and round state (momentum, matrix
+        # storage): the same state as its own rounds carry on.
         outcome = run_robust_round(
-            inner, server_round, sent, candidates, inner.round_state
+            inner.round_plan(), sent, candidates, inner.round_state
         )
+        inner.round_state = outcome.state
         inner.history.append(outcome.report)
         if outcome.arrays is None:
             parameters = self._sent_parameters
