@@ -390,3 +390,9 @@ def test_zeno_strategy_accepts_a_majority_budget():
         Zeno(model_factory=Linear43, qv_set=QV)
     with pytest.raises(ValueError, match="malicious_fraction"):
         Zeno(model_factory=Linear43, qv_set=QV, malicious_fraction=1.0)
+
+
+@pytest.mark.parametrize("seed", [-1, True, 1.5])
+def test_a_bad_seed_is_refused_naming_it(seed):
+    with pytest.raises(ValueError, match=f"seed={seed!r}: allowed values are"):
+        FLTrust(model_factory=Linear43, qv_set=QV, seed=seed)

@@ -519,6 +519,8 @@ def test_aggregate_evaluate_skips_bad_replies():
         ({"device": "tpu"}, "device"),
         ({"fraction_train": 1.5}, "fraction_train"),
         ({"weighted_aggregation": "yes"}, "weighted_aggregation"),
+        ({"distance_sketch": 8}, r"distance_sketch=8: allowed values are 0 \(exact"),
+        ({"distance_sketch": True}, r"distance_sketch=True: allowed values are 0"),
     ],
 )
 def test_bad_configuration_raises_value_error_naming_the_argument(kwargs, name):

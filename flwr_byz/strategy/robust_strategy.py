@@ -279,15 +279,7 @@ class RobustStrategy(FedAvg):
         self.round_state = RoundState()
 
     def _check_sketch(self, k: int) -> int:
-        if (
-            isinstance(k, bool)
-            or not isinstance(k, int | np.integer)
-            or (k != 0 and k < 16)
-        ):
-            raise ValueError(
-                f"distance_sketch={k!r}: allowed values are 0 (exact distances) "
-                "or integers >= 16 (sketch width)"
-            )
+        require("distance_sketch", k, _sketch_width)
         rule = RULE_BY_NAME.get(self.rule_name)
         if k and not (rule is not None and rule.uses_distances):
             users = ", ".join(r.name for r in REGISTRY if r.uses_distances)
@@ -682,6 +674,13 @@ class RobustStrategy(FedAvg):
         return MetricRecord(
             mean_client_metrics(records, weights, exclude=(self.weighted_by_key,))
         )
+
+
+def _sketch_width(value: object) -> str | None:
+    """A :mod:`flwr_byz.validation` check of ``distance_sketch``."""
+    if integer()(value) is None and (value == 0 or value >= 16):
+        return None
+    return "0 (exact distances) or integers >= 16 (sketch width)"
 
 
 def resolve_budget(num_valid: int, *, count: int | None, fraction: float | None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from flwr_byz.gaa.qv import QVObjective
+from flwr_byz.validation import integer, require
 
 from .model_layout import ModelLayout
 
@@ -48,6 +49,4 @@ def round_generator(seed: int, server_round: int) -> torch.Generator:
 
 def check_seed(seed: int) -> int:
     """Return ``seed`` if it is an integer >= 0, else raise ValueError."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r}: allowed values are integers >= 0")
-    return seed
+    return require("seed", seed, integer(0))
