@@ -74,8 +74,6 @@ class FLTrust(RobustStrategy):
     """
 
     rule_name = "fltrust"
-    supports_weights = False
-    uses_f = False
 
     # pylint: disable=too-many-arguments
     def __init__(

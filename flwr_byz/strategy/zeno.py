@@ -83,7 +83,6 @@ class Zeno(RobustStrategy):
     """
 
     rule_name = "zeno"
-    supports_weights = False
     uses_f = False  # checked here: Zeno's budget may be a majority
 
     # pylint: disable=too-many-arguments
