@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -185,7 +185,7 @@ def time_once(fx: Fixture, strategy, ours: bool, warm: bool) -> tuple[float, flo
         strategy.remember_sent(1, fx.theta, dict.fromkeys(fx.node_ids, "train"))
         if not warm:
             # A first round: the matrix is allocated anew.
-            strategy.round_state.buffer = None
+            strategy.round_state = replace(strategy.round_state, buffer=None)
     replies = fresh_replies(fx)
     gc.collect()
     with _PeakRss() as mem:
@@ -196,7 +196,7 @@ def time_once(fx: Fixture, strategy, ours: bool, warm: bool) -> tuple[float, flo
         raise RuntimeError(f"{type(strategy).__name__} returned no arrays")
     del arrays, replies
     if ours and not warm:
-        strategy.round_state.buffer = None
+        strategy.round_state = replace(strategy.round_state, buffer=None)
     gc.collect()
     return seconds, mem.extra_mb
 

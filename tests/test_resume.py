@@ -234,9 +234,10 @@ def test_nodes_are_matched_by_partition_or_refused(tmp_path) -> None:
 
 def test_strategy_state_of_another_strategy_is_refused(tmp_path) -> None:
     from flwr_byz.strategy import FABA, Median
+    from flwr_byz.strategy.round_core import RoundState
 
     faba = FABA(malicious_fraction=0.25, device="cpu")
-    faba.round_state.momentum = np.arange(4, dtype=np.float32)
+    faba.round_state = RoundState(momentum=np.arange(4, dtype=np.float32))
     saved = capture_strategy(faba)
     other = FABA(malicious_fraction=0.25, device="cpu")
     restore_strategy(other, saved, {}, tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 
@@ -617,6 +618,8 @@ def test_the_round_core_runs_a_plan_of_plain_functions_and_returns_the_state():
     first = run_robust_round(plan, sent, _candidates(theta, {1: 1.0, 2: 3.0}), state)
     # The argument is not changed: the next state comes back in the outcome.
     assert state.momentum is None and state.buffer is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.momentum = first.state.momentum  # type: ignore[misc]
     assert first.report.status == RoundStatus.OK
     np.testing.assert_allclose(first.state.momentum, 2.0)
     assert first.state.buffer is not None

@@ -98,9 +98,9 @@ class RoundPlan:
     momentum: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoundState:
-    """What a strategy carries from one round to the next.
+    """What a strategy carries from one round to the next (immutable).
 
     :func:`run_robust_round` reads it and returns the next one in
     :attr:`RoundOutcome.state`.
