@@ -107,13 +107,15 @@ def _worker(
         torch.set_num_threads(threads)
     fn = _cases(n, f)[case]
     x = _matrix(n, d, f, seed, offset)
+    ran = {"case": case, "seed": seed, "threads": torch.get_num_threads()}
+    ran["offset"] = offset
     before = _reset_peak()
     try:
         fn(x)
     except ValueError as err:
-        return {"case": case, "error": str(err)}
+        return {**ran, "error": str(err)}
     return {
-        "case": case,
+        **ran,
         "extra": max(0, _peak() - before),
         "matrix": x.numel() * x.element_size(),
     }
@@ -244,9 +246,9 @@ def main(argv: list[str] | None = None) -> None:
                     args.n,
                     dims[0],
                     args.f,
-                    args.repeat,
                     args.seed,
                     args.threads,
+                    args.offset,
                 )
             )
         )

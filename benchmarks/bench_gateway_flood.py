@@ -113,12 +113,14 @@ def honest_round(deployment: LocalDeployment, out: Path) -> float:
     return float(rounds[1]["train-time-s"])
 
 
-def measure(requests: int, mb: int, chunked: bool, no_limits: bool) -> dict:
+def measure(
+    requests: int, mb: int, chunked: bool, no_limits: bool, nodes: int = 4
+) -> dict:
     limits = {"max_body_bytes": 2**40, "max_requests_per_peer": 10_000}
     limits = limits if no_limits else {}
     with tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
         work = Path(tmp)
-        deployment = LocalDeployment(4, workdir=work / "deployment", **limits)
+        deployment = LocalDeployment(nodes, workdir=work / "deployment", **limits)
         with deployment:
             deployment.node_ids(timeout=120)
             assert (
@@ -157,8 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--chunked", action="store_true", help="no Content-Length")
     parser.add_argument("--no-limits", action="store_true")
+    parser.add_argument("--nodes", type=int, default=4, help="SuperNodes (default: 4)")
     args = parser.parse_args(argv)
-    r = measure(args.requests, args.mb, args.chunked, args.no_limits)
+    r = measure(args.requests, args.mb, args.chunked, args.no_limits, args.nodes)
     kind = "chunked" if args.chunked else "declared"
     print(
         f"{args.requests} concurrent {args.mb} MiB POSTs ({kind} size), gateway body "
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         b, p = r["rss-before-mb"][name], r["rss-peak-mb"][name]
         print(f"{name:9s} RSS: {b:.0f} MB before, {p:.0f} MB peak (+{p - b:.0f} MB)")
     print(
-        f"honest round (FedAvg, 4 SuperNodes): {r['round-alone-s']:.1f} s alone, "
+        f"honest round (FedAvg, {args.nodes} SuperNodes): "
+        f"{r['round-alone-s']:.1f} s alone, "
         f"{r['round-beside-flood-s']:.1f} s beside the flood"
     )
 

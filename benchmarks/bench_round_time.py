@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--app", default=str(REPO))
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="simulations at once (default: 1)"
+    )
     args = parser.parse_args()
 
     strategies = ["fedavg", *[s for s in args.strategies.split(",") if s]]
@@ -57,7 +60,7 @@ def main() -> None:
             num_supernodes=args.supernodes,
             base_config={"num-server-rounds": args.rounds, "dataset": args.dataset},
         )
-        paths = run_grid(spec, args.app, out, echo=False)
+        paths = run_grid(spec, args.app, out, echo=False, jobs=args.jobs)
         runs = [json.loads(p.read_text()) for p in paths]
 
     base = mean_round_time(runs[0])

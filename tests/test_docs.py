@@ -92,14 +92,48 @@ COMMANDS: dict[str, list[str]] = {
     "python -m flwr_byz.aggregation.registry": [
         "tests/test_docs.py::test_the_registry_module_prints_the_rule_table",
     ],
-    "python -m benchmarks.bench_aggregation": [PARSED],
-    "python -m benchmarks.bench_strategies": [PARSED],
-    "python -m benchmarks.bench_gaa": [PARSED],
-    "python -m benchmarks.bench_round_time": [PARSED],
-    "python -m benchmarks.bench_scale": [PARSED],
-    "python -m benchmarks.bench_honest_only": [PARSED],
-    "python -m benchmarks.bench_oversize_reply": [PARSED],
-    "python -m benchmarks.bench_gateway_flood": [PARSED],
+    "python -m benchmarks.bench_aggregation": [
+        "tests/test_benchmarks_smoke.py::"
+        "test_bench_aggregation_prints_every_matched_rule_with_its_time_and_memory",
+        "tests/test_benchmarks_smoke.py::"
+        "test_bench_aggregation_memory_worker_builds_the_matrix_it_is_given",
+        PARSED,
+    ],
+    "python -m benchmarks.bench_strategies": [
+        "tests/test_benchmarks_smoke.py::"
+        "test_bench_strategies_writes_one_row_per_rule_against_flowers",
+        PARSED,
+    ],
+    "python -m benchmarks.bench_gaa": [
+        "tests/test_benchmarks_smoke.py::"
+        "test_bench_gaa_reports_time_detection_and_accuracy",
+        PARSED,
+    ],
+    "python -m benchmarks.bench_round_time": [
+        "tests/test_benchmarks_smoke.py::"
+        "test_bench_round_time_prints_each_strategys_ratio_to_fedavg",
+        PARSED,
+    ],
+    "python -m benchmarks.bench_scale": [
+        "tests/test_benchmarks_smoke.py::"
+        "test_bench_scale_writes_rows_for_every_rule_and_draws_the_plot",
+        PARSED,
+    ],
+    "python -m benchmarks.bench_honest_only": [
+        "tests/test_benchmarks_smoke.py::"
+        "test_bench_honest_only_prints_an_accuracy_per_seed",
+        PARSED,
+    ],
+    "python -m benchmarks.bench_oversize_reply": [
+        "tests/test_benchmarks_smoke.py::"
+        "test_bench_oversize_reply_refuses_the_extra_array",
+        PARSED,
+    ],
+    "python -m benchmarks.bench_gateway_flood": [
+        "tests/test_benchmarks_smoke.py::"
+        "test_bench_gateway_flood_answers_an_oversize_flood_with_413",
+        PARSED,
+    ],
     "mkdocs build": ["tests/test_docs.py::test_the_site_builds_in_strict_mode"],
     "mkdocs serve": ["tests/test_docs.py::test_the_site_builds_in_strict_mode"],
 }
