@@ -194,6 +194,13 @@ SERVER_KEYS: dict[str, Key] = {
         "alignments of one node (the round's median |cosine|)",
         number(0.0, 100.0),
     ),
+    "gaa-collusion-threshold": Key(
+        0.95,
+        "GAA evidence policy: updates whose cosine exceeds this share one voice "
+        "in the credit-weighted references (near-identical colluders count as "
+        "one worker); 1 = no discount",
+        number(0.0, 1.0),
+    ),
     "gaa-backprop": Key(
         "exact", "GAA episode gradient", one_of(("exact", "truncated"))
     ),

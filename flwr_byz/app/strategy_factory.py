@@ -77,6 +77,7 @@ def build_strategy(
                 {
                     "reference_gain": float(cfg["gaa-reference-gain"]),
                     "uphill_margin": float(cfg["gaa-uphill-margin"]),
+                    "collusion_threshold": float(cfg["gaa-collusion-threshold"]),
                 }
                 if cfg["gaa-policy"] == "evidence"
                 else None
