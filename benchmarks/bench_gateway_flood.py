@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-limits", action="store_true")
     parser.add_argument("--nodes", type=int, default=4, help="SuperNodes (default: 4)")
     args = parser.parse_args(argv)
+    if args.nodes < 2:
+        parser.error("--nodes: at least 2 (a run waits for 2 SuperNodes)")
     r = measure(args.requests, args.mb, args.chunked, args.no_limits, args.nodes)
     kind = "chunked" if args.chunked else "declared"
     print(

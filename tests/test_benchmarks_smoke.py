@@ -236,7 +236,7 @@ def test_bench_round_time_prints_each_strategys_ratio_to_fedavg(
     out = run_benchmark(
         tmp_path,
         "bench_round_time --strategies faba --supernodes 2 --rounds 2 --jobs 2",
-        timeout=420,
+        timeout=600,
     )
     assert "yelp-style, 2 clients, 2 rounds, attack random-fault at 0.3" in out
     rows = table_rows(out, "| strategy | round time (s) |")
@@ -253,8 +253,8 @@ def test_bench_gateway_flood_answers_an_oversize_flood_with_413(
 ) -> None:
     out = run_benchmark(
         tmp_path,
-        "bench_gateway_flood --requests 1 --mb 8 --nodes 1",
-        timeout=420,
+        "bench_gateway_flood --requests 1 --mb 8 --nodes 2",
+        timeout=600,
     )
     # 8 MiB is above the gateway's body limit for this app's model.
     match = re.search(
@@ -266,7 +266,7 @@ def test_bench_gateway_flood_answers_an_oversize_flood_with_413(
             rf"^{name} +RSS: {NUMBER} MB before, {NUMBER} MB peak", out, re.M
         ), name
     match = re.search(
-        rf"honest round \(FedAvg, 1 SuperNodes\): ({NUMBER}) s alone, "
+        rf"honest round \(FedAvg, 2 SuperNodes\): ({NUMBER}) s alone, "
         rf"({NUMBER}) s beside the flood",
         out,
     )
