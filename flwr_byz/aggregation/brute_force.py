@@ -11,7 +11,6 @@ from flwr_byz.aggregation.distances import scaled_pairwise_sq_distances
 from flwr_byz.aggregation.mean import combine_rows
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.rule import Rule
-from flwr_byz.aggregation.validation import check_f, check_updates
 
 _BATCH = 4096
 
@@ -43,9 +42,7 @@ def brute_force(
         row's largest distance to another row of the chosen subset (subset rows) or
         its smallest such distance (left-out rows).
     """
-    n, _ = check_updates(x, "brute-force")
-    f = check_f(f, "brute-force")
-    RULE.require_rows(n, f)
+    n = RULE.check_input(x, f)
     count = math.comb(n, f)
     if count > max_subsets:
         raise ValueError(

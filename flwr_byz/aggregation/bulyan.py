@@ -17,7 +17,6 @@ from flwr_byz.aggregation.ordering import argmin_lowest
 from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.rule import Rule
 from flwr_byz.aggregation.sketch import CountSketch
-from flwr_byz.aggregation.validation import check_f, check_updates
 
 # A row's running score is summed afresh when one removal takes away more than
 # this many times what is left (float64 keeps ~16 digits; 2**20 leaves ten).
@@ -148,9 +147,7 @@ def bulyan(
         ``selected`` the θ chosen rows ascending; ``removed`` the others ascending;
         ``scores`` every row's Krum score on the full set.
     """
-    n, _ = check_updates(x, "bulyan")
-    f = check_f(f, "bulyan")
-    RULE.require_rows(n, f)
+    n = RULE.check_input(x, f)
     sq, scale = scaled_pairwise_sq_distances(x, sketch=sketch)
     sq = sq.cpu()
     first_scores = [s * scale * scale for s in krum_scores(sq, f)]

@@ -13,8 +13,6 @@ from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.rule import Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
-    check_f,
-    check_updates,
     check_weights,
     normalised,
 )
@@ -61,9 +59,7 @@ def faba(
         L2 distance of row ``i`` to the mean it was deleted from, or, for kept rows, to
         the mean of the kept rows; ``weights`` the final mean's coefficients.
     """
-    n, _ = check_updates(x, "faba")
-    f = check_f(f, "faba")
-    RULE.require_rows(n, f)
+    n = RULE.check_input(x, f)
     w = check_weights(weights, n, "faba")
     gram, scale = scaled_centred_gram(x, sketch=sketch)
     gram = gram.cpu()

@@ -19,8 +19,6 @@ from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.aggregation.rule import Param, Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
-    check_f,
-    check_updates,
     check_weights,
     normalised,
 )
@@ -51,9 +49,7 @@ def geomed_medoid(
         ``aggregate`` a copy of the medoid row; ``selected`` that row; ``removed`` the
         others ascending; ``scores`` each row's sum of distances.
     """
-    n, _ = check_updates(x, "geomed")
-    f = check_f(f, "geomed")
-    RULE.require_rows(n, f)
+    n = RULE.check_input(x, f)
     gram, scale = scaled_centred_gram(x, sketch=sketch)
     gram = gram.cpu()
     dist = sq_distances_from_gram(gram).sqrt()
@@ -123,9 +119,7 @@ def geometric_median(
         carries the shrink); ``scores`` each row's distance to it; ``selected`` the
         rows with a positive coefficient.
     """
-    n, _ = check_updates(x, "geometric_median")
-    f = check_f(f, "geomed")
-    RULE.require_rows(n, f)
+    n = RULE.check_input(x, f, "geometric_median")
     for name, value in (("eps", eps), ("tol", tol)):
         require(name, value, number(0.0, low_open=True), owner="geometric_median")
     require("max_iter", max_iter, integer(1), owner="geometric_median")

@@ -18,8 +18,6 @@ from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.aggregation.rule import Param, Rule
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import (
-    check_f,
-    check_updates,
     check_weights,
     normalised,
 )
@@ -97,9 +95,7 @@ def krum(
         ``aggregate`` a copy of the chosen row; ``selected`` that row; ``removed`` all
         others ascending; ``scores`` every row's Krum score.
     """
-    n, _ = check_updates(x, "krum")
-    f = check_f(f, "krum")
-    KRUM.require_rows(n, f)
+    KRUM.check_input(x, f)
     scaled, scores = _scores(x, f, sketch)
     if sketch is None or not sketch.applies_to(*x.shape):
         best = ranked_ascending(scaled)[0]
@@ -140,9 +136,7 @@ def multikrum(
         ``selected`` the ``m`` rows ascending; ``removed`` the others ascending;
         ``scores`` every row's Krum score; ``weights`` the final mean's coefficients.
     """
-    n, _ = check_updates(x, "multikrum")
-    f = check_f(f, "multikrum")
-    MULTIKRUM.require_rows(n, f)
+    n = MULTIKRUM.check_input(x, f)
     if m is None:
         m = n - f
     require("m", m, integer(1), owner="multikrum")

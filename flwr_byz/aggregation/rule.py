@@ -15,11 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from flwr_byz.validation import Check, integer, require
 
 from .result import AggregationResult
 from .round_input import RoundInput
 from .sketch import CountSketch
+from .validation import check_f, check_updates
 
 #: ``aggregate(round_input, *, sketch=None, **params)``: the rule on one round.
 AggregateFn = Callable[..., AggregationResult]
@@ -135,6 +138,17 @@ class Rule:
                 f"{self.name} needs n >= {self.bound_text} = {needed} rows to "
                 f"tolerate f = {f} Byzantine rows, got n = {n}"
             )
+
+    def check_input(self, x: torch.Tensor, f: int, owner: str = "") -> int:
+        """Check an ``(n, d)`` update matrix and a budget ``f`` for this rule.
+
+        Returns ``n``; raises ``ValueError`` (naming ``owner``, by default the
+        rule) for a matrix that is not a floating ``(n, d)`` tensor, a budget
+        that is not an integer ``>= 0``, or too few rows for ``f``.
+        """
+        n, _ = check_updates(x, owner or self.name)
+        self.require_rows(n, check_f(f, owner or self.name))
+        return n
 
     def config_key(self, param: Param) -> str | None:
         """The run-config key of ``param`` (``None``: constructor only)."""
