@@ -130,7 +130,8 @@ class GAA(RobustStrategy):
     >>> strategy.detect(3)   # GAA+: the 3 node ids with the lowest credit
     """
 
-    rule_name = "mean"
+    #: GAA is no rule of the registry: its flags are its own.
+    rule_name = "gaa"
     supports_weights = False
     uses_f = False
 
