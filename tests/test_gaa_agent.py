@@ -261,7 +261,7 @@ def test_paper_policy_fixed_slots_refuse_extra_nodes():
     theta = flat_init()
     agent.step(theta, round_updates(0, 3, objective.dim), [1, 2, 3])
     res = agent.step(theta, round_updates(1, 3, objective.dim), [1, 3, 4])
-    assert res.refused == (4,) and res.weights[2] == 0.0
+    assert res.removed == (4,) and res.weights[2] == 0.0
     assert math.isclose(sum(res.weights), 1.0, rel_tol=1e-6)
 
 
@@ -532,3 +532,10 @@ def test_trusted_worker_update_lowers_its_own_loss():
     delta = worker.update(theta, torch.Generator().manual_seed(0))
     objective = QVObjective(factory, (x, y))
     assert float(objective(theta + delta)) < float(objective(theta)) - 1e-3
+
+
+def test_the_old_step_result_name_warns_and_is_gaa_step() -> None:
+    import flwr_byz.gaa as gaa
+
+    with pytest.warns(DeprecationWarning, match="use flwr_byz.gaa.GAAStep"):
+        assert gaa.StepResult is gaa.GAAStep

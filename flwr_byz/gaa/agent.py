@@ -27,7 +27,7 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
 @dataclass(frozen=True)
-class StepResult:
+class GAAStep:
     """What one GAA round decided.
 
     Attributes
@@ -39,7 +39,7 @@ class StepResult:
     node_ids : tuple[int, ...]
         Node ids of the rows given to :meth:`GAAAgent.step`.
     weights : tuple[float, ...]
-        Credit of each of those rows this round (0 for refused rows).
+        Credit of each of those rows this round (0 for removed rows).
     trusted_credit : float or None
         Credit of the server's trusted worker, if there is one.
     qv_loss_before, qv_loss_after : float
@@ -48,8 +48,9 @@ class StepResult:
         ``qv_loss_before − qv_loss_after``.
     policy_updated : bool
         Whether ψ took a gradient step at the end of this round.
-    refused : tuple[int, ...]
-        Node ids the policy could not score (``paper`` policy out of slots).
+    removed : tuple[int, ...]
+        Node ids left out of the aggregate: the policy could not score them
+        (``paper`` policy out of slots).
     """
 
     aggregate: torch.Tensor
@@ -60,7 +61,7 @@ class StepResult:
     qv_loss_after: float
     reward: float
     policy_updated: bool
-    refused: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
 
 
 def _prev_logits(
@@ -233,7 +234,7 @@ class GAAAgent:
     # --------------------------------------------------------------- the round
     def step(
         self, theta: torch.Tensor, updates: torch.Tensor, node_ids: Sequence[int]
-    ) -> StepResult:
+    ) -> GAAStep:
         """One GAA round on the valid updates of ``node_ids``.
 
         Parameters
@@ -270,7 +271,7 @@ class GAAAgent:
                 self._make_optimizer()
         used = [i for i, k in enumerate(keep) if k]
         used_ids = tuple(rows_ids[i] for i in used)
-        refused = tuple(rows_ids[i] for i, k in enumerate(keep) if not k)
+        removed = tuple(rows_ids[i] for i, k in enumerate(keep) if not k)
         u = rows_u[used] if len(used) < len(rows_ids) else rows_u
 
         obs = self._observe(theta, u, used_ids)
@@ -297,7 +298,7 @@ class GAAAgent:
             updated = True
         w_row = dict(zip(used_ids, alpha.detach().tolist(), strict=True))
         before, after = float(obs.qv_loss), float(after_loss)
-        return StepResult(
+        return GAAStep(
             aggregate=aggregate,
             node_ids=tuple(ids),
             weights=tuple(float(w_row.get(i, 0.0)) for i in ids),
@@ -306,7 +307,7 @@ class GAAAgent:
             qv_loss_after=after,
             reward=before - after,
             policy_updated=updated,
-            refused=refused,
+            removed=removed,
         )
 
     def new_episode(self) -> bool:

@@ -15,9 +15,9 @@ from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.gaa import (
     TRUSTED_NODE_ID,
     GAAAgent,
+    GAAStep,
     PaperPolicy,
     QVObjective,
-    StepResult,
     TrustedWorker,
 )
 from flwr_byz.gaa.qv import LossFn, check_model_factory
@@ -222,17 +222,17 @@ class GAA(RobustStrategy):
         check_model_keys(round_input.layout, self.agent.objective)
         updates, node_ids = round_input.updates, round_input.node_ids
         res = self.agent.step(round_input.global_flat, updates, node_ids)
-        refused = set(res.refused)
+        removed = set(res.removed)
         return AggregationResult(
             aggregate=res.aggregate.to(updates.device, updates.dtype),
-            selected=tuple(r for r, i in enumerate(node_ids) if i not in refused),
-            removed=tuple(r for r, i in enumerate(node_ids) if i in refused),
+            selected=tuple(r for r, i in enumerate(node_ids) if i not in removed),
+            removed=tuple(r for r, i in enumerate(node_ids) if i in removed),
             weights=res.weights,
             metrics=self._round_metrics(res),
         )
 
     def _round_metrics(
-        self, res: StepResult
+        self, res: GAAStep
     ) -> dict[str, int | float | list[int] | list[float]]:
         """Credits of every known node, QV losses, reward, policy update flag."""
         credits = self.agent.credits()

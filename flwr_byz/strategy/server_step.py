@@ -19,7 +19,7 @@ from .model_layout import ModelLayout
 
 
 @dataclass(frozen=True)
-class StepResult:
+class ServerStep:
     """What :func:`server_step` produced.
 
     Attributes
@@ -43,7 +43,7 @@ def server_step(
     lr: float,
     momentum: float = 0.0,
     buffer: np.ndarray | None = None,
-) -> StepResult:
+) -> ServerStep:
     """One server step on the global model.
 
     ``v = μ · buffer + aggregate`` (``v = aggregate`` on the first step or
@@ -69,7 +69,7 @@ def server_step(
 
     Returns
     -------
-    StepResult
+    ServerStep
         The new arrays (``None`` if any would be non-finite, with the buffer
         unchanged) and the new buffer.
     """
@@ -97,5 +97,5 @@ def server_step(
                 new = np.maximum(new, 0, dtype=new.dtype)
             new_theta[key] = new
     if not finite:
-        return StepResult(None, buffer)
-    return StepResult(new_theta, new_buffer)
+        return ServerStep(None, buffer)
+    return ServerStep(new_theta, new_buffer)
