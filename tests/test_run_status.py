@@ -366,7 +366,7 @@ def test_flwr_byz_run_exits_zero_for_a_healthy_run_and_refuses_a_resubmission(
     assert again.returncode == EXIT_CODES["failed"], again.stdout[-3000:]
     assert _last_line(again).startswith("flwr-byz status: failed: RunDirectoryError")
     assert "nothing to resume" in again.stdout
-    assert "resume =" not in again.stdout
+    assert f"resume = '{run_dir}'" not in again.stdout
     assert (run_dir / "results.json").read_bytes() == before
 
 
