@@ -18,49 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import strategy_helpers as sh
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategy_helpers import (
-    LocalMean,
-    flat,
-    instructions,
-    model_arrays,
-    record_flat,
-    reply,
-    server_identity,
-    shifted,
-    to_record,
-)
-from test_gaa_strategy import Linear43, qv_set
+from test_gaa_strategy import qv_set
 
-from flwr_byz.aggregation import (
-    brute_force,
-    bulyan,
-    byzantine_budget,
-    coordinate_median,
-    faba,
-    geomed_medoid,
-    geometric_median,
-    krum,
-    mean,
-    min_nodes,
-    multikrum,
-    trimmed_mean,
-)
-from flwr_byz.strategy import (
-    FABA,
-    BruteForce,
-    Bulyan,
-    GeoMed,
-    Krum,
-    Mean,
-    Median,
-    MultiKrum,
-    RejectReason,
-    RoundStatus,
-    TrimmedMean,
-)
+from flwr_byz import aggregation
+from flwr_byz import strategy as strategies
 from flwr_byz.strategy.gaa import GAA
 
 SETTINGS = settings(
@@ -72,16 +37,19 @@ DTYPES = [torch.float16, torch.float32, torch.float64]
 
 # rule -> (bound name for min_nodes, call)
 RULES = {
-    "faba": ("faba", lambda x, f: faba(x, f)),
-    "krum": ("krum", lambda x, f: krum(x, f)),
-    "multikrum": ("multikrum", lambda x, f: multikrum(x, f)),
-    "bulyan": ("bulyan", lambda x, f: bulyan(x, f)),
-    "geomed": ("geomed", lambda x, f: geomed_medoid(x, f)),
-    "weiszfeld": ("geomed", lambda x, f: geometric_median(x, f)),
-    "median": ("median", lambda x, f: coordinate_median(x)),
-    "trimmed-mean": ("trimmed-mean", lambda x, f: trimmed_mean(x, f / x.shape[0])),
-    "brute-force": ("brute-force", lambda x, f: brute_force(x, f)),
-    "mean": ("mean", lambda x, f: mean(x)),
+    "faba": ("faba", lambda x, f: aggregation.faba(x, f)),
+    "krum": ("krum", lambda x, f: aggregation.krum(x, f)),
+    "multikrum": ("multikrum", lambda x, f: aggregation.multikrum(x, f)),
+    "bulyan": ("bulyan", lambda x, f: aggregation.bulyan(x, f)),
+    "geomed": ("geomed", lambda x, f: aggregation.geomed_medoid(x, f)),
+    "weiszfeld": ("geomed", lambda x, f: aggregation.geometric_median(x, f)),
+    "median": ("median", lambda x, f: aggregation.coordinate_median(x)),
+    "trimmed-mean": (
+        "trimmed-mean",
+        lambda x, f: aggregation.trimmed_mean(x, f / x.shape[0]),
+    ),
+    "brute-force": ("brute-force", lambda x, f: aggregation.brute_force(x, f)),
+    "mean": ("mean", lambda x, f: aggregation.mean(x)),
 }
 
 
@@ -126,7 +94,7 @@ def magnitude_case(
 def cases(draw, dtype: torch.dtype, rule: str):
     bound = RULES[rule][0]
     n = draw(st.integers(3, 12))
-    f_max = max(f for f in range(n) if min_nodes(bound, f) <= n)
+    f_max = max(f for f in range(n) if aggregation.min_nodes(bound, f) <= n)
     f = draw(st.integers(0, f_max))
     num_byz = draw(st.integers(0, f))
     info = torch.finfo(dtype)
@@ -209,7 +177,7 @@ def test_rule_is_finite_on_any_finite_matrix(rule, dtype):
     @given(x=extreme_matrices(dtype))
     def run(x):
         n = x.shape[0]
-        f = max(f for f in range(n) if min_nodes(bound, f) <= n)
+        f = max(f for f in range(n) if aggregation.min_nodes(bound, f) <= n)
         res = call(x, f)
         assert bool(torch.isfinite(res.aggregate).all()), (rule, x, res.aggregate)
         assert all(not math.isnan(s) for s in res.scores)
@@ -233,10 +201,10 @@ def test_subnormal_honest_rows_and_a_tiny_far_row():
     honest = 1e-40 * (1 + 0.01 * torch.rand(6, 5, generator=gen, dtype=torch.float64))
     x = torch.cat([torch.full((1, 5), 1e-30, dtype=torch.float64), honest])
     x = x.to(torch.float32)
-    assert krum(x, 1).selected[0] != 0
-    assert faba(x, 1).removed == (0,)
-    assert 0 not in multikrum(x, 1).selected
-    assert geomed_medoid(x, 1).selected[0] != 0
+    assert aggregation.krum(x, 1).selected[0] != 0
+    assert aggregation.faba(x, 1).removed == (0,)
+    assert 0 not in aggregation.multikrum(x, 1).selected
+    assert aggregation.geomed_medoid(x, 1).selected[0] != 0
 
 
 def test_one_huge_row_at_every_position_is_removed_not_raised():
@@ -245,12 +213,16 @@ def test_one_huge_row_at_every_position_is_removed_not_raised():
     honest = torch.randn(9, 1000, generator=gen) * 1e-2
     for pos in range(10):
         x = torch.cat([honest[:pos], torch.full((1, 1000), 1e38), honest[pos:]])
-        assert faba(x, 2).removed[0] == pos
-        assert krum(x, 2).selected[0] != pos
-        assert pos not in multikrum(x, 2).selected
-        assert geomed_medoid(x, 2).selected[0] != pos
-        assert pos in brute_force(x, 1).removed
-        for res in (faba(x, 2), krum(x, 2), geometric_median(x, 2)):
+        assert aggregation.faba(x, 2).removed[0] == pos
+        assert aggregation.krum(x, 2).selected[0] != pos
+        assert pos not in aggregation.multikrum(x, 2).selected
+        assert aggregation.geomed_medoid(x, 2).selected[0] != pos
+        assert pos in aggregation.brute_force(x, 1).removed
+        for res in (
+            aggregation.faba(x, 2),
+            aggregation.krum(x, 2),
+            aggregation.geometric_median(x, 2),
+        ):
             assert float(res.aggregate.abs().max()) < 1.0
 
 
@@ -314,7 +286,7 @@ def test_weiszfeld_answer_does_not_depend_on_outlier_magnitude(dtype):
     for exp in (3, 6, 9, 12, 20, 30):
         outlier = 10.0**exp * direction
         x = torch.cat([honest, outlier[None, :]]).to(dtype)
-        ours = geometric_median(x, 1).aggregate.to(torch.float64).numpy()
+        ours = aggregation.geometric_median(x, 1).aggregate.to(torch.float64).numpy()
         ref = _reference_geometric_median(x.to(torch.float64).numpy())
         # Within 1e-4 of the honest spread (~1) of the converged answer ...
         assert np.abs(ours - ref).max() < 1e-4, (exp, np.abs(ours - ref).max())
@@ -328,9 +300,9 @@ def test_weiszfeld_answer_does_not_depend_on_outlier_magnitude(dtype):
 def test_weiszfeld_answer_scales_with_its_input():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(7, 4, generator=gen, dtype=torch.float64)
-    base = geometric_median(x).aggregate
+    base = aggregation.geometric_median(x).aggregate
     for scale in (1e-30, 1e-8, 1e8, 1e30):
-        scaled = geometric_median(x * scale).aggregate / scale
+        scaled = aggregation.geometric_median(x * scale).aggregate / scale
         torch.testing.assert_close(scaled, base, rtol=1e-6, atol=1e-6)
 
 
@@ -340,17 +312,19 @@ def test_weiszfeld_answer_scales_with_its_input():
 def test_byzantine_budget_is_floor_with_a_float_guard():
     for n in range(0, 201):
         for f in range(0, n + 1):
-            assert byzantine_budget(f / n, n) == f if n else True
-    assert byzantine_budget(0.29, 100) == 29
-    assert byzantine_budget(0.3, 10) == 3
-    assert byzantine_budget(0.3, 9) == 2  # floor, not round
-    assert byzantine_budget(0.3, 32) == 9  # the FABA paper's 30 % of 32
+            assert aggregation.byzantine_budget(f / n, n) == f if n else True
+    assert aggregation.byzantine_budget(0.29, 100) == 29
+    assert aggregation.byzantine_budget(0.3, 10) == 3
+    assert aggregation.byzantine_budget(0.3, 9) == 2  # floor, not round
+    assert aggregation.byzantine_budget(0.3, 32) == 9  # the FABA paper's 30 % of 32
     for text in ("0.1", "0.15", "0.2", "0.29", "0.3", "0.33", "0.45", "0.49"):
         alpha = float(text)
         for n in range(1, 300):
-            assert byzantine_budget(alpha, n) == math.floor(Fraction(text) * n)
+            assert aggregation.byzantine_budget(alpha, n) == math.floor(
+                Fraction(text) * n
+            )
     with pytest.raises(ValueError, match="alpha"):
-        byzantine_budget(1.5, 3)
+        aggregation.byzantine_budget(1.5, 3)
 
 
 def test_every_fraction_helper_uses_the_budget():
@@ -361,8 +335,8 @@ def test_every_fraction_helper_uses_the_budget():
     assert assumed_f({"assumed-byzantine-fraction": 0.3}, 9) == 2
     cfg = {"attack": "sign-flip", "byzantine-fraction": 0.29, "seed": 0}
     assert len(byzantine_partitions(cfg, 100)) == 29
-    assert LocalMean(malicious_fraction=0.29).resolve_f(100) == 29
-    assert LocalMean(malicious_fraction=0.3).resolve_f(9) == 2
+    assert sh.LocalMean(malicious_fraction=0.29).resolve_f(100) == 29
+    assert sh.LocalMean(malicious_fraction=0.3).resolve_f(9) == 2
 
 
 def test_trimmed_mean_trims_exactly_f_for_every_f_over_n():
@@ -371,7 +345,7 @@ def test_trimmed_mean_trims_exactly_f_for_every_f_over_n():
         values = torch.arange(n, dtype=torch.float64) ** 2
         col = values[torch.randperm(n, generator=torch.Generator().manual_seed(n))]
         for f in range(0, (n - 1) // 2 + 1):
-            got = float(trimmed_mean(col[:, None], f / n).aggregate[0])
+            got = float(aggregation.trimmed_mean(col[:, None], f / n).aggregate[0])
             want = float(values[f : n - f].mean())
             assert got == pytest.approx(want, rel=1e-12), (f, n)
 
@@ -382,17 +356,17 @@ def test_trimmed_mean_trims_exactly_f_for_every_f_over_n():
 def _strategies():
     budget = {"num_malicious_nodes": 2}
     return {
-        "faba": FABA(**budget),
-        "krum": Krum(**budget),
-        "multikrum": MultiKrum(**budget),
-        "bulyan": Bulyan(num_malicious_nodes=1),
-        "geomed": GeoMed(**budget),
-        "weiszfeld": GeoMed(method="weiszfeld", **budget),
-        "median": Median(),
-        "trimmed-mean": TrimmedMean(beta=0.2),
-        "brute-force": BruteForce(**budget),
-        "mean": Mean(),
-        "gaa": GAA(model_factory=Linear43, qv_set=qv_set(), episode_length=2),
+        "faba": strategies.FABA(**budget),
+        "krum": strategies.Krum(**budget),
+        "multikrum": strategies.MultiKrum(**budget),
+        "bulyan": strategies.Bulyan(num_malicious_nodes=1),
+        "geomed": strategies.GeoMed(**budget),
+        "weiszfeld": strategies.GeoMed(method="weiszfeld", **budget),
+        "median": strategies.Median(),
+        "trimmed-mean": strategies.TrimmedMean(beta=0.2),
+        "brute-force": strategies.BruteForce(**budget),
+        "mean": strategies.Mean(),
+        "gaa": GAA(model_factory=sh.Linear43, qv_set=qv_set(), episode_length=2),
     }
 
 
@@ -413,7 +387,7 @@ NODES = list(range(201, 211))
 
 @pytest.fixture(autouse=True)
 def _identity():
-    with server_identity():
+    with sh.server_identity():
         yield
 
 
@@ -421,7 +395,7 @@ def _identity():
 def test_strategy_survives_any_finite_magnitude(name):
     """Through aggregate_train on real Messages: up to 2 of 10 replies anywhere,
     each at its own magnitude up to float32's largest value."""
-    theta = model_arrays(3)
+    theta = sh.model_arrays(3)
     top = math.log10(torch.finfo(torch.float32).max)
 
     @settings(
@@ -438,11 +412,11 @@ def test_strategy_survives_any_finite_magnitude(name):
         strategy = _strategies()[name]
         rng = np.random.default_rng(seed)
         current = theta
-        d = flat(theta).size
+        d = sh.flat(theta).size
         byz_nodes = {NODES[positions[i]] for i in range(len(exps))}
         # Three rounds: GAA trains its policy after its episode of 2.
         for rnd in (1, 2, 3):
-            msgs = instructions(strategy, rnd, current, NODES)
+            msgs = sh.instructions(strategy, rnd, current, NODES)
             deltas, bi = {}, 0
             for node in NODES:
                 if node in byz_nodes:
@@ -454,14 +428,19 @@ def test_strategy_survives_any_finite_magnitude(name):
                 else:
                     deltas[node] = 0.01 + 1e-4 * rng.standard_normal(d)
             replies = [
-                reply(m, shifted(current, deltas[m.metadata.dst_node_id]), {"a": 1})
+                sh.reply(
+                    m, sh.shifted(current, deltas[m.metadata.dst_node_id]), {"a": 1}
+                )
                 for m in msgs
             ]
             arrays, _ = strategy.aggregate_train(rnd, replies)
-            new = record_flat(arrays)
+            new = sh.record_flat(arrays)
             assert np.isfinite(new).all()
             report = strategy.history[-1]
-            assert report.status in (RoundStatus.OK, RoundStatus.NON_FINITE_RESULT), (
+            assert report.status in (
+                strategies.RoundStatus.OK,
+                strategies.RoundStatus.NON_FINITE_RESULT,
+            ), (
                 report.status,
                 report.message,
             )
@@ -472,9 +451,9 @@ def test_strategy_survives_any_finite_magnitude(name):
                 assert not report.rejected
             assert all(not math.isnan(s) for s in report.scores)
             if name in ROBUST:
-                assert report.status == RoundStatus.OK, report.message
+                assert report.status == strategies.RoundStatus.OK, report.message
                 honest = np.stack([deltas[n] for n in NODES if n not in byz_nodes])
-                moved = new - record_flat(to_record(current))
+                moved = new - sh.record_flat(sh.to_record(current))
                 lo, hi = honest.min(0) - 1e-3, honest.max(0) + 1e-3
                 assert ((moved >= lo) & (moved <= hi)).all(), (name, rnd, exps)
             current = {k: arrays[k].numpy() for k in arrays}
@@ -484,33 +463,35 @@ def test_strategy_survives_any_finite_magnitude(name):
 
 def test_overflowing_update_is_rejected_with_its_own_reason():
     """Finite weights whose update w − θ overflows float32: UPDATE_OVERFLOW."""
-    theta = {k: v.copy() for k, v in model_arrays(2).items()}
+    theta = {k: v.copy() for k, v in sh.model_arrays(2).items()}
     theta["w"][0, 0] = -3e38
-    strategy = FABA(num_malicious_nodes=1)
-    msgs = instructions(strategy, 1, theta, NODES[:5])
+    strategy = strategies.FABA(num_malicious_nodes=1)
+    msgs = sh.instructions(strategy, 1, theta, NODES[:5])
     bad = {k: v.copy() for k, v in theta.items()}
     bad["w"][0, 0] = 3e38  # finite, but 3e38 − (−3e38) is not a float32
-    replies = [reply(msgs[0], bad, {"a": 1})]
-    replies += [reply(m, shifted(theta, 0.01), {"a": 1}) for m in msgs[1:]]
+    replies = [sh.reply(msgs[0], bad, {"a": 1})]
+    replies += [sh.reply(m, sh.shifted(theta, 0.01), {"a": 1}) for m in msgs[1:]]
     _, metrics = strategy.aggregate_train(1, replies)
     report = strategy.history[-1]
     assert report.rejected == [(msgs[0].metadata.dst_node_id, "UPDATE_OVERFLOW")]
-    assert list(metrics["rejected-reasons"]) == [int(RejectReason.UPDATE_OVERFLOW)]
-    assert report.status == RoundStatus.OK
+    assert list(metrics["rejected-reasons"]) == [
+        int(strategies.RejectReason.UPDATE_OVERFLOW)
+    ]
+    assert report.status == strategies.RoundStatus.OK
 
 
 def test_huge_finite_update_with_overflowing_sum_is_not_rejected():
     """Many same-signed values near 3e38 overflow a float32 sum but are finite."""
-    theta = model_arrays(2)
-    strategy = FABA(num_malicious_nodes=1)
-    msgs = instructions(strategy, 1, theta, NODES[:5])
-    replies = [reply(msgs[0], shifted(theta, 3e38), {"a": 1})]
-    replies += [reply(m, shifted(theta, 0.01), {"a": 1}) for m in msgs[1:]]
+    theta = sh.model_arrays(2)
+    strategy = strategies.FABA(num_malicious_nodes=1)
+    msgs = sh.instructions(strategy, 1, theta, NODES[:5])
+    replies = [sh.reply(msgs[0], sh.shifted(theta, 3e38), {"a": 1})]
+    replies += [sh.reply(m, sh.shifted(theta, 0.01), {"a": 1}) for m in msgs[1:]]
     arrays, _ = strategy.aggregate_train(1, replies)
     report = strategy.history[-1]
     assert not report.rejected
     assert report.removed == [msgs[0].metadata.dst_node_id]
-    np.testing.assert_allclose(record_flat(arrays), flat(theta) + 0.01, atol=1e-5)
+    np.testing.assert_allclose(sh.record_flat(arrays), sh.flat(theta) + 0.01, atol=1e-5)
 
 
 # ------------------------------------------------------------ the server step
@@ -518,29 +499,30 @@ def test_huge_finite_update_with_overflowing_sum_is_not_rejected():
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_server_learning_rate_scales_the_step(momentum):
-    theta = model_arrays(7)
-    strategy = Mean(server_learning_rate=0.25, server_momentum=momentum)
-    current, expected, velocity = theta, flat(theta), 0.0
+    theta = sh.model_arrays(7)
+    strategy = strategies.Mean(server_learning_rate=0.25, server_momentum=momentum)
+    current, expected, velocity = theta, sh.flat(theta), 0.0
     for rnd in (1, 2, 3):
-        msgs = instructions(strategy, rnd, current, [1, 2])
+        msgs = sh.instructions(strategy, rnd, current, [1, 2])
         replies = [
-            reply(msgs[0], shifted(current, 1.0), {"a": 1}),
-            reply(msgs[1], shifted(current, 3.0), {"a": 1}),
+            sh.reply(msgs[0], sh.shifted(current, 1.0), {"a": 1}),
+            sh.reply(msgs[1], sh.shifted(current, 3.0), {"a": 1}),
         ]
         arrays, _ = strategy.aggregate_train(rnd, replies)
         velocity = momentum * velocity + 2.0
         expected = expected + 0.25 * velocity
-        np.testing.assert_allclose(record_flat(arrays), expected, atol=1e-4)
+        np.testing.assert_allclose(sh.record_flat(arrays), expected, atol=1e-4)
         current = {k: arrays[k].numpy() for k in arrays}
 
 
 def test_fraction_budget_is_floor_not_round_in_a_round():
     """0.3 of 9 valid replies is 2 (round would give 3): FABA removes exactly 2."""
-    theta = model_arrays(6)
-    strategy = FABA(malicious_fraction=0.3)
-    msgs = instructions(strategy, 1, theta, NODES[:9])
+    theta = sh.model_arrays(6)
+    strategy = strategies.FABA(malicious_fraction=0.3)
+    msgs = sh.instructions(strategy, 1, theta, NODES[:9])
     replies = [
-        reply(m, shifted(theta, 0.01 * (i + 1)), {"a": 1}) for i, m in enumerate(msgs)
+        sh.reply(m, sh.shifted(theta, 0.01 * (i + 1)), {"a": 1})
+        for i, m in enumerate(msgs)
     ]
     _, metrics = strategy.aggregate_train(1, replies)
     assert metrics["f"] == 2

@@ -10,22 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flwr_byz.aggregation import (
-    RULES,
-    AggregationResult,
-    brute_force,
-    bulyan,
-    coordinate_median,
-    faba,
-    geomed_medoid,
-    geometric_median,
-    krum,
-    mean,
-    min_nodes,
-    multikrum,
-    pairwise_sq_distances,
-    trimmed_mean,
-)
+from flwr_byz import aggregation as agg
 
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 SETTINGS = settings(
@@ -84,7 +69,7 @@ def test_faba_removes_far_rows_and_returns_honest_mean(
         radii[:] = radii[0].clone() if f else 0
     byz = g_true + radii * dirs
     x, perm = shuffled(torch.cat([honest, byz]), gen)
-    res = faba(x.float().to(device), f)
+    res = agg.faba(x.float().to(device), f)
     byz_rows = {perm.index(i) for i in range(n - f, n)}
     assert set(res.removed) == byz_rows
     assert len(res.removed) == f
@@ -113,7 +98,7 @@ def test_faba_lemma1_ball(device, n, f_frac, d, byz_scale, seed):
     radii = byz_scale * eps * torch.rand(f, 1, generator=gen, dtype=torch.float64)
     byz = g_true + radii * unit_directions(f, d, gen)
     x, _ = shuffled(torch.cat([honest, byz]), gen)
-    res = faba(x.to(device), f)
+    res = agg.faba(x.to(device), f)
     alpha = f / n
     dist = float((res.aggregate.cpu() - g_true).norm())
     assert dist <= eps / (1 - 2 * alpha) + 1e-9
@@ -124,7 +109,7 @@ def test_faba_weights_only_change_the_final_mean():
     x = torch.randn(9, 4, generator=gen, dtype=torch.float64)
     x[2] += 10
     w = torch.tensor([1, 100, 1, 1, 1, 1, 1, 1, 1], dtype=torch.float64)
-    plain, weighted = faba(x, 2), faba(x, 2, weights=w)
+    plain, weighted = agg.faba(x, 2), agg.faba(x, 2, weights=w)
     assert plain.removed == weighted.removed  # deletion ignores self-reported sizes
     kept = list(weighted.selected)
     expected = (w[kept, None] * x[kept]).sum(0) / w[kept].sum()
@@ -168,9 +153,9 @@ def test_krum_never_selects_a_far_row(device, f, extra, d, placement, seed):
         )
     x, perm = shuffled(torch.cat([honest, byz.reshape(f, d)]), gen)
     honest_rows = {perm.index(i) for i in range(n - f)}
-    res = krum(x.float().to(device), f)
+    res = agg.krum(x.float().to(device), f)
     assert res.selected[0] in honest_rows
-    multi = multikrum(x.float().to(device), f)
+    multi = agg.multikrum(x.float().to(device), f)
     assert set(multi.selected) == honest_rows
 
 
@@ -179,16 +164,16 @@ def test_krum_never_selects_a_far_row(device, f, extra, d, placement, seed):
 
 def all_rules(f: int):
     return {
-        "mean": lambda x: mean(x),
-        "faba": lambda x: faba(x, f),
-        "krum": lambda x: krum(x, f),
-        "multikrum": lambda x: multikrum(x, f),
-        "bulyan": lambda x: bulyan(x, 1),
-        "geomed": lambda x: geomed_medoid(x, f),
-        "geometric_median": lambda x: geometric_median(x, f),
-        "median": coordinate_median,
-        "trimmed-mean": lambda x: trimmed_mean(x, 0.2),
-        "brute-force": lambda x: brute_force(x, f),
+        "mean": lambda x: agg.mean(x),
+        "faba": lambda x: agg.faba(x, f),
+        "krum": lambda x: agg.krum(x, f),
+        "multikrum": lambda x: agg.multikrum(x, f),
+        "bulyan": lambda x: agg.bulyan(x, 1),
+        "geomed": lambda x: agg.geomed_medoid(x, f),
+        "geometric_median": lambda x: agg.geometric_median(x, f),
+        "median": agg.coordinate_median,
+        "trimmed-mean": lambda x: agg.trimmed_mean(x, 0.2),
+        "brute-force": lambda x: agg.brute_force(x, f),
     }
 
 
@@ -226,17 +211,17 @@ def test_permutation_equivariance(device, rule, seed, d):
 # ------------------------------------------------------------ preconditions -----
 
 BOUNDED = {
-    "faba": (lambda x, f: faba(x, f), lambda f: 2 * f + 1, "2f+1"),
-    "krum": (lambda x, f: krum(x, f), lambda f: 2 * f + 3, "2f+3"),
-    "multikrum": (lambda x, f: multikrum(x, f), lambda f: 2 * f + 3, "2f+3"),
-    "bulyan": (lambda x, f: bulyan(x, f), lambda f: 4 * f + 3, "4f+3"),
-    "geomed": (lambda x, f: geomed_medoid(x, f), lambda f: 2 * f + 1, "2f+1"),
+    "faba": (lambda x, f: agg.faba(x, f), lambda f: 2 * f + 1, "2f+1"),
+    "krum": (lambda x, f: agg.krum(x, f), lambda f: 2 * f + 3, "2f+3"),
+    "multikrum": (lambda x, f: agg.multikrum(x, f), lambda f: 2 * f + 3, "2f+3"),
+    "bulyan": (lambda x, f: agg.bulyan(x, f), lambda f: 4 * f + 3, "4f+3"),
+    "geomed": (lambda x, f: agg.geomed_medoid(x, f), lambda f: 2 * f + 1, "2f+1"),
     "geometric_median": (
-        lambda x, f: geometric_median(x, f),
+        lambda x, f: agg.geometric_median(x, f),
         lambda f: 2 * f + 1,
         "2f+1",
     ),
-    "brute-force": (lambda x, f: brute_force(x, f), lambda f: 2 * f + 1, "2f+1"),
+    "brute-force": (lambda x, f: agg.brute_force(x, f), lambda f: 2 * f + 1, "2f+1"),
 }
 
 
@@ -246,7 +231,7 @@ def test_precondition_names_n_f_and_bound(rule, f):
     fn, bound, text = BOUNDED[rule]
     needed = bound(f)
     x = torch.randn(needed, 3)
-    assert isinstance(fn(x, f), AggregationResult)  # exactly at the bound: fine
+    assert isinstance(fn(x, f), agg.AggregationResult)  # exactly at the bound: fine
     with pytest.raises(ValueError) as err:
         fn(x[:-1], f)
     msg = str(err.value)
@@ -270,37 +255,37 @@ def test_min_nodes_matches_every_rule():
         "fltrust": 1,
         "zeno": 4,
     }
-    assert set(RULES) == set(expected)
-    assert {rule: min_nodes(rule, 3) for rule in RULES} == expected
+    assert set(agg.RULES) == set(expected)
+    assert {rule: agg.min_nodes(rule, 3) for rule in agg.RULES} == expected
     with pytest.raises(ValueError, match=r"unknown rule 'fedavg'.*krum"):
-        min_nodes("fedavg", 1)
+        agg.min_nodes("fedavg", 1)
     with pytest.raises(ValueError, match="f=-1: allowed values are an integer >= 0"):
-        min_nodes("krum", -1)
+        agg.min_nodes("krum", -1)
 
 
 @pytest.mark.parametrize(
     ("call", "match"),
     [
         (
-            lambda: krum(torch.randn(9, 2), -1),
+            lambda: agg.krum(torch.randn(9, 2), -1),
             r"krum: f=-1: allowed .* integer >= 0",
         ),
-        (lambda: krum(torch.randn(9, 2), 1.5), r"f=1\.5: allowed"),
-        (lambda: faba(torch.randn(9), 1), r"\(n, d\) matrix.*got shape \(9,\)"),
-        (lambda: mean(torch.ones(3, 2, dtype=torch.int64)), "floating dtype"),
+        (lambda: agg.krum(torch.randn(9, 2), 1.5), r"f=1\.5: allowed"),
+        (lambda: agg.faba(torch.randn(9), 1), r"\(n, d\) matrix.*got shape \(9,\)"),
+        (lambda: agg.mean(torch.ones(3, 2, dtype=torch.int64)), "floating dtype"),
         (
-            lambda: trimmed_mean(torch.randn(4, 2), 0.5),
+            lambda: agg.trimmed_mean(torch.randn(4, 2), 0.5),
             r"beta=0\.5: .* \[0\.0, 0\.5\)",
         ),
         (
-            lambda: multikrum(torch.randn(9, 2), 1, m=0),
+            lambda: agg.multikrum(torch.randn(9, 2), 1, m=0),
             r"m=0: .* integer >= 1",
         ),
-        (lambda: mean(torch.randn(3, 2), torch.ones(2)), r"shape \(3,\)"),
-        (lambda: mean(torch.randn(3, 2), torch.tensor([1.0, -1, 1])), ">= 0"),
-        (lambda: mean(torch.randn(3, 2), torch.zeros(3)), "all be zero"),
+        (lambda: agg.mean(torch.randn(3, 2), torch.ones(2)), r"shape \(3,\)"),
+        (lambda: agg.mean(torch.randn(3, 2), torch.tensor([1.0, -1, 1])), ">= 0"),
+        (lambda: agg.mean(torch.randn(3, 2), torch.zeros(3)), "all be zero"),
         (
-            lambda: geometric_median(torch.randn(3, 2), eps=0.0),
+            lambda: agg.geometric_median(torch.randn(3, 2), eps=0.0),
             r"eps=0\.0: .* > 0",
         ),
     ],
@@ -313,11 +298,11 @@ def test_bad_arguments_raise_value_error(call, match):
 def test_brute_force_refuses_too_many_subsets():
     x = torch.randn(50, 4)
     with pytest.raises(ValueError) as err:
-        brute_force(x, 15)
+        agg.brute_force(x, 15)
     msg = str(err.value)
     assert f"C(50, 15) = {math.comb(50, 15)}" in msg
     assert "max_subsets = 200000" in msg
-    assert brute_force(torch.randn(8, 3), 2, max_subsets=28).selected  # C(8,2)=28
+    assert agg.brute_force(torch.randn(8, 3), 2, max_subsets=28).selected  # C(8,2)=28
 
 
 def test_weights_of_kept_rows_all_zero_is_refused():
@@ -325,7 +310,7 @@ def test_weights_of_kept_rows_all_zero_is_refused():
     x[4] = 100.0  # deleted first
     w = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="kept rows sum to zero"):
-        faba(x, 1, weights=w)
+        agg.faba(x, 1, weights=w)
 
 
 # ------------------------------------------------------------ numerics ----------
@@ -347,7 +332,7 @@ def test_float32_cancellation_large_offset_tiny_differences():
     off = ~torch.eye(n, dtype=torch.bool)
     naive_err = ((naive_d.double() - truth).abs()[off] / truth[off]).max()
     assert naive_err > 1.0  # the case really is ill-conditioned
-    ours = pairwise_sq_distances(x)
+    ours = agg.pairwise_sq_distances(x)
     # Error ~1e-6 of the rows' norms around the centre, i.e. ~1e-4 of the smallest
     # distance here; a plain float32 Gram is off by more than 100 %.
     torch.testing.assert_close(ours, truth, rtol=1e-3, atol=0)
@@ -358,11 +343,11 @@ def test_float32_cancellation_large_offset_tiny_differences():
         dist = {i: float((x64[i] - m).pow(2).sum()) for i in remaining}
         removed.append(max(remaining, key=lambda i: (dist[i], -i)))
         remaining.remove(removed[-1])
-    assert faba(x, f).removed == tuple(removed)
+    assert agg.faba(x, f).removed == tuple(removed)
     krum_truth = torch.sort(truth + torch.diag(torch.full((n,), math.inf)), dim=1)
     truth_scores = krum_truth.values[:, : n - f - 2].sum(1)
-    assert krum(x, f).selected == (int(torch.argmin(truth_scores)),)
-    assert set(faba(x, f).removed) == {2, 5, 9}
+    assert agg.krum(x, f).selected == (int(torch.argmin(truth_scores)),)
+    assert set(agg.faba(x, f).removed) == {2, 5, 9}
 
 
 @pytest.mark.parametrize("band", [(0, 300), (20_000, 20_300), (49_700, 50_000)])
@@ -375,7 +360,7 @@ def test_offset_confined_to_a_few_columns_is_still_centred(band):
     x[:, band[0] : band[1]] += 1e3 * torch.randn(band[1] - band[0], generator=gen)
     x64 = x.double()
     truth = (x64[:, None, :] - x64[None, :, :]).pow(2).sum(-1)
-    torch.testing.assert_close(pairwise_sq_distances(x), truth, rtol=1e-3, atol=0)
+    torch.testing.assert_close(agg.pairwise_sq_distances(x), truth, rtol=1e-3, atol=0)
 
 
 def test_duplicated_rows_tie_by_lowest_index():
@@ -383,11 +368,11 @@ def test_duplicated_rows_tie_by_lowest_index():
     x = torch.randn(9, 1000, generator=gen)
     far = x[0] + 50
     x[[7, 3, 5]] = far  # three identical Byzantine rows
-    res = faba(x, 3)
+    res = agg.faba(x, 3)
     assert res.removed == (3, 5, 7)
     y = torch.randn(9, 1000, generator=gen)
     y[6] = y[2]  # two identical honest rows: the same Krum score
-    k = krum(y, 1)
+    k = agg.krum(y, 1)
     if k.selected[0] in (2, 6):
         assert k.selected == (2,)
     assert k.scores[2] == k.scores[6]
@@ -421,7 +406,7 @@ def test_faba_duplicated_rows_are_removed_lowest_index_first():
         ],
         dtype=torch.float64,
     )
-    assert faba(x, 2).removed == (1, 4)
+    assert agg.faba(x, 2).removed == (1, 4)
 
 
 def test_geometric_median_leaves_a_data_point_that_is_not_the_median():
@@ -442,12 +427,12 @@ def test_geometric_median_leaves_a_data_point_that_is_not_the_median():
         ],
         dtype=torch.float32,
     )
-    z = geometric_median(x, 0, eps=1e-10, max_iter=3000, tol=1e-13).aggregate
+    z = agg.geometric_median(x, 0, eps=1e-10, max_iter=3000, tol=1e-13).aggregate
     objective = float((x.double() - z.double()).norm(dim=1).sum())
     assert objective < 7.4360
     # A data point that is the median (the majority sits on it) is kept.
     y = torch.tensor([[0.0, 0.0]] * 6 + [[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
-    assert torch.equal(geometric_median(y, 0).aggregate, torch.zeros(2))
+    assert torch.equal(agg.geometric_median(y, 0).aggregate, torch.zeros(2))
 
 
 @pytest.mark.parametrize("n, chosen", [(500, None), (40, None), (300, 120)])

@@ -16,19 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flwr_byz.aggregation import (
-    brute_force,
-    bulyan,
-    coordinate_median,
-    faba,
-    geomed_medoid,
-    geometric_median,
-    krum,
-    mean,
-    multikrum,
-    pairwise_sq_distances,
-    trimmed_mean,
-)
+from flwr_byz import aggregation as agg
 
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 SETTINGS = settings(
@@ -89,7 +77,7 @@ def assert_aggregate(
 @given(case=instances(lambda f: 1))
 def test_pairwise_sq_distances(device, case):
     x, _ = case
-    got = pairwise_sq_distances(to(x, device))
+    got = agg.pairwise_sq_distances(to(x, device))
     assert got.dtype == torch.float64
     expected = torch.tensor(ref.ref_pairwise_sq_distances(x), dtype=torch.float64)
     scale = float((x.double() - x.double().mean(0)).pow(2).sum(1).max()) + 1e-30
@@ -110,7 +98,7 @@ def test_mean(device, case, use_weights, wseed):
         )
         w[0] += 1  # not all zero
         w = w.double()
-    got = mean(to(x, device), w)
+    got = agg.mean(to(x, device), w)
     want = ref.ref_mean(x, w)
     assert got.selected == want.selected
     assert_aggregate(got.aggregate, want.aggregate, to(x, device))
@@ -122,7 +110,7 @@ def test_mean(device, case, use_weights, wseed):
 def test_faba(device, case, use_weights):
     x, f = case
     w = torch.arange(1, x.shape[0] + 1, dtype=torch.float64) if use_weights else None
-    got = faba(to(x, device), f, w)
+    got = agg.faba(to(x, device), f, w)
     want = ref.ref_faba(x, f, w)
     assert got.removed == want.removed
     assert got.selected == want.selected
@@ -136,7 +124,7 @@ def test_faba(device, case, use_weights):
 @given(case=instances(lambda f: 2 * f + 3))
 def test_krum(device, case):
     x, f = case
-    got = krum(to(x, device), f)
+    got = agg.krum(to(x, device), f)
     want = ref.ref_krum(x, f)
     assert got.selected == want.selected
     assert got.removed == want.removed
@@ -158,7 +146,7 @@ def test_multikrum(device, case, m_frac, use_weights):
     n = x.shape[0]
     m = None if m_frac is None else max(1, round(m_frac * n))
     w = torch.arange(n, 0, -1, dtype=torch.float64) if use_weights else None
-    got = multikrum(to(x, device), f, m=m, weights=w)
+    got = agg.multikrum(to(x, device), f, m=m, weights=w)
     want = ref.ref_multikrum(x, f, m=m, weights=w)
     assert got.selected == want.selected
     assert got.removed == want.removed
@@ -170,7 +158,7 @@ def test_multikrum(device, case, m_frac, use_weights):
 @given(case=instances(lambda f: 4 * f + 3, max_n=12))
 def test_bulyan(device, case):
     x, f = case
-    got = bulyan(to(x, device), f)
+    got = agg.bulyan(to(x, device), f)
     want = ref.ref_bulyan(x, f)
     assert got.selected == want.selected
     assert got.removed == want.removed
@@ -182,7 +170,7 @@ def test_bulyan(device, case):
 @given(case=instances(lambda f: 2 * f + 1))
 def test_geomed_medoid(device, case):
     x, f = case
-    got = geomed_medoid(to(x, device), f)
+    got = agg.geomed_medoid(to(x, device), f)
     want = ref.ref_medoid(x, f)
     (chosen,) = got.selected
     # Sums of square roots: the fast rule must pick a minimiser up to rounding, and
@@ -205,7 +193,7 @@ def test_geometric_median(device, case, use_weights):
     n = x.shape[0]
     w = torch.arange(1, n + 1, dtype=torch.float64) if use_weights else None
     kwargs = {"eps": 1e-10, "max_iter": 3000, "tol": 1e-13}
-    got = geometric_median(to(x, device), f, weights=w, **kwargs)
+    got = agg.geometric_median(to(x, device), f, weights=w, **kwargs)
     want = ref.ref_geometric_median(x, weights=w, **kwargs)
     a = torch.ones(n, dtype=torch.float64) if w is None else w
 
@@ -236,7 +224,7 @@ def test_geometric_median(device, case, use_weights):
 @given(case=instances(lambda f: 1, max_n=12))
 def test_coordinate_median(device, case):
     x, _ = case
-    got = coordinate_median(to(x, device))
+    got = agg.coordinate_median(to(x, device))
     assert_aggregate(got.aggregate, ref.ref_median(x).aggregate, to(x, device))
     assert got.selected == tuple(range(x.shape[0]))
 
@@ -246,7 +234,7 @@ def test_coordinate_median(device, case):
 @given(case=instances(lambda f: 1, max_n=12), beta=st.floats(0.0, 0.4999))
 def test_trimmed_mean(device, case, beta):
     x, _ = case
-    got = trimmed_mean(to(x, device), beta)
+    got = agg.trimmed_mean(to(x, device), beta)
     assert_aggregate(
         got.aggregate, ref.ref_trimmed_mean(x, beta).aggregate, to(x, device)
     )
@@ -257,7 +245,7 @@ def test_trimmed_mean(device, case, beta):
 @given(case=instances(lambda f: 2 * f + 1, max_n=9))
 def test_brute_force(device, case):
     x, f = case
-    got = brute_force(to(x, device), f)
+    got = agg.brute_force(to(x, device), f)
     want = ref.ref_brute_force(x, f)
     assert got.selected == want.selected
     assert got.removed == want.removed
@@ -271,13 +259,13 @@ def test_larger_d(kind, dtype):
     n, f, d = 9, 2, 200
     x = make_rows(n, d, f, kind, seed=7, dtype=dtype)
     for fast, slow in [
-        (lambda: faba(x, f), lambda: ref.ref_faba(x, f)),
-        (lambda: krum(x, f), lambda: ref.ref_krum(x, f)),
-        (lambda: multikrum(x, f), lambda: ref.ref_multikrum(x, f)),
-        (lambda: bulyan(x, 1), lambda: ref.ref_bulyan(x, 1)),
-        (lambda: brute_force(x, f), lambda: ref.ref_brute_force(x, f)),
-        (lambda: coordinate_median(x), lambda: ref.ref_median(x)),
-        (lambda: trimmed_mean(x, 0.25), lambda: ref.ref_trimmed_mean(x, 0.25)),
+        (lambda: agg.faba(x, f), lambda: ref.ref_faba(x, f)),
+        (lambda: agg.krum(x, f), lambda: ref.ref_krum(x, f)),
+        (lambda: agg.multikrum(x, f), lambda: ref.ref_multikrum(x, f)),
+        (lambda: agg.bulyan(x, 1), lambda: ref.ref_bulyan(x, 1)),
+        (lambda: agg.brute_force(x, f), lambda: ref.ref_brute_force(x, f)),
+        (lambda: agg.coordinate_median(x), lambda: ref.ref_median(x)),
+        (lambda: agg.trimmed_mean(x, 0.25), lambda: ref.ref_trimmed_mean(x, 0.25)),
     ]:
         got, want = fast(), slow()
         assert got.selected == want.selected

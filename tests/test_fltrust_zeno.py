@@ -11,17 +11,8 @@ import math
 import numpy as np
 import pytest
 import reference_rules as ref
+import strategy_helpers as sh
 import torch
-from strategy_helpers import (
-    Linear43,
-    instructions,
-    linear43_data,
-    model_arrays,
-    record_flat,
-    reply,
-    server_identity,
-    shifted,
-)
 from torch import nn
 
 from flwr_byz.aggregation import RULES, fltrust, min_nodes, zeno
@@ -296,7 +287,7 @@ NODES = [101, 102, 103, 104, 105, 106, 107]
 FLIPPERS = {105, 106, 107}
 
 
-task = linear43_data
+task = sh.linear43_data
 
 
 QV = task(3, 12)
@@ -304,13 +295,13 @@ QV = task(3, 12)
 
 @pytest.fixture(autouse=True)
 def _identity():
-    with server_identity():
+    with sh.server_identity():
         yield
 
 
 def honest_step(theta: dict, node: int) -> np.ndarray:
     x, y = task(node, 64)
-    model = Linear43()
+    model = sh.Linear43()
     model.load_state_dict({k: torch.as_tensor(v) for k, v in theta.items()})
     loss = nn.functional.cross_entropy(model(x), y)
     gw, gb = torch.autograd.grad(loss, [model.w, model.b])
@@ -319,11 +310,13 @@ def honest_step(theta: dict, node: int) -> np.ndarray:
 
 def run_round(strategy, theta: dict, server_round: int, step_of):
     msgs = sorted(
-        instructions(strategy, server_round, theta, NODES),
+        sh.instructions(strategy, server_round, theta, NODES),
         key=lambda m: m.metadata.dst_node_id,
     )
     replies = [
-        reply(m, shifted(theta, step_of(m.metadata.dst_node_id)), {"num-examples": 10})
+        sh.reply(
+            m, sh.shifted(theta, step_of(m.metadata.dst_node_id)), {"num-examples": 10}
+        )
         for m in msgs
     ]
     return strategy.aggregate_train(server_round, replies)
@@ -334,8 +327,8 @@ def sign_flip(theta):
 
 
 def test_fltrust_strategy_suspects_the_sign_flippers():
-    strategy = FLTrust(model_factory=Linear43, qv_set=QV, trusted_lr=0.5)
-    theta = model_arrays(0)
+    strategy = FLTrust(model_factory=sh.Linear43, qv_set=QV, trusted_lr=0.5)
+    theta = sh.model_arrays(0)
     arrays, m = run_round(strategy, theta, 1, sign_flip(theta))
     assert m["status"] == int(RoundStatus.OK)
     assert set(m["suspected-node-ids"]) == FLIPPERS == set(m["removed-node-ids"])
@@ -343,13 +336,13 @@ def test_fltrust_strategy_suspects_the_sign_flippers():
     assert all(trust[n] == 0 for n in FLIPPERS)
     assert all(trust[n] > 0 for n in NODES if n not in FLIPPERS)
     assert m["server-update-norm"] > 0
-    moved = record_flat(arrays) - record_flat(strategy._sent.record)
+    moved = sh.record_flat(arrays) - sh.record_flat(strategy._sent.record)
     assert np.linalg.norm(moved) <= m["server-update-norm"] * (1 + 1e-5)
 
 
 def test_fltrust_strategy_zero_trust_keeps_the_model_and_says_why():
-    strategy = FLTrust(model_factory=Linear43, qv_set=QV, trusted_lr=0.5)
-    theta = model_arrays(0)
+    strategy = FLTrust(model_factory=sh.Linear43, qv_set=QV, trusted_lr=0.5)
+    theta = sh.model_arrays(0)
     delta0 = strategy.worker.update(
         torch.as_tensor(np.concatenate([theta["w"].ravel(), theta["b"]])),
         torch.Generator().manual_seed(0),
@@ -357,17 +350,17 @@ def test_fltrust_strategy_zero_trust_keeps_the_model_and_says_why():
     arrays, m = run_round(strategy, theta, 1, lambda node: -delta0)
     assert m["status"] == int(RoundStatus.NO_UPDATE)
     assert "zero total trust" in strategy.history[-1].message
-    assert np.array_equal(record_flat(arrays), record_flat(strategy._sent.record))
+    assert np.array_equal(sh.record_flat(arrays), sh.record_flat(strategy._sent.record))
     assert sorted(m["suspected-node-ids"]) == NODES
     assert m["weights"] == [0.0] * len(NODES)
 
 
 def test_zeno_strategy_discards_b_and_repeats_for_a_seed():
-    theta = model_arrays(0)
+    theta = sh.model_arrays(0)
     seen = []
     for _ in range(2):
         strategy = Zeno(
-            model_factory=Linear43,
+            model_factory=sh.Linear43,
             qv_set=QV,
             num_malicious_nodes=3,
             rho=1e-3,
@@ -375,7 +368,7 @@ def test_zeno_strategy_discards_b_and_repeats_for_a_seed():
             seed=5,
         )
         arrays, m = run_round(strategy, theta, 1, sign_flip(theta))
-        seen.append((record_flat(arrays), list(m["scores"])))
+        seen.append((sh.record_flat(arrays), list(m["scores"])))
         assert m["status"] == int(RoundStatus.OK)
         assert set(m["suspected-node-ids"]) == FLIPPERS == set(m["removed-node-ids"])
         assert m["zeno-batch-size"] == 4 and len(m["scores"]) == len(NODES)
@@ -384,15 +377,15 @@ def test_zeno_strategy_discards_b_and_repeats_for_a_seed():
 
 
 def test_zeno_strategy_accepts_a_majority_budget():
-    strategy = Zeno(model_factory=Linear43, qv_set=QV, malicious_fraction=0.7)
+    strategy = Zeno(model_factory=sh.Linear43, qv_set=QV, malicious_fraction=0.7)
     assert strategy.resolve_f(10) == 7 and strategy.min_nodes(7) == 8
     with pytest.raises(ValueError, match="needs b"):
-        Zeno(model_factory=Linear43, qv_set=QV)
+        Zeno(model_factory=sh.Linear43, qv_set=QV)
     with pytest.raises(ValueError, match="malicious_fraction"):
-        Zeno(model_factory=Linear43, qv_set=QV, malicious_fraction=1.0)
+        Zeno(model_factory=sh.Linear43, qv_set=QV, malicious_fraction=1.0)
 
 
 @pytest.mark.parametrize("seed", [-1, True, 1.5])
 def test_a_bad_seed_is_refused_naming_it(seed):
     with pytest.raises(ValueError, match=f"seed={seed!r}: allowed values are"):
-        FLTrust(model_factory=Linear43, qv_set=QV, seed=seed)
+        FLTrust(model_factory=sh.Linear43, qv_set=QV, seed=seed)

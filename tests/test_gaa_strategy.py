@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import strategy_helpers as sh
 import torch
-from strategy_helpers import (
-    instructions,
-    model_arrays,
-    record_flat,
-    reply,
-    server_identity,
-    shifted,
-)
 from torch import nn
 
 from flwr_byz.strategy import STRATEGIES, RoundStatus
@@ -22,27 +15,13 @@ NODES = [101, 102, 103, 104, 105, 106, 107]
 BYZANTINE = {106, 107}
 
 
-class Linear43(nn.Module):
-    """A model whose state_dict matches strategy_helpers.model_arrays: w, b, count."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(4, 3))
-        self.b = nn.Parameter(torch.zeros(3))
-        self.register_buffer("count", torch.tensor(7, dtype=torch.int64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w + self.b
-
-
 def qv_set(m: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(m, 4, generator=torch.Generator().manual_seed(3))
-    return x, x[:, :3].argmax(1)
+    return sh.linear43_data(3, m)
 
 
 @pytest.fixture(autouse=True)
 def _identity():
-    with server_identity():
+    with sh.server_identity():
         yield
 
 
@@ -50,7 +29,7 @@ def honest_step(theta: dict, node: int, server_round: int) -> np.ndarray:
     """−λ·∇ of the loss on the node's own data (same task as the QV set)."""
     g = torch.Generator().manual_seed(node * 100 + server_round)
     x = torch.randn(32, 4, generator=g)
-    model = Linear43()
+    model = sh.Linear43()
     model.load_state_dict({k: torch.as_tensor(v) for k, v in theta.items()})
     loss = nn.functional.cross_entropy(model(x), x[:, :3].argmax(1))
     gw, gb = torch.autograd.grad(loss, [model.w, model.b])
@@ -62,7 +41,7 @@ def run_round(
 ):
     # Rows in node-id order, so that two runs see identical matrices.
     msgs = sorted(
-        instructions(strategy, server_round, theta, nodes),
+        sh.instructions(strategy, server_round, theta, nodes),
         key=lambda m: m.metadata.dst_node_id,
     )
     replies = []
@@ -75,7 +54,7 @@ def run_round(
             if node in BYZANTINE
             else honest_step(theta, node, server_round)
         )
-        replies.append(reply(m, shifted(theta, step), {"num-examples": 10}))
+        replies.append(sh.reply(m, sh.shifted(theta, step), {"num-examples": 10}))
     arrays, metrics = strategy.aggregate_train(server_round, replies)
     new = {k: arrays[k].numpy() for k in theta}
     return new, metrics
@@ -86,8 +65,8 @@ def test_registered_under_its_run_config_name():
 
 
 def test_round_moves_by_credit_weighted_updates_and_reports_credits():
-    strategy = GAA(model_factory=Linear43, qv_set=qv_set(), episode_length=2)
-    theta = model_arrays(0)
+    strategy = GAA(model_factory=sh.Linear43, qv_set=qv_set(), episode_length=2)
+    theta = sh.model_arrays(0)
     new, metrics = run_round(strategy, theta, 1)
     assert metrics["status"] == int(RoundStatus.OK)
     ids, weights = metrics["node-ids"], metrics["weights"]
@@ -101,11 +80,11 @@ def test_round_moves_by_credit_weighted_updates_and_reports_credits():
         metrics["qv-loss-before"] - metrics["qv-loss-after"], abs=1e-6
     )
     # θ_{t+1} = θ_t + Σ α_i Δ_i
-    expected = record_flat(_rec(theta)) + sum(
+    expected = sh.record_flat(_rec(theta)) + sum(
         w * (np.float64(100.0) if n in BYZANTINE else honest_step(theta, n, 1))
         for n, w in zip(ids, weights, strict=True)
     )
-    np.testing.assert_allclose(record_flat(_rec(new)), expected, atol=1e-5)
+    np.testing.assert_allclose(sh.record_flat(_rec(new)), expected, atol=1e-5)
     assert new["count"] == theta["count"]
     _, metrics2 = run_round(strategy, new, 2)
     assert metrics2["policy-updated"] == 1
@@ -113,14 +92,12 @@ def test_round_moves_by_credit_weighted_updates_and_reports_credits():
 
 
 def _rec(arrays):
-    from strategy_helpers import to_record
-
-    return to_record(arrays)
+    return sh.to_record(arrays)
 
 
 def test_nodes_dropping_out_and_returning():
-    strategy = GAA(model_factory=Linear43, qv_set=qv_set(1))  # one QV sample
-    theta = model_arrays(0)
+    strategy = GAA(model_factory=sh.Linear43, qv_set=qv_set(1))  # one QV sample
+    theta = sh.model_arrays(0)
     theta, _ = run_round(strategy, theta, 1)
     present = {101, 102, 103, 106}
     theta, metrics = run_round(strategy, theta, 2, repliers=present)
@@ -136,11 +113,11 @@ def test_nodes_dropping_out_and_returning():
 
 
 def test_save_load_continue_through_the_strategy():
-    theta0 = model_arrays(0)
+    theta0 = sh.model_arrays(0)
 
     def make():
         return GAA(
-            model_factory=Linear43,
+            model_factory=sh.Linear43,
             qv_set=qv_set(),
             episode_length=2,
             trusted_data=qv_set(20),
@@ -174,7 +151,7 @@ def test_model_factory_that_does_not_match_keeps_the_model():
             return x @ self.w + self.b
 
     strategy = GAA(model_factory=Other, qv_set=qv_set())
-    theta = model_arrays(0)
+    theta = sh.model_arrays(0)
     new, metrics = run_round(strategy, theta, 1)
     assert metrics["status"] == int(RoundStatus.AGGREGATION_FAILED)
     np.testing.assert_array_equal(new["w"], theta["w"])
@@ -183,26 +160,26 @@ def test_model_factory_that_does_not_match_keeps_the_model():
 def test_configuration_errors():
     with pytest.raises(ValueError, match="max_paper_policy_params"):
         GAA(
-            model_factory=Linear43,
+            model_factory=sh.Linear43,
             qv_set=qv_set(),
             policy="paper",
             max_paper_policy_params=10,
         )
     with pytest.raises(ValueError, match="policy"):
-        GAA(model_factory=Linear43, qv_set=qv_set(), policy="greedy")
+        GAA(model_factory=sh.Linear43, qv_set=qv_set(), policy="greedy")
     with pytest.raises(ValueError, match="model_factory"):
         GAA(model_factory=None, qv_set=qv_set())
     with pytest.raises(ValueError, match="qv_set"):
-        GAA(model_factory=Linear43, qv_set="data.csv")
+        GAA(model_factory=sh.Linear43, qv_set="data.csv")
     with pytest.raises(ValueError, match="weighted_aggregation"):
-        GAA(model_factory=Linear43, qv_set=qv_set(), weighted_aggregation=True)
+        GAA(model_factory=sh.Linear43, qv_set=qv_set(), weighted_aggregation=True)
 
 
 def test_paper_policy_runs_through_the_strategy():
     strategy = GAA(
-        model_factory=Linear43, qv_set=qv_set(), policy="paper", episode_length=2
+        model_factory=sh.Linear43, qv_set=qv_set(), policy="paper", episode_length=2
     )
-    theta = model_arrays(0)
+    theta = sh.model_arrays(0)
     for r in (1, 2):
         theta, metrics = run_round(strategy, theta, r)
         assert metrics["status"] == int(RoundStatus.OK)
@@ -211,15 +188,15 @@ def test_paper_policy_runs_through_the_strategy():
 
 def test_server_momentum_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="server_momentum"):
-        GAA(model_factory=Linear43, qv_set=qv_set(), server_momentum=0.9)
+        GAA(model_factory=sh.Linear43, qv_set=qv_set(), server_momentum=0.9)
 
 
 def _episodes(rounds: int, episodes: int) -> tuple[GAA, list]:
     """Run ``episodes`` trainings of ``rounds`` rounds, each from the same θ₀."""
-    strategy = GAA(model_factory=Linear43, qv_set=qv_set(), episode_length=2)
+    strategy = GAA(model_factory=sh.Linear43, qv_set=qv_set(), episode_length=2)
     trace = []
     for _ in range(episodes):
-        theta = model_arrays(0)
+        theta = sh.model_arrays(0)
         for r in range(1, rounds + 1):
             theta, m = run_round(strategy, theta, r)
             trace.append((m["episode"], m["weights"], m["credits"], theta))
@@ -233,7 +210,7 @@ def test_a_new_episode_restarts_the_model_and_carries_policy_and_credits():
     assert strategy.agent.position == 1  # round 3 opened a window of T = 2
     logits = dict(strategy.agent.logits)
     # Round 1 again: a second training from θ₀, the paper's next episode.
-    instructions(strategy, 1, model_arrays(0), NODES)
+    sh.instructions(strategy, 1, sh.model_arrays(0), NODES)
     # α carries over (the global shift after a policy step changes no credit).
     assert strategy.agent.logits.keys() == logits.keys()
     torch.testing.assert_close(
@@ -248,7 +225,7 @@ def test_a_new_episode_restarts_the_model_and_carries_policy_and_credits():
         if not torch.equal(v, psi[k])
     ]
     assert changed and strategy.agent.position == 0
-    _, m = run_round(strategy, model_arrays(0), 1)  # configures again: idempotent
+    _, m = run_round(strategy, sh.model_arrays(0), 1)  # configures again: idempotent
     assert m["episode"] == 2 and strategy.agent.episode == 2
     assert sum(c for n, c in credits.items() if n in BYZANTINE) < 1e-6
     assert set(strategy.detect(2)) == BYZANTINE

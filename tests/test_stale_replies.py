@@ -5,16 +5,7 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
-from strategy_helpers import (
-    LocalMean,
-    flat,
-    instructions,
-    model_arrays,
-    record_flat,
-    reply,
-    server_identity,
-    shifted,
-)
+import strategy_helpers as sh
 
 from flwr_byz.strategy import RejectReason
 
@@ -27,37 +18,39 @@ def _pushed(msgs):
 
 
 def test_a_reply_to_an_earlier_rounds_instruction_is_rejected_not_aggregated():
-    theta = model_arrays(4)
-    strategy = LocalMean(num_malicious_nodes=0)
-    with server_identity():
-        old = _pushed(instructions(strategy, 1, theta, [1, 2, 3]))
+    theta = sh.model_arrays(4)
+    strategy = sh.LocalMean(num_malicious_nodes=0)
+    with sh.server_identity():
+        old = _pushed(sh.instructions(strategy, 1, theta, [1, 2, 3]))
         strategy.aggregate_train(
-            1, [reply(m, shifted(theta, 1.0), {"n": 1}) for m in old]
+            1, [sh.reply(m, sh.shifted(theta, 1.0), {"n": 1}) for m in old]
         )
-        new = _pushed(instructions(strategy, 2, theta, [1, 2, 3]))
-        replies = [reply(m, shifted(theta, 2.0), {"n": 1}) for m in new]
+        new = _pushed(sh.instructions(strategy, 2, theta, [1, 2, 3]))
+        replies = [sh.reply(m, sh.shifted(theta, 2.0), {"n": 1}) for m in new]
         # Node 1's answer to round 1, delivered again in round 2, far off.
-        replies.append(reply(old[0], shifted(theta, 1e3), {"n": 1}))
+        replies.append(sh.reply(old[0], sh.shifted(theta, 1e3), {"n": 1}))
         arrays, metrics = strategy.aggregate_train(2, replies)
     stale = old[0].metadata.dst_node_id
     assert list(metrics["rejected-node-ids"]) == [stale]
     assert list(metrics["rejected-reasons"]) == [int(RejectReason.STALE_REPLY)]
     # The node's own reply of this round is neither lost nor a duplicate.
     assert sorted(metrics["node-ids"]) == [1, 2, 3]
-    np.testing.assert_allclose(record_flat(arrays), flat(theta) + 2.0, atol=1e-5)
+    np.testing.assert_allclose(sh.record_flat(arrays), sh.flat(theta) + 2.0, atol=1e-5)
 
 
 def test_a_reply_answering_another_nodes_instruction_is_stale():
-    theta = model_arrays(5)
-    strategy = LocalMean(num_malicious_nodes=0)
-    with server_identity():
-        msgs = _pushed(instructions(strategy, 1, theta, [1, 2, 3]))
-        forged = reply(msgs[1], shifted(theta, 50.0), {"n": 1})
+    theta = sh.model_arrays(5)
+    strategy = sh.LocalMean(num_malicious_nodes=0)
+    with sh.server_identity():
+        msgs = _pushed(sh.instructions(strategy, 1, theta, [1, 2, 3]))
+        forged = sh.reply(msgs[1], sh.shifted(theta, 50.0), {"n": 1})
         forged.metadata.__dict__["_src_node_id"] = msgs[0].metadata.dst_node_id
-        replies = [forged] + [reply(m, shifted(theta, 1.0), {"n": 1}) for m in msgs[1:]]
+        replies = [forged] + [
+            sh.reply(m, sh.shifted(theta, 1.0), {"n": 1}) for m in msgs[1:]
+        ]
         arrays, metrics = strategy.aggregate_train(1, replies)
     assert list(metrics["rejected-reasons"]) == [int(RejectReason.STALE_REPLY)]
     assert sorted(metrics["node-ids"]) == sorted(
         m.metadata.dst_node_id for m in msgs[1:]
     )
-    np.testing.assert_allclose(record_flat(arrays), flat(theta) + 1.0, atol=1e-5)
+    np.testing.assert_allclose(sh.record_flat(arrays), sh.flat(theta) + 1.0, atol=1e-5)

@@ -5,33 +5,15 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import strategy_helpers as sh
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategy_helpers import (
-    Linear43,
-    error_reply,
-    instructions,
-    linear43_data,
-    model_arrays,
-    record_flat,
-    reply,
-    server_identity,
-)
 
-from flwr_byz.strategy import (
-    FABA,
-    FLTrust,
-    GeoMed,
-    Krum,
-    Mean,
-    Median,
-    TrimmedMean,
-    Zeno,
-)
+from flwr_byz import strategy as strategies
 
 NODES = list(range(1, 8))
-THETA = model_arrays(0)
+THETA = sh.model_arrays(0)
 
 _floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 _dtypes = st.sampled_from(
@@ -114,7 +96,7 @@ def _metrics(draw) -> MetricRecord:
 def _content(draw, instruction: Message) -> Message:
     kind = draw(st.sampled_from(["error", "records", "records", "records"]))
     if kind == "error":
-        return error_reply(instruction)
+        return sh.error_reply(instruction)
     content = RecordDict()
     for i in range(draw(st.sampled_from([0, 1, 1, 1, 2]))):
         keys = draw(
@@ -136,15 +118,19 @@ def _content(draw, instruction: Message) -> Message:
 
 _STRATEGIES = st.sampled_from(
     [
-        lambda: FABA(num_malicious_nodes=1),
-        lambda: Krum(num_malicious_nodes=1),
-        lambda: Median(),
-        lambda: TrimmedMean(beta=0.2),
-        lambda: GeoMed(malicious_fraction=0.2, method="weiszfeld"),
-        lambda: Mean(weighted_aggregation=True),
-        lambda: FLTrust(model_factory=Linear43, qv_set=linear43_data(0, 8)),
-        lambda: Zeno(
-            model_factory=Linear43, qv_set=linear43_data(0, 8), num_malicious_nodes=1
+        lambda: strategies.FABA(num_malicious_nodes=1),
+        lambda: strategies.Krum(num_malicious_nodes=1),
+        lambda: strategies.Median(),
+        lambda: strategies.TrimmedMean(beta=0.2),
+        lambda: strategies.GeoMed(malicious_fraction=0.2, method="weiszfeld"),
+        lambda: strategies.Mean(weighted_aggregation=True),
+        lambda: strategies.FLTrust(
+            model_factory=sh.Linear43, qv_set=sh.linear43_data(0, 8)
+        ),
+        lambda: strategies.Zeno(
+            model_factory=sh.Linear43,
+            qv_set=sh.linear43_data(0, 8),
+            num_malicious_nodes=1,
         ),
     ]
 )
@@ -157,14 +143,14 @@ _STRATEGIES = st.sampled_from(
 )
 @given(data=st.data(), make=_STRATEGIES)
 def test_fuzzed_replies_never_crash_and_never_poison_with_nan(data, make):
-    with server_identity():
+    with sh.server_identity():
         strategy = make()
-        msgs = instructions(strategy, 1, THETA, NODES)
+        msgs = sh.instructions(strategy, 1, THETA, NODES)
         replies = []
         for m in msgs:
             if data.draw(st.booleans()):
                 replies.append(
-                    reply(
+                    sh.reply(
                         m,
                         {
                             k: v + np.asarray(0.1, v.dtype)
@@ -180,7 +166,7 @@ def test_fuzzed_replies_never_crash_and_never_poison_with_nan(data, make):
         # Strangers and duplicates too.
         if data.draw(st.booleans()):
             stranger = Message(RecordDict(), dst_node_id=999, message_type="train")
-            replies.append(reply(stranger, dict(THETA), {"num-examples": 5}))
+            replies.append(sh.reply(stranger, dict(THETA), {"num-examples": 5}))
         if data.draw(st.booleans()) and replies:
             replies.append(replies[0])
         arrays, metrics = strategy.aggregate_train(1, replies)
@@ -188,7 +174,7 @@ def test_fuzzed_replies_never_crash_and_never_poison_with_nan(data, make):
     for key, value in THETA.items():
         got = arrays[key].numpy()
         assert got.dtype == value.dtype and got.shape == value.shape
-    assert np.isfinite(record_flat(arrays)).all()
+    assert np.isfinite(sh.record_flat(arrays)).all()
     assert int(arrays["count"].numpy()) == int(THETA["count"])
     assert metrics["num-valid"] + metrics["num-rejected"] == len(replies)
     sent_ids = {m.metadata.src_node_id for m in replies}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import strategy_helpers as sh
 import torch
 from flwr.common import (
     Code,
@@ -15,34 +16,8 @@ from flwr.common import (
 )
 from flwr.server.client_proxy import ClientProxy
 from flwr.serverapp import strategy as flwr_strategies
-from strategy_helpers import (
-    Linear43,
-    error_reply,
-    flat,
-    instructions,
-    linear43_data,
-    model_arrays,
-    record_flat,
-    reply,
-    server_identity,
-    shifted,
-)
 
-from flwr_byz.strategy import (
-    FABA,
-    STRATEGIES,
-    BruteForce,
-    Bulyan,
-    FLTrust,
-    GeoMed,
-    Krum,
-    Mean,
-    Median,
-    MultiKrum,
-    RejectReason,
-    RoundStatus,
-    TrimmedMean,
-)
+from flwr_byz import strategy as strategies
 from flwr_byz.strategy.legacy import LegacyRobust
 
 NODES = [101, 102, 103, 104, 105, 106, 107]
@@ -51,7 +26,7 @@ BYZANTINE = {106, 107}
 
 @pytest.fixture(autouse=True)
 def _identity():
-    with server_identity():
+    with sh.server_identity():
         yield
 
 
@@ -65,27 +40,29 @@ def _honest_steps(d: int, seed: int = 0) -> dict[int, np.ndarray]:
 
 
 def _round(strategy, theta, steps, server_round=1, byz_shift=100.0):
-    msgs = instructions(strategy, server_round, theta, NODES)
+    msgs = sh.instructions(strategy, server_round, theta, NODES)
     replies = []
     for m in msgs:
         node = m.metadata.dst_node_id
         step = steps[node] if node in steps else np.float32(byz_shift)
         replies.append(
-            reply(m, shifted(theta, step), {"num-examples": 10, "train-loss": 1.0})
+            sh.reply(
+                m, sh.shifted(theta, step), {"num-examples": 10, "train-loss": 1.0}
+            )
         )
     return strategy.aggregate_train(server_round, replies)
 
 
 ROBUST = [
-    (FABA, {"num_malicious_nodes": 2}),
-    (Krum, {"num_malicious_nodes": 2}),
-    (MultiKrum, {"num_malicious_nodes": 2}),
-    (Bulyan, {"num_malicious_nodes": 1}),  # 4f + 3 <= 7
-    (GeoMed, {"num_malicious_nodes": 2}),
-    (GeoMed, {"num_malicious_nodes": 2, "method": "weiszfeld"}),
-    (Median, {}),
-    (TrimmedMean, {"beta": 0.3}),
-    (BruteForce, {"num_malicious_nodes": 2}),
+    (strategies.FABA, {"num_malicious_nodes": 2}),
+    (strategies.Krum, {"num_malicious_nodes": 2}),
+    (strategies.MultiKrum, {"num_malicious_nodes": 2}),
+    (strategies.Bulyan, {"num_malicious_nodes": 1}),  # 4f + 3 <= 7
+    (strategies.GeoMed, {"num_malicious_nodes": 2}),
+    (strategies.GeoMed, {"num_malicious_nodes": 2, "method": "weiszfeld"}),
+    (strategies.Median, {}),
+    (strategies.TrimmedMean, {"beta": 0.3}),
+    (strategies.BruteForce, {"num_malicious_nodes": 2}),
 ]
 
 
@@ -93,12 +70,12 @@ ROBUST = [
     ("cls", "kwargs"), ROBUST, ids=[f"{c.__name__}-{k}" for c, k in ROBUST]
 )
 def test_robust_rules_stay_near_the_honest_mean(cls, kwargs):
-    theta = model_arrays(0)
+    theta = sh.model_arrays(0)
     steps = _honest_steps(15)
     arrays, metrics = _round(cls(**kwargs), theta, steps)
     honest = np.stack(list(steps.values())).astype(np.float64)
-    moved = record_flat(arrays) - flat(theta)
-    assert metrics["status"] == int(RoundStatus.OK)
+    moved = sh.record_flat(arrays) - sh.flat(theta)
+    assert metrics["status"] == int(strategies.RoundStatus.OK)
     assert np.abs(moved - honest.mean(0)).max() < 1.0
     if kwargs.get("method") != "weiszfeld":  # a geometric median is only pulled less
         # Inside the honest updates' per-coordinate range: no pull from the +100s.
@@ -106,32 +83,34 @@ def test_robust_rules_stay_near_the_honest_mean(cls, kwargs):
         assert (moved <= honest.max(0) + 1e-5).all()
 
 
-@pytest.mark.parametrize("cls", [FABA, MultiKrum, BruteForce])
+@pytest.mark.parametrize(
+    "cls", [strategies.FABA, strategies.MultiKrum, strategies.BruteForce]
+)
 def test_subset_rules_give_exactly_the_honest_mean(cls):
-    theta = model_arrays(1)
+    theta = sh.model_arrays(1)
     steps = _honest_steps(15, seed=1)
     arrays, metrics = _round(cls(num_malicious_nodes=2), theta, steps)
     honest_mean = np.stack(list(steps.values())).astype(np.float64).mean(0)
     np.testing.assert_allclose(
-        record_flat(arrays) - flat(theta), honest_mean, atol=1e-5
+        sh.record_flat(arrays) - sh.flat(theta), honest_mean, atol=1e-5
     )
     assert set(metrics["selected-node-ids"]) == set(NODES) - BYZANTINE
     assert set(metrics["removed-node-ids"]) == BYZANTINE
 
 
 def test_faba_reports_removal_order_and_scores_by_node():
-    theta = model_arrays(2)
+    theta = sh.model_arrays(2)
     steps = _honest_steps(15, seed=2)
-    strategy = FABA(num_malicious_nodes=2)
-    msgs = instructions(strategy, 1, theta, NODES)
+    strategy = strategies.FABA(num_malicious_nodes=2)
+    msgs = sh.instructions(strategy, 1, theta, NODES)
     replies = []
     for m in msgs:
         node = m.metadata.dst_node_id
         shift = {106: 50.0, 107: 100.0}.get(node)
         replies.append(
-            reply(
+            sh.reply(
                 m,
-                shifted(theta, steps[node] if shift is None else np.float32(shift)),
+                sh.shifted(theta, steps[node] if shift is None else np.float32(shift)),
                 {"num-examples": 1},
             )
         )
@@ -143,26 +122,28 @@ def test_faba_reports_removal_order_and_scores_by_node():
 
 
 def test_mean_is_poisoned():
-    theta = model_arrays(3)
-    arrays, _ = _round(Mean(), theta, _honest_steps(15))
-    assert (record_flat(arrays) - flat(theta)).min() > 20
+    theta = sh.model_arrays(3)
+    arrays, _ = _round(strategies.Mean(), theta, _honest_steps(15))
+    assert (sh.record_flat(arrays) - sh.flat(theta)).min() > 20
 
 
 def test_bulyan_bound_failure_keeps_model():
-    theta = model_arrays(3)
-    arrays, metrics = _round(Bulyan(num_malicious_nodes=2), theta, _honest_steps(15))
-    np.testing.assert_array_equal(record_flat(arrays), flat(theta))
+    theta = sh.model_arrays(3)
+    arrays, metrics = _round(
+        strategies.Bulyan(num_malicious_nodes=2), theta, _honest_steps(15)
+    )
+    np.testing.assert_array_equal(sh.record_flat(arrays), sh.flat(theta))
     assert metrics["bound-failed"] == 1 and metrics["min-nodes"] == 11
 
 
 def _flower_replies(theta, steps, nodes):
     """Replies as Flower's strategies need them (each also valid for ours)."""
-    strategy = Mean()
-    msgs = instructions(strategy, 1, theta, nodes)
+    strategy = strategies.Mean()
+    msgs = sh.instructions(strategy, 1, theta, nodes)
     return [
-        reply(
+        sh.reply(
             m,
-            shifted(
+            sh.shifted(
                 theta,
                 steps[m.metadata.dst_node_id]
                 if m.metadata.dst_node_id in steps
@@ -177,28 +158,31 @@ def _flower_replies(theta, steps, nodes):
 @pytest.mark.parametrize(
     ("ours", "theirs"),
     [
-        (Krum(num_malicious_nodes=2), flwr_strategies.Krum(num_malicious_nodes=2)),
         (
-            MultiKrum(num_malicious_nodes=2, num_nodes_to_select=3),
+            strategies.Krum(num_malicious_nodes=2),
+            flwr_strategies.Krum(num_malicious_nodes=2),
+        ),
+        (
+            strategies.MultiKrum(num_malicious_nodes=2, num_nodes_to_select=3),
             flwr_strategies.MultiKrum(num_malicious_nodes=2, num_nodes_to_select=3),
         ),
-        (Median(), flwr_strategies.FedMedian()),
-        (TrimmedMean(beta=0.3), flwr_strategies.FedTrimmedAvg(beta=0.3)),
+        (strategies.Median(), flwr_strategies.FedMedian()),
+        (strategies.TrimmedMean(beta=0.3), flwr_strategies.FedTrimmedAvg(beta=0.3)),
     ],
     ids=["krum", "multikrum", "median", "trimmed-mean"],
 )
 # Bulyan is left out on purpose: Flower scores Krum once, ours re-scores after
 # each choice as in the paper (DESIGN §4), so the chosen sets may differ.
 def test_same_model_as_flower_on_wellformed_replies(ours, theirs):
-    theta = model_arrays(4)
+    theta = sh.model_arrays(4)
     steps = _honest_steps(15, seed=4)
-    msgs = instructions(ours, 1, theta, NODES)
+    msgs = sh.instructions(ours, 1, theta, NODES)
 
     def make():
         return [
-            reply(
+            sh.reply(
                 m,
-                shifted(theta, steps.get(m.metadata.dst_node_id, np.float32(100))),
+                sh.shifted(theta, steps.get(m.metadata.dst_node_id, np.float32(100))),
                 {"num-examples": 10},
             )
             for m in msgs
@@ -207,35 +191,35 @@ def test_same_model_as_flower_on_wellformed_replies(ours, theirs):
     ours_arrays, _ = ours.aggregate_train(1, make())
     theirs_arrays, _ = theirs.aggregate_train(1, make())
     np.testing.assert_allclose(
-        record_flat(ours_arrays), record_flat(theirs_arrays), atol=1e-5
+        sh.record_flat(ours_arrays), sh.record_flat(theirs_arrays), atol=1e-5
     )
 
 
 def test_one_malformed_reply_crashes_flower_krum_not_ours():
-    theta = model_arrays(5)
+    theta = sh.model_arrays(5)
     steps = _honest_steps(15)
-    ours = Krum(num_malicious_nodes=2)
-    msgs = instructions(ours, 1, theta, NODES)
+    ours = strategies.Krum(num_malicious_nodes=2)
+    msgs = sh.instructions(ours, 1, theta, NODES)
     replies = [
-        reply(
+        sh.reply(
             m,
-            shifted(theta, steps.get(m.metadata.dst_node_id, np.float32(100))),
+            sh.shifted(theta, steps.get(m.metadata.dst_node_id, np.float32(100))),
             {"num-examples": 10},
         )
         for m in msgs[:-1]
     ]
-    bad = model_arrays(5)
+    bad = sh.model_arrays(5)
     del bad["b"]
-    replies.append(reply(msgs[-1], bad, {"num-examples": 10}))
+    replies.append(sh.reply(msgs[-1], bad, {"num-examples": 10}))
     with pytest.raises(Exception):  # noqa: B017 - Flower raises its own error type
         flwr_strategies.Krum(num_malicious_nodes=2).aggregate_train(1, replies)
     arrays, metrics = ours.aggregate_train(1, replies)
-    assert metrics["rejected-reasons"] == [int(RejectReason.MISSING_KEYS)]
-    assert np.isfinite(record_flat(arrays)).all()
+    assert metrics["rejected-reasons"] == [int(strategies.RejectReason.MISSING_KEYS)]
+    assert np.isfinite(sh.record_flat(arrays)).all()
 
 
 def test_strategies_registry_and_summary(caplog):
-    assert set(STRATEGIES) >= {
+    assert set(strategies.STRATEGIES) >= {
         "faba",
         "krum",
         "multikrum",
@@ -249,8 +233,8 @@ def test_strategies_registry_and_summary(caplog):
     import logging
 
     with caplog.at_level(logging.INFO):
-        TrimmedMean(beta=0.1).summary()
-        FABA(malicious_fraction=0.25).summary()
+        strategies.TrimmedMean(beta=0.1).summary()
+        strategies.FABA(malicious_fraction=0.25).summary()
     assert "beta: 0.1" in caplog.text and "floor(0.25" in caplog.text
 
 
@@ -258,14 +242,14 @@ def test_summary_does_not_contradict_itself_on_weighting(caplog):
     import logging
 
     with caplog.at_level(logging.INFO):
-        FABA(num_malicious_nodes=1).summary()
+        strategies.FABA(num_malicious_nodes=1).summary()
     text = caplog.text
     assert "Training aggregation: unweighted" in text
     assert "Weighted by: 'num-examples'" not in text  # FedAvg's line, untrue here
     assert "Evaluation metrics weighted by: 'num-examples'" in text
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        Mean(weighted_aggregation=True).summary()
+        strategies.Mean(weighted_aggregation=True).summary()
     assert "Training aggregation: weighted by clients' 'num-examples'" in caplog.text
 
 
@@ -273,25 +257,29 @@ def test_summary_does_not_contradict_itself_on_weighting(caplog):
     ("cls", "kwargs", "name"),
     [
         (
-            Krum,
+            strategies.Krum,
             {"weighted_aggregation": True, "num_malicious_nodes": 1},
             "weighted_aggregation",
         ),
-        (FABA, {}, "num_malicious_nodes"),
-        (Krum, {}, "malicious_fraction"),
+        (strategies.FABA, {}, "num_malicious_nodes"),
+        (strategies.Krum, {}, "malicious_fraction"),
         (
-            BruteForce,
+            strategies.BruteForce,
             {"num_malicious_nodes": 1, "malicious_fraction": 0.1},
             "malicious_fraction",
         ),
-        (GeoMed, {"method": "mean", "num_malicious_nodes": 1}, "method"),
-        (TrimmedMean, {"beta": 0.5}, "beta"),
+        (strategies.GeoMed, {"method": "mean", "num_malicious_nodes": 1}, "method"),
+        (strategies.TrimmedMean, {"beta": 0.5}, "beta"),
         (
-            MultiKrum,
+            strategies.MultiKrum,
             {"num_nodes_to_select": 0, "num_malicious_nodes": 1},
             "num_nodes_to_select",
         ),
-        (BruteForce, {"max_subsets": 0, "num_malicious_nodes": 1}, "max_subsets"),
+        (
+            strategies.BruteForce,
+            {"max_subsets": 0, "num_malicious_nodes": 1},
+            "max_subsets",
+        ),
     ],
 )
 def test_rule_configuration_errors(cls, kwargs, name):
@@ -300,8 +288,10 @@ def test_rule_configuration_errors(cls, kwargs, name):
 
 
 def test_rules_without_budget_need_none():
-    assert Median().resolve_f(10) == 0 and Mean().resolve_f(10) == 0
-    assert TrimmedMean(beta=0.1, malicious_fraction=0.3).resolve_f(10) == 3
+    assert (
+        strategies.Median().resolve_f(10) == 0 and strategies.Mean().resolve_f(10) == 0
+    )
+    assert strategies.TrimmedMean(beta=0.1, malicious_fraction=0.3).resolve_f(10) == 3
 
 
 # ------------------------------------------------------------------ legacy API
@@ -331,27 +321,27 @@ class _Proxy(ClientProxy):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: FABA(num_malicious_nodes=2),
-        lambda: Krum(num_malicious_nodes=2),
-        lambda: Median(),
-        lambda: GeoMed(num_malicious_nodes=2),
+        lambda: strategies.FABA(num_malicious_nodes=2),
+        lambda: strategies.Krum(num_malicious_nodes=2),
+        lambda: strategies.Median(),
+        lambda: strategies.GeoMed(num_malicious_nodes=2),
     ],
     ids=["faba", "krum", "median", "geomed"],
 )
 def test_legacy_gives_the_same_aggregate_as_the_message_api(make):
-    theta = model_arrays(6)
+    theta = sh.model_arrays(6)
     steps = _honest_steps(15, seed=6)
     keys = list(theta)
     modern = make()
-    msgs = instructions(modern, 1, theta, NODES)
+    msgs = sh.instructions(modern, 1, theta, NODES)
     models = {
-        m.metadata.dst_node_id: shifted(
+        m.metadata.dst_node_id: sh.shifted(
             theta, steps.get(m.metadata.dst_node_id, np.float32(100))
         )
         for m in msgs
     }
     replies = [
-        reply(m, models[m.metadata.dst_node_id], {"num-examples": 3}) for m in msgs
+        sh.reply(m, models[m.metadata.dst_node_id], {"num-examples": 3}) for m in msgs
     ]
     arrays, metrics = modern.aggregate_train(1, replies)
 
@@ -386,31 +376,31 @@ def test_legacy_gives_the_same_aggregate_as_the_message_api(make):
 
 
 def test_legacy_bound_failure_returns_the_sent_parameters():
-    theta = model_arrays(7)
-    legacy = LegacyRobust(FABA(num_malicious_nodes=3))
+    theta = sh.model_arrays(7)
+    legacy = LegacyRobust(strategies.FABA(num_malicious_nodes=3))
     sent = ndarrays_to_parameters(list(theta.values()))
     legacy.remember_sent(2, sent, [_Proxy(1), _Proxy(2)])
     params, metrics = legacy.aggregate_fit(2, [], [])
     assert params is sent
     assert metrics["bound-failed"] == 1
     assert metrics["node-ids"] == []
-    as_json = LegacyRobust(FABA(num_malicious_nodes=3), lists_as_json=True)
+    as_json = LegacyRobust(strategies.FABA(num_malicious_nodes=3), lists_as_json=True)
     as_json.remember_sent(2, sent, [_Proxy(1), _Proxy(2)])
     assert as_json.aggregate_fit(2, [], [])[1]["node-ids"] == "[]"
 
 
 def test_error_reply_in_message_api_counts_as_rejected():
-    theta = model_arrays(8)
-    strategy = Median()
-    msgs = instructions(strategy, 1, theta, [1, 2, 3])
+    theta = sh.model_arrays(8)
+    strategy = strategies.Median()
+    msgs = sh.instructions(strategy, 1, theta, [1, 2, 3])
     replies = [
-        reply(msgs[0], shifted(theta, 1.0), {"a": 1}),
-        reply(msgs[1], shifted(theta, 2.0), {"a": 1}),
-        error_reply(msgs[2]),
+        sh.reply(msgs[0], sh.shifted(theta, 1.0), {"a": 1}),
+        sh.reply(msgs[1], sh.shifted(theta, 2.0), {"a": 1}),
+        sh.error_reply(msgs[2]),
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
-    np.testing.assert_allclose(record_flat(arrays), flat(theta) + 1.5, atol=1e-6)
-    assert metrics["rejected-reasons"] == [int(RejectReason.ERROR_REPLY)]
+    np.testing.assert_allclose(sh.record_flat(arrays), sh.flat(theta) + 1.5, atol=1e-6)
+    assert metrics["rejected-reasons"] == [int(strategies.RejectReason.ERROR_REPLY)]
     failed = msgs[2].metadata.dst_node_id
     assert metrics["rejected-node-ids"] == [failed]
     assert sorted(metrics["node-ids"]) == sorted(
@@ -432,20 +422,28 @@ class _Transposed(torch.nn.Module):
 
 @pytest.mark.parametrize(
     ("model", "status"),
-    [(Linear43, RoundStatus.OK), (_Transposed, RoundStatus.AGGREGATION_FAILED)],
+    [
+        (sh.Linear43, strategies.RoundStatus.OK),
+        (_Transposed, strategies.RoundStatus.AGGREGATION_FAILED),
+    ],
 )
 def test_legacy_rounds_check_the_server_model_against_the_sent_layout(model, status):
     """The layout sent reaches the rule under LegacyRobust too: a server-side model
     whose arrays do not fit the Parameters is refused, not read in the wrong shape."""
-    theta = model_arrays(9)
-    inner = FLTrust(model_factory=model, qv_set=linear43_data(3, 12))
+    theta = sh.model_arrays(9)
+    inner = strategies.FLTrust(model_factory=model, qv_set=sh.linear43_data(3, 12))
     legacy = LegacyRobust(inner)
     sent = ndarrays_to_parameters(list(theta.values()))
     clients = [_Proxy(1), _Proxy(2)]
     legacy.remember_sent(1, sent, clients)
     ok = Status(code=Code.OK, message="")
     results = [
-        (c, FitRes(ok, ndarrays_to_parameters(list(shifted(theta, s).values())), 3, {}))
+        (
+            c,
+            FitRes(
+                ok, ndarrays_to_parameters(list(sh.shifted(theta, s).values())), 3, {}
+            ),
+        )
         for c, s in zip(clients, (0.1, 0.2), strict=True)
     ]
     _, metrics = legacy.aggregate_fit(1, results, [])
@@ -453,5 +451,5 @@ def test_legacy_rounds_check_the_server_model_against_the_sent_layout(model, sta
     assert report.status == status and metrics["status"] == int(status)
     # The wrapped strategy carries the round's state on (its matrix storage).
     assert inner.round_state.buffer is not None
-    if status != RoundStatus.OK:
+    if status != strategies.RoundStatus.OK:
         assert "model_factory" in report.message

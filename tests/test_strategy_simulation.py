@@ -24,17 +24,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 from node_partitions import identify, partition_of_nodes
 
-from flwr_byz.strategy import (
-    FABA,
-    BruteForce,
-    Bulyan,
-    GeoMed,
-    Krum,
-    Median,
-    MultiKrum,
-    RejectReason,
-    TrimmedMean,
-)
+from flwr_byz import strategy as strategies
 
 # One worker runs this module under pytest-xdist: its module fixture is costly.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_strategy_simulation")]
@@ -102,14 +92,18 @@ def _flat(record: ArrayRecord) -> np.ndarray:
 
 CASES = {
     "fedavg": lambda: FedAvg(fraction_evaluate=0.0),
-    "faba": lambda: FABA(num_malicious_nodes=2, fraction_evaluate=0.0),
-    "krum": lambda: Krum(num_malicious_nodes=2, fraction_evaluate=0.0),
-    "multikrum": lambda: MultiKrum(num_malicious_nodes=2, fraction_evaluate=0.0),
-    "bulyan": lambda: Bulyan(num_malicious_nodes=1, fraction_evaluate=0.0),
-    "geomed": lambda: GeoMed(num_malicious_nodes=2, fraction_evaluate=0.0),
-    "median": lambda: Median(fraction_evaluate=0.0),
-    "trimmed-mean": lambda: TrimmedMean(beta=0.3, fraction_evaluate=0.0),
-    "brute-force": lambda: BruteForce(num_malicious_nodes=2, fraction_evaluate=0.0),
+    "faba": lambda: strategies.FABA(num_malicious_nodes=2, fraction_evaluate=0.0),
+    "krum": lambda: strategies.Krum(num_malicious_nodes=2, fraction_evaluate=0.0),
+    "multikrum": lambda: strategies.MultiKrum(
+        num_malicious_nodes=2, fraction_evaluate=0.0
+    ),
+    "bulyan": lambda: strategies.Bulyan(num_malicious_nodes=1, fraction_evaluate=0.0),
+    "geomed": lambda: strategies.GeoMed(num_malicious_nodes=2, fraction_evaluate=0.0),
+    "median": lambda: strategies.Median(fraction_evaluate=0.0),
+    "trimmed-mean": lambda: strategies.TrimmedMean(beta=0.3, fraction_evaluate=0.0),
+    "brute-force": lambda: strategies.BruteForce(
+        num_malicious_nodes=2, fraction_evaluate=0.0
+    ),
 }
 
 
@@ -130,7 +124,7 @@ def simulation() -> dict:
                 num_rounds=1,
                 train_config=ConfigRecord({"mode": "shift"}),
             )
-        strategy = Median(fraction_evaluate=0.0)
+        strategy = strategies.Median(fraction_evaluate=0.0)
         seen["malformed"] = strategy.start(
             grid=grid,
             initial_arrays=initial,
@@ -138,7 +132,7 @@ def simulation() -> dict:
             train_config=ConfigRecord({"mode": "malformed"}),
         )
         seen["malformed-history"] = strategy.history
-        sampled = FABA(
+        sampled = strategies.FABA(
             num_malicious_nodes=1,
             fraction_train=0.5,
             min_train_nodes=3,
@@ -150,7 +144,9 @@ def simulation() -> dict:
             num_rounds=1,
             train_config=ConfigRecord({"mode": "honest"}),
         )
-        bound = Krum(num_malicious_nodes=3, fraction_evaluate=0.0)  # needs 9 nodes
+        bound = strategies.Krum(
+            num_malicious_nodes=3, fraction_evaluate=0.0
+        )  # needs 9 nodes
         seen["bound"] = bound.start(
             grid=grid,
             initial_arrays=initial,
@@ -200,15 +196,15 @@ def test_malformed_replies_through_a_whole_start(simulation):
     expected = _flat_theta0() + 2 * np.median(honest, axis=0)
     np.testing.assert_allclose(final, expected, atol=1e-5)
     expected_reasons = {
-        3: RejectReason.ERROR_REPLY,
-        4: RejectReason.WRONG_SHAPE,
-        5: RejectReason.NON_FINITE,
-        6: RejectReason.EXTRA_KEYS,
+        3: strategies.RejectReason.ERROR_REPLY,
+        4: strategies.RejectReason.WRONG_SHAPE,
+        5: strategies.RejectReason.NON_FINITE,
+        6: strategies.RejectReason.EXTRA_KEYS,
     }
     for rnd in (1, 2):
         metrics = result.train_metrics_clientapp[rnd]
         got = {
-            partition[n]: RejectReason(c)
+            partition[n]: strategies.RejectReason(c)
             for n, c in zip(
                 metrics["rejected-node-ids"], metrics["rejected-reasons"], strict=True
             )

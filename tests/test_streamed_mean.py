@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import strategy_helpers as sh
 import torch
-from strategy_helpers import (
-    instructions,
-    model_arrays,
-    record_flat,
-    reply,
-    server_identity,
-    shifted,
-)
 
 from flwr_byz.strategy import Mean
 from flwr_byz.strategy.suspicion import median_distances, sample_index, suspected_rows
@@ -27,7 +20,7 @@ class MatrixMean(Mean):
 
 def _model(seed: int, rows: int) -> dict[str, np.ndarray]:
     """model_arrays with ``rows × 3`` weights (rows = 1000: a sampled suspicion)."""
-    theta = model_arrays(seed)
+    theta = sh.model_arrays(seed)
     theta["w"] = np.random.default_rng(seed).normal(size=(rows, 3)).astype(np.float32)
     return theta
 
@@ -35,8 +28,8 @@ def _model(seed: int, rows: int) -> dict[str, np.ndarray]:
 def _round(strategy, weighted_sizes=None, seed=0, n=80, rows=1000):
     theta = _model(seed, rows)
     d = theta["w"].size + theta["b"].size
-    with server_identity():
-        msgs = instructions(strategy, 1, theta, range(1, n + 1))
+    with sh.server_identity():
+        msgs = sh.instructions(strategy, 1, theta, range(1, n + 1))
         replies = []
         for msg in sorted(msgs, key=lambda m: m.metadata.dst_node_id):
             node = msg.metadata.dst_node_id
@@ -44,13 +37,13 @@ def _round(strategy, weighted_sizes=None, seed=0, n=80, rows=1000):
             delta = rng.normal(size=d).astype(np.float32) * rng.uniform(0.1, 3.0)
             if node % 9 == 4:
                 delta[d // 2 :] *= 1e3  # far off in the second half: suspected
-            arrays = shifted(theta, delta)
+            arrays = sh.shifted(theta, delta)
             if node % 13 == 7:
                 arrays["w"] = np.full((rows, 3), np.nan, np.float32)  # rejected
             size = 1 if weighted_sizes is None else int(weighted_sizes[node % 4])
-            replies.append(reply(msg, arrays, {"num-examples": size}))
+            replies.append(sh.reply(msg, arrays, {"num-examples": size}))
         arrays, _ = strategy.aggregate_train(1, replies)
-    return record_flat(arrays), strategy.history[-1]
+    return sh.record_flat(arrays), strategy.history[-1]
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -76,13 +69,15 @@ def test_the_streamed_mean_equals_the_matrix_mean_and_reports_alike(weighted):
 
 def test_the_streamed_mean_of_updates_near_the_float32_limit_is_finite():
     top = float(np.finfo(np.float32).max)
-    theta = {k: np.zeros_like(v) for k, v in model_arrays(1).items()}
+    theta = {k: np.zeros_like(v) for k, v in sh.model_arrays(1).items()}
     strategy = Mean()
-    with server_identity():
-        msgs = instructions(strategy, 1, theta, range(1, 6))
-        replies = [reply(m, shifted(theta, np.float32(top)), {"n": 1}) for m in msgs]
+    with sh.server_identity():
+        msgs = sh.instructions(strategy, 1, theta, range(1, 6))
+        replies = [
+            sh.reply(m, sh.shifted(theta, np.float32(top)), {"n": 1}) for m in msgs
+        ]
         arrays, _ = strategy.aggregate_train(1, replies)
-    values = record_flat(arrays)
+    values = sh.record_flat(arrays)
     assert np.isfinite(values).all()
     np.testing.assert_allclose(values, top, rtol=1e-6)
 
