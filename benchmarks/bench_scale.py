@@ -270,7 +270,7 @@ def run_gaa(ns: list[int], repeats: int) -> list[dict]:
             for _ in range(max(repeats, 2))
         )
         strategy = make()
-        rounds = 2 * strategy.agent.episode_length
+        rounds = 2 * strategy.agent.window
         seconds, peak = [], 0.0
         for rnd in range(1, rounds + 1):
             nodes = dict.fromkeys(range(1, n + 1), "train")

@@ -10,6 +10,7 @@ naming the key), so both say the same thing about the same value.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -98,3 +99,17 @@ def require(name: str, value: Any, check: Check, *, owner: str = "") -> Any:
         where = f"{owner}: " if owner else ""
         raise ValueError(f"{where}{name}={value!r}: allowed values are {expected}")
     return value
+
+
+def renamed_argument(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value of an argument renamed from ``old`` to ``new``.
+
+    ``old_value`` is ``None`` unless the caller used the old name; then it warns
+    (``DeprecationWarning``: the old name works for one more release) and wins.
+    """
+    if old_value is None:
+        return new_value
+    warnings.warn(
+        f"argument {old!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=3
+    )
+    return old_value

@@ -240,7 +240,7 @@ def test_configuration_errors_name_the_argument():
         ({"policy": "greedy"}, "policy"),
         ({"backprop": "full"}, "backprop"),
         ({"optimizer": "rmsprop"}, "optimizer"),
-        ({"episode_length": 0}, "episode_length"),
+        ({"window": 0}, "window"),
         ({"gamma": 1.5}, "gamma"),
     ]:
         with pytest.raises(ValueError, match=key):

@@ -13,11 +13,15 @@ puts the three together.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
+
+from flwr.supercore import log
 
 from flwr_byz.aggregation import byzantine_budget, min_nodes
 from flwr_byz.aggregation.registry import REGISTRY, RULE_BY_NAME
@@ -167,7 +171,15 @@ SERVER_KEYS: dict[str, Key] = {
         _sketch_width,
     ),
     "gaa-policy": Key("evidence", "GAA policy", one_of(("evidence", "paper"))),
-    "gaa-episode-length": Key(5, "GAA episode length T (rounds)", integer(1)),
+    "gaa-window": Key(
+        5, "GAA: T, the rounds of one learning window of the policy", integer(1)
+    ),
+    "gaa-episode-length": Key(
+        0,
+        "deprecated name of 'gaa-window' (0: not given; any other value is used as "
+        "'gaa-window', with a warning)",
+        integer(0),
+    ),
     "gaa-episodes": Key(
         1,
         "GAA: episodes of the paper's outer loop (Algorithm 1): the model restarts "
@@ -366,6 +378,28 @@ def with_defaults(run_config: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+#: Run-config keys renamed, old -> new; the old key still works for one release
+#: (its default 0 means "not given").
+RENAMED_KEYS = {"gaa-episode-length": "gaa-window"}
+
+
+def _apply_renamed_keys(cfg: dict[str, Any]) -> None:
+    """Move a renamed key's value to its new name, with a warning."""
+    for old, new in RENAMED_KEYS.items():
+        value = cfg.get(old, 0)
+        if value == 0:
+            continue
+        if cfg[new] not in (SERVER_KEYS[new].default, value):
+            raise RunConfigError(
+                f"run-config keys {old!r} = {value!r} and {new!r} = {cfg[new]!r} "
+                f"disagree; {old!r} is the deprecated name of {new!r}: set only {new!r}"
+            )
+        message = f"run-config key {old!r} is deprecated; use {new!r} = {value!r}"
+        warnings.warn(message, DeprecationWarning, stacklevel=3)
+        log(logging.WARNING, message)
+        cfg[new], cfg[old] = value, 0
+
+
 def check_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a run config and return it completed with defaults.
 
@@ -382,6 +416,7 @@ def check_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
             f"unknown run-config key(s) {', '.join(map(repr, unknown))}; "
             f"known keys: {', '.join(sorted(app_defaults()))}"
         )
+    _apply_renamed_keys(cfg)
     for name, key in SERVER_KEYS.items():
         _check_key(name, key, cfg[name])
     rule = RULE_BY_NAME.get(cfg["strategy"])

@@ -59,7 +59,7 @@ def build_strategy(
             model_factory=model_factory,
             qv_set=(server_data.qv.features, server_data.qv.labels),
             gamma=float(cfg["gaa-gamma"]),
-            episode_length=int(cfg["gaa-episode-length"]),
+            window=int(cfg["gaa-window"]),
             policy=str(cfg["gaa-policy"]),
             policy_lr=float(cfg["gaa-policy-lr"]),
             backprop=str(cfg["gaa-backprop"]),

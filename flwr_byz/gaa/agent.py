@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from flwr_byz.validation import renamed_argument
+
 from .buffers import weighted_coordinate_median
 from .evidence_policy import EvidencePolicy
 from .features import evidence_features
@@ -87,9 +89,10 @@ class GAAAgent:
     Each round: credits ``α_t = h_ψ(s_t, α_{t−1})`` on the simplex over the
     present rows, aggregate ``Σ α_t,i Δ_i``, QV loss before and after the step
     ``θ_t + η·aggregate``, episode loss ``ℓ += γ^k (f_B(θ_{t+1}) − f_B(θ_t))``.
-    Every ``episode_length`` rounds ψ takes one optimiser step on ℓ, back-propagated
-    through α and θ over the whole episode (``"exact"``: the episode's inputs are
-    kept, ``T·n·d`` floats, and replayed with autograd at its end) or
+    Every ``window`` rounds (T, the paper's episode length) ψ takes one optimiser
+    step on ℓ, back-propagated through α and θ over the whole window (``"exact"``:
+    the window's inputs are kept, ``T·n·d`` floats, and replayed with autograd at
+    its end) or
     through each round alone (``"truncated"``: previous credit and θ_t
     detached, the gradient accumulated round by round; ``n·d`` floats).
     Credits carry over episodes detached. Float buffers (BatchNorm running
@@ -109,8 +112,9 @@ class GAAAgent:
         or a module with the same ``forward(obs, prev_logits)`` interface.
     gamma : float
         Discount γ within an episode.
-    episode_length : int
-        Episode length T: ψ learns once every T rounds (paper: 5).
+    window : int
+        T, the rounds of one learning window (the paper's episode length): ψ
+        learns once every T rounds (paper: 5).
     policy_lr : float
         Learning rate of ψ's optimiser.
     optimizer : {"adam", "sgd"} or callable
@@ -141,7 +145,7 @@ class GAAAgent:
         policy: str | nn.Module = "evidence",
         *,
         gamma: float = 0.9,
-        episode_length: int = 5,
+        window: int = 5,
         policy_lr: float = 0.01,
         optimizer: str | OptimizerFactory = "adam",
         backprop: str = "exact",
@@ -151,7 +155,9 @@ class GAAAgent:
         log_credit_gap: float = 1e4,
         seed: int = 0,
         policy_options: Mapping[str, float] | None = None,
+        episode_length: int | None = None,
     ) -> None:
+        window = renamed_argument("episode_length", episode_length, "window", window)
         if isinstance(policy, str) and policy not in POLICIES:
             raise ValueError(f"policy: got {policy!r}; allowed: {POLICIES}")
         if backprop not in BACKPROP:
@@ -162,10 +168,8 @@ class GAAAgent:
             )
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma: got {gamma}; allowed: 0 < gamma <= 1")
-        if episode_length < 1:
-            raise ValueError(
-                f"episode_length: got {episode_length}; allowed: an integer >= 1"
-            )
+        if window < 1:
+            raise ValueError(f"window: got {window}; allowed: an integer >= 1")
         if policy_lr < 0:
             raise ValueError(f"policy_lr: got {policy_lr}; allowed: >= 0")
         self.objective = objective
@@ -182,11 +186,7 @@ class GAAAgent:
         else:
             self.policy = policy
         self.policy.to(self.device)
-        self.gamma, self.episode_length, self.policy_lr = (
-            gamma,
-            episode_length,
-            policy_lr,
-        )
+        self.gamma, self.window, self.policy_lr = gamma, window, policy_lr
         self.optimizer_spec = optimizer
         self.backprop, self.server_learning_rate = backprop, server_learning_rate
         self.trusted = trusted
@@ -293,7 +293,7 @@ class GAAAgent:
         self.rounds += 1
         self.episode_rounds += 1
         updated = False
-        if self.position == self.episode_length:
+        if self.position == self.window:
             self._update_policy()
             updated = True
         w_row = dict(zip(used_ids, alpha.detach().tolist(), strict=True))

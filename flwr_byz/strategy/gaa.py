@@ -21,6 +21,7 @@ from flwr_byz.gaa import (
     TrustedWorker,
 )
 from flwr_byz.gaa.qv import LossFn, check_model_factory
+from flwr_byz.validation import renamed_argument
 
 from .layer_state import NodeIdMap, map_node_id
 from .robust_strategy import RobustStrategy
@@ -33,8 +34,8 @@ class GAA(RobustStrategy):
     Each round the agent (:class:`flwr_byz.gaa.GAAAgent`) puts a credit
     ``α_t,i`` on the simplex over the valid replies, the model moves by
     ``η Σ α_t,i Δ_i``, and the reward is the decrease of the loss on the
-    quasi-validation (QV) set B. Every ``episode_length`` rounds the policy takes one
-    gradient step on the discounted episode loss. No Byzantine budget ``f`` is
+    quasi-validation (QV) set B. Every ``window`` rounds the policy takes one
+    gradient step on the window's discounted loss. No Byzantine budget ``f`` is
     needed: GAA tolerates any share of attackers as long as the QV set is
     informative (Justinian's GAAvernor, Assumptions 2 and 4).
 
@@ -82,9 +83,11 @@ class GAA(RobustStrategy):
     loss : Callable[[logits, targets], Tensor] or None
         Mean loss on B; cross-entropy when ``None``.
     gamma : float
-        Discount γ within an episode (paper: 0.9).
-    episode_length : int
-        Episode length T in rounds: ψ learns once per episode (paper: 5).
+        Discount γ within a window (paper: 0.9).
+    window : int
+        T, the rounds of one learning window (the paper's episode length): ψ
+        learns once per window (paper: 5). ``episode_length``, its former name,
+        still works for one release, with a DeprecationWarning.
     policy : {"evidence", "paper"}
         ``"evidence"`` (default): permutation-equivariant additive log-credit
         recurrence with a parameter count independent of n and d.
@@ -141,7 +144,7 @@ class GAA(RobustStrategy):
         qv_set: Any,
         loss: LossFn | None = None,
         gamma: float = 0.9,
-        episode_length: int = 5,
+        window: int = 5,
         policy: str = "evidence",
         policy_lr: float = 0.01,
         optimizer: str | Callable[[list[nn.Parameter]], torch.optim.Optimizer] = "adam",
@@ -154,8 +157,10 @@ class GAA(RobustStrategy):
         seed: int = 0,
         policy_options: Mapping[str, float] | None = None,
         qv_keys: tuple[str | int, str | int] | None = None,
+        episode_length: int | None = None,
         **kwargs: Any,
     ) -> None:
+        window = renamed_argument("episode_length", episode_length, "window", window)
         super().__init__(**kwargs)
         if self.server_momentum != 0.0:
             # The agent learns through θ_{t+1} = θ_t + η Σ α_i Δ_i, the step it
@@ -192,7 +197,7 @@ class GAA(RobustStrategy):
             objective,
             policy,
             gamma=gamma,
-            episode_length=episode_length,
+            window=window,
             policy_lr=policy_lr,
             optimizer=optimizer,
             backprop=backprop,
@@ -277,7 +282,7 @@ class GAA(RobustStrategy):
         a = self.agent
         return [
             ("Policy", self.policy_name),
-            ("Episode length T / gamma", f"{a.episode_length} / {a.gamma}"),
+            ("Window T / gamma", f"{a.window} / {a.gamma}"),
             ("Backprop", a.backprop),
             ("QV samples", int(a.objective.x.shape[0])),
             ("Trusted worker", a.trusted is not None),

@@ -1,0 +1,30 @@
+"""Renamed names keep working for one release, with a warning naming the new one."""
+
+from __future__ import annotations
+
+import pytest
+import strategy_helpers as sh
+
+from flwr_byz.app.config import RunConfigError, check_run_config
+from flwr_byz.gaa import GAAAgent, QVObjective
+from flwr_byz.strategy import GAA
+
+
+def test_the_old_window_key_warns_and_becomes_gaa_window() -> None:
+    with pytest.warns(DeprecationWarning, match="'gaa-episode-length' is deprecated"):
+        cfg = check_run_config({"gaa-episode-length": 3})
+    assert (cfg["gaa-window"], cfg["gaa-episode-length"]) == (3, 0)
+    assert check_run_config({"gaa-window": 4})["gaa-window"] == 4
+    with pytest.raises(RunConfigError, match=r"disagree.*set only 'gaa-window'"):
+        check_run_config({"gaa-episode-length": 3, "gaa-window": 4})
+
+
+def test_the_old_window_argument_warns_and_sets_the_window() -> None:
+    qv = sh.linear43_data(3, 10)
+    with pytest.warns(DeprecationWarning, match="'episode_length' is deprecated"):
+        strategy = GAA(model_factory=sh.Linear43, qv_set=qv, episode_length=2)
+    assert strategy.agent.window == 2
+    objective = QVObjective(sh.Linear43, qv)
+    with pytest.warns(DeprecationWarning, match="use 'window'"):
+        assert GAAAgent(objective, episode_length=3).window == 3
+    assert GAA(model_factory=sh.Linear43, qv_set=qv, window=4).agent.window == 4
