@@ -16,24 +16,23 @@ flip-flops between the two groups every round (accuracy stays ~50 %).
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import ArrayRecord, Context, Message
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.simulation import run_simulation
-from node_partitions import identify, partition_of_nodes
-from torch import nn
+from node_partitions import partition_of_nodes
+from simulation_helpers import (
+    LR,
+    accuracy,
+    client_app,
+    model,
+    region,
+    region_gradient,
+    run_server,
+    start,
+    train_reply,
+)
 
 from flwr_byz.strategy import FLTrust, Zeno
 
@@ -42,23 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_fltrust_zeno_simul
 
 NUM_NODES = 10
 BYZANTINE = frozenset(range(3, 10))  # partition ids: β = 0.7
-F_IN, HIDDEN, LR = 32, 10, 1.0
 ROUNDS = 30
-
-
-def model() -> nn.Module:
-    return nn.Sequential(nn.Linear(F_IN, HIDDEN), nn.Sigmoid(), nn.Linear(HIDDEN, 2))
-
-
-@functools.cache
-def region(k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples of region k: shifted covariates, labels from the shared task."""
-    w = torch.randn(F_IN, 2, generator=torch.Generator().manual_seed(7))
-    g = torch.Generator().manual_seed(1000 + k)
-    shift = 0.5 * torch.randn(F_IN, generator=g)
-    x = torch.randn(m, F_IN, generator=g) + shift
-    y = ((x - shift) @ w + 0.8 * torch.randn(m, 2, generator=g)).argmax(1)
-    return x, y
 
 
 def root_set() -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,48 +54,26 @@ def root_set() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 ROOT = root_set()
-TEST = region(101, 2000)
 
-client = ClientApp()
-
-
-client.query()(identify)
+client = client_app()
 
 
 @client.train()
 def train(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
     attack = str(msg.content["config"].get("attack", "none"))
-    net = model()
-    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    x, y = region(pid, 200)
-    loss = nn.functional.cross_entropy(net(x), y)
-    net.zero_grad()
-    loss.backward()
+    net, metrics = region_gradient(msg, pid)
     sign = -1.0 if (attack == "sign-flip" and pid in BYZANTINE) else 1.0
     with torch.no_grad():
         for p in net.parameters():
             p -= sign * LR * p.grad
-    metrics = MetricRecord({"num-examples": len(y), "train-loss": float(loss)})
-    return Message(
-        RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}),
-        reply_to=msg,
-    )
-
-
-def accuracy(arrays: ArrayRecord) -> float:
-    net = model()
-    net.load_state_dict(arrays.to_torch_state_dict())
-    with torch.no_grad():
-        return float((net(TEST[0]).argmax(1) == TEST[1]).float().mean())
+    return train_reply(msg, ArrayRecord(net.state_dict()), metrics)
 
 
 @pytest.fixture(scope="module")
 def simulation() -> dict:
     seen: dict = {}
-    server = ServerApp()
 
-    @server.main()
     def main(grid: Grid, context: Context) -> None:
         seen["partition"] = partition_of_nodes(grid, NUM_NODES)
         torch.manual_seed(0)
@@ -144,22 +105,9 @@ def simulation() -> dict:
             ),
         }
         for name, (strategy, attack) in runs.items():
-            seen[name] = strategy.start(
-                grid=grid,
-                initial_arrays=initial,
-                num_rounds=ROUNDS,
-                train_config=ConfigRecord({"attack": attack}),
-            )
+            seen[name] = start(strategy, grid, initial, ROUNDS, {"attack": attack})
 
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=NUM_NODES,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2},
-        },
-    )
+    run_server(client, NUM_NODES, main)
     return seen
 
 

@@ -10,24 +10,23 @@ majority, GAA under the static and pretense random faults and the sign flip.
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.simulation import run_simulation
-from node_partitions import identify, partition_of_nodes
-from torch import nn
+from node_partitions import partition_of_nodes
+from simulation_helpers import (
+    LR,
+    accuracy,
+    client_app,
+    model,
+    region,
+    region_gradient,
+    run_server,
+    start,
+    train_reply,
+)
 
 from flwr_byz.strategy.gaa import GAA
 
@@ -36,24 +35,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_gaa_simulation")]
 
 NUM_NODES = 10
 BYZANTINE = frozenset(range(3, 10))  # partition ids: β = 0.7
-F_IN, HIDDEN, LR = 32, 10, 1.0
 ROUNDS = 25
 PRETENSE_ROUNDS = 8
-
-
-def model() -> nn.Module:
-    return nn.Sequential(nn.Linear(F_IN, HIDDEN), nn.Sigmoid(), nn.Linear(HIDDEN, 2))
-
-
-@functools.cache
-def region(k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples of region k: shifted covariates, labels from the shared task."""
-    w = torch.randn(F_IN, 2, generator=torch.Generator().manual_seed(7))
-    g = torch.Generator().manual_seed(1000 + k)
-    shift = 0.5 * torch.randn(F_IN, generator=g)
-    x = torch.randn(m, F_IN, generator=g) + shift
-    y = ((x - shift) @ w + 0.8 * torch.randn(m, 2, generator=g)).argmax(1)
-    return x, y
 
 
 QV = region(100, 10)  # a region no client has; 10 samples
@@ -71,12 +54,8 @@ def _fresh_sample(k: int) -> tuple[torch.Tensor, torch.Tensor]:
 # first rounds, and no QV verdict could tell who is right.
 _SAMPLES = [_fresh_sample(k) for k in range(10)]
 QV_MIXED = (torch.cat([x for x, _ in _SAMPLES]), torch.cat([y for _, y in _SAMPLES]))
-TEST = region(101, 2000)
 
-client = ClientApp()
-
-
-client.query()(identify)
+client = client_app()
 
 
 @client.train()
@@ -85,12 +64,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     rnd = int(config["server-round"])
     attack = str(config.get("attack", "none"))
-    net = model()
-    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    x, y = region(pid, 200)
-    loss = nn.functional.cross_entropy(net(x), y)
-    net.zero_grad()
-    loss.backward()
+    net, metrics = region_gradient(msg, pid)
     byzantine = pid in BYZANTINE and (
         attack in ("static", "sign-flip")
         or (attack == "pretense" and rnd > int(config["pretense-rounds"]))
@@ -104,42 +78,21 @@ def train(msg: Message, context: Context) -> Message:
             elif byzantine:  # random fault: the gradient is N(0.5, (2e-6)^2)
                 grad = 0.5 + 2e-6 * torch.randn(p.shape, generator=gen)
             p -= LR * grad
-    metrics = MetricRecord({"num-examples": len(y), "train-loss": float(loss)})
-    return Message(
-        RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}),
-        reply_to=msg,
-    )
-
-
-def accuracy(arrays: ArrayRecord) -> float:
-    net = model()
-    net.load_state_dict(arrays.to_torch_state_dict())
-    with torch.no_grad():
-        return float((net(TEST[0]).argmax(1) == TEST[1]).float().mean())
+    return train_reply(msg, ArrayRecord(net.state_dict()), metrics)
 
 
 @pytest.fixture(scope="module")
 def simulation() -> dict:
     seen: dict = {}
-    server = ServerApp()
 
-    @server.main()
     def main(grid: Grid, context: Context) -> None:
         seen["partition"] = partition_of_nodes(grid, NUM_NODES)
         torch.manual_seed(0)
         initial = ArrayRecord(model().state_dict())
-        seen["fedavg"] = FedAvg(fraction_evaluate=0.0).start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=ROUNDS,
-            train_config=ConfigRecord({"attack": "none"}),
-        )
-        seen["fedavg-sign-flip"] = FedAvg(fraction_evaluate=0.0).start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=ROUNDS,
-            train_config=ConfigRecord({"attack": "sign-flip"}),
-        )
+        for name, attack in (("fedavg", "none"), ("fedavg-sign-flip", "sign-flip")):
+            seen[name] = start(
+                FedAvg(fraction_evaluate=0.0), grid, initial, ROUNDS, {"attack": attack}
+            )
         for attack in ("static", "pretense", "sign-flip"):
             strategy = GAA(
                 model_factory=model,
@@ -147,25 +100,11 @@ def simulation() -> dict:
                 fraction_evaluate=0.0,
                 seed=0,
             )
-            seen[attack] = strategy.start(
-                grid=grid,
-                initial_arrays=initial,
-                num_rounds=ROUNDS,
-                train_config=ConfigRecord(
-                    {"attack": attack, "pretense-rounds": PRETENSE_ROUNDS}
-                ),
-            )
+            config = {"attack": attack, "pretense-rounds": PRETENSE_ROUNDS}
+            seen[attack] = start(strategy, grid, initial, ROUNDS, config)
             seen[f"{attack}-strategy"] = strategy
 
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=NUM_NODES,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2},
-        },
-    )
+    run_server(client, NUM_NODES, main)
     return seen
 
 
@@ -177,14 +116,20 @@ def honest_mass(metrics: MetricRecord, partition: dict[int, int]) -> float:
     )
 
 
-def test_static_random_fault_majority(simulation):
-    partition = simulation["partition"]
-    result = simulation["static"]
+def honest_trace(result, partition: dict[int, int]) -> list[float]:
+    """The honest partitions' credit mass in every round (printed)."""
     trace = [
         honest_mass(result.train_metrics_clientapp[r], partition)
         for r in range(1, ROUNDS + 1)
     ]
     print("honest credit mass per round:", [round(m, 4) for m in trace])
+    return trace
+
+
+def test_static_random_fault_majority(simulation):
+    partition = simulation["partition"]
+    result = simulation["static"]
+    trace = honest_trace(result, partition)
     assert trace[-1] >= 0.9
     assert min(trace[1:]) >= 0.9  # from the second round on
     acc_gaa = accuracy(result.arrays)
@@ -213,11 +158,7 @@ def test_round_metrics_hold_the_full_credit_trace(simulation):
 def test_pretense_attack_loses_credit_within_a_few_windows(simulation):
     partition = simulation["partition"]
     result = simulation["pretense"]
-    trace = [
-        honest_mass(result.train_metrics_clientapp[r], partition)
-        for r in range(1, ROUNDS + 1)
-    ]
-    print("honest credit mass per round:", [round(m, 4) for m in trace])
+    trace = honest_trace(result, partition)
     # While everyone is honest, the future attackers keep real credit ...
     assert trace[PRETENSE_ROUNDS - 1] < 0.9
     # ... and lose it within two episodes of turning.
@@ -231,11 +172,7 @@ def test_sign_flip_majority_holds_where_fedavg_falls(simulation):
     can tell who is right, and GAA must side with it, not with the majority."""
     partition = simulation["partition"]
     result = simulation["sign-flip"]
-    trace = [
-        honest_mass(result.train_metrics_clientapp[r], partition)
-        for r in range(1, ROUNDS + 1)
-    ]
-    print("honest credit mass per round:", [round(m, 4) for m in trace])
+    trace = honest_trace(result, partition)
     acc_gaa = accuracy(result.arrays)
     acc_clean = accuracy(simulation["fedavg"].arrays)
     acc_poisoned = accuracy(simulation["fedavg-sign-flip"].arrays)

@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.simulation import run_simulation
-from node_partitions import identify, partition_of_nodes
+from node_partitions import partition_of_nodes
+from simulation_helpers import client_app, run_server, start, train_reply
 
 from flwr_byz import strategy as strategies
 
@@ -49,10 +40,7 @@ THETA0 = {
     "steps": np.array(0, dtype=np.int64),
 }
 
-client = ClientApp()
-
-
-client.query()(identify)
+client = client_app()
 
 
 @client.train()
@@ -78,8 +66,7 @@ def train(msg: Message, context: Context) -> Message:
         if pid == 6:
             out["extra"] = np.ones(3, dtype=np.float32)
     record = ArrayRecord({k: _array(v) for k, v in out.items()})
-    metrics = MetricRecord({"num-examples": 10, "train-loss": float(pid)})
-    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=msg)
+    return train_reply(msg, record, {"num-examples": 10, "train-loss": float(pid)})
 
 
 def _array(value: np.ndarray) -> Array:
@@ -111,26 +98,14 @@ CASES = {
 def simulation() -> dict:
     """Run everything in one simulation; returns what the ServerApp saw."""
     seen: dict = {}
-    server = ServerApp()
 
-    @server.main()
     def main(grid: Grid, context: Context) -> None:
         seen["partition"] = partition_of_nodes(grid, NUM_NODES)
         initial = ArrayRecord({k: _array(v) for k, v in THETA0.items()})
         for name, make in CASES.items():
-            seen[name] = make().start(
-                grid=grid,
-                initial_arrays=initial,
-                num_rounds=1,
-                train_config=ConfigRecord({"mode": "shift"}),
-            )
+            seen[name] = start(make(), grid, initial, 1, {"mode": "shift"})
         strategy = strategies.Median(fraction_evaluate=0.0)
-        seen["malformed"] = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=2,
-            train_config=ConfigRecord({"mode": "malformed"}),
-        )
+        seen["malformed"] = start(strategy, grid, initial, 2, {"mode": "malformed"})
         seen["malformed-history"] = strategy.history
         sampled = strategies.FABA(
             num_malicious_nodes=1,
@@ -138,31 +113,13 @@ def simulation() -> dict:
             min_train_nodes=3,
             fraction_evaluate=0.0,
         )
-        seen["sampled"] = sampled.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=1,
-            train_config=ConfigRecord({"mode": "honest"}),
-        )
+        seen["sampled"] = start(sampled, grid, initial, 1, {"mode": "honest"})
         bound = strategies.Krum(
             num_malicious_nodes=3, fraction_evaluate=0.0
         )  # needs 9 nodes
-        seen["bound"] = bound.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=1,
-            train_config=ConfigRecord({"mode": "shift"}),
-        )
+        seen["bound"] = start(bound, grid, initial, 1, {"mode": "shift"})
 
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=NUM_NODES,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2},
-        },
-    )
+    run_server(client, NUM_NODES, main)
     return seen
 
 
