@@ -158,17 +158,31 @@ class ObservedStrategy(Strategy):
         server_round += self.round_offset
         replies = self._ordered(replies)
         stop_on_configuration_errors(server_round, replies)
-        missing = self.missing(replies)
         started = time.perf_counter()
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         done = time.perf_counter()
+        missing = self.missing(replies, metrics)
         self.on_train(
             server_round, metrics, done - self._round_started, missing, done - started
         )
         return arrays, metrics
 
-    def missing(self, replies: list[Message]) -> dict[int, MissingReason]:
-        """Sampled node id -> why it has no reply of its own this round."""
+    def missing(
+        self, replies: list[Message], metrics: MetricRecord | None = None
+    ) -> dict[int, MissingReason]:
+        """Sampled node id -> why it has no reply of its own this round.
+
+        A flwr-byz strategy's round report already says (``missing-node-ids``,
+        ``missing-reasons``): read there, not worked out a second time; for any
+        other strategy (Flower's own) from the replies and the instructions.
+        """
+        if metrics is not None and "missing-node-ids" in metrics:
+            return {
+                int(node): MissingReason(int(code))
+                for node, code in zip(
+                    metrics["missing-node-ids"], metrics["missing-reasons"], strict=True
+                )
+            }
         sent = [int(m.metadata.dst_node_id) for m in self._instructions]
         own, absent = attribute_replies(
             replies, instruction_destinations(self._instructions), sent
