@@ -89,7 +89,7 @@ def build_strategy(
         # clients' recipe of this app.
         return strategies.FLTrust(
             model_factory=model_factory,
-            qv_set=(server_data.qv.features, server_data.qv.labels),
+            root_set=(server_data.qv.features, server_data.qv.labels),
             trusted_lr=float(cfg["learning-rate"]),
             trusted_steps=int(cfg["local-steps"]),
             trusted_batch_size=int(cfg["batch-size"]) or None,

@@ -13,7 +13,7 @@ from flwr_byz.aggregation.result import AggregationResult
 from flwr_byz.aggregation.round_input import RoundInput
 from flwr_byz.gaa import TrustedWorker
 from flwr_byz.gaa.qv import LossFn, check_model_factory
-from flwr_byz.validation import integer, require
+from flwr_byz.validation import integer, renamed_argument, require
 
 from .robust_strategy import RobustStrategy
 from .server_model import check_model_keys, check_seed, round_generator
@@ -23,7 +23,7 @@ class FLTrust(RobustStrategy):
     """FLTrust [Cao et al., NDSS 2021] strategy: trust from a server-side update.
 
     Each round the server trains the global model itself on its small root
-    dataset (`qv_set`) with the clients' recipe (`trusted_lr`,
+    dataset (`root_set`) with the clients' recipe (`trusted_lr`,
     `trusted_steps`, `trusted_batch_size`: plain SGD, as
     :class:`flwr_byz.gaa.TrustedWorker` does for GAA), giving ``Δ_0``. Each
     client update gets the trust score ``TS_i = ReLU(cos(Δ_i, Δ_0))``, is
@@ -47,8 +47,10 @@ class FLTrust(RobustStrategy):
     model_factory : Callable[[], torch.nn.Module]
         Builds the model; its ``state_dict`` float entries must match the
         ArrayRecord's (same keys in the same order).
-    qv_set : tuple[Tensor, Tensor] | Dataset | DataLoader | LabeledData
-        The server's root dataset (the paper: ~100 clean samples; any size >= 1).
+    root_set : tuple[Tensor, Tensor] | Dataset | DataLoader | LabeledData
+        The server's root dataset (the paper: ~100 clean samples; any size >= 1),
+        in any form GAA's ``qv_set`` takes. ``qv_set``, its former name, still
+        works for one release, with a DeprecationWarning.
     loss : Callable[[logits, targets], Tensor] or None
         Training loss of the server update; cross-entropy when ``None``.
     trusted_lr : float
@@ -68,7 +70,7 @@ class FLTrust(RobustStrategy):
     Examples
     --------
     >>> strategy = FLTrust(model_factory=lambda: build_model("mlp-yelp", 1024, 2),
-    ...                    qv_set=(x_root, y_root), trusted_lr=0.5)
+    ...                    root_set=(x_root, y_root), trusted_lr=0.5)
     >>> result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=20)
     >>> result.train_metrics_clientapp[20]["suspected-node-ids"]
     """
@@ -79,21 +81,28 @@ class FLTrust(RobustStrategy):
     def __init__(
         self,
         model_factory: Callable[[], nn.Module],
-        qv_set: Any,
+        root_set: Any = None,
         loss: LossFn | None = None,
         trusted_lr: float = 0.5,
         trusted_steps: int = 1,
         trusted_batch_size: int | None = None,
         seed: int = 0,
+        qv_set: Any = None,
         **kwargs: Any,
     ) -> None:
+        root_set = renamed_argument("qv_set", qv_set, "root_set", root_set)
+        if root_set is None:
+            raise ValueError(
+                "FLTrust: root_set is required: the server's root dataset, e.g. "
+                "root_set=(x, y) or a DataLoader"
+            )
         super().__init__(**kwargs)
         check_model_factory(model_factory)
         require("trusted_batch_size", trusted_batch_size, integer(1, optional=True))
         self.seed = check_seed(seed)
         self.worker = TrustedWorker(
             model_factory,
-            qv_set,
+            root_set,
             trusted_lr,
             trusted_steps,
             trusted_batch_size,
