@@ -6,8 +6,6 @@ Message/Context objects; the slow one runs the mod inside Flower's simulation en
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from flwr.app import (
@@ -17,11 +15,11 @@ from flwr.app import (
     Context,
     Message,
     MessageType,
-    Metadata,
     MetricRecord,
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from message_helpers import delivered, node_context, run_config_mod
 
 from flwr_byz.attacks import (
     DEFAULT_LEARNING_RATE,
@@ -79,33 +77,22 @@ def _arrays() -> ArrayRecord:
 
 
 def _msg(server_round: int, message_type: str = MessageType.TRAIN) -> Message:
-    metadata = Metadata(
-        run_id=1,
-        message_id=f"m{server_round}",
-        src_node_id=0,
-        dst_node_id=7,
-        reply_to_message_id="",
-        group_id=str(server_round),
-        created_at=time.time(),
-        ttl=3600.0,
-        message_type=message_type,
-    )
     content = RecordDict(
         {"arrays": _arrays(), "config": ConfigRecord({"server-round": server_round})}
     )
-    return Message(content=content, metadata=metadata)
+    return delivered(
+        content,
+        message_type,
+        dst_node_id=7,
+        message_id=f"m{server_round}",
+        group_id=str(server_round),
+    )
 
 
 def _ctx(run_config: dict, node_config: dict | None = None) -> Context:
-    return Context(
-        run_id=1,
-        node_id=7,
-        node_config=node_config
-        if node_config is not None
-        else {"partition-id": 1, "num-partitions": 4},
-        state=RecordDict(),
-        run_config=run_config,
-    )
+    if node_config is None:
+        node_config = {"partition-id": 1, "num-partitions": 4}
+    return node_context(node_config, run_config, node_id=7)
 
 
 def _np(reply: Message) -> dict[str, np.ndarray]:
@@ -394,12 +381,10 @@ def test_strategy_metrics_map_node_ids_to_partitions() -> None:
         replies = []
         for m in msgs:
             pid = m.metadata.dst_node_id - 6
-            ctx = Context(
-                run_id=1,
+            ctx = node_context(
+                {"partition-id": pid, "num-partitions": 9},
+                {},
                 node_id=m.metadata.dst_node_id,
-                node_config={"partition-id": pid, "num-partitions": 9},
-                state=RecordDict(),
-                run_config={},
             )
             train_msg = Message(m.content, metadata=m.metadata)
             reply = wrapped(train_msg, ctx)
@@ -424,18 +409,7 @@ SIM_CFG = {
 SIM_RECORD: dict[int, list[tuple[int, dict, dict]]] = {}
 
 
-def _with_run_config(msg: Message, context: Context, call_next) -> Message:
-    # `run_simulation` gives ClientApps an empty run config (`flwr run` fills it
-    # from pyproject.toml) that may not be modified: hand the app a context with
-    # the experiment's run config instead.
-    configured = Context(
-        run_id=context.run_id,
-        node_id=context.node_id,
-        node_config=context.node_config,
-        state=context.state,
-        run_config={**context.run_config, **SIM_CFG},
-    )
-    return call_next(msg, configured)
+_with_run_config = run_config_mod(SIM_CFG)
 
 
 SIM_ERRORS: dict[int, list[str]] = {}

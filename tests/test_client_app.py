@@ -6,8 +6,6 @@ is computed independently with plain torch on the same partition.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -17,9 +15,9 @@ from flwr.app import (
     Context,
     Message,
     MessageType,
-    Metadata,
     RecordDict,
 )
+from message_helpers import delivered, node_context
 from torch.nn import functional as F
 
 from clients.client_app import app
@@ -53,31 +51,14 @@ def _global() -> torch.nn.Module:
 def _msg(
     arrays: ArrayRecord, server_round: int = 1, kind: str = MessageType.TRAIN
 ) -> Message:
-    metadata = Metadata(
-        run_id=1,
-        message_id="x",
-        src_node_id=0,
-        dst_node_id=11,
-        reply_to_message_id="",
-        group_id="",
-        created_at=time.time(),
-        ttl=3600.0,
-        message_type=kind,
-    )
     content = RecordDict(
         {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
     )
-    return Message(content=content, metadata=metadata)
+    return delivered(content, kind)
 
 
 def _ctx(run_config: dict, pid: int = 2) -> Context:
-    return Context(
-        run_id=1,
-        node_id=11,
-        node_config={"partition-id": pid, "num-partitions": NUM},
-        state=RecordDict(),
-        run_config=run_config,
-    )
+    return node_context({"partition-id": pid, "num-partitions": NUM}, run_config)
 
 
 def _weights(reply: Message) -> dict[str, torch.Tensor]:
@@ -226,13 +207,7 @@ def test_deployment_node_loads_its_own_file(tmp_path) -> None:
     path = tmp_path / "site.npz"
     np.savez(path, features=x, label=y)
     model = build_model("mlp-yelp", 6, 2, seed=0)
-    ctx = Context(
-        run_id=1,
-        node_id=99,
-        node_config={"data-path": str(path)},
-        state=RecordDict(),
-        run_config={"dataset": "yelp-style"},
-    )
+    ctx = node_context({"data-path": str(path)}, {"dataset": "yelp-style"}, node_id=99)
     reply = app(_msg(ArrayRecord(model.state_dict())), ctx)
     got = _weights(reply)
     assert got["0.weight"].shape == (10, 6)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
+from message_helpers import run_config_mod
 
 # One worker runs this module under pytest-xdist: its module fixture is costly.
 pytestmark = pytest.mark.xdist_group("test_client_app_e2e")
@@ -32,17 +33,7 @@ def _app_with_run_config(run_config: dict[str, Any]) -> ClientApp:
     """
     from clients.client_app import app as real_app
 
-    def configured(msg: Message, context: Context, call_next: Callable) -> Message:
-        ctx = Context(
-            run_id=context.run_id,
-            node_id=context.node_id,
-            node_config=context.node_config,
-            state=context.state,
-            run_config={**context.run_config, **run_config},
-        )
-        return call_next(msg, ctx)
-
-    wrapper = ClientApp(mods=[configured])
+    wrapper = ClientApp(mods=[run_config_mod(run_config)])
 
     @wrapper.train()
     def train(msg: Message, context: Context) -> Message:

@@ -447,17 +447,8 @@ def test_a_node_file_of_the_wrong_dimension_is_named(tmp_path) -> None:
     """The real ClientApp gets the server's model for 6 features; the node's own
     file (node config ``data-path``) has 5: the reply names the key and the two
     dimensions instead of torch's raw ``size mismatch``."""
-    import time
-
-    from flwr.app import (
-        ArrayRecord,
-        ConfigRecord,
-        Context,
-        Message,
-        MessageType,
-        Metadata,
-        RecordDict,
-    )
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+    from message_helpers import delivered, node_context
 
     from clients.client_app import app as client_app
     from flwr_byz.app import client_run
@@ -465,31 +456,16 @@ def test_a_node_file_of_the_wrong_dimension_is_named(tmp_path) -> None:
 
     node = _write(_table(n_regions=1, d=5), tmp_path / "node.npz")
     model = build_model("auto", 6, 3, seed=0)
-    msg = Message(
-        content=RecordDict(
+    msg = delivered(
+        RecordDict(
             {
                 "arrays": ArrayRecord(model.state_dict()),
                 "config": ConfigRecord({"server-round": 1, "num-classes": 3}),
             }
-        ),
-        metadata=Metadata(
-            run_id=1,
-            message_id="x",
-            src_node_id=0,
-            dst_node_id=11,
-            reply_to_message_id="",
-            group_id="",
-            created_at=time.time(),
-            ttl=3600.0,
-            message_type=MessageType.TRAIN,
-        ),
+        )
     )
-    ctx = Context(
-        run_id=1,
-        node_id=11,
-        node_config={"data-path": node},
-        state=RecordDict(),
-        run_config={"dataset": "files", "data-path": "server-side.npz"},
+    ctx = node_context(
+        {"data-path": node}, {"dataset": "files", "data-path": "server-side.npz"}
     )
     client_run.clear_caches()
     try:

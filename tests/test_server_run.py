@@ -3,20 +3,12 @@ client's handlers, called directly (no ServerApp, no ClientApp around them)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    Metadata,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from message_helpers import delivered, node_context
 from resume_helpers import InProcessGrid
 from strategy_helpers import server_identity
 
@@ -100,12 +92,8 @@ def test_roster_ground_truth_and_nodes_that_join_later(tmp_path) -> None:
     partition = NODES[byzantine[0]]
     grid.partitions[909] = partition
     grid._node_ids.append(909)
-    grid.contexts[909] = Context(
-        run_id=1,
-        node_id=909,
-        node_config={"partition-id": partition, "num-partitions": 4},
-        state=RecordDict(),
-        run_config=dict(cfg),
+    grid.contexts[909] = node_context(
+        {"partition-id": partition, "num-partitions": 4}, dict(cfg), node_id=909
     )
     with server_identity():
         joined = roster.identify_joined(grid)
@@ -124,31 +112,12 @@ def test_start_position_after_a_checkpoint() -> None:
 
 
 def _message(kind: str, content: RecordDict) -> Message:
-    return Message(
-        content=content,
-        metadata=Metadata(
-            run_id=1,
-            message_id="m",
-            src_node_id=1,
-            dst_node_id=11,
-            reply_to_message_id="",
-            group_id="",
-            created_at=time.time(),
-            ttl=3600.0,
-            message_type=kind,
-        ),
-    )
+    return delivered(content, kind, src_node_id=1, message_id="m")
 
 
 def test_client_handlers_are_plain_calls() -> None:
     cfg = check_run_config({**SMALL, "attack": "none"})
-    ctx = Context(
-        run_id=1,
-        node_id=11,
-        node_config={"partition-id": 1, "num-partitions": 4},
-        state=RecordDict(),
-        run_config=cfg,
-    )
+    ctx = node_context({"partition-id": 1, "num-partitions": 4}, cfg)
     identity = client_run.query(_message(MessageType.QUERY, RecordDict()), ctx)
     assert dict(identity.content["identity"]) == {
         "partition-id": 1,
