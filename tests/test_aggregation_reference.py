@@ -72,6 +72,19 @@ def assert_aggregate(
     )
 
 
+def assert_same_decision(got, want, x: torch.Tensor) -> None:
+    """The fast rule keeps and removes the reference's rows, and aggregates alike."""
+    assert got.selected == want.selected
+    assert got.removed == want.removed
+    assert_aggregate(got.aggregate, want.aggregate, x)
+
+
+def assert_rule_is_reference(rule, reference, case, device) -> None:
+    """``rule(x, f)`` on ``device`` decides as ``reference(x, f)``."""
+    x, f = case
+    assert_same_decision(rule(to(x, device), f), reference(x, f), to(x, device))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @SETTINGS
 @given(case=instances(lambda f: 1))
@@ -112,9 +125,7 @@ def test_faba(device, case, use_weights):
     w = torch.arange(1, x.shape[0] + 1, dtype=torch.float64) if use_weights else None
     got = agg.faba(to(x, device), f, w)
     want = ref.ref_faba(x, f, w)
-    assert got.removed == want.removed
-    assert got.selected == want.selected
-    assert_aggregate(got.aggregate, want.aggregate, to(x, device))
+    assert_same_decision(got, want, to(x, device))
     assert len(got.scores) == len(got.weights) == x.shape[0]
     assert math.isclose(sum(got.weights), 1.0)
 
@@ -126,9 +137,7 @@ def test_krum(device, case):
     x, f = case
     got = agg.krum(to(x, device), f)
     want = ref.ref_krum(x, f)
-    assert got.selected == want.selected
-    assert got.removed == want.removed
-    assert_aggregate(got.aggregate, want.aggregate, to(x, device))
+    assert_same_decision(got, want, to(x, device))
     torch.testing.assert_close(
         torch.tensor(got.scores), torch.tensor(want.scores), rtol=1e-5, atol=1e-9
     )
@@ -148,21 +157,14 @@ def test_multikrum(device, case, m_frac, use_weights):
     w = torch.arange(n, 0, -1, dtype=torch.float64) if use_weights else None
     got = agg.multikrum(to(x, device), f, m=m, weights=w)
     want = ref.ref_multikrum(x, f, m=m, weights=w)
-    assert got.selected == want.selected
-    assert got.removed == want.removed
-    assert_aggregate(got.aggregate, want.aggregate, to(x, device))
+    assert_same_decision(got, want, to(x, device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @SETTINGS
 @given(case=instances(lambda f: 4 * f + 3, max_n=12))
 def test_bulyan(device, case):
-    x, f = case
-    got = agg.bulyan(to(x, device), f)
-    want = ref.ref_bulyan(x, f)
-    assert got.selected == want.selected
-    assert got.removed == want.removed
-    assert_aggregate(got.aggregate, want.aggregate, to(x, device))
+    assert_rule_is_reference(agg.bulyan, ref.ref_bulyan, case, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -244,12 +246,7 @@ def test_trimmed_mean(device, case, beta):
 @SETTINGS
 @given(case=instances(lambda f: 2 * f + 1, max_n=9))
 def test_brute_force(device, case):
-    x, f = case
-    got = agg.brute_force(to(x, device), f)
-    want = ref.ref_brute_force(x, f)
-    assert got.selected == want.selected
-    assert got.removed == want.removed
-    assert_aggregate(got.aggregate, want.aggregate, to(x, device))
+    assert_rule_is_reference(agg.brute_force, ref.ref_brute_force, case, device)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -268,6 +265,4 @@ def test_larger_d(kind, dtype):
         (lambda: agg.trimmed_mean(x, 0.25), lambda: ref.ref_trimmed_mean(x, 0.25)),
     ]:
         got, want = fast(), slow()
-        assert got.selected == want.selected
-        assert got.removed == want.removed
-        assert_aggregate(got.aggregate, want.aggregate, x)
+        assert_same_decision(got, want, x)

@@ -34,18 +34,29 @@ def _no_superlink_id(metrics) -> None:
         assert SUPERLINK_NODE_ID not in list(metrics[key]), (key, metrics)
 
 
+def _dies_in_round_two(fed: LinkFederation, index: int) -> int:
+    """The federation's node ``index`` dies in round 2; returns its id."""
+    victim = fed.node_ids[index]
+    fed.behaviours[victim] = dies_in_round(fed, victim, 2)
+    return victim
+
+
+def _train_on_three(**timeouts) -> LocalMean:
+    """A mean that trains on three nodes each round and does not evaluate."""
+    return LocalMean(
+        num_malicious_nodes=0,
+        min_available_nodes=3,
+        min_train_nodes=3,
+        fraction_evaluate=0.0,
+        **timeouts,
+    )
+
+
 @pytest.mark.timeout(60)
 def test_a_node_that_dies_is_missing_under_its_own_id_and_not_sampled_again() -> None:
     with LinkFederation(4, echo) as fed:
-        victim = fed.node_ids[2]
-        fed.behaviours[victim] = dies_in_round(fed, victim, 2)
-        strategy = LocalMean(
-            num_malicious_nodes=0,
-            min_available_nodes=3,
-            min_train_nodes=3,
-            fraction_evaluate=0.0,
-            round_timeout=600.0,
-        )
+        victim = _dies_in_round_two(fed, 2)
+        strategy = _train_on_three(round_timeout=600.0)
         started = time.monotonic()
         result = strategy.start(fed.grid, to_record(model_arrays(0)), num_rounds=3)
         elapsed = time.monotonic() - started
@@ -100,15 +111,8 @@ def test_a_silent_node_times_out_and_each_round_ends_on_time() -> None:
 @pytest.mark.timeout(60)
 def test_too_few_nodes_end_the_run_with_a_message_instead_of_waiting() -> None:
     with LinkFederation(3, echo) as fed:
-        victim = fed.node_ids[1]
-        fed.behaviours[victim] = dies_in_round(fed, victim, 2)
-        strategy = LocalMean(
-            num_malicious_nodes=0,
-            min_available_nodes=3,
-            min_train_nodes=3,
-            fraction_evaluate=0.0,
-            node_wait_timeout=1.0,
-        )
+        victim = _dies_in_round_two(fed, 1)
+        strategy = _train_on_three(node_wait_timeout=1.0)
         started = time.monotonic()
         with pytest.raises(NotEnoughNodesError) as info:
             strategy.start(fed.grid, to_record(model_arrays(2)), num_rounds=5)
