@@ -14,17 +14,9 @@ from flwr.cli.build import get_filtered_fab_paths
 from torch.nn.utils import parameters_to_vector as flat
 from torch.nn.utils import vector_to_parameters as unflat
 
+from flwr_byz import data as byz_data
 from flwr_byz.app.config import RunConfigError, check_run_config
 from flwr_byz.app.training import evaluate, sgd_steps
-from flwr_byz.data import (
-    EMBEDDED,
-    ClientData,
-    ServerData,
-    dataset_shape,
-    load_partition,
-    load_server_data,
-    read_embedded,
-)
 from flwr_byz.data.embedded_source import EMBEDDED_DIR, embedded_path
 from flwr_byz.data.table_source import _cached_federation
 from flwr_byz.models import build_model, resolve_model_name
@@ -41,17 +33,21 @@ N = 10
 CLASS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 FEATURES_SHA256 = "8f26b2bd9d135c256808f68f14fdabddde6d9c7f869ae419704b051f0f14b3b3"
 LABELS_SHA256 = "8ba4f891220f5e4c9c819638d1602d74b83618f167043c6da52a2a247841ddf0"
-POOL = EMBEDDED["digits"].qv_pool_size
+POOL = byz_data.EMBEDDED["digits"].qv_pool_size
 # Raw pixel values (no standardisation) identify a sample: all 1,797 rows differ.
 RAW = {"dataset": "digits", "standardize": "none", "qv-size": POOL}
 
 
-def _federation(cfg: dict, n: int = N) -> tuple[list[ClientData], ServerData]:
-    return [load_partition(cfg, i, n) for i in range(n)], load_server_data(cfg, n)
+def _federation(
+    cfg: dict, n: int = N
+) -> tuple[list[byz_data.ClientData], byz_data.ServerData]:
+    return [
+        byz_data.load_partition(cfg, i, n) for i in range(n)
+    ], byz_data.load_server_data(cfg, n)
 
 
 @pytest.fixture(scope="module")
-def raw() -> tuple[list[ClientData], ServerData]:
+def raw() -> tuple[list[byz_data.ClientData], byz_data.ServerData]:
     return _federation(RAW)
 
 
@@ -59,13 +55,15 @@ def _rows(x: torch.Tensor) -> list[bytes]:
     return [r.tobytes() for r in x.numpy().astype(np.uint8)]
 
 
-def _client_rows(clients: list[ClientData], split: str | None = None) -> list[bytes]:
+def _client_rows(
+    clients: list[byz_data.ClientData], split: str | None = None
+) -> list[bytes]:
     splits = (split,) if split else ("train", "test")
     return [r for c in clients for s in splits for r in _rows(getattr(c, s).features)]
 
 
 def test_the_shipped_file_is_the_uci_digits() -> None:
-    x, y = read_embedded("digits")
+    x, y = byz_data.read_embedded("digits")
     assert x.shape == (1797, 64) and x.dtype == np.uint8
     assert y.shape == (1797,)
     assert int(x.min()) == 0 and int(x.max()) == 16
@@ -87,12 +85,14 @@ def test_the_file_travels_in_a_flower_app_bundle() -> None:
 
 def test_no_scikit_learn_needed(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "sklearn", None)  # any import of it now fails
-    assert read_embedded("digits")[0].shape == (1797, 64)
-    assert len(load_partition({"dataset": "digits", "seed": 11}, 0, N).train) > 0
+    assert byz_data.read_embedded("digits")[0].shape == (1797, 64)
+    assert (
+        len(byz_data.load_partition({"dataset": "digits", "seed": 11}, 0, N).train) > 0
+    )
 
 
 def test_shape_and_auto_model() -> None:
-    assert dataset_shape({"dataset": "digits"}) == (64, 10)
+    assert byz_data.dataset_shape({"dataset": "digits"}) == (64, 10)
     name = resolve_model_name("auto", 10)
     model = build_model(name, 64, 10, seed=0)
     assert model(torch.zeros(3, 64)).shape == (3, 10)
@@ -100,7 +100,7 @@ def test_shape_and_auto_model() -> None:
 
 def test_partitions_cover_the_pool_once_and_qv_is_held_out(raw) -> None:
     clients, server = raw
-    x, _ = read_embedded("digits")
+    x, _ = byz_data.read_embedded("digits")
     whole = sorted(_rows(torch.from_numpy(x)))
     given = _client_rows(clients)
     qv = _rows(server.qv.features)
@@ -136,21 +136,23 @@ def test_same_seed_same_partitions_other_seed_other_partitions(raw) -> None:
     clients, server = raw
     # Rebuild from scratch: a cached federation would repeat even an unseeded draw.
     _cached_federation.cache_clear()
-    again = [load_partition(RAW, i, N) for i in range(N)]
+    again = [byz_data.load_partition(RAW, i, N) for i in range(N)]
     assert _client_rows(again) == _client_rows(clients)
-    assert torch.equal(load_server_data(RAW, N).qv.features, server.qv.features)
+    assert torch.equal(
+        byz_data.load_server_data(RAW, N).qv.features, server.qv.features
+    )
     other = {**RAW, "seed": 1}
-    assert [_rows(load_partition(other, i, N).train.features) for i in (0, 1)] != [
-        _rows(c.train.features) for c in clients[:2]
-    ]
+    assert [
+        _rows(byz_data.load_partition(other, i, N).train.features) for i in (0, 1)
+    ] != [_rows(c.train.features) for c in clients[:2]]
     # As sets: the QV draw's order alone changes with the seed.
-    assert set(_rows(load_server_data(other, N).qv.features)) != set(
+    assert set(_rows(byz_data.load_server_data(other, N).qv.features)) != set(
         _rows(server.qv.features)
     )
 
 
 def test_qv_set_is_class_balanced_and_standardised() -> None:
-    server = load_server_data({"dataset": "digits"}, N)
+    server = byz_data.load_server_data({"dataset": "digits"}, N)
     assert sorted(server.qv.labels.tolist()) == list(range(10))
     assert abs(float(server.test.features.mean())) < 1e-4
 
@@ -192,9 +194,9 @@ def test_the_app_accepts_digits_with_its_defaults() -> None:
 
 def test_sizes_the_data_cannot_meet_are_named() -> None:
     with pytest.raises(ValueError, match="qv-size"):
-        load_server_data({"dataset": "digits", "qv-size": POOL + 1}, N)
+        byz_data.load_server_data({"dataset": "digits", "qv-size": POOL + 1}, N)
     with pytest.raises(ValueError, match="'qv-source' = 'partition:10'"):
-        load_server_data({"dataset": "digits", "qv-source": "partition:10"}, N)
+        byz_data.load_server_data({"dataset": "digits", "qv-source": "partition:10"}, N)
 
 
 def test_federated_sgd_learns_the_digits() -> None:

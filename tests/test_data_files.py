@@ -12,13 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from flwr_byz.data import (
-    ClientData,
-    check_data_config,
-    dataset_shape,
-    load_partition,
-    load_server_data,
-)
+from flwr_byz import data as byz_data
 from flwr_byz.data.generated_source import generated_columns
 
 # One worker runs this module under pytest-xdist: its module fixture is costly.
@@ -68,7 +62,7 @@ def exported(tmp_path_factory) -> dict[str, dict[str, str]]:
     }
 
 
-def _same(a: ClientData, b: ClientData) -> bool:
+def _same(a: byz_data.ClientData, b: byz_data.ClientData) -> bool:
     return all(
         torch.equal(getattr(a, s).features, getattr(b, s).features)
         and torch.equal(getattr(a, s).labels, getattr(b, s).labels)
@@ -79,10 +73,12 @@ def _same(a: ClientData, b: ClientData) -> bool:
 @pytest.mark.parametrize("ext", FORMATS)
 def test_round_trip_of_generated_data_gives_identical_partitions(exported, ext) -> None:
     cfg = {"dataset": "files", "seed": GEN["seed"], **exported[ext]}
-    assert dataset_shape(cfg) == (1024, 2)
+    assert byz_data.dataset_shape(cfg) == (1024, 2)
     for pid in range(N):
-        assert _same(load_partition(cfg, pid, N), load_partition(GEN, pid, N)), pid
-    got, want = load_server_data(cfg, N), load_server_data(GEN, N)
+        assert _same(
+            byz_data.load_partition(cfg, pid, N), byz_data.load_partition(GEN, pid, N)
+        ), pid
+    got, want = byz_data.load_server_data(cfg, N), byz_data.load_server_data(GEN, N)
     assert torch.equal(got.qv.features, want.qv.features)
     assert torch.equal(got.qv.labels, want.qv.labels)
     assert torch.equal(got.test.features, want.test.features)
@@ -121,14 +117,16 @@ def _files(path: str, **kw) -> dict:
 
 def test_natural_partitioning_holds_out_the_last_region(small) -> None:
     cfg = _files(small["parquet"], **{"test-fraction": 0.25})
-    clients = [load_partition(cfg, i, 3) for i in range(3)]
+    clients = [byz_data.load_partition(cfg, i, 3) for i in range(3)]
     for c in clients:  # 30 rows per region: 22 train + 8 test
         assert (len(c.train), len(c.test)) == (22, 8)
-    server = load_server_data(cfg, 3)
+    server = byz_data.load_server_data(cfg, 3)
     assert len(server.qv) == 10 and len(server.test) == 24
     assert (server.num_features, server.num_classes) == (6, 3)
     # region r3 (rows 90..119) is the QV pool: its raw features are far from others
-    held = load_server_data(_files(small["parquet"], **{"qv-source": "region:r0"}), 3)
+    held = byz_data.load_server_data(
+        _files(small["parquet"], **{"qv-source": "region:r0"}), 3
+    )
     assert not torch.equal(held.qv.features, server.qv.features)
 
 
@@ -138,9 +136,15 @@ def test_client_standardisation_uses_only_its_own_rows(tmp_path) -> None:
     changed = {k: v.copy() for k, v in cols.items()}
     changed["features"][30:60] *= 100.0  # region r1 only
     b = _write(changed, tmp_path / "b.parquet")
-    assert _same(load_partition(_files(a), 0, 3), load_partition(_files(b), 0, 3))
-    assert not _same(load_partition(_files(a), 1, 3), load_partition(_files(b), 1, 3))
-    train = load_partition(_files(a), 2, 3).train.features
+    assert _same(
+        byz_data.load_partition(_files(a), 0, 3),
+        byz_data.load_partition(_files(b), 0, 3),
+    )
+    assert not _same(
+        byz_data.load_partition(_files(a), 1, 3),
+        byz_data.load_partition(_files(b), 1, 3),
+    )
+    train = byz_data.load_partition(_files(a), 2, 3).train.features
     assert train.mean(0).abs().max() < 1e-5
     assert (train.std(0, correction=0) - 1).abs().max() < 1e-4
 
@@ -158,19 +162,19 @@ def test_iid_and_dirichlet_partitions_cover_the_data_once(small, scheme) -> None
             "seed": 2,
         },
     )
-    rows = [load_partition(cfg, i, 4).train for i in range(4)]
+    rows = [byz_data.load_partition(cfg, i, 4).train for i in range(4)]
     x = torch.cat([r.features for r in rows])
     raw = torch.from_numpy(_table()["features"])
     assert len(x) == len(raw)
     # every original row exactly once
     keys = sorted(map(tuple, x.tolist()))
     assert keys == sorted(map(tuple, raw.tolist()))
-    again = load_partition(cfg, 1, 4).train
+    again = byz_data.load_partition(cfg, 1, 4).train
     assert torch.equal(again.features, rows[1].features)
     # qv drawn from partition 0's training data
     server_cfg = {**cfg, "test-fraction": 0.2}
-    qv = load_server_data(server_cfg, 4).qv
-    pool = load_partition(server_cfg, 0, 4).train.features
+    qv = byz_data.load_server_data(server_cfg, 4).qv
+    pool = byz_data.load_partition(server_cfg, 0, 4).train.features
     assert all(any(torch.equal(q, p) for p in pool) for q in qv.features)
 
 
@@ -186,7 +190,7 @@ def test_dirichlet_is_more_label_skewed_than_iid(small) -> None:
         )
         shares = []
         for i in range(4):
-            y = load_partition(cfg, i, 4).train.labels
+            y = byz_data.load_partition(cfg, i, 4).train.labels
             shares.append(torch.bincount(y, minlength=3).float() / len(y))
         return torch.stack(shares).std(dim=0).mean().item()
 
@@ -201,9 +205,9 @@ def test_qv_from_a_file_and_scalar_csv_columns(tmp_path) -> None:
         data, **{"qv-source": f"file:{qv}", "qv-size": 5, "partition-by": "region"}
     )
     # the region column is text; with a file QV source all 4 regions are clients
-    server = load_server_data(cfg, 4)
+    server = byz_data.load_server_data(cfg, 4)
     assert server.qv.features.shape == (5, 6)
-    assert len(load_partition(cfg, 3, 4).train) == 24
+    assert len(byz_data.load_partition(cfg, 3, 4).train) == 24
 
 
 def test_feature_columns_subset_and_string_labels(tmp_path) -> None:
@@ -214,8 +218,8 @@ def test_feature_columns_subset_and_string_labels(tmp_path) -> None:
     path = tmp_path / "t.csv"
     df.to_csv(path, index=False)
     cfg = _files(str(path), **{"feature-columns": "f0, f2,f5"})
-    assert dataset_shape(cfg) == (3, 3)
-    c = load_partition(cfg, 0, 3)
+    assert byz_data.dataset_shape(cfg) == (3, 3)
+    c = byz_data.load_partition(cfg, 0, 3)
     assert c.train.features.shape[1] == 3
     want = torch.from_numpy(cols["label"][:30])  # sorted names = 0, 1, 2
     assert sorted(torch.cat([c.train.labels, c.test.labels]).tolist()) == sorted(
@@ -256,7 +260,7 @@ def test_feature_columns_subset_and_string_labels(tmp_path) -> None:
 )
 def test_bad_config_values_are_named(cfg, words) -> None:
     with pytest.raises(ValueError) as err:
-        check_data_config(cfg)
+        byz_data.check_data_config(cfg)
     for w in words:
         assert w in str(err.value), (w, str(err.value))
 
@@ -266,15 +270,17 @@ def test_missing_columns_are_named(small) -> None:
     with pytest.raises(
         ValueError, match=r"'label-column' = 'stars'.*available columns"
     ):
-        load_partition(_files(path, **{"label-column": "stars"}), 0, 3)
+        byz_data.load_partition(_files(path, **{"label-column": "stars"}), 0, 3)
     with pytest.raises(
         ValueError, match=r"'partition-by' = 'state'.*available columns"
     ):
-        load_partition(_files(path, **{"partition-by": "state"}), 0, 3)
+        byz_data.load_partition(_files(path, **{"partition-by": "state"}), 0, 3)
     with pytest.raises(ValueError, match=r"'feature-columns' = 'f0,f9'.*available"):
-        load_partition(_files(small["csv"], **{"feature-columns": "f0,f9"}), 0, 3)
+        byz_data.load_partition(
+            _files(small["csv"], **{"feature-columns": "f0,f9"}), 0, 3
+        )
     with pytest.raises(ValueError, match=r"'data-path' = .*no such file"):
-        load_partition(_files(path + ".missing.csv"), 0, 3)
+        byz_data.load_partition(_files(path + ".missing.csv"), 0, 3)
 
 
 def test_region_with_too_few_samples(tmp_path) -> None:
@@ -282,39 +288,43 @@ def test_region_with_too_few_samples(tmp_path) -> None:
     keep = np.r_[0:30, 30:32, 60:120]  # region r1 keeps 2 rows
     path = _write({k: v[keep] for k, v in cols.items()}, tmp_path / "few.npz")
     with pytest.raises(ValueError, match=r"partition 1 \(region 'r1'\) has 2 samples"):
-        load_partition(_files(path), 1, 3)
+        byz_data.load_partition(_files(path), 1, 3)
     with pytest.raises(ValueError, match=r"has 2 samples"):
-        load_server_data(_files(path), 3)  # the global test set needs every region
+        byz_data.load_server_data(
+            _files(path), 3
+        )  # the global test set needs every region
 
 
 def test_qv_region_smaller_than_qv_size(small) -> None:
     with pytest.raises(ValueError, match=r"fewer than qv-size 50"):
-        load_server_data(_files(small["npz"], **{"qv-size": 50}), 3)
+        byz_data.load_server_data(_files(small["npz"], **{"qv-size": 50}), 3)
 
 
 def test_region_count_must_match_federation(small) -> None:
     with pytest.raises(
         ValueError, match=r"'partition-by'.*3 client regions.*5 partitions"
     ):
-        load_partition(_files(small["npz"]), 0, 5)
+        byz_data.load_partition(_files(small["npz"]), 0, 5)
 
 
 def test_nan_features(tmp_path) -> None:
     cols = _table()
     cols["features"][35, 2] = np.nan
     path = _write(cols, tmp_path / "nan.csv")
-    load_partition(_files(path), 0, 3)  # other clients are unaffected
+    byz_data.load_partition(_files(path), 0, 3)  # other clients are unaffected
     with pytest.raises(ValueError, match=r"partition 1 \(region 'r1'\) has NaN"):
-        load_partition(_files(path), 1, 3)
+        byz_data.load_partition(_files(path), 1, 3)
 
 
 def test_mismatched_dimensions(tmp_path) -> None:
     data = _write(_table(), tmp_path / "data.npz")
     qv = _write(_table(n_regions=1, d=5), tmp_path / "qv.npz")
     with pytest.raises(ValueError, match=r"has 5 features but the dataset has 6"):
-        load_server_data(_files(data, **{"qv-source": f"file:{qv}"}), 4)
+        byz_data.load_server_data(_files(data, **{"qv-source": f"file:{qv}"}), 4)
     with pytest.raises(ValueError, match=r"has 5 features but the dataset has 1024"):
-        load_server_data({"dataset": "yelp-style", "qv-source": f"file:{qv}"}, 2)
+        byz_data.load_server_data(
+            {"dataset": "yelp-style", "qv-source": f"file:{qv}"}, 2
+        )
     ragged = pa.table(
         {
             "features": pa.array([[1.0, 2.0], [1.0, 2.0, 3.0]] * 10),
@@ -325,7 +335,7 @@ def test_mismatched_dimensions(tmp_path) -> None:
     path = tmp_path / "ragged.parquet"
     pq.write_table(ragged, path)
     with pytest.raises(ValueError, match=r"different lengths.*mismatched dimensions"):
-        load_partition(_files(str(path), **{"qv-source": "partition:0"}), 0, 2)
+        byz_data.load_partition(_files(str(path), **{"qv-source": "partition:0"}), 0, 2)
 
 
 def test_labels_out_of_range_in_qv_file(tmp_path) -> None:
@@ -334,16 +344,16 @@ def test_labels_out_of_range_in_qv_file(tmp_path) -> None:
     bad["label"] = bad["label"] + 5
     qv = _write(bad, tmp_path / "qv.npz")
     with pytest.raises(ValueError, match=r"labels in \[5, 7\] but the dataset has 3"):
-        load_server_data(_files(data, **{"qv-source": f"file:{qv}"}), 4)
+        byz_data.load_server_data(_files(data, **{"qv-source": f"file:{qv}"}), 4)
 
 
 def test_partition_id_out_of_range() -> None:
     with pytest.raises(ValueError, match=r"partition_id 10 out of range \[0, 10\)"):
-        load_partition({}, 10, 10)
+        byz_data.load_partition({}, 10, 10)
     with pytest.raises(
         ValueError, match=r"'qv-source' = 'partition:7'.*num_partitions"
     ):
-        load_server_data({"qv-source": "partition:7"}, 5)
+        byz_data.load_server_data({"qv-source": "partition:7"}, 5)
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".parquet", ".csv"])
@@ -353,7 +363,7 @@ def test_unreadable_file_names_the_key_and_how_to_write_one(tmp_path, suffix) ->
     raw = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
     path.write_bytes(b"\x00\xff" + raw if suffix == ".csv" else raw)
     with pytest.raises(ValueError) as info:
-        load_partition(_files(str(path)), 0, 3)
+        byz_data.load_partition(_files(str(path)), 0, 3)
     message = str(info.value)
     assert "'data-path'" in message and "junk" in message
     assert "allow_pickle" not in message and "write it with" in message
@@ -368,10 +378,12 @@ def test_a_text_cell_in_a_feature_column_is_refused_not_dropped(tmp_path) -> Non
     path = tmp_path / "text.csv"
     frame.to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"\['f3'\] are not numeric"):
-        load_partition(_files(str(path)), 0, 3)
+        byz_data.load_partition(_files(str(path)), 0, 3)
     # Naming the features explicitly leaves no doubt, and the text cell is named.
     with pytest.raises(ValueError, match="f3"):
-        load_partition(_files(str(path), **{"feature-columns": "f0,f1,f2,f3"}), 0, 3)
+        byz_data.load_partition(
+            _files(str(path), **{"feature-columns": "f0,f1,f2,f3"}), 0, 3
+        )
 
 
 def test_huge_integer_labels_are_refused_before_any_allocation(tmp_path) -> None:
@@ -379,14 +391,14 @@ def test_huge_integer_labels_are_refused_before_any_allocation(tmp_path) -> None
     cols["label"] = cols["label"].astype(np.int64) * 10**12
     path = _write(cols, tmp_path / "huge.npz")
     with pytest.raises(ValueError, match=r"at most 100000.*renumber"):
-        load_partition(_files(path), 0, 3)
+        byz_data.load_partition(_files(path), 0, 3)
 
 
 def test_a_bad_test_file_is_named_as_the_test_path(tmp_path) -> None:
     data = _write(_table(), tmp_path / "data.npz")
     test = _write(_table(n_regions=1, d=5), tmp_path / "test.npz")
     with pytest.raises(ValueError, match=r"test-path file .*test\.npz.* 5 features"):
-        load_server_data(_files(data, **{"test-path": test}), 3)
+        byz_data.load_server_data(_files(data, **{"test-path": test}), 3)
 
 
 @pytest.mark.parametrize("labels", ["zeros", "one-string"])
@@ -399,7 +411,7 @@ def test_a_one_class_data_file_is_refused_naming_the_key(tmp_path, labels) -> No
     )
     path = _write(cols, tmp_path / "one.npz")
     with pytest.raises(ValueError) as info:
-        dataset_shape(_files(path))
+        byz_data.dataset_shape(_files(path))
     message = str(info.value)
     for words in (f"'data-path' = {path!r}", "1 class", "at least 2", "'label-column'"):
         assert words in message, message

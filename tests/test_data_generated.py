@@ -6,13 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flwr_byz.data import (
-    YELP_STYLE,
-    ClientData,
-    dataset_shape,
-    load_partition,
-    load_server_data,
-)
+from flwr_byz import data as byz_data
 from flwr_byz.data.generated import (
     _task,
     generate_qv_pool,
@@ -31,13 +25,13 @@ HEALTH = {"dataset": "healthcare-style", "seed": 3}
 
 
 @pytest.fixture(scope="module")
-def yelp_clients(one_torch_thread) -> list[ClientData]:
+def yelp_clients(one_torch_thread) -> list[byz_data.ClientData]:
     return _clients(YELP, 10)
 
 
 @pytest.fixture(scope="module")
 def yelp_server(one_torch_thread):
-    return load_server_data(YELP, 10)
+    return byz_data.load_server_data(YELP, 10)
 
 
 def _paper_mlp(num_classes: int, seed: int = 0) -> torch.nn.Module:
@@ -56,11 +50,13 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
         return (model(x).argmax(dim=1) == y).float().mean().item()
 
 
-def _clients(cfg: dict, n: int) -> list[ClientData]:
-    return [load_partition(cfg, i, n) for i in range(n)]
+def _clients(cfg: dict, n: int) -> list[byz_data.ClientData]:
+    return [byz_data.load_partition(cfg, i, n) for i in range(n)]
 
 
-def _train_central(clients: list[ClientData], num_classes: int) -> torch.nn.Module:
+def _train_central(
+    clients: list[byz_data.ClientData], num_classes: int
+) -> torch.nn.Module:
     """Short fixed budget: Adam(lr=1e-3), batch 64, 2 epochs over the pooled data."""
     x = torch.cat([c.train.features for c in clients])
     y = torch.cat([c.train.labels for c in clients])
@@ -77,7 +73,7 @@ def _train_central(clients: list[ClientData], num_classes: int) -> torch.nn.Modu
     return model
 
 
-def _same(a: ClientData, b: ClientData) -> bool:
+def _same(a: byz_data.ClientData, b: byz_data.ClientData) -> bool:
     return all(
         torch.equal(getattr(a, s).features, getattr(b, s).features)
         and torch.equal(getattr(a, s).labels, getattr(b, s).labels)
@@ -86,36 +82,41 @@ def _same(a: ClientData, b: ClientData) -> bool:
 
 
 def test_shapes_and_sizes() -> None:
-    assert dataset_shape(YELP) == (1024, 2)
-    assert dataset_shape(HEALTH) == (1024, 10)
-    client = load_partition(YELP, 0, 10)
+    assert byz_data.dataset_shape(YELP) == (1024, 2)
+    assert byz_data.dataset_shape(HEALTH) == (1024, 10)
+    client = byz_data.load_partition(YELP, 0, 10)
     assert client.train.features.dtype == torch.float32
     assert client.train.labels.dtype == torch.int64
     assert (len(client.train), len(client.test)) == (400, 100)
-    server = load_server_data(YELP, 10)
+    server = byz_data.load_server_data(YELP, 10)
     assert server.qv.features.shape == (10, 1024)
     assert server.test.labels.bincount().tolist() == [500, 500]  # class-balanced
     assert (server.num_features, server.num_classes) == (1024, 2)
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
-    assert _same(load_partition(YELP, 4, 10), load_partition(YELP, 4, 10))
-    s1, s2 = load_server_data(YELP, 10), load_server_data(YELP, 10)
+    assert _same(
+        byz_data.load_partition(YELP, 4, 10), byz_data.load_partition(YELP, 4, 10)
+    )
+    s1, s2 = byz_data.load_server_data(YELP, 10), byz_data.load_server_data(YELP, 10)
     assert torch.equal(s1.qv.features, s2.qv.features)
     assert torch.equal(s1.test.features, s2.test.features)
     assert not _same(
-        load_partition(YELP, 4, 10), load_partition({**YELP, "seed": 4}, 4, 10)
+        byz_data.load_partition(YELP, 4, 10),
+        byz_data.load_partition({**YELP, "seed": 4}, 4, 10),
     )
 
 
 def test_a_partition_does_not_depend_on_the_others() -> None:
     # Each region has its own stream: a client builds only its own region, and the
     # size of the federation does not change it.
-    assert _same(load_partition(YELP, 2, 10), load_partition(YELP, 2, 50))
+    assert _same(
+        byz_data.load_partition(YELP, 2, 10), byz_data.load_partition(YELP, 2, 50)
+    )
 
 
 def test_standardised_with_own_statistics() -> None:
-    client = load_partition(YELP, 1, 10)
+    client = byz_data.load_partition(YELP, 1, 10)
     mean = client.train.features.mean(dim=0)
     std = client.train.features.std(dim=0, correction=0)
     assert mean.abs().max().item() < 1e-4
@@ -131,7 +132,7 @@ def _half_distance(x: torch.Tensor) -> float:
 
 def test_regions_differ_covariate_and_label_prior_shift() -> None:
     n = 600
-    raw = [generate_region(YELP_STYLE, 3, r, n) for r in range(4)]
+    raw = [generate_region(byz_data.YELP_STYLE, 3, r, n) for r in range(4)]
     within = max(_half_distance(x) for x, _ in raw)
     # Covariate shift: region means are far apart compared with sampling noise.
     for a in range(4):
@@ -139,15 +140,15 @@ def test_regions_differ_covariate_and_label_prior_shift() -> None:
             between = (raw[a][0].mean(0) - raw[b][0].mean(0)).norm().item()
             assert between > 3 * within, (a, b, between, within)
     # Label-prior shift: the positive share varies across the 10 regions.
-    shares = [region_prior(YELP_STYLE, 3, r)[1] for r in range(10)]
+    shares = [region_prior(byz_data.YELP_STYLE, 3, r)[1] for r in range(10)]
     assert max(shares) - min(shares) > 0.2
     # A class-conditional shift (which per-client standardisation cannot remove):
     # inside the class subspace, class-0 means relative to each region's mean differ
     # between regions far more than between two halves of one region.
-    basis, _ = _task(YELP_STYLE, 3)
+    basis, _ = _task(byz_data.YELP_STYLE, 3)
     proj = []
     for r in (0, 1):
-        x, y = generate_region(YELP_STYLE, 3, r, 4000)
+        x, y = generate_region(byz_data.YELP_STYLE, 3, r, 4000)
         z = (x.double() - x.double().mean(0)).numpy() @ basis
         proj.append(torch.from_numpy(z[(y == 0).numpy()]))
     between = (proj[0].mean(0) - proj[1].mean(0)).norm().item()
@@ -155,10 +156,10 @@ def test_regions_differ_covariate_and_label_prior_shift() -> None:
 
 
 def test_qv_region_is_no_clients_region(yelp_clients, yelp_server) -> None:
-    pool, _ = generate_qv_pool(YELP_STYLE, 3)
+    pool, _ = generate_qv_pool(byz_data.YELP_STYLE, 3)
     within = _half_distance(pool)
     for r in range(30):
-        x, _ = generate_region(YELP_STYLE, 3, r, 200)
+        x, _ = generate_region(byz_data.YELP_STYLE, 3, r, 200)
         assert (pool.mean(0) - x.mean(0)).norm().item() > 3 * within, r
     # The server's QV set is drawn from that pool, not from any client's data.
     for r in range(10):
@@ -178,7 +179,7 @@ def test_yelp_style_central_accuracy_in_band(yelp_clients, yelp_server) -> None:
 
 def test_healthcare_style_central_accuracy_in_band() -> None:
     clients = _clients(HEALTH, 50)
-    server = load_server_data(HEALTH, 50)
+    server = byz_data.load_server_data(HEALTH, 50)
     acc = _accuracy(
         _train_central(clients, 10), server.test.features, server.test.labels
     )
