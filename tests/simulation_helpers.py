@@ -1,8 +1,9 @@
 """Shared pieces of the tests that run Flower's simulation engine.
 
-:func:`client_app` and :func:`run_server` are the harness (a ClientApp that
-answers :func:`node_partitions.identify`, one ServerApp ``main`` run on
-``num_nodes`` simulated SuperNodes); :func:`start` runs one strategy on the grid.
+:func:`client_app` and :func:`simulate` are the harness (a ClientApp that
+answers :func:`node_partitions.identify`, one ServerApp run on ``num_nodes``
+simulated SuperNodes that first asks each node for its partition); :func:`start`
+runs one strategy on the grid.
 :func:`model`, :func:`region`, :func:`region_gradient` and :func:`accuracy` are
 the small generated task of the GAA and FLTrust/Zeno runs: regions with a
 covariate shift, labels from one shared linear task, an MLP 32-10-2 (sigmoid
@@ -26,7 +27,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
-from node_partitions import identify
+from node_partitions import identify, partition_of_nodes
 from torch import nn
 
 F_IN, HIDDEN, LR = 32, 10, 1.0
@@ -47,12 +48,20 @@ def train_reply(msg: Message, arrays: ArrayRecord, metrics: Mapping) -> Message:
     )
 
 
-def run_server(
-    client: ClientApp, num_nodes: int, main: Callable[[Grid, Context], None]
-) -> None:
-    """Run ``main`` as a ServerApp against ``num_nodes`` simulated ``client`` nodes."""
+def simulate(
+    client: ClientApp, num_nodes: int, runs: Callable[[Grid, dict], None]
+) -> dict:
+    """Run ``runs(grid, seen)`` as a ServerApp against ``num_nodes`` simulated
+    ``client`` nodes; returns ``seen``, which also maps ``"partition"`` to each
+    node's partition (node id -> partition id)."""
+    seen: dict = {}
     server = ServerApp()
-    server.main()(main)
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        seen["partition"] = partition_of_nodes(grid, num_nodes)
+        runs(grid, seen)
+
     run_simulation(
         server_app=server,
         client_app=client,
@@ -62,6 +71,7 @@ def run_server(
             "init_args": {"num_cpus": 2},
         },
     )
+    return seen
 
 
 def start(strategy, grid: Grid, initial: ArrayRecord, num_rounds: int, config):
@@ -76,6 +86,12 @@ def start(strategy, grid: Grid, initial: ArrayRecord, num_rounds: int, config):
 
 def model() -> nn.Module:
     return nn.Sequential(nn.Linear(F_IN, HIDDEN), nn.Sigmoid(), nn.Linear(HIDDEN, 2))
+
+
+def initial_model() -> ArrayRecord:
+    """The model every run of a test starts from (drawn with torch seed 0)."""
+    torch.manual_seed(0)
+    return ArrayRecord(model().state_dict())
 
 
 @functools.cache

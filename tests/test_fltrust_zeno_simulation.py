@@ -17,22 +17,11 @@ flip-flops between the two groups every round (accuracy stays ~50 %).
 from __future__ import annotations
 
 import pytest
+import simulation_helpers as sim
 import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from node_partitions import partition_of_nodes
-from simulation_helpers import (
-    LR,
-    accuracy,
-    client_app,
-    model,
-    region,
-    region_gradient,
-    run_server,
-    start,
-    train_reply,
-)
 
 from flwr_byz.strategy import FLTrust, Zeno
 
@@ -46,7 +35,7 @@ ROUNDS = 30
 
 def root_set() -> tuple[torch.Tensor, torch.Tensor]:
     """10 samples per client region that no client trains on (rows 200..209)."""
-    parts = [region(k, 210) for k in range(NUM_NODES)]
+    parts = [sim.region(k, 210) for k in range(NUM_NODES)]
     return (
         torch.cat([x[200:] for x, _ in parts]),
         torch.cat([y[200:] for _, y in parts]),
@@ -55,37 +44,33 @@ def root_set() -> tuple[torch.Tensor, torch.Tensor]:
 
 ROOT = root_set()
 
-client = client_app()
+client = sim.client_app()
 
 
 @client.train()
 def train(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
     attack = str(msg.content["config"].get("attack", "none"))
-    net, metrics = region_gradient(msg, pid)
+    net, metrics = sim.region_gradient(msg, pid)
     sign = -1.0 if (attack == "sign-flip" and pid in BYZANTINE) else 1.0
     with torch.no_grad():
         for p in net.parameters():
-            p -= sign * LR * p.grad
-    return train_reply(msg, ArrayRecord(net.state_dict()), metrics)
+            p -= sign * sim.LR * p.grad
+    return sim.train_reply(msg, ArrayRecord(net.state_dict()), metrics)
 
 
 @pytest.fixture(scope="module")
 def simulation() -> dict:
-    seen: dict = {}
-
-    def main(grid: Grid, context: Context) -> None:
-        seen["partition"] = partition_of_nodes(grid, NUM_NODES)
-        torch.manual_seed(0)
-        initial = ArrayRecord(model().state_dict())
+    def run_all(grid: Grid, seen: dict) -> None:
+        initial = sim.initial_model()
         runs = {
             "clean": (FedAvg(fraction_evaluate=0.0), "none"),
             "fedavg": (FedAvg(fraction_evaluate=0.0), "sign-flip"),
             "fltrust": (
                 FLTrust(
-                    model_factory=model,
+                    model_factory=sim.model,
                     qv_set=ROOT,
-                    trusted_lr=LR,
+                    trusted_lr=sim.LR,
                     fraction_evaluate=0.0,
                     seed=0,
                 ),
@@ -93,10 +78,10 @@ def simulation() -> dict:
             ),
             "zeno": (
                 Zeno(
-                    model_factory=model,
+                    model_factory=sim.model,
                     qv_set=ROOT,
                     num_malicious_nodes=7,
-                    rho=5e-4 / LR**2,
+                    rho=5e-4 / sim.LR**2,
                     batch_size=4,
                     fraction_evaluate=0.0,
                     seed=0,
@@ -105,17 +90,16 @@ def simulation() -> dict:
             ),
         }
         for name, (strategy, attack) in runs.items():
-            seen[name] = start(strategy, grid, initial, ROUNDS, {"attack": attack})
+            seen[name] = sim.start(strategy, grid, initial, ROUNDS, {"attack": attack})
 
-    run_server(client, NUM_NODES, main)
-    return seen
+    return sim.simulate(client, NUM_NODES, run_all)
 
 
 def test_fltrust_holds_where_fedavg_falls(simulation):
-    clean = accuracy(simulation["clean"].arrays)
-    fedavg = accuracy(simulation["fedavg"].arrays)
-    fltrust = accuracy(simulation["fltrust"].arrays)
-    zeno = accuracy(simulation["zeno"].arrays)
+    clean = sim.accuracy(simulation["clean"].arrays)
+    fedavg = sim.accuracy(simulation["fedavg"].arrays)
+    fltrust = sim.accuracy(simulation["fltrust"].arrays)
+    zeno = sim.accuracy(simulation["zeno"].arrays)
     print(
         f"accuracy: FedAvg no attack {clean:.4f}, under a 70 % sign flip: "
         f"FedAvg {fedavg:.4f}, FLTrust {fltrust:.4f}, Zeno {zeno:.4f}"

@@ -11,22 +11,11 @@ majority, GAA under the static and pretense random faults and the sign flip.
 from __future__ import annotations
 
 import pytest
+import simulation_helpers as sim
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from node_partitions import partition_of_nodes
-from simulation_helpers import (
-    LR,
-    accuracy,
-    client_app,
-    model,
-    region,
-    region_gradient,
-    run_server,
-    start,
-    train_reply,
-)
 
 from flwr_byz.strategy.gaa import GAA
 
@@ -39,12 +28,12 @@ ROUNDS = 25
 PRETENSE_ROUNDS = 8
 
 
-QV = region(100, 10)  # a region no client has; 10 samples
+QV = sim.region(100, 10)  # a region no client has; 10 samples
 
 
 def _fresh_sample(k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample of region k that is not in that region's training data."""
-    x, y = region(k, 201)
+    x, y = sim.region(k, 201)
     return x[200:], y[200:]
 
 
@@ -55,7 +44,7 @@ def _fresh_sample(k: int) -> tuple[torch.Tensor, torch.Tensor]:
 _SAMPLES = [_fresh_sample(k) for k in range(10)]
 QV_MIXED = (torch.cat([x for x, _ in _SAMPLES]), torch.cat([y for _, y in _SAMPLES]))
 
-client = client_app()
+client = sim.client_app()
 
 
 @client.train()
@@ -64,7 +53,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     rnd = int(config["server-round"])
     attack = str(config.get("attack", "none"))
-    net, metrics = region_gradient(msg, pid)
+    net, metrics = sim.region_gradient(msg, pid)
     byzantine = pid in BYZANTINE and (
         attack in ("static", "sign-flip")
         or (attack == "pretense" and rnd > int(config["pretense-rounds"]))
@@ -77,35 +66,30 @@ def train(msg: Message, context: Context) -> Message:
                 grad = -grad
             elif byzantine:  # random fault: the gradient is N(0.5, (2e-6)^2)
                 grad = 0.5 + 2e-6 * torch.randn(p.shape, generator=gen)
-            p -= LR * grad
-    return train_reply(msg, ArrayRecord(net.state_dict()), metrics)
+            p -= sim.LR * grad
+    return sim.train_reply(msg, ArrayRecord(net.state_dict()), metrics)
 
 
 @pytest.fixture(scope="module")
 def simulation() -> dict:
-    seen: dict = {}
-
-    def main(grid: Grid, context: Context) -> None:
-        seen["partition"] = partition_of_nodes(grid, NUM_NODES)
-        torch.manual_seed(0)
-        initial = ArrayRecord(model().state_dict())
+    def run_all(grid: Grid, seen: dict) -> None:
+        initial = sim.initial_model()
         for name, attack in (("fedavg", "none"), ("fedavg-sign-flip", "sign-flip")):
-            seen[name] = start(
+            seen[name] = sim.start(
                 FedAvg(fraction_evaluate=0.0), grid, initial, ROUNDS, {"attack": attack}
             )
         for attack in ("static", "pretense", "sign-flip"):
             strategy = GAA(
-                model_factory=model,
+                model_factory=sim.model,
                 qv_set=QV_MIXED if attack == "sign-flip" else QV,
                 fraction_evaluate=0.0,
                 seed=0,
             )
             config = {"attack": attack, "pretense-rounds": PRETENSE_ROUNDS}
-            seen[attack] = start(strategy, grid, initial, ROUNDS, config)
+            seen[attack] = sim.start(strategy, grid, initial, ROUNDS, config)
             seen[f"{attack}-strategy"] = strategy
 
-    run_server(client, NUM_NODES, main)
-    return seen
+    return sim.simulate(client, NUM_NODES, run_all)
 
 
 def honest_mass(metrics: MetricRecord, partition: dict[int, int]) -> float:
@@ -132,8 +116,8 @@ def test_static_random_fault_majority(simulation):
     trace = honest_trace(result, partition)
     assert trace[-1] >= 0.9
     assert min(trace[1:]) >= 0.9  # from the second round on
-    acc_gaa = accuracy(result.arrays)
-    acc_fedavg = accuracy(simulation["fedavg"].arrays)
+    acc_gaa = sim.accuracy(result.arrays)
+    acc_fedavg = sim.accuracy(simulation["fedavg"].arrays)
     print(f"accuracy: GAA attacked {acc_gaa:.4f}, FedAvg no attack {acc_fedavg:.4f}")
     # QV is a region no client has: the solo QV gains also rank the honest regions,
     # and the model leans to the QV favourites (measured: 84.0 vs 89.2 % without
@@ -164,7 +148,9 @@ def test_pretense_attack_loses_credit_within_a_few_windows(simulation):
     # ... and lose it within two episodes of turning.
     assert min(trace[PRETENSE_ROUNDS + 10 :]) >= 0.9
     assert trace[-1] >= 0.9
-    assert accuracy(result.arrays) >= accuracy(simulation["fedavg"].arrays) - 0.05
+    assert (
+        sim.accuracy(result.arrays) >= sim.accuracy(simulation["fedavg"].arrays) - 0.05
+    )
 
 
 def test_sign_flip_majority_holds_where_fedavg_falls(simulation):
@@ -173,9 +159,9 @@ def test_sign_flip_majority_holds_where_fedavg_falls(simulation):
     partition = simulation["partition"]
     result = simulation["sign-flip"]
     trace = honest_trace(result, partition)
-    acc_gaa = accuracy(result.arrays)
-    acc_clean = accuracy(simulation["fedavg"].arrays)
-    acc_poisoned = accuracy(simulation["fedavg-sign-flip"].arrays)
+    acc_gaa = sim.accuracy(result.arrays)
+    acc_clean = sim.accuracy(simulation["fedavg"].arrays)
+    acc_poisoned = sim.accuracy(simulation["fedavg-sign-flip"].arrays)
     print(
         f"accuracy: GAA {acc_gaa:.4f}, FedAvg no attack {acc_clean:.4f}, "
         f"FedAvg attacked {acc_poisoned:.4f}"

@@ -12,8 +12,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from node_partitions import partition_of_nodes
-from simulation_helpers import client_app, run_server, start, train_reply
+from simulation_helpers import client_app, simulate, start, train_reply
 
 from flwr_byz import strategy as strategies
 
@@ -97,10 +96,8 @@ CASES = {
 @pytest.fixture(scope="module")
 def simulation() -> dict:
     """Run everything in one simulation; returns what the ServerApp saw."""
-    seen: dict = {}
 
-    def main(grid: Grid, context: Context) -> None:
-        seen["partition"] = partition_of_nodes(grid, NUM_NODES)
+    def run_all(grid: Grid, seen: dict) -> None:
         initial = ArrayRecord({k: _array(v) for k, v in THETA0.items()})
         for name, make in CASES.items():
             seen[name] = start(make(), grid, initial, 1, {"mode": "shift"})
@@ -114,13 +111,11 @@ def simulation() -> dict:
             fraction_evaluate=0.0,
         )
         seen["sampled"] = start(sampled, grid, initial, 1, {"mode": "honest"})
-        bound = strategies.Krum(
-            num_malicious_nodes=3, fraction_evaluate=0.0
-        )  # needs 9 nodes
+        # Krum with f = 3 needs 9 nodes.
+        bound = strategies.Krum(num_malicious_nodes=3, fraction_evaluate=0.0)
         seen["bound"] = start(bound, grid, initial, 1, {"mode": "shift"})
 
-    run_server(client, NUM_NODES, main)
-    return seen
+    return simulate(client, NUM_NODES, run_all)
 
 
 def test_fedavg_is_poisoned(simulation):
