@@ -32,19 +32,10 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from benchmarks import bench_strategies
 from benchmarks.bench_strategies import Fixture, _PeakRss, _split
+from flwr_byz import strategy as ours
 from flwr_byz.aggregation.sketch import DEFAULT_SKETCH_DIM
 from flwr_byz.data import load_server_data
 from flwr_byz.models import build_model
-from flwr_byz.strategy import (
-    FABA,
-    Bulyan,
-    GeoMed,
-    Krum,
-    Mean,
-    Median,
-    MultiKrum,
-    TrimmedMean,
-)
 from flwr_byz.strategy.gaa import GAA
 
 
@@ -154,41 +145,45 @@ def pairs(n: int, f: int, k: int) -> list[Pair]:
     sk = {"distance_sketch": k}
     out: list[Pair] = [
         ("FedAvg (Flower)", flwr_strategies.FedAvg, None),
-        ("Mean", Mean, flwr_strategies.FedAvg),
+        ("Mean", ours.Mean, flwr_strategies.FedAvg),
     ]
     for label, extra in (("", {}), (f" sketch k={k}", sk)):
         out += [
             (
                 "Krum" + label,
-                lambda e=extra: Krum(num_malicious_nodes=f, **e),
+                lambda e=extra: ours.Krum(num_malicious_nodes=f, **e),
                 lambda: flwr_strategies.Krum(num_malicious_nodes=f),
             ),
             (
                 "MultiKrum" + label,
-                lambda e=extra: MultiKrum(num_malicious_nodes=f, **e),
+                lambda e=extra: ours.MultiKrum(num_malicious_nodes=f, **e),
                 lambda: flwr_strategies.MultiKrum(
                     num_malicious_nodes=f, num_nodes_to_select=n - f
                 ),
             ),
             (
                 "Bulyan" + label,
-                lambda e=extra: Bulyan(num_malicious_nodes=fb, **e),
+                lambda e=extra: ours.Bulyan(num_malicious_nodes=fb, **e),
                 (lambda: flwr_strategies.Bulyan(num_malicious_nodes=fb))
                 if n <= FLOWER_BULYAN_MAX_N
                 else None,
             ),
-            ("FABA" + label, lambda e=extra: FABA(num_malicious_nodes=f, **e), None),
+            (
+                "FABA" + label,
+                lambda e=extra: ours.FABA(num_malicious_nodes=f, **e),
+                None,
+            ),
             (
                 "GeoMed" + label,
-                lambda e=extra: GeoMed(num_malicious_nodes=f, **e),
+                lambda e=extra: ours.GeoMed(num_malicious_nodes=f, **e),
                 None,
             ),
         ]
     out += [
-        ("Median", Median, flwr_strategies.FedMedian),
+        ("Median", ours.Median, flwr_strategies.FedMedian),
         (
             "TrimmedMean",
-            lambda: TrimmedMean(beta=0.2),
+            lambda: ours.TrimmedMean(beta=0.2),
             lambda: flwr_strategies.FedTrimmedAvg(beta=0.2),
         ),
     ]
@@ -208,7 +203,7 @@ def run(
             reps = repeats if n * d <= 20_000_000 else 1
             floor = min(floor_seconds(replies) for _ in range(reps))
             print(f"\n## n = {n}, d = {d:,}, f = {f}: floor {floor:.3f} s", flush=True)
-            time_strategy(replies, Mean(), True)  # library warm-up, untimed
+            time_strategy(replies, ours.Mean(), True)  # library warm-up, untimed
             fedavg = None
             for name, make_ours, make_theirs in pairs(n, f, k):
                 if any(s in name for s in skip):

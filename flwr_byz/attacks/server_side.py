@@ -22,6 +22,7 @@ from flwr_byz.strategy.layer_state import (
     tagged_state,
 )
 
+from . import tailored
 from ._flat import ArrayMismatchError, as_numpy, check_same_layout, flat_update
 from ._flat import apply_update as _apply_update
 from ._flat import float_keys as _float_keys
@@ -40,16 +41,6 @@ from .config import (
     role_for,
 )
 from .omniscient import alie, alie_z, ipm, min_max, min_sum
-from .tailored import (
-    agr_tailored,
-    drift_weight,
-    fang_krum,
-    fang_trim,
-    honest_norm,
-    qv_orthogonal,
-    scaled_to,
-    sybil_rows,
-)
 
 SERVER_SIDE_ATTACKS: tuple[str, ...] = UPDATE_ATTACKS + COLLUDING_ATTACKS
 
@@ -331,7 +322,7 @@ class ServerSideAttack(Strategy):
         return out_key, local, delta
 
     def _drift(self, server_round: int) -> float:
-        return drift_weight(
+        return tailored.drift_weight(
             server_round,
             int(self.config["drift-honest-rounds"]),
             int(self.config["drift-blend-rounds"]),
@@ -381,16 +372,16 @@ class ServerSideAttack(Strategy):
         if attack in ("sybil", "sybil-noise"):
             base = str(self.config["sybil-base"])
             if base == "sign-flip":
-                vector = scaled_to(-own.mean(dim=0), honest_norm(x))
+                vector = tailored.scaled_to(-own.mean(dim=0), tailored.honest_norm(x))
             else:
                 vector = self._craft_attack(base, server_round, parsed, targets)[
                     targets[0]
                 ]
             noise = float(self.config["sybil-noise"]) if attack == "sybil-noise" else 0
-            rows = sybil_rows(vector, len(targets), noise, generator)
+            rows = tailored.sybil_rows(vector, len(targets), noise, generator)
             return {nid: rows[i] for i, nid in enumerate(targets)}
         if attack == "fang-trim":
-            rows = fang_trim(
+            rows = tailored.fang_trim(
                 torch.cat([x, own]) if honest else own,
                 len(targets),
                 generator,
@@ -412,7 +403,7 @@ class ServerSideAttack(Strategy):
                 float(self.run_config.get("assumed-byzantine-fraction", 0.0)),
                 len(parsed),
             )
-            update = fang_krum(
+            update = tailored.fang_krum(
                 torch.cat([x, own]) if honest else own, x, len(targets), f
             )
         elif attack == "agr-tailored":
@@ -426,10 +417,10 @@ class ServerSideAttack(Strategy):
             update = (
                 min_max(x, perturbation)
                 if aggregate is None
-                else agr_tailored(x, len(targets), aggregate, perturbation)
+                else tailored.agr_tailored(x, len(targets), aggregate, perturbation)
             )
         else:  # qv-orthogonal, class-targeted: the model on the colluders' data
-            update = self._data_attack(attack, targets[0], honest_norm(x))
+            update = self._data_attack(attack, targets[0], tailored.honest_norm(x))
         return dict.fromkeys(targets, update)
 
     def _model(self, nid: int) -> tuple[torch.nn.Module, ModelLayout]:
@@ -453,7 +444,11 @@ class ServerSideAttack(Strategy):
                     f"{colluders.num_classes - 1} (the task's classes)"
                 )
             labels = torch.full_like(y_own, target)
-            return scaled_to(-flat_gradient(model, layout, x_own, labels), norm)
+            return tailored.scaled_to(
+                -flat_gradient(model, layout, x_own, labels), norm
+            )
         ascent = flat_gradient(model, layout, x_own, y_own)
         qv_descent = -flat_gradient(model, layout, *colluders.qv)
-        return qv_orthogonal(ascent, qv_descent, float(self.config["qv-epsilon"]), norm)
+        return tailored.qv_orthogonal(
+            ascent, qv_descent, float(self.config["qv-epsilon"]), norm
+        )
