@@ -37,3 +37,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def superlink():
+    """A real local SuperLink for a module's ``flwr-byz run`` tests."""
+    from flwr_byz.deploy.local_superlink import LocalSuperLink
+
+    with LocalSuperLink() as link:
+        yield link

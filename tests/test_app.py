@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from run_comparison import assert_bit_equal, comparable, final_state
+from small_runs import GAA_WINDOW_RUN, SMALL_RUN
 
 from flwr_byz.app.config import (
     RunConfigError,
@@ -141,20 +142,7 @@ def test_rule_bound_is_checked_against_the_federation() -> None:
         check_against_nodes(cfg, 10)  # f = 3: Bulyan needs 4f + 3 = 15 > 10
 
 
-SMALL = {
-    "num-server-rounds": 3,
-    "strategy": "faba",
-    "byzantine-fraction": 0.5,
-    "assumed-byzantine-fraction": 0.25,
-    "attack": "random-fault",
-    "seed": 7,
-}
-
-
-@pytest.fixture(scope="module")
-def superlink():
-    with LocalSuperLink() as link:
-        yield link
+SMALL = {"num-server-rounds": 3, **SMALL_RUN}
 
 
 def _run(superlink: LocalSuperLink, tmp: Path, **overrides) -> tuple[dict, str]:
@@ -243,14 +231,7 @@ def test_gaa_episodes_restart_the_model_and_report_each_episode(
     assert "episode 2:" in log
 
 
-GAA_RESUME = {
-    "strategy": "gaa",
-    "num-server-rounds": 5,
-    "gaa-episode-length": 3,  # ψ learns at round 3: the checkpoint holds a window
-    "attack": "sign-flip",
-    "byzantine-fraction": 0.5,
-    "seed": 7,
-}
+GAA_RESUME = {**GAA_WINDOW_RUN, "seed": 7}
 
 
 @pytest.fixture(scope="module")

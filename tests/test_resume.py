@@ -21,6 +21,7 @@ import torch
 from flwr.app import ArrayRecord
 from resume_helpers import InProcessGrid
 from run_comparison import assert_bit_equal, comparable, final_state
+from small_runs import GAA_WINDOW_RUN
 from strategy_helpers import server_identity
 
 from flwr_byz.app import client_run
@@ -53,11 +54,7 @@ FIRST_IDS = (1101, 2202, 3303, 4404)
 OTHER_IDS = (9001, 17, 5555, 42)  # a restarted federation draws other node ids
 
 GAA_RUN = {
-    "strategy": "gaa",
-    "num-server-rounds": 5,
-    "gaa-episode-length": 3,  # ψ learns at round 3: the checkpoint holds a window
-    "attack": "sign-flip",
-    "byzantine-fraction": 0.5,
+    **GAA_WINDOW_RUN,
     # 3 of 4 nodes a round: Flower draws them with Python's `random`, so a resume
     # that did not restore that state would sample other nodes.
     "fraction-train": 0.75,

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from flwr.app import Error, Message, Metadata, MetricRecord
 from flwr.common.constant import ErrorCode
+from small_runs import SMALL_RUN
 
 from flwr_byz.app.results import (
     ResultsFile,
@@ -298,20 +299,7 @@ def test_a_flwr_byz_strategy_in_any_app_stops_on_a_round_of_configuration_errors
 # flwr-byz run against a real SuperLink
 # ----------------------------------------------------------------------------------
 
-SMALL = {
-    "num-server-rounds": 2,
-    "strategy": "faba",
-    "byzantine-fraction": 0.5,
-    "assumed-byzantine-fraction": 0.25,
-    "attack": "random-fault",
-    "seed": 7,
-}
-
-
-@pytest.fixture(scope="module")
-def superlink():
-    with LocalSuperLink() as link:
-        yield link
+SMALL = {"num-server-rounds": 2, **SMALL_RUN}
 
 
 def _flwr_byz_run(
