@@ -16,7 +16,7 @@ SMALL_RUN = {
 GAA_WINDOW_RUN = {
     "strategy": "gaa",
     "num-server-rounds": 5,
-    "gaa-episode-length": 3,  # ψ learns at round 3: the checkpoint holds a window
+    "gaa-window": 3,  # ψ learns at round 3: the checkpoint holds a window
     "attack": "sign-flip",
     "byzantine-fraction": 0.5,
 }

@@ -366,7 +366,7 @@ def _strategies():
         "trimmed-mean": strategies.TrimmedMean(beta=0.2),
         "brute-force": strategies.BruteForce(**budget),
         "mean": strategies.Mean(),
-        "gaa": GAA(model_factory=sh.Linear43, qv_set=qv_set(), episode_length=2),
+        "gaa": GAA(model_factory=sh.Linear43, qv_set=qv_set(), window=2),
     }
 
 

@@ -207,7 +207,7 @@ def test_gaa_episodes_restart_the_model_and_report_each_episode(
         superlink,
         tmp_path,
         strategy="gaa",
-        **{"gaa-episodes": 2, "num-server-rounds": 2, "gaa-episode-length": 3},
+        **{"gaa-episodes": 2, "num-server-rounds": 2, "gaa-window": 3},
     )
     assert done.get("summary"), log[-3000:]
     rounds = done["rounds"]

@@ -327,7 +327,7 @@ def sign_flip(theta):
 
 
 def test_fltrust_strategy_suspects_the_sign_flippers():
-    strategy = FLTrust(model_factory=sh.Linear43, qv_set=QV, trusted_lr=0.5)
+    strategy = FLTrust(model_factory=sh.Linear43, root_set=QV, trusted_lr=0.5)
     theta = sh.model_arrays(0)
     arrays, m = run_round(strategy, theta, 1, sign_flip(theta))
     assert m["status"] == int(RoundStatus.OK)
@@ -341,7 +341,7 @@ def test_fltrust_strategy_suspects_the_sign_flippers():
 
 
 def test_fltrust_strategy_zero_trust_keeps_the_model_and_says_why():
-    strategy = FLTrust(model_factory=sh.Linear43, qv_set=QV, trusted_lr=0.5)
+    strategy = FLTrust(model_factory=sh.Linear43, root_set=QV, trusted_lr=0.5)
     theta = sh.model_arrays(0)
     delta0 = strategy.worker.update(
         torch.as_tensor(np.concatenate([theta["w"].ravel(), theta["b"]])),
@@ -388,4 +388,4 @@ def test_zeno_strategy_accepts_a_majority_budget():
 @pytest.mark.parametrize("seed", [-1, True, 1.5])
 def test_a_bad_seed_is_refused_naming_it(seed):
     with pytest.raises(ValueError, match=f"seed={seed!r}: allowed values are"):
-        FLTrust(model_factory=sh.Linear43, qv_set=QV, seed=seed)
+        FLTrust(model_factory=sh.Linear43, root_set=QV, seed=seed)

@@ -69,7 +69,7 @@ def simulation() -> dict:
             "fltrust": (
                 FLTrust(
                     model_factory=sim.model,
-                    qv_set=ROOT,
+                    root_set=ROOT,
                     trusted_lr=sim.LR,
                     fraction_evaluate=0.0,
                     seed=0,

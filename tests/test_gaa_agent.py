@@ -96,12 +96,12 @@ def reference_gradient(
     return total
 
 
-def run_episode(policy_name: str, backprop: str, episode_length: int = 3, n: int = 4):
+def run_episode(policy_name: str, backprop: str, window: int = 3, n: int = 4):
     objective = QVObjective(factory, qv())
     agent = GAAAgent(
         objective,
         policy_name,
-        episode_length=episode_length,
+        window=window,
         backprop=backprop,
         optimizer="sgd",
         policy_lr=0.0,
@@ -116,7 +116,7 @@ def run_episode(policy_name: str, backprop: str, episode_length: int = 3, n: int
     policy0 = copy.deepcopy(agent.policy)
     theta = flat_init()
     theta0 = theta.clone()
-    rounds = [round_updates(r, n, objective.dim) for r in range(episode_length)]
+    rounds = [round_updates(r, n, objective.dim) for r in range(window)]
     for u in rounds:
         res = agent.step(theta, u, ids)
         theta = theta + res.aggregate
@@ -151,7 +151,7 @@ def test_exact_and_truncated_gradients_differ():
 @pytest.mark.parametrize("policy_name", ["evidence", "paper"])
 def test_credits_lie_on_the_simplex(policy_name):
     objective = QVObjective(factory, qv())
-    agent = GAAAgent(objective, policy_name, episode_length=2)
+    agent = GAAAgent(objective, policy_name, window=2)
     theta = flat_init()
     ids = [3, 1, 2, 9, 7]
     for r in range(5):
@@ -194,7 +194,7 @@ def test_evidence_policy_is_permutation_equivariant():
 
 def test_absent_nodes_are_left_out_and_new_nodes_start_at_the_mean_credit():
     objective = QVObjective(factory, qv())
-    agent = GAAAgent(objective, episode_length=100)
+    agent = GAAAgent(objective, window=100)
     theta = flat_init()
     ids = [10, 20, 30, 40]
     u = round_updates(0, 4, objective.dim)
@@ -277,7 +277,7 @@ def test_qv_set_forms_and_one_sample():
         qv_tensors((x[:0], y[:0]))
     # A QV set of one sample is enough to run and to learn.
     objective = QVObjective(factory, (x[:1], y[:1]))
-    agent = GAAAgent(objective, episode_length=2)
+    agent = GAAAgent(objective, window=2)
     theta = flat_init()
     for r in range(4):
         res = agent.step(theta, round_updates(r, 3, objective.dim), [1, 2, 3])
@@ -312,7 +312,7 @@ def test_save_load_continue_equals_uninterrupted(policy_name, backprop):
         return GAAAgent(
             objective,
             policy_name,
-            episode_length=3,
+            window=3,
             backprop=backprop,
             trusted=trusted,
             seed=4,

@@ -118,7 +118,7 @@ def check_buffers(new, theta, sent_replies, honest=HONEST):
 
 def gaa(**kwargs) -> GAA:
     with server_identity():
-        return GAA(model_factory=BNCNN, qv_set=data(7, 10), episode_length=2, **kwargs)
+        return GAA(model_factory=BNCNN, qv_set=data(7, 10), window=2, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -217,7 +217,7 @@ def test_fltrust_on_a_batchnorm_cnn_with_poisoned_buffers():
     its norm rescaling bounds a huge buffer update."""
     with server_identity():
         strategy = FLTrust(
-            model_factory=BNCNN, qv_set=data(8, 40), trusted_lr=LR, trusted_steps=1
+            model_factory=BNCNN, root_set=data(8, 40), trusted_lr=LR, trusted_steps=1
         )
     theta0 = theta = initial()
     attack = _honest_params_poisoned_buffers(1e30)

@@ -267,7 +267,7 @@ def _strategies():
 
     return {
         "gaa": lambda **kw: GAA(**kw),
-        "fltrust": lambda **kw: FLTrust(**kw),
+        "fltrust": lambda qv_set, **kw: FLTrust(root_set=qv_set, **kw),
         "zeno": lambda **kw: Zeno(num_malicious_nodes=1, **kw),
     }
 

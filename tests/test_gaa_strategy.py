@@ -65,7 +65,7 @@ def test_registered_under_its_run_config_name():
 
 
 def test_round_moves_by_credit_weighted_updates_and_reports_credits():
-    strategy = GAA(model_factory=sh.Linear43, qv_set=qv_set(), episode_length=2)
+    strategy = GAA(model_factory=sh.Linear43, qv_set=qv_set(), window=2)
     theta = sh.model_arrays(0)
     new, metrics = run_round(strategy, theta, 1)
     assert metrics["status"] == int(RoundStatus.OK)
@@ -119,7 +119,7 @@ def test_save_load_continue_through_the_strategy():
         return GAA(
             model_factory=sh.Linear43,
             qv_set=qv_set(),
-            episode_length=2,
+            window=2,
             trusted_data=qv_set(20),
             trusted_lr=0.5,
             trusted_batch_size=8,
@@ -176,9 +176,7 @@ def test_configuration_errors():
 
 
 def test_paper_policy_runs_through_the_strategy():
-    strategy = GAA(
-        model_factory=sh.Linear43, qv_set=qv_set(), policy="paper", episode_length=2
-    )
+    strategy = GAA(model_factory=sh.Linear43, qv_set=qv_set(), policy="paper", window=2)
     theta = sh.model_arrays(0)
     for r in (1, 2):
         theta, metrics = run_round(strategy, theta, r)
@@ -193,7 +191,7 @@ def test_server_momentum_is_refused_with_a_clear_message():
 
 def _episodes(rounds: int, episodes: int) -> tuple[GAA, list]:
     """Run ``episodes`` trainings of ``rounds`` rounds, each from the same θ₀."""
-    strategy = GAA(model_factory=sh.Linear43, qv_set=qv_set(), episode_length=2)
+    strategy = GAA(model_factory=sh.Linear43, qv_set=qv_set(), window=2)
     trace = []
     for _ in range(episodes):
         theta = sh.model_arrays(0)

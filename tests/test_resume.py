@@ -342,7 +342,7 @@ def test_resumed_gaa_run_equals_the_uninterrupted_run_bit_for_bit(tmp_path) -> N
 
 @pytest.mark.parametrize("after", [2, 3])  # inside episode 1; at its end
 def test_resume_across_gaa_episodes(tmp_path, after: int) -> None:
-    episodes = {"gaa-episodes": 2, "num-server-rounds": 3, "gaa-episode-length": 2}
+    episodes = {"gaa-episodes": 2, "num-server-rounds": 3, "gaa-window": 2}
     _run(tmp_path / "whole", **episodes)
     cut = tmp_path / "cut"
     _interrupted(cut, after=after, **episodes)

@@ -125,7 +125,7 @@ _STRATEGIES = st.sampled_from(
         lambda: strategies.GeoMed(malicious_fraction=0.2, method="weiszfeld"),
         lambda: strategies.Mean(weighted_aggregation=True),
         lambda: strategies.FLTrust(
-            model_factory=sh.Linear43, qv_set=sh.linear43_data(0, 8)
+            model_factory=sh.Linear43, root_set=sh.linear43_data(0, 8)
         ),
         lambda: strategies.Zeno(
             model_factory=sh.Linear43,

@@ -431,7 +431,7 @@ def test_legacy_rounds_check_the_server_model_against_the_sent_layout(model, sta
     """The layout sent reaches the rule under LegacyRobust too: a server-side model
     whose arrays do not fit the Parameters is refused, not read in the wrong shape."""
     theta = sh.model_arrays(9)
-    inner = strategies.FLTrust(model_factory=model, qv_set=sh.linear43_data(3, 12))
+    inner = strategies.FLTrust(model_factory=model, root_set=sh.linear43_data(3, 12))
     legacy = LegacyRobust(inner)
     sent = ndarrays_to_parameters(list(theta.values()))
     clients = [_Proxy(1), _Proxy(2)]
