@@ -17,32 +17,6 @@ from flwr_byz.seeding import numpy_stream
 from .omniscient import PERTURBATIONS
 from .roles import PretenseRole, RandomizedRole, Role, StaticRole, initial_role
 
-ATTACKS: tuple[str, ...] = (
-    "none",
-    "random-fault",
-    "uniform-noise",
-    "sign-flip",
-    "scaling",
-    "label-flip",
-    "alie",
-    "ipm",
-    "adaptive-fault",
-    "min-max",
-    "min-sum",
-    "qv-orthogonal",
-    "pretense-drift",
-    "class-targeted",
-    "sybil",
-    "sybil-noise",
-    "fang-krum",
-    "fang-trim",
-    "agr-tailored",
-)
-PATTERNS: tuple[str, ...] = ("static", "pretense", "randomized")
-SIDES: tuple[str, ...] = ("auto", "client", "server")
-
-# Need the honest updates of the round: only the server-side injector can run them.
-OMNISCIENT_ATTACKS: tuple[str, ...] = ("alie", "ipm", "min-max", "min-sum")
 # Defence-aware colluders (flwr_byz.attacks.tailored, .colluders): they know the
 # defence's rule and thresholds and the data distribution, never the server's QV
 # samples; they see the honest updates and pool their own data, so only the
@@ -57,6 +31,26 @@ ADAPTIVE_ATTACKS: tuple[str, ...] = (
     "fang-trim",
     "agr-tailored",
 )
+
+ATTACKS: tuple[str, ...] = (
+    "none",
+    "random-fault",
+    "uniform-noise",
+    "sign-flip",
+    "scaling",
+    "label-flip",
+    "alie",
+    "ipm",
+    "adaptive-fault",
+    "min-max",
+    "min-sum",
+    *ADAPTIVE_ATTACKS,
+)
+PATTERNS: tuple[str, ...] = ("static", "pretense", "randomized")
+SIDES: tuple[str, ...] = ("auto", "client", "server")
+
+# Need the honest updates of the round: only the server-side injector can run them.
+OMNISCIENT_ATTACKS: tuple[str, ...] = ("alie", "ipm", "min-max", "min-sum")
 # Run only by the server-side injector.
 COLLUDING_ATTACKS: tuple[str, ...] = OMNISCIENT_ATTACKS + ADAPTIVE_ATTACKS
 # Adaptive attacks that need the colluders' data and the model.
