@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flwr_byz.data import ClientData, LabeledData, load_partition, load_server_data
+from flwr_byz.data import (
+    QV_DISTRIBUTION,
+    ClientData,
+    LabeledData,
+    load_partition,
+    load_server_data,
+)
 
 # How many samples of the QV distribution the adaptive-fault attacker is assumed to
 # know (GAA §6.3.1, case A: D0 = the full 1k-sample QV pool, not the server's few).
@@ -57,6 +63,7 @@ def load_adaptive_d0(run_config: Mapping[str, Any], num_partitions: int) -> Labe
     """
     num = max(num_partitions, 1)
     try:
-        return load_server_data({**run_config, "qv-size": ADAPTIVE_D0_SIZE}, num).qv
+        drawn = {**run_config, **QV_DISTRIBUTION, "qv-size": ADAPTIVE_D0_SIZE}
+        return load_server_data(drawn, num).qv
     except ValueError:
         return load_server_data(run_config, num).qv

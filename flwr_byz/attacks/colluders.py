@@ -96,7 +96,7 @@ def flat_model(
 
 
 def _qv_pool(cfg: Mapping[str, Any], num_partitions: int) -> LabeledData:
-    from flwr_byz.data import GENERATED, load_server_data
+    from flwr_byz.data import GENERATED, QV_DISTRIBUTION, load_server_data
 
     sizes = _POOL_SIZES
     generated = GENERATED.get(str(cfg.get("dataset", "yelp-style")))
@@ -107,7 +107,8 @@ def _qv_pool(cfg: Mapping[str, Any], num_partitions: int) -> LabeledData:
     last: ValueError | None = None
     for size in sizes:
         try:
-            data = load_server_data({**cfg, "qv-size": size}, num_partitions).qv
+            drawn = {**cfg, **QV_DISTRIBUTION, "qv-size": size}
+            data = load_server_data(drawn, num_partitions).qv
         except ValueError as err:  # the pool holds fewer: try a smaller draw
             last = err
             continue

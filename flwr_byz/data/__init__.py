@@ -7,7 +7,7 @@ See :mod:`flwr_byz.data.config` for the run-config keys and
 """
 
 from flwr_byz.data.client_data import ClientData
-from flwr_byz.data.config import DATA_DEFAULTS, check_data_config
+from flwr_byz.data.config import DATA_DEFAULTS, QV_DISTRIBUTION, check_data_config
 from flwr_byz.data.embedded_source import read_embedded
 from flwr_byz.data.labeled_data import LabeledData
 from flwr_byz.data.loaders import dataset_shape, load_partition, load_server_data
@@ -28,6 +28,7 @@ __all__ = [
     "EMBEDDED",
     "GENERATED",
     "HEALTHCARE_STYLE",
+    "QV_DISTRIBUTION",
     "YELP_STYLE",
     "ClientData",
     "EmbeddedSpec",

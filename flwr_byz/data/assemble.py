@@ -7,7 +7,7 @@ import torch
 from flwr_byz.data.client_data import ClientData
 from flwr_byz.data.config import DataConfig
 from flwr_byz.data.labeled_data import LabeledData
-from flwr_byz.data.splitting import qv_indices, train_test_indices
+from flwr_byz.data.splitting import qv_indices, train_test_indices, wrong_labels
 from flwr_byz.data.standardise import feature_stats, standardise
 
 
@@ -58,11 +58,24 @@ def standardised(
     return LabeledData(standardise(x, _stats(x, cfg)), y.clone())
 
 
-def draw_qv(pool: LabeledData, cfg: DataConfig, source: str) -> LabeledData:
-    """The working QV set: ``qv-size`` samples of an already standardised pool."""
+def draw_qv(
+    pool: LabeledData, cfg: DataConfig, source: str, num_classes: int
+) -> LabeledData:
+    """The working QV set: ``qv-size`` samples of an already standardised pool,
+    skewed by ``qv-class-shares`` and with ``qv-label-noise`` of its labels wrong
+    when those keys ask for it."""
     labels = pool.labels.numpy()
-    idx = torch.from_numpy(qv_indices(labels, cfg.qv_size, cfg.seed, source))
-    return LabeledData(pool.features[idx].clone(), pool.labels[idx].clone())
+    if len(cfg.qv_class_shares) > num_classes:
+        raise ValueError(
+            f"run config 'qv-class-shares' has {len(cfg.qv_class_shares)} shares "
+            f"but the dataset has {num_classes} classes; give at most one per class"
+        )
+    idx = qv_indices(labels, cfg.qv_size, cfg.seed, source, cfg.qv_class_shares)
+    y = wrong_labels(labels[idx], cfg.qv_label_noise, num_classes, cfg.seed)
+    picked = torch.from_numpy(idx)
+    return LabeledData(
+        pool.features[picked].clone(), torch.from_numpy(y).to(pool.labels.dtype)
+    )
 
 
 def check_dims(x: torch.Tensor, num_features: int, what: str) -> None:

@@ -47,6 +47,13 @@ from :data:`DATA_DEFAULTS`:
     the default, means this).
 ``qv-size``
     Working QV-set size (papers: < 10), drawn without replacement from the source.
+``qv-class-shares``
+    ``""`` (default): the QV set is as class-balanced as the source allows |
+    comma-separated weights, one per class from class 0 (``"0.9,0.1"``: 9 of 10
+    samples of class 0), to study a skewed QV set.
+``qv-label-noise``
+    Share of the QV samples whose label is replaced by a different, seeded random
+    class (0 <= share < 1; default 0), to study a partly wrong QV set.
 ``test-fraction``
     Share of each partition kept as that client's local test split (0 <= f < 1).
 ``samples-per-region``
@@ -79,11 +86,17 @@ DATA_DEFAULTS: dict[str, Any] = {
     "dirichlet-alpha": 0.5,
     "qv-source": "held-out-region",
     "qv-size": 10,
+    "qv-class-shares": "",
+    "qv-label-noise": 0.0,
     "test-fraction": 0.2,
     "samples-per-region": 0,
     "standardize": "client",
     "seed": 0,
 }
+
+#: The QV keys that make the server's QV set imperfect, at their neutral values:
+#: what an attacker who samples the QV *distribution* draws from.
+QV_DISTRIBUTION = {"qv-class-shares": "", "qv-label-noise": 0.0}
 
 PARTITIONINGS = ("natural", "iid", "dirichlet")
 STANDARDIZE = ("client", "none")
@@ -121,6 +134,8 @@ class DataConfig:
     qv_kind: str
     qv_arg: str
     qv_size: int
+    qv_class_shares: tuple[float, ...]
+    qv_label_noise: float
     test_fraction: float
     samples_per_region: int
     standardize: str
@@ -165,6 +180,20 @@ def _str(cfg: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise _bad(key, value, "a string")
     return value.strip()
+
+
+def _parse_shares(value: str) -> tuple[float, ...]:
+    allowed = "'' (balanced) or comma-separated numbers >= 0, one per class from "
+    allowed += "class 0, with a positive sum, e.g. '0.9,0.1'"
+    if not value:
+        return ()
+    try:
+        shares = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise _bad("qv-class-shares", value, allowed) from None
+    if any(not (s >= 0 and s < float("inf")) for s in shares) or not sum(shares) > 0:
+        raise _bad("qv-class-shares", value, allowed)
+    return shares
 
 
 def _parse_qv(value: str, cfg_partitioning: str, dataset: str) -> tuple[str, str]:
@@ -277,6 +306,9 @@ def parse_data_config(cfg: Mapping[str, Any]) -> DataConfig:
     feature_columns = tuple(
         c.strip() for c in _str(cfg, "feature-columns").split(",") if c.strip()
     )
+    label_noise = _float(cfg, "qv-label-noise")
+    if not 0.0 <= label_noise < 1.0:
+        raise _bad("qv-label-noise", label_noise, "a number in [0, 1)")
     return DataConfig(
         dataset=dataset,
         data_path=data_path,
@@ -289,6 +321,8 @@ def parse_data_config(cfg: Mapping[str, Any]) -> DataConfig:
         qv_kind=qv_kind,
         qv_arg=qv_arg,
         qv_size=_int(cfg, "qv-size", 1),
+        qv_class_shares=_parse_shares(_str(cfg, "qv-class-shares")),
+        qv_label_noise=label_noise,
         test_fraction=test_fraction,
         samples_per_region=_int(cfg, "samples-per-region", 0),
         standardize=standardize,

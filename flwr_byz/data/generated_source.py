@@ -61,7 +61,8 @@ def generated_server_data(cfg: DataConfig, num_partitions: int) -> ServerData:
         check_dims(x, spec.num_features, what)
         check_labels(y, spec.num_classes, what)
         pool = standardised(x, y, cfg, what)
-    qv = draw_qv(pool, cfg, f"{cfg.qv_kind}:{cfg.qv_arg}".rstrip(":"))
+    source = f"{cfg.qv_kind}:{cfg.qv_arg}".rstrip(":")
+    qv = draw_qv(pool, cfg, source, spec.num_classes)
     return ServerData(
         qv=qv, test=test, num_features=spec.num_features, num_classes=spec.num_classes
     )

@@ -12,6 +12,7 @@ from flwr_byz.seeding import numpy_stream as rng_for
 __all__ = [
     "EMBEDDED_QV_STREAM",
     "QV_DRAW_STREAM",
+    "QV_NOISE_STREAM",
     "REGION_PARAMS_STREAM",
     "REGION_SAMPLES_STREAM",
     "REGION_TEST_STREAM",
@@ -31,3 +32,4 @@ SPLIT_STREAM = 4
 QV_DRAW_STREAM = 5
 SHUFFLE_STREAM = 6
 EMBEDDED_QV_STREAM = 7
+QV_NOISE_STREAM = 8

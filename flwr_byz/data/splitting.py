@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from flwr_byz.data.seeding import QV_DRAW_STREAM, SPLIT_STREAM, rng_for
+from flwr_byz.data.seeding import (
+    QV_DRAW_STREAM,
+    QV_NOISE_STREAM,
+    SPLIT_STREAM,
+    rng_for,
+)
 
 #: A partition needs at least this many training samples (a standard deviation).
 MIN_TRAIN_SAMPLES = 2
@@ -41,7 +46,13 @@ def train_test_indices(
     return perm[n_test:], perm[:n_test]
 
 
-def qv_indices(labels: np.ndarray, qv_size: int, seed: int, source: str) -> np.ndarray:
+def qv_indices(
+    labels: np.ndarray,
+    qv_size: int,
+    seed: int,
+    source: str,
+    shares: tuple[float, ...] = (),
+) -> np.ndarray:
     """``qv_size`` distinct indices of a QV pool, as class-balanced as possible.
 
     The pool is shuffled (seeded) and classes are then taken in turn, so a 10-sample
@@ -50,10 +61,15 @@ def qv_indices(labels: np.ndarray, qv_size: int, seed: int, source: str) -> np.n
     one-class QV set rewards collapsing the model onto that class — the opposite of
     what the server wants to measure.
 
+    ``shares`` (one weight per class, ``qv-class-shares``) draws a skewed set
+    instead: class ``c`` gets its share of ``qv_size`` by largest remainder
+    (``(0.9, 0.1)`` and 10 samples: 9 of class 0, 1 of class 1).
+
     Raises
     ------
     ValueError
-        If the pool is smaller than ``qv-size``.
+        If the pool is smaller than ``qv-size``, or holds fewer samples of a class
+        than its share asks for.
     """
     pool_size = len(labels)
     if pool_size < qv_size:
@@ -62,6 +78,8 @@ def qv_indices(labels: np.ndarray, qv_size: int, seed: int, source: str) -> np.n
             f"{qv_size}; lower 'qv-size' or use a larger source"
         )
     order = rng_for(seed, QV_DRAW_STREAM).permutation(pool_size)
+    if shares:
+        return _skewed(labels, order, share_counts(shares, qv_size), source)
     by_class = [order[labels[order] == c] for c in np.unique(labels)]
     picked: list[int] = []
     depth = 0
@@ -71,3 +89,51 @@ def qv_indices(labels: np.ndarray, qv_size: int, seed: int, source: str) -> np.n
                 picked.append(int(members[depth]))
         depth += 1
     return np.asarray(picked, dtype=np.int64)
+
+
+def share_counts(shares: tuple[float, ...], total: int) -> list[int]:
+    """``total`` split in proportion to ``shares`` by largest remainder (ties go
+    to the lower class), so the counts always sum to ``total``."""
+    weight = sum(shares)
+    exact = [total * s / weight for s in shares]
+    counts = [int(np.floor(e)) for e in exact]
+    by_remainder = sorted(range(len(shares)), key=lambda c: (counts[c] - exact[c], c))
+    for c in by_remainder[: total - sum(counts)]:
+        counts[c] += 1
+    return counts
+
+
+def _skewed(
+    labels: np.ndarray, order: np.ndarray, counts: list[int], source: str
+) -> np.ndarray:
+    picked: list[np.ndarray] = []
+    for c, count in enumerate(counts):
+        members = order[labels[order] == c]
+        if len(members) < count:
+            raise ValueError(
+                f"qv-source {source!r} has {len(members)} samples of class {c}, "
+                f"fewer than the {count} that qv-class-shares asks for; lower "
+                "'qv-size' or change 'qv-class-shares'"
+            )
+        picked.append(members[:count])
+    chosen = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return chosen[np.argsort(rank[chosen], kind="stable")].astype(np.int64)
+
+
+def wrong_labels(
+    labels: np.ndarray, fraction: float, num_classes: int, seed: int
+) -> np.ndarray:
+    """A copy of ``labels`` with ``round(fraction · len(labels))`` of them, at
+    seeded positions, replaced by a different class drawn uniformly
+    (``qv-label-noise``: a QV set with some wrong labels)."""
+    out = labels.copy()
+    count = round(fraction * len(labels))
+    if count == 0 or num_classes < 2:
+        return out
+    rng = rng_for(seed, QV_NOISE_STREAM)
+    where = rng.choice(len(labels), size=count, replace=False)
+    shift = rng.integers(1, num_classes, size=count)
+    out[where] = (out[where] + shift) % num_classes
+    return out

@@ -259,7 +259,8 @@ def federation_server_data(
         x, y = _union_of_test_parts(fed, meta, cfg, num_partitions)
     test = standardised(x, y, cfg, what)
     pool = _qv_pool(fed, meta, cfg, num_partitions)
-    qv = draw_qv(pool, cfg, f"{cfg.qv_kind}:{cfg.qv_arg}".rstrip(":"))
+    source = f"{cfg.qv_kind}:{cfg.qv_arg}".rstrip(":")
+    qv = draw_qv(pool, cfg, source, meta.num_classes)
     return ServerData(
         qv=qv, test=test, num_features=meta.num_features, num_classes=meta.num_classes
     )
