@@ -36,7 +36,7 @@ from flwr_byz.validation import boolean, integer, number, require
 
 from .client_metrics import mean_client_metrics
 from .layer_state import NodeIdMap
-from .model_layout import ModelLayout
+from .model_layout import NUMPY_STYPE, ModelLayout
 from .reply_validation import (
     Candidate,
     RejectReason,
@@ -597,7 +597,9 @@ class RobustStrategy(FedAvg):
             arrays = ArrayRecord(
                 {
                     key: (
-                        sent.record[key] if offset < 0 else Array(outcome.arrays[key])
+                        sent.record[key]
+                        if offset < 0
+                        else _encoded(outcome.arrays[key], sent, key)
                     )
                     for key, offset in zip(
                         sent.layout.keys, sent.layout.offsets, strict=True
@@ -674,6 +676,26 @@ class RobustStrategy(FedAvg):
         return MetricRecord(
             mean_client_metrics(records, weights, exclude=(self.weighted_by_key,))
         )
+
+
+def _encoded(value: np.ndarray, sent: SentModel, key: str) -> Array:
+    """``value``, the new array ``key``, as a Flower Array.
+
+    Where it has the sent array's dtype and shape (the server step keeps both)
+    and the sent array is C-order, its bytes are the sent ``.npy`` header and
+    the values: what ``numpy.save`` writes, without formatting a header per
+    array and round.
+    """
+    header = sent.headers.get(key)
+    old = sent.arrays[key]
+    if header is None or value.dtype != old.dtype or value.shape != old.shape:
+        return Array(value)
+    return Array(
+        dtype=str(value.dtype),
+        shape=tuple(int(s) for s in value.shape),
+        stype=NUMPY_STYPE,
+        data=header + value.tobytes(order="C"),
+    )
 
 
 def _sketch_width(value: object) -> str | None:
