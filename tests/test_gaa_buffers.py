@@ -15,6 +15,7 @@ from torch import nn
 
 from flwr_byz.gaa import QVObjective, TrustedWorker
 from flwr_byz.gaa.buffers import is_variance, weighted_coordinate_median
+from flwr_byz.gaa.qv import balanced_cross_entropy
 from flwr_byz.strategy import RoundStatus
 from flwr_byz.strategy.fltrust import FLTrust
 from flwr_byz.strategy.gaa import GAA
@@ -159,7 +160,7 @@ def test_gaa_trains_a_batchnorm_cnn_every_round(options):
     model.eval()
     x, y = data(7, 10)
     with torch.no_grad():
-        loss = float(nn.functional.cross_entropy(model(x), y))
+        loss = float(balanced_cross_entropy(model(x), y))
     assert loss == pytest.approx(metrics["qv-loss-after"], rel=1e-4)
 
 
@@ -270,7 +271,7 @@ def test_trusted_worker_trains_batchnorm_like_a_client():
     model = BNCNN()
     model.load_state_dict({k: torch.as_tensor(v) for k, v in theta.items()})
     model.train()
-    loss = nn.functional.cross_entropy(model(x), y)
+    loss = balanced_cross_entropy(model(x), y)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     with torch.no_grad():
         for p, g in zip(model.parameters(), grads, strict=True):
@@ -295,7 +296,7 @@ def test_qv_objective_is_the_eval_mode_loss_and_ignores_buffer_gradients():
     x, y = data(7, 10)
     value, grad = obj.value_and_grad(flat)
     with torch.no_grad():
-        expected = float(nn.functional.cross_entropy(model(x), y))
+        expected = float(balanced_cross_entropy(model(x), y))
     assert float(value) == pytest.approx(expected, rel=1e-5)
     mask = obj.buffer_mask
     assert int(mask.sum()) == 8  # running mean and variance of 4 channels
@@ -338,7 +339,7 @@ def _eval_loss(theta) -> float:
     model.eval()
     x, y = data(7, 10)
     with torch.no_grad():
-        return float(nn.functional.cross_entropy(model(x), y))
+        return float(balanced_cross_entropy(model(x), y))
 
 
 def test_a_negative_running_var_never_freezes_gaa():

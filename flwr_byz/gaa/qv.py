@@ -41,6 +41,23 @@ QV_FORMS = (
 QVKeys = tuple[str | int, str | int]
 
 
+def balanced_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in which every class present in ``targets`` weighs the same.
+
+    Sample ``i`` weighs ``1 / count(y_i)``, normalised, so on a balanced set this
+    is the plain mean cross-entropy, and on a skewed one (a QV set of nine
+    samples of one class and one of the other) the lone sample counts as much as
+    the nine: a model that collapses onto the majority class does not look good
+    to a judge that sees mostly that class. Targets that are not one class index
+    per sample (soft labels, dense targets) take the plain mean.
+    """
+    if targets.dim() != 1 or torch.is_floating_point(targets):
+        return nn.functional.cross_entropy(logits, targets)
+    per_sample = nn.functional.cross_entropy(logits, targets, reduction="none")
+    inverse = 1.0 / torch.bincount(targets)[targets].to(per_sample.dtype)
+    return (per_sample * inverse).sum() / inverse.sum()
+
+
 def check_model_factory(model_factory: Any) -> None:
     """Refuse (ValueError) anything but a class or function that builds a fresh model.
 
@@ -275,7 +292,9 @@ class QVObjective:
     qv_set : see :func:`qv_tensors`
         The quasi-validation set B (any size >= 1).
     loss : Callable[[logits, targets], scalar] or None
-        Mean loss over B; cross-entropy when ``None``.
+        Mean loss over B; when ``None``, the class-balanced cross-entropy
+        (:func:`balanced_cross_entropy`): a QV set is rarely balanced, and a
+        skewed judge rewards collapsing onto its majority class.
     device : str or torch.device
         Where the QV computation runs.
     qv_keys : tuple or None
@@ -303,7 +322,7 @@ class QVObjective:
         x, y = qv_tensors(qv_set, qv_keys)
         self.x = x.to(self.device)
         self.y = y.to(self.device)
-        self.loss_fn: LossFn = loss or nn.functional.cross_entropy
+        self.loss_fn: LossFn = loss or balanced_cross_entropy
         state = self.model.state_dict()
         self.keys = [k for k, v in state.items() if torch.is_floating_point(v)]
         self.shapes = [state[k].shape for k in self.keys]
