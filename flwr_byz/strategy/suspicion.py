@@ -63,7 +63,10 @@ def median_distances(updates: torch.Tensor, *, sampled: bool = False) -> np.ndar
     sample = updates
     index = None if sampled else sample_index(*updates.shape)
     if index is not None:
-        sample = updates[:, torch.from_numpy(index).to(updates.device)]
+        if updates.device.type == "cpu":  # numpy's take: a third of torch's time
+            sample = torch.from_numpy(np.take(updates.numpy(), index, axis=1))
+        else:
+            sample = updates[:, torch.from_numpy(index).to(updates.device)]
     # Sorted in the input precision (the order does not depend on it; numpy's
     # vectorised sort of short rows beats selection), midpoints and distances in
     # float64. The sample is small (at most 2^17 values): on the CPU.
