@@ -10,9 +10,12 @@ See :func:`main` for the options. For each (n, d) the same ``n`` reply Messages
 (``aggregate_train``, replies validated, model stepped), by Flower's FedAvg, by
 every flwr-byz rule (exact distances, and with the opt-in count sketch) and by
 Flower's counterpart where one exists, in the same process and interleaved. The
-*floor* is measured in the same run: one copy of the replies' bytes into an
-``(n, d)`` float32 matrix plus one Gram product ``X Xᵀ``. Printed as ratios:
-Flower ÷ ours, ours ÷ floor, FABA ÷ our Krum.
+*floor* is measured in the same run (its best time, sampled between the rules
+where a call is short): one copy of the replies' bytes into an ``(n, d)``
+float32 matrix plus one Gram product ``X Xᵀ``. Printed as ratios: Flower ÷ ours,
+ours ÷ floor, FABA ÷ our Krum; then a targets table, one line per (n, d): each
+exact distance rule ÷ the floor, Flower's Krum ÷ ours, and our ``Mean`` ÷
+Flower's ``FedAvg`` (the best of its runs in that size).
 """
 
 from __future__ import annotations
@@ -201,7 +204,10 @@ def run(
             f = n // 5
             replies = build_replies(n, d, f)
             reps = repeats if n * d <= 20_000_000 else 1
+            if n * d <= 2_000_000 and repeats > 1:  # ms a call: more runs
+                reps *= 3
             floor = min(floor_seconds(replies) for _ in range(reps))
+            first = len(rows)
             print(f"\n## n = {n}, d = {d:,}, f = {f}: floor {floor:.3f} s", flush=True)
             time_strategy(replies, ours.Mean(), True)  # library warm-up, untimed
             fedavg = None
@@ -219,6 +225,8 @@ def run(
                         t_flwr, mb_flwr = min(t_flwr, s), max(mb_flwr, mb)
                 if is_flower:
                     fedavg = t_ours
+                if reps > 1:  # the floor sampled between rules too: its best
+                    floor = min(floor, floor_seconds(replies))
                 row = {
                     "n": n,
                     "d": d,
@@ -243,6 +251,8 @@ def run(
                     + f" | ours/floor {t_ours / floor:5.2f}",
                     flush=True,
                 )
+            for row in rows[first:]:
+                row["floor_s"] = floor
             del replies
             gc.collect()
     if "GAA" not in skip:
@@ -334,6 +344,50 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: The exact distance rules of the targets table.
+DISTANCE_RULES = ("Krum", "MultiKrum", "FABA", "GeoMed")
+
+
+def targets(rows: list[dict]) -> str:
+    """One line per (n, d): each exact distance rule ÷ the floor, Flower's Krum
+    ÷ ours, our ``Mean`` against Flower's ``FedAvg`` (all from the same run)."""
+    by_key = {(r["n"], r["d"], r["rule"]): r for r in rows}
+    sizes = list(dict.fromkeys((r["n"], r["d"]) for r in rows if r["rule"] != "GAA"))
+    lines = [
+        "| n | d | floor (s) | "
+        + " | ".join(f"{name} ÷ floor" for name in DISTANCE_RULES)
+        + " | Flower's Krum ÷ ours | Mean (s) | FedAvg (s) | Mean ÷ FedAvg |",
+        "|---:|---:|---:|" + "---:|" * (len(DISTANCE_RULES) + 4),
+    ]
+    for n, d in sorted(sizes, key=lambda size: (size[1], size[0])):
+        cells = [f"{n}", f"{d:,}"]
+        floor = next(r["floor_s"] for r in rows if (r["n"], r["d"]) == (n, d))
+        cells.append(f"{floor:.4f}")
+        for name in DISTANCE_RULES:
+            r = by_key.get((n, d, name))
+            cells.append(f"{r['ours_s'] / r['floor_s']:.2f}" if r else "–")
+        krum = by_key.get((n, d, "Krum"))
+        cells.append(
+            f"{krum['flower_s'] / krum['ours_s']:.2f}×"
+            if krum and krum["flower_s"]
+            else "–"
+        )
+        mean = by_key.get((n, d, "Mean"))
+        fedavg = [
+            t for t in ((mean or {}).get(k) for k in ("flower_s", "fedavg_s")) if t
+        ]
+        if mean and fedavg:
+            cells += [
+                f"{mean['ours_s']:.4f}",
+                f"{min(fedavg):.4f}",
+                f"{mean['ours_s'] / min(fedavg):.2f}",
+            ]
+        else:
+            cells += ["–", "–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: str) -> None:
     """Log-log seconds vs n per rule, one panel per d (docs/bench_scale.png)."""
     import matplotlib
@@ -409,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     skip = {s for s in args.skip.split(",") if s}
     rows = run(ns, dims, args.k, args.repeats, skip)
     print("\n" + markdown(rows))
+    print("\n## Targets\n\n" + targets(rows))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)
