@@ -204,6 +204,10 @@ class RoundLog:
             entry["model-updated"] = changed
         entry["accuracy"] = _finite(float(metrics["accuracy"]))
         entry["loss"] = _finite(float(metrics["loss"]))
+        if "worst-class-accuracy" in metrics:
+            entry["worst-class-accuracy"] = _finite(
+                float(metrics["worst-class-accuracy"])
+            )
         entry["round-time-s"] = round(now - self._last_eval, 4)
         self._last_eval = now
         self._pending = {}
@@ -236,6 +240,9 @@ class RoundLog:
             )
         return {
             "final-accuracy": rounds[-1].get("accuracy") if rounds else None,
+            "final-worst-class-accuracy": (
+                rounds[-1].get("worst-class-accuracy") if rounds else None
+            ),
             "initial-accuracy": rounds[0].get("accuracy") if rounds else None,
             "episodes": episodes,
             "detection-method": method,
