@@ -230,11 +230,11 @@ def _payload(
 
 
 def _finite(block: np.ndarray) -> bool:
-    # One cheap reduction: a finite sum means finite values. A sum that is not
-    # may only have overflowed on huge finite values, so then they are read again.
-    return math.isfinite(float(np.add.reduce(block, dtype=np.float32))) or bool(
-        np.isfinite(block).all()
-    )
+    # One cheap reduction: a finite sum of squares (BLAS's dot, several times
+    # faster than a float32 sum) means finite values. One that is not may only
+    # have overflowed on large finite values (beyond about 1e19), so then they
+    # are read again.
+    return math.isfinite(float(np.dot(block, block))) or bool(np.isfinite(block).all())
 
 
 def decode_update_into(
