@@ -37,6 +37,11 @@ NORM_SLACK = 5.0
 #: uniform credit it stays among honest norms up to 80 % of attackers sending
 #: larger updates; once credit has moved, the trusted workers set it.
 NORM_QUANTILE = 0.2
+#: Only rows whose solo QV gain is at least this share of the trust-weighted
+#: median gain of the helpful rows set the norm reference (when any row helps):
+#: updates too small to move the QV loss cannot make every honest norm look
+#: excessive.
+REFERENCE_GAIN_SHARE = 0.25
 #: The QV lean reads alignments with −∇f_B in units of a typical worker's
 #: |alignment| (never below DESCENT_FLOOR), each capped at LEAN_CLIP units.
 DESCENT_FLOOR = 0.01
@@ -73,6 +78,29 @@ def helpful_gain_capped(
     if not float(w.sum()) > 0:
         w = torch.ones_like(w)
     return gain.clamp(max=weighted_quantile(gain[helps], w, 0.5))
+
+
+def norm_reference_rows(scaled: torch.Tensor, trust: torch.Tensor) -> torch.Tensor:
+    """Which rows may set the norm reference: a bool ``(m,)`` mask.
+
+    The rows whose solo step lowers the QV loss by at least
+    :data:`REFERENCE_GAIN_SHARE` of the trust-weighted median decrease among
+    the rows that lower it at all; every row when none does. The reference is a
+    low quantile of the norms so that a majority of huge updates cannot set it;
+    without this mask a minority of tiny updates could (Fang et al.'s attack on
+    Krum sends ``−λ·sign(mean)`` with λ near zero): every honest norm would then
+    read as tens of nats of excess, and the tiny updates would take all credit
+    and stall the model. An update too small to move the QV loss is no
+    evidence of what an honest norm is.
+    """
+    helps = scaled > 0
+    if not bool(helps.any()):
+        return torch.ones_like(helps)
+    weights = trust[helps]
+    if not float(weights.sum()) > 0:
+        weights = torch.ones_like(weights)
+    typical = weighted_quantile(scaled[helps], weights, 0.5)
+    return scaled >= REFERENCE_GAIN_SHARE * typical
 
 
 def collusion_voices(updates: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -312,11 +340,12 @@ class EvidencePolicy(nn.Module):
             collusion_voices(obs.updates, self.collusion_threshold)
         ).detach()
         trust = torch.softmax(prev_logits.detach() + log_voice, 0)
-        ref = weighted_quantile(log_norm, trust, NORM_QUANTILE)
+        scaled = feats[:, FEATURE_NAMES.index("qv-gain-scaled")]
+        setters = norm_reference_rows(scaled.detach(), trust)
+        ref = weighted_quantile(log_norm, trust * setters, NORM_QUANTILE)
         excess = torch.relu(log_norm - ref - math.log(NORM_SLACK))
         prev_rel = (prev_logits - prev_logits.max().detach()).clamp(min=-PREV_CLIP)
         keep = [FEATURE_NAMES.index(n) for n in INPUT_NAMES[:4]]
-        scaled = feats[:, FEATURE_NAMES.index("qv-gain-scaled")]
         capped = scaled.clamp(max=1.0)
         x = torch.cat(
             [
