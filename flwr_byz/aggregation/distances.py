@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from flwr_byz.aggregation.ordering import argmin_lowest
 from flwr_byz.aggregation.sketch import CountSketch
 from flwr_byz.aggregation.validation import check_updates
 
@@ -157,12 +157,40 @@ def medoid(gram: torch.Tensor, dist: torch.Tensor) -> int:
     dist : torch.Tensor
         ``(n, n)`` distances computed from it.
     """
-    p = argmin_lowest(dist.sum(dim=1))
-    diag = gram.diagonal()
-    num = (diag[:, None] - diag[p]) - 2.0 * (gram - gram[p])
-    den = dist + dist[p]
-    terms = torch.where(den > 0, num / den.clamp(min=1e-300), 0.0)
-    return argmin_lowest(terms.sum(dim=1))
+    p = _argmin_lowest(dist.sum(dim=1))
+    if gram.device.type != "cpu" or gram.dtype != torch.float64:
+        diag = gram.diagonal()
+        num = (diag[:, None] - diag[p]) - 2.0 * (gram - gram[p])
+        den = dist + dist[p]
+        terms = torch.where(den > 0, num / den.clamp(min=1e-300), 0.0)
+        return _argmin_lowest(terms.sum(dim=1))
+    # The same float64 operations, elementwise, in numpy and in place: no
+    # (n, n) temporaries and no thread start per operation (the row sums stay
+    # torch's, so their rounding is unchanged).
+    g, dd = gram.numpy(), dist.to(torch.float64).numpy()
+    diag = np.diagonal(g)
+    num = np.subtract(g, g[p])
+    num *= 2.0
+    np.subtract(diag[:, None] - diag[p], num, out=num)
+    den = np.add(dd, dd[p])
+    positive = den > 0
+    np.maximum(den, 1e-300, out=den)
+    np.divide(num, den, out=num)
+    num[~positive] = 0.0
+    return _argmin_lowest(torch.from_numpy(num).sum(dim=1))
+
+
+def _argmin_lowest(values: torch.Tensor) -> int:
+    """:func:`~flwr_byz.aggregation.ordering.argmin_lowest` of a 1-D tensor
+    without a Python sort: the first smallest value, NaN counting as largest."""
+    vals = values.detach().to("cpu", torch.float64).numpy()
+    nan = np.isnan(vals)
+    if not nan.any():
+        return int(np.argmin(vals))  # the first of equal minima
+    if nan.all():
+        return 0
+    kept = np.flatnonzero(~nan)
+    return int(kept[np.argmin(vals[kept])])
 
 
 def _reliable(product: torch.Tensor, cols: torch.Tensor) -> bool:
