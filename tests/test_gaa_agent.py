@@ -233,6 +233,22 @@ def test_detect_returns_lowest_credits_ties_by_lowest_id():
         agent.detect(-1)
 
 
+def test_detect_with_a_margin_names_only_nodes_set_apart_from_the_best():
+    agent = GAAAgent(QVObjective(factory, qv()))
+    agent.logits = {
+        1: torch.tensor(0.0),
+        2: torch.tensor(-4.9),
+        3: torch.tensor(-5.1),
+        4: torch.tensor(-40.0),
+    }
+    assert agent.detect(3) == [4, 3, 2]
+    assert agent.detect(3, margin=5.0) == [4, 3]
+    assert agent.detect(1, margin=5.0) == [4]
+    assert agent.detect(3, margin=50.0) == []
+    with pytest.raises(ValueError, match="margin"):
+        agent.detect(1, margin=-1.0)
+
+
 # ---------------------------------------------------------------- config
 def test_configuration_errors_name_the_argument():
     objective = QVObjective(factory, qv())

@@ -223,7 +223,10 @@ class RoundLog:
             inner = inner.strategy
         if hasattr(inner, "detect") and self._credits:
             flagged = [int(n) for n in inner.detect(detection_k)]
-            method = f"GAA+ (the {detection_k} lowest credits)"
+            method = (
+                f"GAA+ (the {detection_k} lowest credits, leaving out nodes the "
+                "policy never set apart from the best)"
+            )
         else:
             flagged = flagged_by_removals(self._removed, self._seen)
             method = "removed in more than half of the rounds it took part in"

@@ -220,16 +220,26 @@ class GAAAgent:
         credit = {i: float(v) for i, v in zip(ids, c, strict=True)}
         return {i: credit[i] for i in sorted(credit)}
 
-    def detect(self, k: int) -> list[int]:
+    def detect(self, k: int, margin: float = 0.0) -> list[int]:
         """GAA+ (Justinian's GAAvernor, Procedure 2): the k lowest-credit node ids.
 
-        The trusted server worker is never reported; ties break by lowest id.
+        ``margin > 0`` leaves out the nodes whose log-credit is within ``margin``
+        nats of the highest: nodes the evidence never set apart from the best
+        are not named, so fewer than k may come back (``margin = 0``: the
+        paper's k lowest). The trusted server worker is never reported; ties
+        break by lowest id.
         """
-        if k < 0:
-            raise ValueError(f"k: got {k}; allowed: k >= 0")
+        if k < 0 or not margin >= 0:
+            raise ValueError(
+                f"k={k}, margin={margin}: allowed values are k >= 0 and margin >= 0"
+            )
         # Log-credits order nodes like credits but never underflow into ties.
         logit = {i: float(v) for i, v in self.logits.items() if i != TRUSTED_NODE_ID}
-        return sorted(logit, key=lambda i: (logit[i], i))[:k]
+        lowest = sorted(logit, key=lambda i: (logit[i], i))[:k]
+        if margin == 0 or not logit:
+            return lowest
+        best = max(logit.values())
+        return [i for i in lowest if logit[i] < best - margin]
 
     # --------------------------------------------------------------- the round
     def step(

@@ -256,9 +256,17 @@ class GAA(RobustStrategy):
         return out
 
     # ---------------------------------------------------------------- GAA+
-    def detect(self, k: int) -> list[int]:
-        """GAA+ (Justinian's GAAvernor, §4.5.1): the k lowest-credit node ids."""
-        return self.agent.detect(k)
+    def detect(self, k: int, margin: float | None = None) -> list[int]:
+        """GAA+ (Justinian's GAAvernor, §4.5.1): the k lowest-credit node ids,
+        leaving out nodes within ``margin`` nats of the best log-credit.
+
+        ``None``: the evidence policy's slack (nodes it treats alike, which it
+        never set apart, are not named; fewer than k may come back), 0 for the
+        paper's policy; ``0``: the paper's k lowest.
+        """
+        if margin is None:
+            margin = float(getattr(self.agent.policy, "slack", 0.0))
+        return self.agent.detect(k, margin)
 
     def credits(self) -> dict[int, float]:
         """Current credit of every node seen so far (trusted worker: id -1)."""
