@@ -96,8 +96,24 @@ def sample_columns(
 
 def _centre_gram(gram: torch.Tensor, ref: int) -> torch.Tensor:
     """Gram of the rows centred on row ``ref``, from the plain Gram (n × n algebra)."""
-    col = gram[:, ref]
-    return gram - col[:, None] - col[None, :] + gram[ref, ref]
+    if not _numpy_ok(gram):
+        col = gram[:, ref]
+        return gram - col[:, None] - col[None, :] + gram[ref, ref]
+    # The same operations in numpy, in place (see :func:`_numpy_ok`).
+    g = gram.numpy()
+    col = g[:, ref].copy()
+    out = np.subtract(g, col[:, None])
+    out -= col[None, :]
+    out += g[ref, ref]
+    return torch.from_numpy(out)
+
+
+def _numpy_ok(t: torch.Tensor) -> bool:
+    """Whether an ``(n, n)`` float64 work matrix is on the CPU, where its
+    elementwise operations run in numpy, in place: the same IEEE operations in
+    the same order (bit-identical), without an ``(n, n)`` temporary per step
+    or a thread start per operation (which stalls when the CPU is busy)."""
+    return t.device.type == "cpu" and t.dtype == torch.float64 and not t.requires_grad
 
 
 def _conditioning(gram: torch.Tensor, centred: torch.Tensor, ref: int) -> float:
@@ -158,7 +174,7 @@ def medoid(gram: torch.Tensor, dist: torch.Tensor) -> int:
         ``(n, n)`` distances computed from it.
     """
     p = _argmin_lowest(dist.sum(dim=1))
-    if gram.device.type != "cpu" or gram.dtype != torch.float64:
+    if not (_numpy_ok(gram) and _numpy_ok(dist)):
         diag = gram.diagonal()
         num = (diag[:, None] - diag[p]) - 2.0 * (gram - gram[p])
         den = dist + dist[p]
@@ -167,7 +183,7 @@ def medoid(gram: torch.Tensor, dist: torch.Tensor) -> int:
     # The same float64 operations, elementwise, in numpy and in place: no
     # (n, n) temporaries and no thread start per operation (the row sums stay
     # torch's, so their rounding is unchanged).
-    g, dd = gram.numpy(), dist.to(torch.float64).numpy()
+    g, dd = gram.numpy(), dist.numpy()
     diag = np.diagonal(g)
     num = np.subtract(g, g[p])
     num *= 2.0
@@ -431,10 +447,18 @@ def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Te
 
 def sq_distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
     """``D[i, j] = G[i, i] + G[j, j] − 2 G[i, j]``, clamped at 0, zero diagonal."""
-    diag = gram.diagonal()
-    sq = (diag[:, None] + diag[None, :] - 2.0 * gram).clamp_(min=0.0)
-    sq.fill_diagonal_(0.0)
-    return sq
+    if not _numpy_ok(gram):
+        diag = gram.diagonal()
+        sq = (diag[:, None] + diag[None, :] - 2.0 * gram).clamp_(min=0.0)
+        sq.fill_diagonal_(0.0)
+        return sq
+    g = gram.numpy()
+    diag = np.diagonal(g)
+    sq = np.add(diag[:, None], diag[None, :])
+    sq -= np.multiply(g, 2.0)
+    np.maximum(sq, 0.0, out=sq)
+    np.fill_diagonal(sq, 0.0)
+    return torch.from_numpy(sq)
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:

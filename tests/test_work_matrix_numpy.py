@@ -1,0 +1,53 @@
+"""The n × n work matrices computed in numpy on the CPU are, bit for bit, the
+torch expressions of their definitions (the same IEEE operations, same order)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flwr_byz.aggregation import distances as dist
+
+
+def _grams():
+    rng = np.random.default_rng(7)
+    for kind in range(6):
+        n = int(rng.integers(2, 60))
+        x = rng.standard_normal((n, 33))
+        if kind == 1:
+            x += 1e6  # a large common offset: the centring cancels
+        if kind == 2:
+            x[-1] *= 1e30  # one far row
+        if kind == 3:
+            x[: n // 2] = x[0]  # duplicates
+        if kind == 4:
+            x = np.round(x)  # exact ties
+        if kind == 5:
+            x *= 1e-150
+        g = torch.from_numpy(x @ x.T)
+        yield (g + g.T) / 2
+
+
+@pytest.mark.parametrize("gram", list(_grams()))
+def test_numpy_work_matrices_equal_the_torch_definitions(gram):
+    n = gram.shape[0]
+    diag = gram.diagonal()
+    sq = (diag[:, None] + diag[None, :] - 2.0 * gram).clamp_(min=0.0)
+    sq.fill_diagonal_(0.0)
+    assert torch.equal(dist.sq_distances_from_gram(gram), sq)
+    for ref in {0, n // 2, n - 1}:
+        col = gram[:, ref]
+        centred = gram - col[:, None] - col[None, :] + gram[ref, ref]
+        assert torch.equal(dist._centre_gram(gram, ref), centred)
+    d = sq.sqrt()
+    sums = d.sum(dim=1).tolist()
+    p = min(range(n), key=lambda i: (math.isnan(sums[i]), sums[i], i))
+    num = (diag[:, None] - diag[p]) - 2.0 * (gram - gram[p])
+    den = d + d[p]
+    terms = torch.where(den > 0, num / den.clamp(min=1e-300), 0.0).sum(dim=1)
+    values = terms.tolist()
+    expected = min(range(n), key=lambda i: (math.isnan(values[i]), values[i], i))
+    assert dist.medoid(gram, d) == expected
