@@ -51,3 +51,22 @@ def test_numpy_work_matrices_equal_the_torch_definitions(gram):
     values = terms.tolist()
     expected = min(range(n), key=lambda i: (math.isnan(values[i]), values[i], i))
     assert dist.medoid(gram, d) == expected
+    skewed = gram + torch.linspace(0, 1e-9, n * n, dtype=torch.float64).reshape(n, n)
+    assert torch.equal(dist._symmetric(skewed), (skewed + skewed.T) / 2)
+
+
+def test_copies_get_their_first_copys_gram_row():
+    """Gram entries of two copies that BLAS rounded apart are made equal."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 40))
+    x[4] = x[1]
+    gram = torch.from_numpy(x @ x.T)
+    gram[4, :] = torch.from_numpy(np.nextafter(gram[4, :].numpy(), np.inf))
+    gram[:, 4] = gram[4, :]
+    gram[4, 4] = gram[4, 4] * (1 + 1e-14)  # a distance of 0 computed as > 0
+    assert not torch.equal(gram[4], gram[1])
+    tied = dist._tie_duplicates(torch.from_numpy(x), gram, 1e-12)
+    assert torch.equal(tied[4, [0, 2, 3, 5]], tied[1, [0, 2, 3, 5]])
+    assert tied[4, 4] == tied[1, 1] == tied[1, 4] == tied[4, 1]
+    others = [0, 2, 3, 5]
+    assert torch.equal(tied[others][:, others], gram[others][:, others])

@@ -376,7 +376,7 @@ def scaled_centred_gram(
             product = y64 @ y64.T
         gram += product
     # BLAS may round G[i, j] and G[j, i] differently; make it exactly symmetric.
-    gram = (gram + gram.T) / 2
+    gram = _symmetric(gram)
     rel = 1e-5 if work == torch.float32 else 1e-12
     return _tie_duplicates(x, gram, rel), scale
 
@@ -400,7 +400,17 @@ def _one_chunk_centred_gram(x: torch.Tensor, work: torch.dtype) -> torch.Tensor 
     if plain.device != cpu.device:
         centred = _centre_gram(plain, ref)
     # BLAS may round G[i, j] and G[j, i] differently; make it exactly symmetric.
-    return (centred + centred.T) / 2
+    return _symmetric(centred)
+
+
+def _symmetric(gram: torch.Tensor) -> torch.Tensor:
+    """``(G + Gᵀ) / 2`` (numpy on the CPU, as :func:`_numpy_ok` says)."""
+    if not _numpy_ok(gram):
+        return (gram + gram.T) / 2
+    g = gram.numpy()
+    out = np.add(g, g.T)
+    out /= 2
+    return torch.from_numpy(out)
 
 
 def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Tensor:
@@ -415,9 +425,18 @@ def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Te
     group's first row.
     """
     n = gram.shape[0]
-    diag = gram.diagonal()
-    sq = diag[:, None] + diag[None, :] - 2.0 * gram
-    near = (sq <= rel * (diag[:, None] + diag[None, :])).cpu()
+    if _numpy_ok(gram):
+        g = gram.numpy()
+        diag = np.diagonal(g)
+        size = np.add(diag[:, None], diag[None, :])
+        sq = np.multiply(g, 2.0)
+        np.subtract(size, sq, out=sq)
+        size *= rel
+        near = torch.from_numpy(sq <= size)
+    else:
+        diag = gram.diagonal()
+        sq = diag[:, None] + diag[None, :] - 2.0 * gram
+        near = (sq <= rel * (diag[:, None] + diag[None, :])).cpu()
     if int(near.sum()) == n:  # only the diagonal
         return gram
     # Rows far from the centre but close to each other (a tight Byzantine cluster)
