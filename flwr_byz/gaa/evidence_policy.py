@@ -220,7 +220,10 @@ class EvidencePolicy(nn.Module):
     ≈ +0.4 on the Yelp-style task but at ≈ +0.08 on the 10-class
     Healthcare-style one with a 10-sample QV set from another region, where
     a fixed cosine threshold never fires. When the credit-weighted reference
-    itself goes uphill on the QV set — its cosine with −∇f_B below
+    itself, or the step the credits would take (each worker counted, not each
+    voice: seven similar updates of Fang et al.'s trimmed-mean attack share
+    about two voices and balance the reference, yet own the step), goes uphill
+    on the QV set — its cosine with −∇f_B below
     ``−uphill_margin`` typical alignments — the reference leans towards the
     workers aligned with −∇f_B: their logits in it rise by ``reference_gain
     ×`` that excess × their relative alignment (capped at ``LEAN_CLIP``).
@@ -379,7 +382,15 @@ class EvidencePolicy(nn.Module):
         typical = weighted_quantile(descent.detach().abs(), w.detach(), 0.5)
         typical = typical.clamp(min=DESCENT_FLOOR)
         cos_ref = (w @ descent) / (ref.norm() + 1e-12)
-        uphill = torch.relu(-cos_ref / typical - self.uphill_margin)
+        # The step these weights would take counts each worker, not each voice:
+        # many similar (not identical) updates that go uphill together can
+        # balance the reference and still own the step.
+        alpha = torch.softmax(prev_gated + pre, 0)
+        alpha = torch.where(inv_norm > 0, alpha, torch.zeros_like(alpha))
+        along = (alpha * descent / inv_norm.clamp(min=1e-30)).sum()
+        cos_step = along / ((alpha @ updates).norm() + 1e-12)
+        worst = torch.minimum(cos_ref, cos_step)
+        uphill = torch.relu(-worst / typical - self.uphill_margin)
         lean = (
             self.reference_gain
             * uphill
