@@ -74,10 +74,18 @@ def helpful_gain_capped(
     helps = scaled > 0
     if not bool(helps.any()):
         return gain
+    return gain.clamp(max=_helpers_median(gain, helps, trust))
+
+
+def _helpers_median(
+    values: torch.Tensor, helps: torch.Tensor, trust: torch.Tensor
+) -> torch.Tensor:
+    """The trust-weighted median of ``values`` over the helpful rows (equal
+    weights when their trust sums to 0)."""
     w = trust[helps]
     if not float(w.sum()) > 0:
         w = torch.ones_like(w)
-    return gain.clamp(max=weighted_quantile(gain[helps], w, 0.5))
+    return weighted_quantile(values[helps], w, 0.5)
 
 
 def norm_reference_rows(scaled: torch.Tensor, trust: torch.Tensor) -> torch.Tensor:
@@ -96,11 +104,7 @@ def norm_reference_rows(scaled: torch.Tensor, trust: torch.Tensor) -> torch.Tens
     helps = scaled > 0
     if not bool(helps.any()):
         return torch.ones_like(helps)
-    weights = trust[helps]
-    if not float(weights.sum()) > 0:
-        weights = torch.ones_like(weights)
-    typical = weighted_quantile(scaled[helps], weights, 0.5)
-    return scaled >= REFERENCE_GAIN_SHARE * typical
+    return scaled >= REFERENCE_GAIN_SHARE * _helpers_median(scaled, helps, trust)
 
 
 def collusion_voices(updates: torch.Tensor, threshold: float) -> torch.Tensor:
