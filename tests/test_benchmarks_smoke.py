@@ -214,9 +214,13 @@ def test_bench_honest_only_prints_an_accuracy_per_seed(tmp_path: Path) -> None:
     out = run_benchmark(
         tmp_path, "bench_honest_only --supernodes 2 --rounds 1 --seeds 0,1"
     )
-    found = re.findall(rf"^seed (\d+): honest only ({NUMBER}) %$", out, re.M)
-    assert [seed for seed, _ in found] == ["0", "1"], out
-    assert all(0 <= float(acc) <= 100 for _, acc in found)
+    found = re.findall(
+        rf"^seed (\d+): honest only ({NUMBER}) % \(worst class ({NUMBER}) %\)$",
+        out,
+        re.M,
+    )
+    assert [seed for seed, _, _ in found] == ["0", "1"], out
+    assert all(0 <= float(worst) <= float(acc) <= 100 for _, acc, worst in found)
 
 
 def test_bench_oversize_reply_refuses_the_extra_array(tmp_path: Path) -> None:
