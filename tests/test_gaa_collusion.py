@@ -16,7 +16,8 @@ from strategy_helpers import server_identity
 from flwr_byz.app import client_run
 from flwr_byz.app.config import check_run_config
 from flwr_byz.app.server_run import run_server
-from flwr_byz.gaa.evidence_policy import collusion_voices
+from flwr_byz.gaa.evidence_policy import EvidencePolicy, collusion_voices
+from flwr_byz.gaa.observation import Observation
 
 
 def test_identical_rows_share_one_voice_and_distinct_rows_keep_theirs() -> None:
@@ -94,3 +95,62 @@ def test_a_majority_of_similar_updates_cannot_own_the_step(tmp_path) -> None:
     # alone 56.0 / 79.5 / 86.2 (FedAvg without attack: 84.7 / 86.1 / 85.1).
     overrides = {"attack": "fang-trim", "byzantine-fraction": 0.7}
     assert _final_accuracy(overrides, tmp_path) > 0.75
+
+
+def test_identical_colluders_keep_their_credit_but_weigh_as_one_voice(
+    tmp_path,
+) -> None:
+    # Min-max at β = 0.7: seven colluders send one update inside the honest
+    # spread, so the evidence leaves them their credit; the aggregate weighs
+    # their seven copies as one voice. Measured in round 4: credit 0.70,
+    # aggregation weight 0.25 (one voice of four), 0.70 without the discount.
+    cfg = check_run_config(
+        {
+            "strategy": "gaa",
+            "attack": "min-max",
+            "byzantine-fraction": 0.7,
+            "num-server-rounds": 4,
+            "seed": 1,
+            "device": "cpu",
+            "output-dir": str(tmp_path / "run"),
+        }
+    )
+    client_run.clear_caches()
+    grid = InProcessGrid({100 + p: p for p in range(10)}, cfg)
+    with server_identity():
+        results = run_server(grid, cfg)
+    byzantine = set(results["ground-truth"]["byzantine-partition-ids"])
+    last = results["rounds"][-1]
+    credit = sum(
+        c
+        for p, c in zip(last["credit-partitions"], last["credits"], strict=True)
+        if p in byzantine
+    )
+    weight = sum(
+        w
+        for p, w in zip(last["partitions"], last["weights"], strict=True)
+        if p in byzantine
+    )
+    assert credit > 0.6
+    assert weight < 0.3
+
+
+def test_only_copies_share_a_weight_in_the_aggregate() -> None:
+    # Honest updates from a fresh model align at up to about 0.995 (all follow
+    # the label prior); they keep a whole weight each, copies share one.
+    gen = torch.Generator().manual_seed(1)
+    common = torch.randn(4000, generator=gen)
+    spread = 0.1 * common.norm() / 4000**0.5
+    honest = common + spread * torch.randn(4, 4000, generator=gen)
+    copies = torch.randn(4000, generator=gen).repeat(3, 1)
+    updates = torch.cat([honest, copies])
+    cos = torch.nn.functional.cosine_similarity(honest[0], honest[1], dim=0)
+    assert 0.98 < float(cos) < 0.999
+    obs = Observation(tuple(range(7)), updates, torch.zeros(4000), torch.tensor(1.0))
+    voices = EvidencePolicy().aggregate_log_voices(obs).exp()
+    torch.testing.assert_close(voices, torch.tensor([1.0] * 4 + [1 / 3] * 3))
+    # The references merge the aligned honest rows too (threshold 0.95) ...
+    assert torch.all(EvidencePolicy().log_voices(obs).exp()[:4] < 0.5)
+    # ... and threshold 1 turns both discounts off.
+    off = EvidencePolicy(collusion_threshold=1.0).aggregate_log_voices(obs)
+    assert torch.all(off == 0)

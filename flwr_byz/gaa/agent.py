@@ -375,13 +375,18 @@ class GAAAgent:
     def _credit_step(
         self, obs: Observation, logits: dict[int, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """New log-credits and credits of the rows of ``obs`` (differentiable)."""
+        """New log-credits of the rows of ``obs`` and the round's aggregation
+        weights (differentiable): the credits, times each row's voice share
+        where the policy counts copies as one voice (``aggregate_log_voices``),
+        renormalised."""
         prev = _prev_logits(obs.node_ids, logits, self.device)
         new = self.policy(obs, prev)
         # A floor relative to the best node (constant within the round) keeps
         # logits finite.
         new = torch.maximum(new, new.max().detach() - self.log_credit_gap)
-        return new, torch.softmax(new, dim=0)
+        log_voices = getattr(self.policy, "aggregate_log_voices", None)
+        weighted = new if log_voices is None else new + log_voices(obs)
+        return new, torch.softmax(weighted, dim=0)
 
     def _truncated_round(
         self, obs: Observation

@@ -46,6 +46,13 @@ REFERENCE_GAIN_SHARE = 0.25
 #: |alignment| (never below DESCENT_FLOOR), each capped at LEAN_CLIP units.
 DESCENT_FLOOR = 0.01
 LEAN_CLIP = 3.0
+#: Cosine from which updates count as copies of one another in the round's
+#: aggregate, where they share one voice's weight. Stricter than the
+#: references' collusion threshold: from a fresh model honest updates of
+#: different regions all follow the label prior and align at up to about
+#: 0.995 in round 1 (Yelp-style task), and merging them there would hand their
+#: weight to whichever update differs, an attacker's included.
+COPY_COSINE = 0.999
 
 
 def weighted_quantile(
@@ -209,8 +216,14 @@ class EvidencePolicy(nn.Module):
     consensus: identical unit directions add up, honest updates of different
     regions do not (cosines ≈ 0.05–0.35 with each other), so three colluders of
     ten made a reference that named the honest workers as the outliers. The
-    discount weighs only the references; the credits and the aggregate stay
-    per worker.
+    credits stay per worker. The round's aggregate weighs each row by its
+    credit times its voice share among *copies* (cosine above
+    :data:`COPY_COSINE`, :meth:`aggregate_log_voices`), so ``m`` copies of one
+    update move the model as one credited worker would, not ``m``: colluders
+    who send one update inside the honest spread (Shejwalkar and Houmansadr's
+    min-max) keep their credit but not its weight. Colluders who add
+    independent noise until their cosines fall below that level keep a
+    weight each; their noise then averages out in the aggregate.
 
     The QV read-outs are weak at the start on purpose: with a tiny QV set
     from another region they also punish honest heterogeneity (the model
@@ -326,6 +339,21 @@ class EvidencePolicy(nn.Module):
             nn.init.zeros_(self.residual[2].weight)
             nn.init.zeros_(self.residual[2].bias)
 
+    def log_voices(self, obs: Observation) -> torch.Tensor:
+        """``log`` of each row's voice share in the credit-weighted references
+        (:func:`collusion_voices` at ``collusion_threshold``), detached."""
+        return torch.log(
+            collusion_voices(obs.updates, self.collusion_threshold)
+        ).detach()
+
+    def aggregate_log_voices(self, obs: Observation) -> torch.Tensor:
+        """``log`` of each row's voice share in the round's aggregate, detached:
+        :func:`collusion_voices` at :data:`COPY_COSINE` (or
+        ``collusion_threshold`` when that is stricter; 1 turns both off). The
+        agent adds it to the logits of the aggregation weights."""
+        threshold = max(self.collusion_threshold, COPY_COSINE)
+        return torch.log(collusion_voices(obs.updates, threshold)).detach()
+
     def _shortfall(self, scores: torch.Tensor) -> torch.Tensor:
         """``−relu(max − s − slack)``: within ``slack`` of the best counts as 0."""
         return -torch.relu(scores.max() - scores - self.slack)
@@ -343,9 +371,7 @@ class EvidencePolicy(nn.Module):
         rel = log_norm - vector_median(log_norm)
         # Near-identical updates share one voice in every credit-weighted
         # reference below (log-voices added to the weights' logits).
-        log_voice = torch.log(
-            collusion_voices(obs.updates, self.collusion_threshold)
-        ).detach()
+        log_voice = self.log_voices(obs)
         trust = torch.softmax(prev_logits.detach() + log_voice, 0)
         scaled = feats[:, FEATURE_NAMES.index("qv-gain-scaled")]
         setters = norm_reference_rows(scaled.detach(), trust)
