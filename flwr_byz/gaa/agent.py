@@ -35,15 +35,19 @@ class GAAStep:
     Attributes
     ----------
     aggregate : torch.Tensor
-        ``(d,)`` credit-weighted update ``Σ α_i Δ_i`` (trusted row included);
+        ``(d,)`` weighted update ``Σ α_i Δ_i`` (trusted row included; the
+        weights are the credits, times each row's voice share among copies
+        where the policy counts them, ``weights`` below);
         on float-buffer coordinates the credit-weighted median instead (see
         :meth:`GAAAgent.aggregate`).
     node_ids : tuple[int, ...]
         Node ids of the rows given to :meth:`GAAAgent.step`.
     weights : tuple[float, ...]
-        Credit of each of those rows this round (0 for removed rows).
+        Aggregation weight of each of those rows this round: its credit, times
+        its voice share among copies where the policy counts them,
+        renormalised (0 for removed rows).
     trusted_credit : float or None
-        Credit of the server's trusted worker, if there is one.
+        Aggregation weight of the server's trusted worker, if there is one.
     qv_loss_before, qv_loss_after : float
         ``f_B(θ_t)`` and ``f_B(θ_t + η·aggregate)``.
     reward : float
@@ -87,7 +91,9 @@ class GAAAgent:
     """The gradient aggregation agent of Justinian's GAAvernor (no Flower dependency).
 
     Each round: credits ``α_t = h_ψ(s_t, α_{t−1})`` on the simplex over the
-    present rows, aggregate ``Σ α_t,i Δ_i``, QV loss before and after the step
+    present rows, aggregate ``Σ α_t,i Δ_i`` (with the policy's
+    ``aggregate_log_voices``, if it has one, added to the credits' logits: copies
+    share one weight), QV loss before and after the step
     ``θ_t + η·aggregate``, episode loss ``ℓ += γ^k (f_B(θ_{t+1}) − f_B(θ_t))``.
     Every ``window`` rounds (T, the paper's episode length) ψ takes one optimiser
     step on ℓ, back-propagated through α and θ over the whole window (``"exact"``:

@@ -33,9 +33,12 @@ class GAA(RobustStrategy):
 
     Each round the agent (:class:`flwr_byz.gaa.GAAAgent`) puts a credit
     ``α_t,i`` on the simplex over the valid replies, the model moves by
-    ``η Σ α_t,i Δ_i``, and the reward is the decrease of the loss on the
-    quasi-validation (QV) set B. Every ``window`` rounds the policy takes one
-    gradient step on the window's discounted loss. No Byzantine budget ``f`` is
+    ``η Σ α_t,i Δ_i`` (with the default policy, copies of one update share one
+    credit's weight: ``α̃_i ∝ α_i · v_i``, see
+    :class:`~flwr_byz.gaa.evidence_policy.EvidencePolicy`), and the reward is
+    the decrease of the loss on the quasi-validation (QV) set B. Every
+    ``window`` rounds the policy takes one gradient step on the window's
+    discounted loss. No Byzantine budget ``f`` is
     needed: GAA tolerates any share of attackers as long as the QV set is
     informative (Justinian's GAAvernor, Assumptions 2 and 4).
 
