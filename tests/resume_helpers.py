@@ -13,9 +13,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flwr.app import Context, Message, Metadata, RecordDict
-from strategy_helpers import StaticGrid
+from strategy_helpers import StaticGrid, server_identity
 
 from clients.client_app import app as client_app
+from flwr_byz.app import client_run
+from flwr_byz.app.config import check_run_config
+from flwr_byz.app.server_run import run_server
 
 
 class InProcessGrid(StaticGrid):
@@ -64,3 +67,17 @@ class InProcessGrid(StaticGrid):
             self.sent.append((msg.metadata.message_type, dst, rnd))
             replies.append(client_app(delivered, self.contexts[dst]))
         return replies
+
+
+def run_gaa_in_process(overrides: Mapping[str, Any], output_dir) -> dict:
+    """The app's run (``run_server``) of GAA, seed 0 on the CPU unless
+    ``overrides`` says otherwise, on 10 in-process nodes (ids 100–109,
+    partitions 0–9); returns what ``results.json`` holds."""
+    cfg = check_run_config(
+        {"strategy": "gaa", "seed": 0, "device": "cpu", **overrides}
+        | {"output-dir": str(output_dir)}
+    )
+    client_run.clear_caches()
+    grid = InProcessGrid({100 + p: p for p in range(10)}, cfg)
+    with server_identity():
+        return run_server(grid, cfg)

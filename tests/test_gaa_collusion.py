@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from resume_helpers import InProcessGrid
-from strategy_helpers import server_identity
+from resume_helpers import run_gaa_in_process
 
-from flwr_byz.app import client_run
-from flwr_byz.app.config import check_run_config
-from flwr_byz.app.server_run import run_server
 from flwr_byz.gaa.evidence_policy import EvidencePolicy, collusion_voices
 from flwr_byz.gaa.observation import Observation
 
@@ -37,32 +33,24 @@ def test_identical_rows_share_one_voice_and_distinct_rows_keep_theirs() -> None:
     torch.testing.assert_close(collusion_voices(huge, 0.9), torch.tensor([0.5, 0.5, 1]))
 
 
-def _byzantine_credit_share(threshold: float, tmp_path) -> float:
-    cfg = check_run_config(
-        {
-            "strategy": "gaa",
-            "attack": "qv-orthogonal",
-            "byzantine-fraction": 0.3,
-            "num-server-rounds": 10,
-            "seed": 0,
-            "device": "cpu",
-            "gaa-collusion-threshold": threshold,
-            "output-dir": str(tmp_path / f"run-{threshold}"),
-        }
-    )
-    client_run.clear_caches()
-    grid = InProcessGrid({100 + p: p for p in range(10)}, cfg)
-    with server_identity():
-        results = run_server(grid, cfg)
+def _byzantine_share(results: dict, parts: str, values: str) -> float:
+    """The attackers' sum of ``values`` (per ``parts`` partition) in the last round."""
     byzantine = set(results["ground-truth"]["byzantine-partition-ids"])
     last = results["rounds"][-1]
     return sum(
-        credit
-        for partition, credit in zip(
-            last["credit-partitions"], last["credits"], strict=True
-        )
-        if partition in byzantine
+        v for p, v in zip(last[parts], last[values], strict=True) if p in byzantine
     )
+
+
+def _byzantine_credit_share(threshold: float, tmp_path) -> float:
+    overrides = {
+        "attack": "qv-orthogonal",
+        "byzantine-fraction": 0.3,
+        "num-server-rounds": 10,
+        "gaa-collusion-threshold": threshold,
+    }
+    results = run_gaa_in_process(overrides, tmp_path / f"run-{threshold}")
+    return _byzantine_share(results, "credit-partitions", "credits")
 
 
 @pytest.mark.slow
@@ -75,14 +63,7 @@ def test_three_identical_colluders_lose_their_credit_only_with_the_discount(
 
 
 def _final_accuracy(overrides: dict, tmp_path) -> float:
-    cfg = check_run_config(
-        {"strategy": "gaa", "seed": 0, "device": "cpu", **overrides}
-        | {"output-dir": str(tmp_path / "run")}
-    )
-    client_run.clear_caches()
-    grid = InProcessGrid({100 + p: p for p in range(10)}, cfg)
-    with server_identity():
-        return run_server(grid, cfg)["summary"]["final-accuracy"]
+    return run_gaa_in_process(overrides, tmp_path / "run")["summary"]["final-accuracy"]
 
 
 @pytest.mark.slow
@@ -104,33 +85,15 @@ def test_identical_colluders_keep_their_credit_but_weigh_as_one_voice(
     # spread, so the evidence leaves them their credit; the aggregate weighs
     # their seven copies as one voice. Measured in round 4: credit 0.70,
     # aggregation weight 0.25 (one voice of four), 0.70 without the discount.
-    cfg = check_run_config(
-        {
-            "strategy": "gaa",
-            "attack": "min-max",
-            "byzantine-fraction": 0.7,
-            "num-server-rounds": 4,
-            "seed": 1,
-            "device": "cpu",
-            "output-dir": str(tmp_path / "run"),
-        }
-    )
-    client_run.clear_caches()
-    grid = InProcessGrid({100 + p: p for p in range(10)}, cfg)
-    with server_identity():
-        results = run_server(grid, cfg)
-    byzantine = set(results["ground-truth"]["byzantine-partition-ids"])
-    last = results["rounds"][-1]
-    credit = sum(
-        c
-        for p, c in zip(last["credit-partitions"], last["credits"], strict=True)
-        if p in byzantine
-    )
-    weight = sum(
-        w
-        for p, w in zip(last["partitions"], last["weights"], strict=True)
-        if p in byzantine
-    )
+    overrides = {
+        "attack": "min-max",
+        "byzantine-fraction": 0.7,
+        "num-server-rounds": 4,
+        "seed": 1,
+    }
+    results = run_gaa_in_process(overrides, tmp_path / "run")
+    credit = _byzantine_share(results, "credit-partitions", "credits")
+    weight = _byzantine_share(results, "partitions", "weights")
     assert credit > 0.6
     assert weight < 0.3
 
