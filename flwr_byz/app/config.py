@@ -210,7 +210,8 @@ SERVER_KEYS: dict[str, Key] = {
         0.95,
         "GAA evidence policy: updates whose cosine exceeds this share one voice "
         "in the credit-weighted references (near-identical colluders count as "
-        "one worker); 1 = no discount",
+        "one worker), and copies (cosine above 0.999) share one weight in the "
+        "aggregate; 1 = no discount in either",
         number(0.0, 1.0),
     ),
     "gaa-backprop": Key(
