@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from flwr_byz.aggregation.distances import sample_columns
-
 from .features import FEATURE_NAMES, vector_median
-from .observation import Observation
+from .observation import Observation, sample_cosines
 
 #: Inputs of g_ψ, in order: the observation features with ``log-norm`` replaced
 #: by two scale-free versions, the previous log-credit, the capped scaled QV
@@ -128,14 +127,18 @@ def collusion_voices(updates: torch.Tensor, threshold: float) -> torch.Tensor:
     row is scaled by its largest magnitude, so no update can overflow them.
     ``threshold >= 1`` gives every row a whole voice.
     """
+    return _voices(updates, threshold, lambda: sample_cosines(updates))
+
+
+def _voices(
+    updates: torch.Tensor, threshold: float, cosines: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """:func:`collusion_voices` from the rows' cosines (asked for only when
+    the threshold is below 1 and there are two rows or more)."""
     m = updates.shape[0]
     if threshold >= 1.0 or m < 2:
         return torch.ones(m, dtype=updates.dtype, device=updates.device)
-    sample = sample_columns(updates.detach()).double()
-    sample = sample / sample.abs().amax(dim=1, keepdim=True).clamp(min=1e-300)
-    norms = sample.norm(dim=1).clamp(min=1e-300)
-    cos = (sample @ sample.T) / (norms[:, None] * norms[None, :])
-    share = ((cos - threshold) / (1.0 - threshold)).clamp(0.0, 1.0)
+    share = ((cosines() - threshold) / (1.0 - threshold)).clamp(0.0, 1.0)
     share.fill_diagonal_(1.0)
     return (1.0 / share.sum(dim=1)).to(updates.dtype)
 
@@ -342,17 +345,20 @@ class EvidencePolicy(nn.Module):
     def log_voices(self, obs: Observation) -> torch.Tensor:
         """``log`` of each row's voice share in the credit-weighted references
         (:func:`collusion_voices` at ``collusion_threshold``), detached."""
-        return torch.log(
-            collusion_voices(obs.updates, self.collusion_threshold)
-        ).detach()
+        return self._log_voices(obs, self.collusion_threshold)
 
     def aggregate_log_voices(self, obs: Observation) -> torch.Tensor:
         """``log`` of each row's voice share in the round's aggregate, detached:
         :func:`collusion_voices` at :data:`COPY_COSINE` (or
         ``collusion_threshold`` when that is stricter; 1 turns both off). The
         agent adds it to the logits of the aggregation weights."""
-        threshold = max(self.collusion_threshold, COPY_COSINE)
-        return torch.log(collusion_voices(obs.updates, threshold)).detach()
+        return self._log_voices(obs, max(self.collusion_threshold, COPY_COSINE))
+
+    @staticmethod
+    def _log_voices(obs: Observation, threshold: float) -> torch.Tensor:
+        # The cosines are the observation's, computed once for both discounts.
+        voices = _voices(obs.updates, threshold, lambda: obs.update_cosines)
+        return torch.log(voices).detach()
 
     def _shortfall(self, scores: torch.Tensor) -> torch.Tensor:
         """``−relu(max − s − slack)``: within ``slack`` of the best counts as 0."""

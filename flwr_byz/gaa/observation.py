@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
+
+from flwr_byz.aggregation.distances import sample_columns
+
+
+def sample_cosines(updates: torch.Tensor) -> torch.Tensor:
+    """``(m, m)`` float64 cosines between the rows of ``updates``, read on the
+    aggregation's column sample (:func:`sample_columns`) after each row is
+    scaled by its largest magnitude, so no update can overflow them."""
+    sample = sample_columns(updates.detach()).double()
+    sample = sample / sample.abs().amax(dim=1, keepdim=True).clamp(min=1e-300)
+    norms = sample.norm(dim=1).clamp(min=1e-300)
+    return (sample @ sample.T) / (norms[:, None] * norms[None, :])
 
 
 @dataclass(frozen=True)
@@ -35,3 +48,9 @@ class Observation:
     theta: torch.Tensor
     qv_loss: torch.Tensor
     features: torch.Tensor | None = None
+
+    @cached_property
+    def update_cosines(self) -> torch.Tensor:
+        """:func:`sample_cosines` of ``updates``, computed once per round (the
+        collusion discount reads them for the references and the aggregate)."""
+        return sample_cosines(self.updates)
