@@ -10,12 +10,14 @@ See :func:`main` for the options. For each (n, d) the same ``n`` reply Messages
 (``aggregate_train``, replies validated, model stepped), by Flower's FedAvg, by
 every flwr-byz rule (exact distances, and with the opt-in count sketch) and by
 Flower's counterpart where one exists, in the same process and interleaved. The
-*floor* is measured in the same run (its best time, sampled between the rules
-where a call is short): one copy of the replies' bytes into an ``(n, d)``
-float32 matrix plus one Gram product ``X Xᵀ``. Printed as ratios: Flower ÷ ours,
-ours ÷ floor, FABA ÷ our Krum; then a targets table, one line per (n, d): each
-exact distance rule ÷ the floor, Flower's Krum ÷ ours, and our ``Mean`` ÷
-Flower's ``FedAvg`` (the best of its runs in that size).
+*floor* is one copy of the replies' bytes into an ``(n, d)`` float32 matrix plus
+one Gram product ``X Xᵀ``, sampled in the same run right before each timed call
+of a rule: a rule's ``÷ floor`` is its best time over the best of the floor
+samples paired with its own runs (as many of each). Printed as ratios: Flower ÷
+ours, ours ÷ floor, FABA ÷ our Krum; then a targets table, one line per (n, d):
+the floor (its best in that size), each exact distance rule ÷ its paired floor,
+Flower's Krum ÷ ours, and our ``Mean`` ÷ Flower's ``FedAvg`` (the best of its
+runs in that size).
 """
 
 from __future__ import annotations
@@ -203,21 +205,24 @@ def run(
         for n in ns:
             f = n // 5
             replies = build_replies(n, d, f)
-            reps = repeats if n * d <= 20_000_000 else 1
+            reps = repeats if n * d <= 50_000_000 else 1
             if n * d <= 2_000_000 and repeats > 1:  # ms a call: more runs
                 reps *= 3
             floor = min(floor_seconds(replies) for _ in range(reps))
-            first = len(rows)
             print(f"\n## n = {n}, d = {d:,}, f = {f}: floor {floor:.3f} s", flush=True)
             time_strategy(replies, ours.Mean(), True)  # library warm-up, untimed
             fedavg = None
             for name, make_ours, make_theirs in pairs(n, f, k):
                 if any(s in name for s in skip):
                     continue
-                t_ours = t_flwr = math.inf
+                t_ours = t_flwr = paired = math.inf
                 mb_ours = mb_flwr = 0.0
                 is_flower = name.endswith("(Flower)")
                 for _ in range(reps):
+                    # The floor is sampled right before each timed call: a rule
+                    # is compared best to best over as many runs as it had, on
+                    # the machine as it was then.
+                    paired = min(paired, floor_seconds(replies))
                     s, mb = time_strategy(replies, make_ours(), not is_flower)
                     t_ours, mb_ours = min(t_ours, s), max(mb_ours, mb)
                     if make_theirs is not None and "sketch" not in name:
@@ -225,15 +230,13 @@ def run(
                         t_flwr, mb_flwr = min(t_flwr, s), max(mb_flwr, mb)
                 if is_flower:
                     fedavg = t_ours
-                if reps > 1:  # the floor sampled between rules too: its best
-                    floor = min(floor, floor_seconds(replies))
                 row = {
                     "n": n,
                     "d": d,
                     "rule": name,
                     "ours_s": t_ours,
                     "flower_s": t_flwr if math.isfinite(t_flwr) else None,
-                    "floor_s": floor,
+                    "floor_s": paired,
                     "fedavg_s": fedavg,
                     "ours_peak_mb": mb_ours,
                     "flower_peak_mb": mb_flwr if math.isfinite(t_flwr) else None,
@@ -248,11 +251,9 @@ def run(
                         if math.isfinite(t_flwr)
                         else ""
                     )
-                    + f" | ours/floor {t_ours / floor:5.2f}",
+                    + f" | ours/floor {t_ours / paired:5.2f}",
                     flush=True,
                 )
-            for row in rows[first:]:
-                row["floor_s"] = floor
             del replies
             gc.collect()
     if "GAA" not in skip:
@@ -361,7 +362,7 @@ def targets(rows: list[dict]) -> str:
     ]
     for n, d in sorted(sizes, key=lambda size: (size[1], size[0])):
         cells = [f"{n}", f"{d:,}"]
-        floor = next(r["floor_s"] for r in rows if (r["n"], r["d"]) == (n, d))
+        floor = min(r["floor_s"] for r in rows if (r["n"], r["d"]) == (n, d))
         cells.append(f"{floor:.4f}")
         for name in DISTANCE_RULES:
             r = by_key.get((n, d, name))
@@ -446,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         "--k", type=int, default=DEFAULT_SKETCH_DIM, help="sketch width (default 4096)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=2, help="runs per rule up to n·d = 2e7 (else 1)"
+        "--repeats", type=int, default=2, help="runs per rule up to n·d = 5e7 (else 1)"
     )
     parser.add_argument(
         "--skip", default="", help="comma-separated rule-name parts not to run"

@@ -93,9 +93,7 @@ def outlier_rows(scores: np.ndarray, k: float = OUTLIER_K) -> list[int]:
     threshold = med + k * max(_MAD_TO_STD * mad, _RELATIVE_FLOOR * abs(med))
     if not math.isfinite(threshold):
         return [int(i) for i in np.flatnonzero(~finite)]
-    return [
-        int(i) for i in range(scores.size) if not finite[i] or scores[i] > threshold
-    ]
+    return np.flatnonzero(~finite | (scores > threshold)).tolist()
 
 
 def suspected_rows(
