@@ -17,6 +17,7 @@ from flwr_byz.strategy.reply_validation import (
     decode_update_into,
     validate_replies,
 )
+from flwr_byz.strategy.suspicion import sample_index
 
 
 def _model() -> dict[str, np.ndarray]:
@@ -135,21 +136,21 @@ EXPECTED = {
 }
 
 
-def test_small_plan_only_for_small_float32_c_order_models():
+def test_sent_plan_only_for_float32_c_order_models():
     theta = _model()
-    assert rv._small_plan(_sent(theta)) is not None
-    assert rv._small_plan(_sent({**theta, "b": theta["b"].astype(np.float64)})) is None
+    assert rv._sent_plan(_sent(theta)) is not None
+    assert rv._sent_plan(_sent({**theta, "b": theta["b"].astype(np.float64)})) is None
     big = {"w": np.zeros(rv._SMALL_ROW + 1, dtype=np.float32)}
-    assert rv._small_plan(_sent(big)) is None
+    assert rv._sent_plan(_sent(big)) is not None
     fortran = {**theta, "w": np.asfortranarray(theta["w"])}
-    assert rv._small_plan(_sent(fortran)) is None
+    assert rv._sent_plan(_sent(fortran)) is None
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
 def test_validation_decides_as_the_general_decoder(case):
     theta = _model()
     sent = _sent(theta)
-    assert rv._small_plan(sent) is not None
+    assert rv._sent_plan(sent) is not None
     arrays = _variants(theta)[case]
     reason, row = _slow(sent, arrays)
     assert reason == EXPECTED[case]
@@ -167,7 +168,7 @@ def test_the_few_call_path_takes_the_usual_reply():
     it must not accept is left to the general decoder."""
     theta = _model()
     sent = _sent(theta)
-    plan = rv._small_plan(sent)
+    plan = rv._sent_plan(sent)
     variants = _variants(theta)
     row = np.empty(sent.layout.d, np.float32)
     keys = sent.layout.keys
@@ -195,3 +196,74 @@ def test_streamed_mean_uses_the_same_decoding():
     assert averaged.rejected == full.rejected
     expected = full.updates.astype(np.float64).mean(axis=0).astype(np.float32)
     np.testing.assert_allclose(averaged.mean, expected, rtol=1e-6, atol=1e-6)
+
+
+def _large_model() -> dict[str, np.ndarray]:
+    """Enough values for a sampled suspicion (columns spread over both arrays)."""
+    rng = np.random.default_rng(3)
+    return {
+        "w": rng.standard_normal((1000, 3), dtype=np.float32),
+        "steps": np.array([2], dtype=np.int64),
+        "b": rng.standard_normal(40, dtype=np.float32),
+    }
+
+
+def test_the_streamed_mean_sums_a_reply_serialised_as_sent_as_it_was_sent():
+    """The few-call path of the streamed mean adds the reply itself, ``w``, to the
+    float64 sum, and writes its suspicion sample as the exact decoder writes
+    ``w − θ``, bit for bit."""
+    theta = _large_model()
+    sent = _sent(theta)
+    columns = sample_index(80, sent.layout.d)
+    assert columns is not None and columns[-1] >= theta["w"].size  # both arrays
+    summed = rv._SummedAsSent.of(sent, columns)
+    arrays = _reply(theta, 5)
+    total = np.zeros(sent.layout.d)
+    dest = np.full(len(columns), np.nan, dtype=np.float32)
+    assert summed.add(Candidate(1, arrays, {}), total, 1.0, dest)
+    sent_w = np.concatenate([np.asarray(arrays[k].numpy()).ravel() for k in ("w", "b")])
+    assert np.array_equal(total, sent_w.astype(np.float64))
+    reason, row = _slow(sent, arrays)
+    assert reason is None and dest.tobytes() == row[columns].tobytes()
+
+
+@pytest.mark.parametrize(
+    "case", ["nan", "inf", "overflow", "fortran", "reordered", "short", "int short"]
+)
+def test_the_streamed_mean_leaves_every_other_reply_to_the_exact_decoder(case):
+    theta = _model()
+    sent = _sent(theta)
+    summed = rv._SummedAsSent.of(sent, None)
+    total = np.zeros(sent.layout.d)
+    dest = np.zeros(sent.layout.d, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # as validation calls it
+        taken = summed.add(Candidate(1, _variants(theta)[case], {}), total, 1.0, dest)
+    assert not taken and not total.any() and not dest.any()
+
+
+def test_the_streamed_mean_of_replies_the_exact_decoder_took_is_the_mean():
+    """A reply whose values are finite but square past float32 (1e30 here) is
+    decoded exactly, and counts in the mean like the others."""
+    theta = _model()
+    big = _reply(theta, 2)
+    w = np.asarray(big["w"].numpy()).copy()
+    w[1, 1] = np.float32(1e30)
+    big["w"] = Array(w)
+    cands = [Candidate(1, _reply(theta, 1), {}), Candidate(2, big, {})]
+    sent = SentModel.from_record(1, _sent(theta).record, [1, 2], {})
+    averaged = rv.average_replies(sent, cands, weighted_by=None, columns=None)
+    full = validate_replies(sent, cands, weighted_by=None)
+    assert averaged.node_ids == full.node_ids == [1, 2]
+    expected = full.updates.astype(np.float64).mean(axis=0).astype(np.float32)
+    np.testing.assert_allclose(averaged.mean, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_sent_model_that_is_not_finite_leaves_every_reply_to_the_exact_decoder():
+    theta = _model()
+    theta["b"][2] = np.inf
+    sent = SentModel.from_record(1, _sent(theta).record, [1], {})
+    assert rv._SummedAsSent.of(sent, None) is None
+    cands = [Candidate(1, _reply(_model(), 1), {})]
+    averaged = rv.average_replies(sent, cands, weighted_by=None, columns=None)
+    full = validate_replies(sent, cands, weighted_by=None)
+    assert averaged.rejected == full.rejected == [(1, RejectReason.UPDATE_OVERFLOW)]

@@ -336,8 +336,8 @@ _SMALL_ROW = 1 << 17
 
 
 @dataclass(frozen=True)
-class _SmallPlan:
-    """What :func:`_decode_small` compares each reply with (one per round).
+class _SentPlan:
+    """What a reply serialised as the sent model is compared with (one per round).
 
     Attributes
     ----------
@@ -350,19 +350,19 @@ class _SmallPlan:
     arrays: tuple[tuple[tuple[int, ...], str, bytes, int, int, bool], ...]
 
 
-def _small_plan(sent: SentModel) -> _SmallPlan | None:
-    """The :class:`_SmallPlan` of a float32 model of at most ``_SMALL_ROW`` values
-    whose arrays are all C-order, else ``None`` (computed once per round)."""
-    if "_small_plan" in sent.__dict__:
-        return sent.__dict__["_small_plan"]
+def _sent_plan(sent: SentModel) -> _SentPlan | None:
+    """The :class:`_SentPlan` of a float32 model whose arrays are all C-order,
+    else ``None`` (computed once per round)."""
+    if "_sent_plan" in sent.__dict__:
+        return sent.__dict__["_sent_plan"]
     layout, plan = sent.layout, None
     f32 = np.dtype(np.float32)
     if (
-        0 < layout.d <= _SMALL_ROW
+        layout.d > 0
         and all(k in sent.headers for k in layout.keys)
         and all(layout.dtypes[i] == f32 for i, *_ in layout.segments())
     ):
-        plan = _SmallPlan(
+        plan = _SentPlan(
             tuple(
                 (
                     shape,
@@ -382,30 +382,22 @@ def _small_plan(sent: SentModel) -> _SmallPlan | None:
                 )
             )
         )
-    sent.__dict__["_small_plan"] = plan
+    sent.__dict__["_sent_plan"] = plan
     return plan
 
 
-def _decode_small(
-    arrays: Mapping[str, ArrayLike],
-    keys: tuple[str, ...],
-    plan: _SmallPlan,
-    theta: np.ndarray,
-    out: np.ndarray,
-) -> bool:
-    """The usual reply of a small float32 model, decoded with few calls.
-
-    ``True`` when the reply holds the sent keys in the sent order, every array
+def _sent_like_payloads(
+    arrays: Mapping[str, ArrayLike], keys: tuple[str, ...], plan: _SentPlan
+) -> list[np.ndarray] | None:
+    """Zero-copy float32 views of the float arrays of a reply serialised as the
+    sent model, in layout order: the sent keys in the sent order, every array
     declared and serialised exactly as the sent one (same stype, dtype, shape,
-    ``.npy`` header bytes and length, ``bytes`` data) and a finite update:
-    ``out`` then holds ``w − θ`` (the payloads copied into ``out`` in one call,
-    ``θ`` subtracted in one, float32 as :func:`_decode` computes it, bit for bit).
-    ``False`` decides nothing: :func:`_decode` then reads the reply again and
-    finds its reason (or accepts it: a reordered or re-serialised reply).
-    """
+    ``.npy`` header bytes and length, ``bytes`` data). ``None`` decides nothing:
+    :func:`_decode` then reads the reply again and finds its reason (or accepts
+    it: a reordered or re-serialised reply)."""
     if tuple(arrays) != keys:
-        return False
-    sources = []
+        return None
+    payloads = []
     f32 = np.float32
     for array, (shape, name, header, size, count, is_float) in zip(
         arrays.values(), plan.arrays, strict=True
@@ -420,10 +412,30 @@ def _decode_small(
             and len(data) == size
             and data.startswith(header)
         ):
-            return False
+            return None
         if is_float:
-            sources.append(np.frombuffer(data, f32, count, len(header)))
-    np.concatenate(sources, out=out)
+            payloads.append(np.frombuffer(data, f32, count, len(header)))
+    return payloads
+
+
+def _decode_small(
+    arrays: Mapping[str, ArrayLike],
+    keys: tuple[str, ...],
+    plan: _SentPlan,
+    theta: np.ndarray,
+    out: np.ndarray,
+) -> bool:
+    """The usual reply of a small float32 model, decoded with few calls.
+
+    ``True`` when :func:`_sent_like_payloads` reads the reply and its update is
+    finite: ``out`` then holds ``w − θ`` (the payloads copied into ``out`` in
+    one call, ``θ`` subtracted in one, float32 as :func:`_decode` computes it,
+    bit for bit). ``False`` decides nothing, as there.
+    """
+    payloads = _sent_like_payloads(arrays, keys, plan)
+    if payloads is None:
+        return False
+    np.concatenate(payloads, out=out)
     np.subtract(out, theta, out)
     return _finite(out)
 
@@ -439,7 +451,7 @@ def _decode_or_malformed(
     The usual reply of a small float32 model takes :func:`_decode_small`; any
     other reply, or one it does not accept, is decoded by :func:`_decode`.
     """
-    plan = _small_plan(sent)
+    plan = _sent_plan(sent) if sent.layout.d <= _SMALL_ROW else None
     if plan is not None:
         try:
             if _decode_small(cand.arrays, sent.layout.keys, plan, sent.theta, out):
@@ -836,6 +848,75 @@ class AveragedReplies(ValidReplies):
     mean: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class _SummedAsSent:
+    """:func:`average_replies`' few-call path (one per round, for a finite sent
+    float32 model).
+
+    A reply serialised as the sent model (:func:`_sent_like_payloads`) whose
+    values square and sum finitely in float32 is valid: each value is then
+    below ``√max`` (about 1.8e19), less than half a unit in the last place of
+    float32's largest values, so ``w − θ`` rounds within range for any finite
+    ``θ``. Such a reply is added to the sum as sent, ``w``; only its suspicion
+    sample is decoded, ``w − θ`` there, as the exact decoder writes it, bit for
+    bit. Any other reply is left to the exact decoder."""
+
+    keys: tuple[str, ...]
+    plan: _SentPlan
+    spans: tuple[tuple[int, int], ...]
+    theta: np.ndarray
+    picks: tuple[tuple[np.ndarray, int, int], ...] | None
+    theta_sample: np.ndarray | None
+
+    @classmethod
+    def of(cls, sent: SentModel, columns: np.ndarray | None) -> _SummedAsSent | None:
+        """The path for this round, or ``None`` where it does not apply."""
+        plan = _sent_plan(sent)
+        theta = sent.theta
+        with np.errstate(over="ignore", invalid="ignore"):
+            if plan is None or not _finite(theta):
+                return None
+        spans = tuple((start, stop) for _, _, start, stop in sent.layout.segments())
+        picks = theta_sample = None
+        if columns is not None:
+            # Sample columns ascending: each array's share is one run of them.
+            found = []
+            for start, stop in spans:
+                a, b = np.searchsorted(columns, [start, stop])
+                found.append((columns[a:b] - start, int(a), int(b)))
+            picks, theta_sample = tuple(found), theta[columns]
+        return cls(sent.layout.keys, plan, spans, theta, picks, theta_sample)
+
+    def add(
+        self, cand: Candidate, total: np.ndarray, weight: float, dest: np.ndarray
+    ) -> bool:
+        """Add the reply ``w`` (times ``weight`` unless it is 1) to ``total`` and
+        write its sample of ``w − θ`` into ``dest``; ``False`` (nothing written)
+        when the reply is not for this path."""
+        try:
+            payloads = _sent_like_payloads(cand.arrays, self.keys, self.plan)
+        except Exception:  # pylint: disable=broad-except
+            return False  # the exact decoder finds the reason
+        if payloads is None or not all(
+            math.isfinite(float(np.dot(p, p))) for p in payloads
+        ):
+            return False
+        if self.picks is None:
+            np.concatenate(payloads, out=dest)
+            np.subtract(dest, self.theta, out=dest)
+        else:
+            for p, (index, a, b) in zip(payloads, self.picks, strict=True):
+                np.take(p, index, out=dest[a:b])
+            np.subtract(dest, self.theta_sample, out=dest)
+        for p, (start, stop) in zip(payloads, self.spans, strict=True):
+            part = total[start:stop]
+            if weight == 1.0:
+                np.add(part, p, out=part)
+            else:
+                part += p.astype(np.float64) * weight
+        return True
+
+
 def average_replies(
     sent: SentModel,
     candidates: Sequence[Candidate],
@@ -865,29 +946,44 @@ def average_replies(
     width = layout.d if columns is None else len(columns)
     sample = np.empty((len(pending), width), dtype=np.float32)
     row = np.empty(layout.d, dtype=np.float32)
+    # The sum of the replies themselves, w_i; θ is subtracted once from their
+    # mean (a reply decoded as w_i − θ is added back as that plus θ).
     total = np.zeros(layout.d, dtype=np.float64)
     flat_sent = {k: v.reshape(-1) for k, v in sent.arrays.items()}
+    summed = _SummedAsSent.of(sent, columns)
     valid: list[tuple[Candidate, float]] = []
     with np.errstate(over="ignore", invalid="ignore"):
         for cand, weight in pending:
+            dest = sample[len(valid)]
+            if summed is not None and summed.add(cand, total, weight, dest):
+                valid.append((cand, weight))
+                continue
             reason = _decode_or_malformed(cand, sent, flat_sent, row)
             if reason is not None:
                 _reject(screened.rejected, sent.server_round, cand.node_id, reason)
                 continue
-            sample[len(valid)] = row if columns is None else row[columns]
+            dest[:] = row if columns is None else row[columns]
             if weighted_by is None:
                 total += row
+                total += sent.theta
             else:
                 # The weight is applied in float64: no float32 product overflows.
-                total += row.astype(np.float64) * weight
+                total += (row.astype(np.float64) + sent.theta) * weight
             valid.append((cand, weight))
     mean = None
     if valid:
         weight_sum = float(sum(w for _, w in valid)) if weighted_by else len(valid)
-        top = float(np.finfo(np.float32).max)
-        # A mean of float32 values lies within their range; float64 rounding at
-        # its very edge is clamped back into it.
-        mean = np.clip(total / weight_sum, -top, top).astype(np.float32)
+        np.divide(total, weight_sum, out=total)
+        np.subtract(total, sent.theta, out=total)
+        # A mean of float32 updates lies within their range: only float64
+        # rounding at its very edge can round past it, and is then clamped.
+        mean = np.empty(layout.d, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.copyto(mean, total, casting="same_kind")
+            finite = _finite(mean)
+        if not finite:
+            top = float(np.finfo(np.float32).max)
+            mean = np.clip(total, -top, top).astype(np.float32)
     return _found(
         AveragedReplies,
         sample[: len(valid)],
