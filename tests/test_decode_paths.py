@@ -208,15 +208,22 @@ def _large_model() -> dict[str, np.ndarray]:
     }
 
 
-def test_the_streamed_mean_sums_a_reply_serialised_as_sent_as_it_was_sent():
+@pytest.mark.parametrize("in_one_row", [True, False])
+def test_the_streamed_mean_sums_a_reply_serialised_as_sent_as_it_was_sent(
+    in_one_row, monkeypatch
+):
     """The few-call path of the streamed mean adds the reply itself, ``w``, to the
     float64 sum, and writes its suspicion sample as the exact decoder writes
-    ``w − θ``, bit for bit."""
+    ``w − θ``, bit for bit: read from one row (small models) or from each
+    payload (large ones)."""
     theta = _large_model()
+    if not in_one_row:
+        monkeypatch.setattr(rv, "_SMALL_ROW", 100)  # this model counts as large
     sent = _sent(theta)
     columns = sample_index(80, sent.layout.d)
     assert columns is not None and columns[-1] >= theta["w"].size  # both arrays
     summed = rv._SummedAsSent.of(sent, columns)
+    assert (summed.row is not None) == in_one_row
     arrays = _reply(theta, 5)
     total = np.zeros(sent.layout.d)
     dest = np.full(len(columns), np.nan, dtype=np.float32)
@@ -227,13 +234,19 @@ def test_the_streamed_mean_sums_a_reply_serialised_as_sent_as_it_was_sent():
     assert reason is None and dest.tobytes() == row[columns].tobytes()
 
 
+@pytest.mark.parametrize("in_one_row", [True, False])
 @pytest.mark.parametrize(
     "case", ["nan", "inf", "overflow", "fortran", "reordered", "short", "int short"]
 )
-def test_the_streamed_mean_leaves_every_other_reply_to_the_exact_decoder(case):
+def test_the_streamed_mean_leaves_every_other_reply_to_the_exact_decoder(
+    case, in_one_row, monkeypatch
+):
+    if not in_one_row:
+        monkeypatch.setattr(rv, "_SMALL_ROW", 10)  # this model counts as large
     theta = _model()
     sent = _sent(theta)
     summed = rv._SummedAsSent.of(sent, None)
+    assert (summed.row is not None) == in_one_row
     total = np.zeros(sent.layout.d)
     dest = np.zeros(sent.layout.d, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):  # as validation calls it

@@ -865,8 +865,10 @@ class _SummedAsSent:
     plan: _SentPlan
     spans: tuple[tuple[int, int], ...]
     theta: np.ndarray
-    picks: tuple[tuple[np.ndarray, int, int], ...] | None
-    theta_sample: np.ndarray | None
+    columns: np.ndarray | None
+    theta_sample: np.ndarray
+    picks: tuple[tuple[int, np.ndarray, int, int], ...]
+    row: np.ndarray | None
 
     @classmethod
     def of(cls, sent: SentModel, columns: np.ndarray | None) -> _SummedAsSent | None:
@@ -877,15 +879,26 @@ class _SummedAsSent:
             if plan is None or not _finite(theta):
                 return None
         spans = tuple((start, stop) for _, _, start, stop in sent.layout.segments())
-        picks = theta_sample = None
+        picks = []
         if columns is not None:
             # Sample columns ascending: each array's share is one run of them.
-            found = []
-            for start, stop in spans:
-                a, b = np.searchsorted(columns, [start, stop])
-                found.append((columns[a:b] - start, int(a), int(b)))
-            picks, theta_sample = tuple(found), theta[columns]
-        return cls(sent.layout.keys, plan, spans, theta, picks, theta_sample)
+            for k, (start, stop) in enumerate(spans):
+                a, b = (int(i) for i in np.searchsorted(columns, [start, stop]))
+                if a < b:
+                    picks.append((k, columns[a:b] - start, a, b))
+        # A small model is copied into one row, in cache, and read there in a
+        # few calls; a large one is read in its payloads, without that copy.
+        small = sent.layout.d <= _SMALL_ROW
+        return cls(
+            keys=sent.layout.keys,
+            plan=plan,
+            spans=spans,
+            theta=theta,
+            columns=columns,
+            theta_sample=theta if columns is None else theta[columns],
+            picks=tuple(picks),
+            row=np.empty(sent.layout.d, dtype=np.float32) if small else None,
+        )
 
     def add(
         self, cand: Candidate, total: np.ndarray, weight: float, dest: np.ndarray
@@ -897,23 +910,33 @@ class _SummedAsSent:
             payloads = _sent_like_payloads(cand.arrays, self.keys, self.plan)
         except Exception:  # pylint: disable=broad-except
             return False  # the exact decoder finds the reason
-        if payloads is None or not all(
-            math.isfinite(float(np.dot(p, p))) for p in payloads
-        ):
+        if payloads is None:
             return False
-        if self.picks is None:
-            np.concatenate(payloads, out=dest)
-            np.subtract(dest, self.theta, out=dest)
+        row = self.row
+        if row is not None:
+            np.concatenate(payloads, out=row)
+            if not math.isfinite(float(np.dot(row, row))):
+                return False
+            parts = [(row, 0, row.size)]
         else:
-            for p, (index, a, b) in zip(payloads, self.picks, strict=True):
-                np.take(p, index, out=dest[a:b])
-            np.subtract(dest, self.theta_sample, out=dest)
-        for p, (start, stop) in zip(payloads, self.spans, strict=True):
+            if not all(math.isfinite(float(np.dot(p, p))) for p in payloads):
+                return False
+            parts = [(p, a, b) for p, (a, b) in zip(payloads, self.spans, strict=True)]
+        # The sample of w − θ, as the exact decoder writes it.
+        if self.columns is None:
+            np.concatenate(payloads, out=dest)
+        elif row is not None:
+            np.take(row, self.columns, out=dest)
+        else:
+            for k, index, a, b in self.picks:
+                np.take(payloads[k], index, out=dest[a:b])
+        np.subtract(dest, self.theta_sample, out=dest)
+        for values, start, stop in parts:
             part = total[start:stop]
             if weight == 1.0:
-                np.add(part, p, out=part)
+                np.add(part, values, out=part)
             else:
-                part += p.astype(np.float64) * weight
+                part += values.astype(np.float64) * weight
         return True
 
 
