@@ -950,11 +950,15 @@ def average_replies(
 ) -> AveragedReplies:
     """:func:`validate_replies` for a plain (weighted) mean, in one streaming pass.
 
-    Each reply is validated and decoded into one scratch row, as
-    :func:`validate_replies` does, and added to a float64 sum at once: memory
-    stays ``O(d)`` however many replies arrive (Flower's ``FedAvg`` streams
-    likewise), and the float64 sum neither overflows nor loses the small
-    updates of a large model.
+    Each reply is validated and added to a float64 sum at once: memory stays
+    ``O(d)`` however many replies arrive (Flower's ``FedAvg`` streams likewise),
+    and the float64 sum neither overflows nor loses the small updates of a large
+    model. The sum is of the replies ``w`` themselves, and ``θ`` is subtracted
+    once from their mean: a reply serialised as the sent float32 model is added
+    as sent (:class:`_SummedAsSent`), any other is decoded as
+    :func:`validate_replies` decodes it, into one scratch row, and added back as
+    that update plus ``θ``. The replies are judged as :func:`validate_replies`
+    judges them.
 
     Parameters
     ----------
