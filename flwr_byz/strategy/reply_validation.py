@@ -923,10 +923,13 @@ class _SummedAsSent:
                 return False
             parts = [(p, a, b) for p, (a, b) in zip(payloads, self.spans, strict=True)]
         # The sample of w − θ, as the exact decoder writes it.
-        if self.columns is None:
+        if row is not None:
+            if self.columns is None:
+                np.copyto(dest, row)
+            else:
+                np.take(row, self.columns, out=dest)
+        elif self.columns is None:
             np.concatenate(payloads, out=dest)
-        elif row is not None:
-            np.take(row, self.columns, out=dest)
         else:
             for k, index, a, b in self.picks:
                 np.take(payloads[k], index, out=dest[a:b])
