@@ -266,3 +266,35 @@ def test_larger_d(kind, dtype):
     ]:
         got, want = fast(), slow()
         assert_same_decision(got, want, x)
+
+
+@pytest.mark.parametrize("n", [210, 430])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_distances_of_many_rows(n, kind, dtype):
+    """Enough rows for the Gram product to be cut into blocks (two at n = 210,
+    four at 430; :func:`~flwr_byz.aggregation.distances._self_product`): every
+    distance is still the direct one, and the matrix exactly symmetric."""
+    x = make_rows(n, 6, n // 5, kind, seed=n, dtype=dtype)
+    got = agg.pairwise_sq_distances(x)
+    x64 = x.double()
+    want = (x64[:, None, :] - x64[None, :, :]).square().sum(dim=2)
+    scale = float((x64 - x64.mean(0)).square().sum(1).max())
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * scale)
+    assert torch.equal(got, got.T)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_decisions_on_many_rows(kind, dtype):
+    """The rules on a blocked Gram product decide as their references."""
+    n = 210
+    f = n // 5
+    x = make_rows(n, 6, f, kind, seed=n, dtype=dtype)
+    for fast, slow in [
+        (lambda: agg.krum(x, f), lambda: ref.ref_krum(x, f)),
+        (lambda: agg.multikrum(x, f), lambda: ref.ref_multikrum(x, f)),
+        (lambda: agg.faba(x, f), lambda: ref.ref_faba(x, f)),
+    ]:
+        assert_same_decision(fast(), slow(), x)

@@ -13,7 +13,9 @@ distance may be far smaller. We therefore
    obtained from the plain one by n × n algebra, which saves the centring copy;
 2. multiply in column chunks in the input precision (float32 stays float32 so the
    product runs at BLAS speed) and accumulate the chunk Grams in float64, so the
-   accumulation error does not grow with ``d``.
+   accumulation error does not grow with ``d``;
+   on the CPU, once there are a few hundred rows, only the row blocks on and above
+   the diagonal are multiplied and mirrored (:func:`_self_product`).
 
 The centred chunk lives in a small buffer, so the extra memory is a few MB, not a copy
 of the matrix. The error of a squared distance is then about 1e-6 of the rows' squared
@@ -35,6 +37,7 @@ finite numbers and report distances in the input's units.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -61,6 +64,10 @@ _TINY = 2.0**-100
 # (2**900 · 1e10 columns · n² stays below 1.8e308) or small values underflow.
 _FLOAT64_RANGE = 400
 _FLOAT64_TOP = 450
+# A Gram product on the CPU multiplies only its blocks on and above the diagonal
+# once the rows make blocks of this many (fewer rows: one product is as fast).
+_BLOCK_ROWS = 100
+_MAX_BLOCKS = 4
 # Columns compared before two rows that may be copies are compared in full.
 _FINGERPRINT = 64
 
@@ -228,15 +235,39 @@ def _reliable(product: torch.Tensor, cols: torch.Tensor) -> bool:
     return not bool(zero.any()) or not bool(cols[zero.to(cols.device)].any())
 
 
+def _self_product(c: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``c @ c.T``, written into ``out`` when given.
+
+    On the CPU, from :data:`_BLOCK_ROWS` rows per block up, the rows are cut
+    into at most :data:`_MAX_BLOCKS` blocks and only the products on and above
+    the diagonal are multiplied; the rest is their mirror image (a Gram matrix
+    is symmetric). With ``k`` blocks that is ``(k + 1) / 2k`` of the work:
+    3/4 for two blocks, 5/8 for four. Each entry is still one BLAS dot
+    product of two rows in the input precision.
+    """
+    n = c.shape[0]
+    blocks = min(_MAX_BLOCKS, n // _BLOCK_ROWS) if c.device.type == "cpu" else 1
+    if blocks < 2:
+        return c @ c.T if out is None else torch.mm(c, c.T, out=out)
+    if out is None:
+        out = torch.empty(n, n, dtype=c.dtype)
+    edges = [n * i // blocks for i in range(blocks + 1)]
+    for lo, hi in itertools.pairwise(edges):
+        part = c[lo:hi] @ c[lo:].T
+        out[lo:hi, lo:] = part
+        out[hi:, lo:hi] = part[:, hi - lo :].T
+    return out
+
+
 def _gram64(cols: torch.Tensor, work: torch.dtype) -> tuple[torch.Tensor, torch.dtype]:
     """``cols @ cols.T`` in float64, multiplied in ``work`` when that is reliable,
     else in float64; also returns the dtype used."""
     c = cols if cols.dtype == work else cols.to(work)
-    product = (c @ c.T).to(torch.float64)
+    product = _self_product(c).to(torch.float64)
     if work == torch.float64 or _reliable(product, c):
         return product, work
     c = cols.to(torch.float64)
-    return c @ c.T, torch.float64
+    return _self_product(c), torch.float64
 
 
 def decision_scaling(x: torch.Tensor) -> tuple[float, torch.Tensor | None]:
@@ -356,8 +387,7 @@ def scaled_centred_gram(
             cols = x[:, start:stop]
             if cols.dtype != work:
                 cols = cols.to(work)
-            torch.mm(cols, cols.T, out=part)
-            plain = part.to(torch.float64)
+            plain = _self_product(cols, out=part).to(torch.float64)
             if work == torch.float64 or _reliable(plain, cols):
                 centred = _centre_gram(plain, ref_row)
                 cond = _conditioning(plain.cpu(), centred.cpu(), ref_row)
@@ -368,12 +398,11 @@ def scaled_centred_gram(
             buf = torch.empty(n, width, dtype=work, device=x.device)
         y = buf[:, : stop - start]
         torch.sub(x[:, start:stop], ref[start:stop], out=y)
-        torch.mm(y, y.T, out=part)
-        product = part.to(torch.float64)
+        product = _self_product(y, out=part).to(torch.float64)
         if work != torch.float64 and not _reliable(product, y):
             ref64 = x[ref_row, start:stop].to(torch.float64)
             y64 = x[:, start:stop].to(torch.float64) - ref64
-            product = y64 @ y64.T
+            product = _self_product(y64)
         gram += product
     # BLAS may round G[i, j] and G[j, i] differently; make it exactly symmetric.
     gram = _symmetric(gram)
