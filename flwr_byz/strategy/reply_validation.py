@@ -341,13 +341,18 @@ class _SentPlan:
 
     Attributes
     ----------
-    arrays : tuple[tuple[tuple[int, ...], str, bytes, int, int, bool], ...]
+    arrays : tuple[tuple[tuple[int, ...], str, bytes, int, bool], ...]
         Per sent array, in key order: its shape, dtype name, C-order ``.npy``
-        header, the byte length of a well-formed payload, its value count, and
-        whether it is a float array (a part of the update).
+        header, the byte length of a well-formed payload, and whether it is a
+        float array (a part of the update).
+    floats : tuple[tuple[int, int, int, int], ...]
+        Per float array, in layout order: its value count, the length of its
+        header, and the byte span ``[start, stop)`` of its values in the
+        update's float32 row.
     """
 
-    arrays: tuple[tuple[tuple[int, ...], str, bytes, int, int, bool], ...]
+    arrays: tuple[tuple[tuple[int, ...], str, bytes, int, bool], ...]
+    floats: tuple[tuple[int, int, int, int], ...]
 
 
 def _sent_plan(sent: SentModel) -> _SentPlan | None:
@@ -362,44 +367,45 @@ def _sent_plan(sent: SentModel) -> _SentPlan | None:
         and all(k in sent.headers for k in layout.keys)
         and all(layout.dtypes[i] == f32 for i, *_ in layout.segments())
     ):
-        plan = _SentPlan(
-            tuple(
-                (
-                    shape,
-                    name,
-                    sent.headers[key],
-                    len(sent.headers[key]) + math.prod(shape) * dtype.itemsize,
-                    math.prod(shape),
-                    offset >= 0,
-                )
-                for key, shape, name, dtype, offset in zip(
-                    layout.keys,
-                    layout.shapes,
-                    layout.dtype_names,
-                    layout.dtypes,
-                    layout.offsets,
-                    strict=True,
-                )
+        arrays = tuple(
+            (
+                shape,
+                name,
+                sent.headers[key],
+                len(sent.headers[key]) + math.prod(shape) * dtype.itemsize,
+                offset >= 0,
+            )
+            for key, shape, name, dtype, offset in zip(
+                layout.keys,
+                layout.shapes,
+                layout.dtype_names,
+                layout.dtypes,
+                layout.offsets,
+                strict=True,
             )
         )
+        floats = tuple(
+            (stop - start, len(sent.headers[key]), 4 * start, 4 * stop)
+            for _, key, start, stop in layout.segments()
+        )
+        plan = _SentPlan(arrays, floats)
     sent.__dict__["_sent_plan"] = plan
     return plan
 
 
-def _sent_like_payloads(
+def _sent_like_data(
     arrays: Mapping[str, ArrayLike], keys: tuple[str, ...], plan: _SentPlan
-) -> list[np.ndarray] | None:
-    """Zero-copy float32 views of the float arrays of a reply serialised as the
-    sent model, in layout order: the sent keys in the sent order, every array
+) -> list[bytes] | None:
+    """The ``.npy`` bytes of the float arrays of a reply serialised as the sent
+    model, in layout order: the sent keys in the sent order, every array
     declared and serialised exactly as the sent one (same stype, dtype, shape,
     ``.npy`` header bytes and length, ``bytes`` data). ``None`` decides nothing:
     :func:`_decode` then reads the reply again and finds its reason (or accepts
     it: a reordered or re-serialised reply)."""
     if tuple(arrays) != keys:
         return None
-    payloads = []
-    f32 = np.float32
-    for array, (shape, name, header, size, count, is_float) in zip(
+    found = []
+    for array, (shape, name, header, size, is_float) in zip(
         arrays.values(), plan.arrays, strict=True
     ):
         data = array.data
@@ -414,8 +420,17 @@ def _sent_like_payloads(
         ):
             return None
         if is_float:
-            payloads.append(np.frombuffer(data, f32, count, len(header)))
-    return payloads
+            found.append(data)
+    return found
+
+
+def _value_views(found: list[bytes], plan: _SentPlan) -> list[np.ndarray]:
+    """Zero-copy float32 views of the values of :func:`_sent_like_data`."""
+    f32 = np.float32
+    return [
+        np.frombuffer(data, f32, count, skip)
+        for data, (count, skip, _, _) in zip(found, plan.floats, strict=True)
+    ]
 
 
 def _decode_small(
@@ -427,17 +442,30 @@ def _decode_small(
 ) -> bool:
     """The usual reply of a small float32 model, decoded with few calls.
 
-    ``True`` when :func:`_sent_like_payloads` reads the reply and its update is
-    finite: ``out`` then holds ``w − θ`` (the payloads copied into ``out`` in
-    one call, ``θ`` subtracted in one, float32 as :func:`_decode` computes it,
-    bit for bit). ``False`` decides nothing, as there.
+    ``True`` when :func:`_sent_like_data` reads the reply and its update is
+    finite: ``out`` then holds ``w − θ`` (each payload's bytes copied into
+    ``out`` as they are, ``θ`` subtracted in one call, float32 as
+    :func:`_decode` computes it, bit for bit). ``False`` decides nothing, as
+    there.
     """
-    payloads = _sent_like_payloads(arrays, keys, plan)
-    if payloads is None:
+    found = _sent_like_data(arrays, keys, plan)
+    if found is None:
         return False
-    np.concatenate(payloads, out=out)
+    _copy_values(found, plan, out)
     np.subtract(out, theta, out)
     return _finite(out)
+
+
+def _copy_values(found: list[bytes], plan: _SentPlan, out: np.ndarray) -> None:
+    """The values of :func:`_sent_like_data` copied into the float32 row ``out``.
+
+    A byte copy: the payloads hold the sent dtype, native float32 (their
+    headers are the sent ones, byte order included), which is ``out``'s; no
+    array is made per payload.
+    """
+    row = memoryview(out).cast("B")
+    for data, (_, skip, start, stop) in zip(found, plan.floats, strict=True):
+        row[start:stop] = memoryview(data)[skip:]
 
 
 def _decode_or_malformed(
@@ -853,7 +881,7 @@ class _SummedAsSent:
     """:func:`average_replies`' few-call path (one per round, for a finite sent
     float32 model).
 
-    A reply serialised as the sent model (:func:`_sent_like_payloads`) whose
+    A reply serialised as the sent model (:func:`_sent_like_data`) whose
     values square and sum finitely in float32 is valid: each value is then
     below ``√max`` (about 1.8e19), less than half a unit in the last place of
     float32's largest values, so ``w − θ`` rounds within range for any finite
@@ -906,19 +934,21 @@ class _SummedAsSent:
         """Add the reply ``w`` (times ``weight`` unless it is 1) to ``total`` and
         write its sample of ``w − θ`` into ``dest``; ``False`` (nothing written)
         when the reply is not for this path."""
+        row = self.row
         try:
-            payloads = _sent_like_payloads(cand.arrays, self.keys, self.plan)
+            found = _sent_like_data(cand.arrays, self.keys, self.plan)
+            if found is not None and row is not None:
+                _copy_values(found, self.plan, row)
         except Exception:  # pylint: disable=broad-except
             return False  # the exact decoder finds the reason
-        if payloads is None:
+        if found is None:
             return False
-        row = self.row
         if row is not None:
-            np.concatenate(payloads, out=row)
             if not math.isfinite(float(np.dot(row, row))):
                 return False
             parts = [(row, 0, row.size)]
         else:
+            payloads = _value_views(found, self.plan)
             if not all(math.isfinite(float(np.dot(p, p))) for p in payloads):
                 return False
             parts = [(p, a, b) for p, (a, b) in zip(payloads, self.spans, strict=True)]
