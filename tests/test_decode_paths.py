@@ -227,9 +227,7 @@ def test_the_streamed_mean_sums_a_reply_serialised_as_sent_as_it_was_sent(
     arrays = _reply(theta, 5)
     total = np.zeros(sent.layout.d)
     dest = np.full(len(columns), np.nan, dtype=np.float32)
-    parts = summed.read(Candidate(1, arrays, {}), dest)
-    assert parts is not None
-    rv._add_by_columns(total, [(parts, 1.0)])
+    assert summed.add(Candidate(1, arrays, {}), total, 1.0, dest)
     sent_w = np.concatenate([np.asarray(arrays[k].numpy()).ravel() for k in ("w", "b")])
     assert np.array_equal(total, sent_w.astype(np.float64))
     reason, row = _slow(sent, arrays)
@@ -249,32 +247,11 @@ def test_the_streamed_mean_leaves_every_other_reply_to_the_exact_decoder(
     sent = _sent(theta)
     summed = rv._SummedAsSent.of(sent, None)
     assert (summed.row is not None) == in_one_row
+    total = np.zeros(sent.layout.d)
     dest = np.zeros(sent.layout.d, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):  # as validation calls it
-        taken = summed.read(Candidate(1, _variants(theta)[case], {}), dest)
-    assert taken is None and not dest.any()
-
-
-def test_replies_added_by_column_blocks_sum_as_reply_after_reply(monkeypatch):
-    """The large model's sum, block of columns by block, unweighted replies by
-    torch and weighted ones by numpy, equals the float64 sum of the replies
-    one after another, bit for bit (blocks smaller than an array here)."""
-    monkeypatch.setattr(rv, "_SUM_BLOCK", 7)
-    rng = np.random.default_rng(11)
-    spans = [(0, 30), (30, 31), (31, 75)]
-    replies, want = [], np.zeros(75)
-    for weight in (1.0, 0.3, 1.0, 2.5, 1.0):
-        row = (rng.standard_normal(75) * 10.0 ** rng.integers(-8, 8, 75)).astype(
-            np.float32
-        )
-        parts = [(row[a:b].copy(), a, b) for a, b in spans]
-        for values, _, _ in parts:
-            values.flags.writeable = False  # as a reply's bytes are
-        replies.append((parts, weight))
-        want += row.astype(np.float64) * weight if weight != 1.0 else row
-    total = np.zeros(75)
-    rv._add_by_columns(total, replies)
-    assert total.tobytes() == want.tobytes()
+        taken = summed.add(Candidate(1, _variants(theta)[case], {}), total, 1.0, dest)
+    assert not taken and not total.any() and not dest.any()
 
 
 def test_the_streamed_mean_of_replies_the_exact_decoder_took_is_the_mean():

@@ -22,7 +22,6 @@ from enum import IntEnum
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore import log
@@ -929,30 +928,29 @@ class _SummedAsSent:
             row=np.empty(sent.layout.d, dtype=np.float32) if small else None,
         )
 
-    def read(
-        self, cand: Candidate, dest: np.ndarray
-    ) -> list[tuple[np.ndarray, int, int]] | None:
-        """The reply's values ``w`` as ``(values, start, stop)`` parts of the
-        row, with its sample of ``w − θ`` written into ``dest``; ``None``
-        (nothing written) when the reply is not for this path. A small
-        model's one part is :attr:`row`, overwritten by the next read."""
+    def add(
+        self, cand: Candidate, total: np.ndarray, weight: float, dest: np.ndarray
+    ) -> bool:
+        """Add the reply ``w`` (times ``weight`` unless it is 1) to ``total`` and
+        write its sample of ``w − θ`` into ``dest``; ``False`` (nothing written)
+        when the reply is not for this path."""
         row = self.row
         try:
             found = _sent_like_data(cand.arrays, self.keys, self.plan)
             if found is not None and row is not None:
                 _copy_values(found, self.plan, row)
         except Exception:  # pylint: disable=broad-except
-            return None  # the exact decoder finds the reason
+            return False  # the exact decoder finds the reason
         if found is None:
-            return None
+            return False
         if row is not None:
             if not math.isfinite(float(np.dot(row, row))):
-                return None
+                return False
             parts = [(row, 0, row.size)]
         else:
             payloads = _value_views(found, self.plan)
             if not all(math.isfinite(float(np.dot(p, p))) for p in payloads):
-                return None
+                return False
             parts = [(p, a, b) for p, (a, b) in zip(payloads, self.spans, strict=True)]
         # The sample of w − θ, as the exact decoder writes it.
         if row is not None:
@@ -966,51 +964,13 @@ class _SummedAsSent:
             for k, index, a, b in self.picks:
                 np.take(payloads[k], index, out=dest[a:b])
         np.subtract(dest, self.theta_sample, out=dest)
-        return parts
-
-
-#: Values of the float64 sum :func:`_add_by_columns` keeps in cache at a time.
-_SUM_BLOCK = 1 << 16
-
-
-def _add_to(part: np.ndarray, values: np.ndarray, weight: float) -> None:
-    """``part += weight · values`` in float64 (``values`` as they are at 1)."""
-    if weight == 1.0:
-        np.add(part, values, out=part)
-    else:
-        part += values.astype(np.float64) * weight
-
-
-def _add_by_columns(
-    total: np.ndarray, replies: list[tuple[list[tuple[np.ndarray, int, int]], float]]
-) -> None:
-    """Add every reply's parts (:meth:`_SummedAsSent.read`) times its weight to
-    ``total``, one block of columns at a time.
-
-    Each block of the float64 sum stays in cache while every reply is added
-    to it, and each value sees the same additions in the same order as reply
-    after reply. An unweighted reply is added by torch, whose float32 to
-    float64 add runs on every intra-op thread (numpy's on one): the same IEEE
-    sums. A reply's read-only bytes reach torch through DLPack, which shares
-    them without a copy (``torch.from_numpy`` would warn that they are
-    read-only).
-    """
-    if not replies:
-        return
-    total_t = torch.from_numpy(total)
-    views = [
-        [torch.from_dlpack(values) if weight == 1.0 else None for values, _, _ in parts]
-        for parts, weight in replies
-    ]
-    for k, (_, start, stop) in enumerate(replies[0][0]):
-        for lo in range(start, stop, _SUM_BLOCK):
-            hi = min(lo + _SUM_BLOCK, stop)
-            for (parts, weight), tensors in zip(replies, views, strict=True):
-                tensor = tensors[k]
-                if tensor is not None:
-                    total_t[lo:hi].add_(tensor[lo - start : hi - start])
-                else:
-                    _add_to(total[lo:hi], parts[k][0][lo - start : hi - start], weight)
+        for values, start, stop in parts:
+            part = total[start:stop]
+            if weight == 1.0:
+                np.add(part, values, out=part)
+            else:
+                part += values.astype(np.float64) * weight
+        return True
 
 
 def average_replies(
@@ -1021,19 +981,17 @@ def average_replies(
     columns: np.ndarray | None,
     absent: Mapping[int, MissingReason] | None = None,
 ) -> AveragedReplies:
-    """:func:`validate_replies` for a plain (weighted) mean, without the matrix.
+    """:func:`validate_replies` for a plain (weighted) mean, in one streaming pass.
 
-    Each reply is validated and summed in float64 as it is read, without an
-    ``(n, d)`` matrix: the memory added stays ``O(d)`` however many replies
-    arrive (Flower's ``FedAvg`` streams likewise), and the float64 sum neither
-    overflows nor loses the small updates of a large model. The sum is of the
-    replies ``w`` themselves, and ``θ`` is subtracted once from their mean: a
-    reply serialised as the sent float32 model is added as sent
-    (:class:`_SummedAsSent`; a large model's such replies, zero-copy views of
-    their bytes, once all are read, by column blocks: :func:`_add_by_columns`),
-    any other is decoded as :func:`validate_replies` decodes it, into one
-    scratch row, and added back as that update plus ``θ``. The replies are
-    judged as :func:`validate_replies` judges them.
+    Each reply is validated and added to a float64 sum at once: memory stays
+    ``O(d)`` however many replies arrive (Flower's ``FedAvg`` streams likewise),
+    and the float64 sum neither overflows nor loses the small updates of a large
+    model. The sum is of the replies ``w`` themselves, and ``θ`` is subtracted
+    once from their mean: a reply serialised as the sent float32 model is added
+    as sent (:class:`_SummedAsSent`), any other is decoded as
+    :func:`validate_replies` decodes it, into one scratch row, and added back as
+    that update plus ``θ``. The replies are judged as :func:`validate_replies`
+    judges them.
 
     Parameters
     ----------
@@ -1053,18 +1011,11 @@ def average_replies(
     total = np.zeros(layout.d, dtype=np.float64)
     flat_sent = {k: v.reshape(-1) for k, v in sent.arrays.items()}
     summed = _SummedAsSent.of(sent, columns)
-    # A large model's replies are added once all are read, by column blocks.
-    deferred: list[tuple[list[tuple[np.ndarray, int, int]], float]] = []
     valid: list[tuple[Candidate, float]] = []
     with np.errstate(over="ignore", invalid="ignore"):
         for cand, weight in pending:
             dest = sample[len(valid)]
-            parts = None if summed is None else summed.read(cand, dest)
-            if parts is not None:
-                if summed.row is None:
-                    deferred.append((parts, weight))
-                else:
-                    _add_to(total, parts[0][0], weight)
+            if summed is not None and summed.add(cand, total, weight, dest):
                 valid.append((cand, weight))
                 continue
             reason = _decode_or_malformed(cand, sent, flat_sent, row)
@@ -1079,7 +1030,6 @@ def average_replies(
                 # The weight is applied in float64: no float32 product overflows.
                 total += (row.astype(np.float64) + sent.theta) * weight
             valid.append((cand, weight))
-        _add_by_columns(total, deferred)
     mean = None
     if valid:
         weight_sum = float(sum(w for _, w in valid)) if weighted_by else len(valid)
