@@ -345,14 +345,13 @@ class _SentPlan:
         Per sent array, in key order: its shape, dtype name, C-order ``.npy``
         header, the byte length of a well-formed payload, and whether it is a
         float array (a part of the update).
-    floats : tuple[tuple[int, int, int, int], ...]
-        Per float array, in layout order: its value count, the length of its
-        header, and the byte span ``[start, stop)`` of its values in the
-        update's float32 row.
+    floats : tuple[tuple[int, int, int], ...]
+        Per float array, in layout order: the length of its header and the
+        span ``[start, stop)`` of its values in the update's row.
     """
 
     arrays: tuple[tuple[tuple[int, ...], str, bytes, int, bool], ...]
-    floats: tuple[tuple[int, int, int, int], ...]
+    floats: tuple[tuple[int, int, int], ...]
 
 
 def _sent_plan(sent: SentModel) -> _SentPlan | None:
@@ -385,7 +384,7 @@ def _sent_plan(sent: SentModel) -> _SentPlan | None:
             )
         )
         floats = tuple(
-            (stop - start, len(sent.headers[key]), 4 * start, 4 * stop)
+            (len(sent.headers[key]), start, stop)
             for _, key, start, stop in layout.segments()
         )
         plan = _SentPlan(arrays, floats)
@@ -428,8 +427,8 @@ def _value_views(found: list[bytes], plan: _SentPlan) -> list[np.ndarray]:
     """Zero-copy float32 views of the values of :func:`_sent_like_data`."""
     f32 = np.float32
     return [
-        np.frombuffer(data, f32, count, skip)
-        for data, (count, skip, _, _) in zip(found, plan.floats, strict=True)
+        np.frombuffer(data, f32, stop - start, skip)
+        for data, (skip, start, stop) in zip(found, plan.floats, strict=True)
     ]
 
 
@@ -464,8 +463,8 @@ def _copy_values(found: list[bytes], plan: _SentPlan, out: np.ndarray) -> None:
     array is made per payload.
     """
     row = memoryview(out).cast("B")
-    for data, (_, skip, start, stop) in zip(found, plan.floats, strict=True):
-        row[start:stop] = memoryview(data)[skip:]
+    for data, (skip, start, stop) in zip(found, plan.floats, strict=True):
+        row[4 * start : 4 * stop] = memoryview(data)[skip:]
 
 
 def _decode_or_malformed(
@@ -891,7 +890,6 @@ class _SummedAsSent:
 
     keys: tuple[str, ...]
     plan: _SentPlan
-    spans: tuple[tuple[int, int], ...]
     theta: np.ndarray
     columns: np.ndarray | None
     theta_sample: np.ndarray
@@ -906,11 +904,10 @@ class _SummedAsSent:
         with np.errstate(over="ignore", invalid="ignore"):
             if plan is None or not _finite(theta):
                 return None
-        spans = tuple((start, stop) for _, _, start, stop in sent.layout.segments())
         picks = []
         if columns is not None:
             # Sample columns ascending: each array's share is one run of them.
-            for k, (start, stop) in enumerate(spans):
+            for k, (_, start, stop) in enumerate(plan.floats):
                 a, b = (int(i) for i in np.searchsorted(columns, [start, stop]))
                 if a < b:
                     picks.append((k, columns[a:b] - start, a, b))
@@ -920,7 +917,6 @@ class _SummedAsSent:
         return cls(
             keys=sent.layout.keys,
             plan=plan,
-            spans=spans,
             theta=theta,
             columns=columns,
             theta_sample=theta if columns is None else theta[columns],
@@ -951,7 +947,8 @@ class _SummedAsSent:
             payloads = _value_views(found, self.plan)
             if not all(math.isfinite(float(np.dot(p, p))) for p in payloads):
                 return False
-            parts = [(p, a, b) for p, (a, b) in zip(payloads, self.spans, strict=True)]
+            spans = self.plan.floats
+            parts = [(p, a, b) for p, (_, a, b) in zip(payloads, spans, strict=True)]
         # The sample of w − θ, as the exact decoder writes it.
         if row is not None:
             if self.columns is None:
