@@ -65,6 +65,27 @@ def test_non_finite_result_keeps_the_model_and_the_buffer() -> None:
     assert out.theta is None and out.buffer is old
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_one_non_finite_value_keeps_the_model(bad) -> None:
+    layout, theta = _theta()
+    aggregate = np.zeros(layout.d, dtype=np.float32)
+    aggregate[layout.d - 1] = bad
+    out = server_step(theta=theta, layout=layout, aggregate=aggregate, lr=1.0)
+    assert out.theta is None
+
+
+def test_large_finite_steps_are_taken() -> None:
+    # Values near float32's largest square past its range: the new model is
+    # still finite, and is returned.
+    layout, theta = _theta()
+    aggregate = np.full(layout.d, 1e30, dtype=np.float32)
+    out = server_step(theta=theta, layout=layout, aggregate=aggregate, lr=1.0)
+    assert out.theta is not None
+    np.testing.assert_allclose(
+        layout.flatten(out.theta), layout.flatten(theta) + aggregate, rtol=1e-6
+    )
+
+
 def test_server_step_is_keyword_only() -> None:
     layout, theta = _theta()
     with pytest.raises(TypeError):

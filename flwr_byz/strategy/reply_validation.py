@@ -28,6 +28,7 @@ from flwr.supercore import log
 
 from flwr_byz.records import IDENTITY_RECORD
 
+from .finiteness import all_finite
 from .model_layout import (
     NUMPY_STYPE,
     ArrayLike,
@@ -229,14 +230,6 @@ def _payload(
     return None, flat
 
 
-def _finite(block: np.ndarray) -> bool:
-    # One cheap reduction: a finite sum of squares (BLAS's dot, several times
-    # faster than a float32 sum) means finite values. One that is not may only
-    # have overflowed on large finite values (beyond about 1e19), so then they
-    # are read again.
-    return math.isfinite(float(np.dot(block, block))) or bool(np.isfinite(block).all())
-
-
 def decode_update_into(
     arrays: Mapping[str, ArrayLike],
     layout: ModelLayout,
@@ -314,7 +307,7 @@ def _decode(
         if stop - start <= _BLOCK:  # most arrays: one call (ufuncs cast same_kind)
             np.subtract(src, sent, out[start:stop])
             if stop - checked >= _CHECK:
-                if not _finite(out[checked:stop]):
+                if not all_finite(out[checked:stop]):
                     return _non_finite_reason(sources, checked, stop)
                 checked = stop
             continue
@@ -322,10 +315,10 @@ def _decode(
             b = min(a + _BLOCK, stop - start)
             np.subtract(src[a:b], sent[a:b], out[start + a : start + b])
             if start + b - checked >= _CHECK:
-                if not _finite(out[checked : start + b]):
+                if not all_finite(out[checked : start + b]):
                     return _non_finite_reason(sources, checked, start + b)
                 checked = start + b
-    if checked < layout.d and not _finite(out[checked : layout.d]):
+    if checked < layout.d and not all_finite(out[checked : layout.d]):
         return _non_finite_reason(sources, checked, layout.d)
     return None
 
@@ -452,7 +445,7 @@ def _decode_small(
         return False
     _copy_values(found, plan, out)
     np.subtract(out, theta, out)
-    return _finite(out)
+    return all_finite(out)
 
 
 def _copy_values(found: list[bytes], plan: _SentPlan, out: np.ndarray) -> None:
@@ -902,7 +895,7 @@ class _SummedAsSent:
         plan = _sent_plan(sent)
         theta = sent.theta
         with np.errstate(over="ignore", invalid="ignore"):
-            if plan is None or not _finite(theta):
+            if plan is None or not all_finite(theta):
                 return None
         picks = []
         if columns is not None:
@@ -1037,7 +1030,7 @@ def average_replies(
         mean = np.empty(layout.d, dtype=np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
             np.copyto(mean, total, casting="same_kind")
-            finite = _finite(mean)
+            finite = all_finite(mean)
         if not finite:
             top = float(np.finfo(np.float32).max)
             mean = np.clip(total, -top, top).astype(np.float32)

@@ -7,7 +7,6 @@ new momentum buffer is returned rather than stored.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from flwr_byz.gaa.buffers import is_variance
 
+from .finiteness import all_finite
 from .model_layout import ModelLayout
 
 
@@ -84,13 +84,15 @@ def server_step(
         else:
             step = aggregate * np.float32(lr) if lr != 1.0 else aggregate
         new_theta: dict[str, np.ndarray] = dict(theta)
-        finite = math.isfinite(float(np.add.reduce(step, dtype=np.float64)))
-        for i, key, start, stop in layout.segments() if finite else ():
+        finite = True
+        for i, key, start, stop in layout.segments():
             old = theta[key]
             new = old + step[start:stop].reshape(layout.shapes[i]).astype(
                 old.dtype, copy=False
             )
-            if not np.isfinite(new).all():
+            # A non-finite step makes its new values non-finite: checking
+            # them checks both.
+            if not all_finite(new.reshape(-1)):
                 finite = False
                 break
             if is_variance(key):  # BatchNorm's running_var: never below 0
