@@ -41,8 +41,8 @@ def test_targets_table_ratios():
         "2.00",
         "3.00×",
         "0.6000",
-        "0.8000",  # the better of FedAvg's runs
-        "0.75",
+        "0.9000",  # the FedAvg runs taken in turns with Mean's, as many
+        "0.67",
     ]
     cells = [c.strip() for c in lines[3].strip("|").split("|")]
     assert (
