@@ -437,14 +437,22 @@ def test_legacy_rounds_check_the_server_model_against_the_sent_layout(model, sta
     clients = [_Proxy(1), _Proxy(2)]
     legacy.remember_sent(1, sent, clients)
     ok = Status(code=Code.OK, message="")
+    # The clients move along the server's own update (a constant shift would be
+    # orthogonal to it: cross-entropy's gradient sums to zero over the classes,
+    # and its cosine's sign would be rounding noise).
+    flat = np.concatenate([v.ravel() for v in theta.values() if v.dtype.kind == "f"])
+    delta = inner.server_update(1, torch.from_numpy(flat)).numpy()
     results = [
         (
             c,
             FitRes(
-                ok, ndarrays_to_parameters(list(sh.shifted(theta, s).values())), 3, {}
+                ok,
+                ndarrays_to_parameters(list(sh.shifted(theta, s * delta).values())),
+                3,
+                {},
             ),
         )
-        for c, s in zip(clients, (0.1, 0.2), strict=True)
+        for c, s in zip(clients, (0.5, 1.0), strict=True)
     ]
     _, metrics = legacy.aggregate_fit(1, results, [])
     report = inner.history[-1]
