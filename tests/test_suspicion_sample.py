@@ -29,3 +29,16 @@ def test_distances_on_exactly_the_sampled_columns(n, d):
     # rounding of a float64 norm, which may depend on the buffer's alignment).
     kept = median_distances(torch.from_numpy(x[:, index]), sampled=True)
     np.testing.assert_allclose(kept, got, rtol=1e-14)
+
+
+@pytest.mark.parametrize("width", [1024, 2048])
+def test_rows_a_page_long_are_read_as_given(width):
+    # Rows of 4 KiB multiples are copied into longer rows before they are read
+    # column by column: each of several matrices in turn gives its own distances.
+    rng = np.random.default_rng(width)
+    for n in (5, 10, 10, 33):
+        x = rng.standard_normal((n, width)).astype(np.float32) * rng.uniform(1, 9)
+        centre = np.median(x.astype(np.float64), axis=0)
+        expected = np.linalg.norm(x - centre, axis=1)
+        got = median_distances(torch.from_numpy(x), sampled=True)
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
