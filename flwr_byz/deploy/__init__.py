@@ -10,7 +10,9 @@
 - :mod:`~flwr_byz.deploy.local_superlink`: a private SuperLink in simulation mode
   (the experiment grid's);
 - :mod:`~flwr_byz.deploy.processes`: free ports, starting, waiting for and
-  stopping processes.
+  stopping processes;
+- :mod:`~flwr_byz.deploy.app_snapshot`: the copy of an app that ``flwr run`` is
+  given, without the directories it would walk only to ignore them.
 
 Nothing here imports :mod:`flwr_byz.experiments`.
 """

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from flwr_byz.deploy.app_snapshot import app_snapshot
 from flwr_byz.deploy.processes import (
     free_port,
     kill_now,
@@ -169,15 +170,20 @@ class LocalSuperLink:
         num_supernodes: int = 10,
         timeout: float = 900.0,
     ) -> subprocess.CompletedProcess[str]:
-        """``flwr run <app_dir> --stream`` against this SuperLink; wait for the end."""
-        return subprocess.run(
-            self.run_command(app_dir, run_config, num_supernodes),
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        """``flwr run <app_dir> --stream`` against this SuperLink; wait for the end.
+
+        It runs a copy of ``app_dir`` without the directories that ``flwr run``
+        would walk only to ignore them (:func:`app_snapshot`): the same FAB."""
+        with tempfile.TemporaryDirectory(dir=self.flwr_home) as staging:
+            app = app_snapshot(app_dir, Path(staging) / "app")
+            return subprocess.run(
+                self.run_command(app, run_config, num_supernodes),
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
 
     def stop(self) -> None:
         """Stop the SuperLink and everything it started."""
