@@ -46,3 +46,16 @@ def superlink():
 
     with LocalSuperLink() as link:
         yield link
+
+
+@pytest.fixture
+def no_process_left():
+    """Fail a test that leaves a process of :func:`spawn` running, and end those
+    processes even when the test's own clean-up was cut short (its time limit
+    fired inside ``stop()``), so that nothing outlives the test."""
+    from flwr_byz.deploy.processes import kill_spawned, spawned
+
+    before = spawned()
+    yield
+    left = kill_spawned(spawned() - before)
+    assert not left, f"processes left running (now killed): {sorted(left)}"

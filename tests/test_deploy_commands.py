@@ -26,6 +26,13 @@ from flwr_byz.deploy.deployment import CONNECTION, LocalDeployment
 
 REPO = Path(__file__).resolve().parents[1]
 DEPRECATED = "flwr_byz.experiments.{0} is deprecated; use python -m flwr_byz.deploy.{0}"
+# Each deployment is a dozen processes (SuperLink, gateway, SuperNodes, one process
+# per ClientApp call): two at once on two cores slow each past its time limits, so
+# these modules share one worker. No process outlives a test (`no_process_left`).
+pytestmark = [
+    pytest.mark.xdist_group("deployment"),
+    pytest.mark.usefixtures("no_process_left"),
+]
 
 
 def _command(module: str, *args: str, **kwargs: object) -> subprocess.CompletedProcess:
@@ -52,7 +59,7 @@ def _san(path: Path) -> set[str]:
     return {str(n.value) for n in names}
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("package", ["deploy", "experiments"])
 def test_make_certificates_as_the_docs_show(tmp_path: Path, package: str) -> None:
     module = f"flwr_byz.{package}.deployment"
@@ -79,7 +86,7 @@ def test_make_certificates_as_the_docs_show(tmp_path: Path, package: str) -> Non
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
 def test_make_and_register_supernode_keys_as_the_docs_show(tmp_path: Path) -> None:
     """``--make-supernode-keys keys --names site-0``; then, on the SuperLink
@@ -111,7 +118,7 @@ def test_make_and_register_supernode_keys_as_the_docs_show(tmp_path: Path) -> No
         deployment.stop()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("package", ["deploy", "experiments"])
 def test_fleet_gateway_help(package: str, tmp_path: Path) -> None:
     done = _command(f"flwr_byz.{package}.fleet_gateway", "--help", cwd=tmp_path)

@@ -39,6 +39,13 @@ from flwr_byz.deploy.fleet_gateway import FLEET_PATHS, create_app
 
 REPO = Path(__file__).resolve().parents[1]
 LINUX = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+# Each deployment is a dozen processes (SuperLink, gateway, SuperNodes, one process
+# per ClientApp call): two at once on two cores slow each past its time limits, so
+# these modules share one worker. No process outlives a test (`no_process_left`).
+pytestmark = [
+    pytest.mark.xdist_group("deployment"),
+    pytest.mark.usefixtures("no_process_left"),
+]
 
 
 def _mode(path: Path) -> int:
@@ -232,7 +239,7 @@ def test_gateway_forwards_the_fleet_api_and_nothing_else(tmp_path: Path) -> None
 
 
 # --- real processes -------------------------------------------------------------
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 @LINUX
 def test_the_superlink_refuses_an_unregistered_key_and_keeps_its_files_private(
     tmp_path: Path,
@@ -298,14 +305,14 @@ def _supernode_list(deployment: LocalDeployment) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(420)
 @LINUX
 def test_only_registered_supernodes_join_and_run_the_federation(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
     with LocalDeployment(2, workdir=tmp_path / "deployment") as deployment:
-        registered = deployment.node_ids(timeout=60)
+        registered = deployment.node_ids()
         assert registered == deployment.registered_node_ids
         # A stranger with ca.crt and nothing else, and one with a key of their own
         # that nobody registered, both claiming partitions of the federation.
@@ -346,7 +353,7 @@ def test_only_registered_supernodes_join_and_run_the_federation(
                 "seed": 0,
                 "output-dir": str(out),
             },
-            timeout=150,
+            timeout=240,
         )
         assert done.returncode == 0, (
             done.stdout[-3000:] + done.stderr[-2000:] + deployment.log()[-2000:]
@@ -401,7 +408,7 @@ def _non_loopback_ipv4() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(360)
 @LINUX
 @pytest.mark.skipif(sys.byteorder != "little", reason="/proc/net/tcp decoding")
 def test_a_stranger_with_only_the_ca_cannot_use_the_control_api(

@@ -33,15 +33,18 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from flwr_byz.deploy.app_snapshot import app_snapshot
 from flwr_byz.deploy.certificates import (
     Certificates,
     KeyMaterialExistsError,
@@ -86,6 +89,9 @@ CONNECTION = "local-tls"
 START_ATTEMPTS = 3
 #: Runs of ``flwr supernode register`` that time out before it gives up.
 REGISTER_ATTEMPTS = 3
+#: Seconds :meth:`LocalDeployment.node_ids` waits for every SuperNode to join: a
+#: SuperNode joins in seconds, several times that on a loaded machine.
+JOIN_TIMEOUT = 120.0
 
 # The directory holding this flwr_byz, for ``python -m`` in child processes
 # (an editable install may point elsewhere).
@@ -274,12 +280,17 @@ class LocalDeployment:
             self.start_superlink(timeout)
             self._start_gateway(timeout)
             cli_env = {**self.env, "FLWR_HOME": str(self.flwr_home)}
-            self.registered_node_ids = [
-                register_supernode(
-                    keys.public_key, CONNECTION, cli_env, self.register_timeout
+            # One `flwr supernode register` per key, all at once: each spends its
+            # time starting the CLI, not at the SuperLink.
+            with ThreadPoolExecutor(len(self.supernode_keys)) as pool:
+                self.registered_node_ids = list(
+                    pool.map(
+                        lambda keys: register_supernode(
+                            keys.public_key, CONNECTION, cli_env, self.register_timeout
+                        ),
+                        self.supernode_keys,
+                    )
                 )
-                for keys in self.supernode_keys
-            ]
             for i, node_config in enumerate(self.node_configs):
                 self.supernodes.append(
                     self._popen_supernode(
@@ -539,11 +550,14 @@ class LocalDeployment:
         )
         return True
 
-    def node_ids(self, timeout: float = 60.0) -> list[int]:
+    def node_ids(self, timeout: float = JOIN_TIMEOUT) -> list[int]:
         """The Flower node id of each SuperNode, in start order, once all have one.
 
         A SuperNode logs ``SuperNode ID: <id>`` once the SuperLink activated it,
-        so this also waits until every node has joined the federation.
+        so this also waits until every node has joined the federation. After
+        ``timeout`` seconds, or once a SuperNode exited, :class:`RuntimeError`
+        names the SuperNodes missing and ends with the last lines of their logs
+        and the gateway's.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -560,9 +574,14 @@ class LocalDeployment:
             ]
             if dead or time.monotonic() > deadline:
                 missing = [i for i, m in enumerate(found) if m is None]
+                logs = [self.workdir / f"supernode-{i}.log" for i in missing[:2]]
                 raise RuntimeError(
                     f"SuperNode(s) {missing} did not join within {timeout:.0f} s "
                     f"(exited: {dead}); see {self.workdir}/supernode-<i>.log"
+                    + "".join(
+                        log_tail(log, 8)
+                        for log in [*logs, self.workdir / "gateway.log"]
+                    )
                 )
             time.sleep(0.2)
 
@@ -597,11 +616,16 @@ class LocalDeployment:
         connection: str = CONNECTION,
         timeout: float = 600.0,
     ) -> subprocess.CompletedProcess[str]:
-        """``flwr run <app_dir> <connection> --stream``; wait for the run to end."""
-        args = ["run", str(app_dir), connection, "--stream"]
-        if run_config:
-            args += ["--run-config", run_config_arg(run_config)]
-        return self.flwr(*args, timeout=timeout)
+        """``flwr run <app_dir> <connection> --stream``; wait for the run to end.
+
+        It runs a copy of ``app_dir`` without the directories that ``flwr run``
+        would walk only to ignore them (:func:`app_snapshot`): the same FAB."""
+        with tempfile.TemporaryDirectory(dir=self.workdir) as staging:
+            app = app_snapshot(app_dir, Path(staging) / "app")
+            args = ["run", str(app), connection, "--stream"]
+            if run_config:
+                args += ["--run-config", run_config_arg(run_config)]
+            return self.flwr(*args, timeout=timeout)
 
 
 def _make_key_material(args: argparse.Namespace) -> int:
@@ -704,16 +728,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         "assumed-byzantine-fraction": args.byzantine_fraction,
         "output-dir": str(Path(args.output_dir).resolve()),
     }
-    with LocalDeployment(args.nodes, workdir=args.keep) as deployment:
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so the deployment's context
+    # manager stops the SuperLink, the gateway and the SuperNodes it started (they
+    # run in sessions of their own and would outlive this process).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with LocalDeployment(args.nodes, workdir=args.keep) as deployment:
+            print(
+                f"SuperLink (TLS, SuperNode auth) on {deployment.address}; Fleet "
+                f"gateway on {deployment.fleet_address}; {args.nodes} registered "
+                "SuperNodes",
+                flush=True,
+            )
+            node_ids = deployment.node_ids()
+            print("node ids:", ", ".join(map(str, node_ids)), flush=True)
+            done = deployment.run(args.app, run_config)
+            print(done.stdout, end="")
+            print(done.stderr, end="", file=sys.stderr)
+            return done.returncode
+    except KeyboardInterrupt:
         print(
-            f"SuperLink (TLS, SuperNode auth) on {deployment.address}; Fleet gateway "
-            f"on {deployment.fleet_address}; {args.nodes} registered SuperNodes"
+            "deployment: interrupted; the SuperLink, gateway and SuperNodes it "
+            "started were stopped",
+            file=sys.stderr,
         )
-        print("node ids:", ", ".join(map(str, deployment.node_ids())))
-        done = deployment.run(args.app, run_config)
-        print(done.stdout, end="")
-        print(done.stderr, end="", file=sys.stderr)
-        return done.returncode
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # One signal is enough: a second one must not cut the clean-up short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -30,12 +30,14 @@ __all__ = [
     "free_port",
     "is_alive",
     "kill_now",
+    "kill_spawned",
     "log_tail",
     "port_is_free",
     "processes_with_home",
     "related",
     "session_of",
     "spawn",
+    "spawned",
     "stop_pids",
     "stop_processes",
     "wait_for_port",
@@ -342,6 +344,25 @@ def kill_now(
     for process in processes:
         process.wait(timeout=10)
     _forget(processes)
+
+
+def spawned() -> set[int]:
+    """PIDs of the :func:`spawn` leaders of this process not yet stopped (alive or
+    not: what they started may still run)."""
+    return set(_TAGS)
+
+
+def kill_spawned(leaders: Iterable[int]) -> set[int]:
+    """SIGKILL, at once, to the :func:`spawn` leaders ``leaders`` and everything
+    they started (:func:`related`): the last resort where a caller's own clean-up
+    was cut short (a time limit that fired inside :func:`stop_processes`).
+    Returns the PIDs that were still running."""
+    victims = set()
+    for pid in leaders:
+        victims |= related(pid) | ({pid} if is_alive(pid) else set())
+        _TAGS.pop(pid, None)
+    _kill(victims)
+    return victims
 
 
 def _forget(processes: Sequence[subprocess.Popen[bytes]]) -> None:
