@@ -35,7 +35,6 @@ import contextlib
 import os
 import selectors
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,6 @@ from flwr.supercore.utils import simulation_config_from_json
 
 from flwr_byz.app.checkpoint import CHECKPOINT_FILE
 from flwr_byz.app.results import RESULTS_FILE
-from flwr_byz.deploy.app_snapshot import app_snapshot
 from flwr_byz.deploy.local_superlink import LocalSuperLink
 from flwr_byz.deploy.processes import stop_processes
 from flwr_byz.experiments.grid import (
@@ -185,7 +183,6 @@ class _Runner:
     progress: GridProgress = field(default_factory=GridProgress)
     links: dict[int, LocalSuperLink] = field(default_factory=dict)
     running: dict[int, _Running] = field(default_factory=dict)
-    snapshot: Path | None = None
     failures: list[str] = field(default_factory=list)
     ended: int = 0
     todo: int = 0
@@ -246,17 +243,6 @@ class _Runner:
             self.links[slot] = link.start()
         return self.links[slot]
 
-    def _app(self) -> Path:
-        """The app every cell runs: one copy for the grid, made at its first cell,
-        without the ignored directories `flwr run` would walk for each cell
-        (:func:`app_snapshot`)."""
-        if self.snapshot is None:
-            staging = self.stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="flwr-byz-app-")
-            )
-            self.snapshot = app_snapshot(self.app_dir, Path(staging) / "app")
-        return self.snapshot
-
     def _start(self, number: int, cell: Cell, path: Path, slot: int) -> _Running:
         link = self._link(slot)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +251,7 @@ class _Runner:
         log = (path.parent / LOG_FILE).open("ab")
         log_start = log.tell()
         command = link.run_command(
-            self._app(),
+            self.app_dir,
             overrides,
             num_supernodes=cell.supernodes,
             federation_config=self._federation_config(),
