@@ -594,18 +594,7 @@ class RobustStrategy(FedAvg):
         if outcome.arrays is None:
             arrays = sent.record
         else:
-            arrays = ArrayRecord(
-                {
-                    key: (
-                        sent.record[key]
-                        if offset < 0
-                        else _encoded(outcome.arrays[key], sent, key)
-                    )
-                    for key, offset in zip(
-                        sent.layout.keys, sent.layout.offsets, strict=True
-                    )
-                }
-            )
+            arrays = _new_record(sent, outcome.arrays)
         metrics = MetricRecord(self._client_train_metrics(outcome))
         for key, value in report.to_metrics().items():
             metrics[key] = value
@@ -678,6 +667,24 @@ class RobustStrategy(FedAvg):
         )
 
 
+def _new_record(sent: SentModel, arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """The new model: ``arrays`` encoded, the sent non-float arrays as sent.
+
+    Filled item by item: ``ArrayRecord(dict)`` would copy every new Array once
+    more.
+    """
+    record = ArrayRecord()
+    for key, offset in zip(sent.layout.keys, sent.layout.offsets, strict=True):
+        if offset < 0:
+            old = sent.record[key]
+            record[key] = Array(
+                dtype=old.dtype, shape=tuple(old.shape), stype=old.stype, data=old.data
+            )
+        else:
+            record[key] = _encoded(arrays[key], sent, key)
+    return record
+
+
 def _encoded(value: np.ndarray, sent: SentModel, key: str) -> Array:
     """``value``, the new array ``key``, as a Flower Array.
 
@@ -692,7 +699,7 @@ def _encoded(value: np.ndarray, sent: SentModel, key: str) -> Array:
         return Array(value)
     return Array(
         dtype=str(value.dtype),
-        shape=tuple(int(s) for s in value.shape),
+        shape=value.shape,
         stype=NUMPY_STYPE,
         data=header + value.tobytes(order="C"),
     )
