@@ -8,7 +8,7 @@ import torch
 from strategy_helpers import instructions, model_arrays, reply, server_identity, shifted
 
 from flwr_byz.strategy import FABA, Bulyan, Krum, Mean, Median, MultiKrum, TrimmedMean
-from flwr_byz.strategy.suspicion import outlier_rows, suspected_rows
+from flwr_byz.strategy.suspicion import median_distances, outlier_rows, suspected_rows
 
 NODES = list(range(201, 221))  # 20 nodes
 ATTACKERS = {203, 208, 211, 219}  # 20 %
@@ -82,3 +82,13 @@ def test_overflowing_difference_is_suspected() -> None:
     x[4] = 3e38
     x[0] = -3e38
     assert suspected_rows(x) == [0, 4]
+
+
+def test_the_median_of_float64_rows_near_the_largest_value_is_finite():
+    # The two middle values' float64 sum overflows: their midpoint is taken as
+    # halves (as the coordinate-wise Median takes it), not as inf, so the rows
+    # at the median are at distance 0 from it.
+    top = np.finfo(np.float64).max
+    rows = np.array([[top], [top], [0.0], [0.0], [top], [top]])
+    distances = median_distances(torch.from_numpy(rows))
+    assert distances[[0, 1, 4, 5]].tolist() == [0.0] * 4

@@ -33,7 +33,6 @@ import math
 import numpy as np
 import torch
 
-from flwr_byz.aggregation.coordinatewise import sorted_median
 from flwr_byz.aggregation.distances import SAMPLE_BLOCK, sample_starts
 
 #: Robust z-score above which a node's distance to the median is an outlier.
@@ -106,10 +105,26 @@ def median_distances(updates: torch.Tensor, *, sampled: bool = False) -> np.ndar
     # float64.
     ordered = by_column.copy()
     ordered.sort(axis=1)
-    centre = sorted_median(torch.from_numpy(ordered)).numpy()
-    difference = by_column.astype(np.float64)
-    np.subtract(difference, centre[:, None], out=difference)
+    difference = np.subtract(
+        by_column, _sorted_median(ordered)[:, None], dtype=np.float64
+    )
     return np.sqrt(np.einsum("ij,ij->j", difference, difference))
+
+
+def _sorted_median(ordered: np.ndarray) -> np.ndarray:
+    """:func:`~flwr_byz.aggregation.coordinatewise.sorted_median` of a numpy
+    array, the same float64 operations without a tensor per step."""
+    r = ordered.shape[1]
+    if r % 2 == 1:
+        return ordered[:, r // 2].astype(np.float64)
+    low = ordered[:, r // 2 - 1].astype(np.float64)
+    high = ordered[:, r // 2].astype(np.float64)
+    mid = np.add(low, high)
+    mid /= 2
+    bad = ~np.isfinite(mid)
+    if bad.any():
+        mid[bad] = low[bad] / 2 + high[bad] / 2
+    return mid
 
 
 def outlier_rows(scores: np.ndarray, k: float = OUTLIER_K) -> list[int]:
