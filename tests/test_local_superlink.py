@@ -1,16 +1,21 @@
-"""The private SuperLink starts even when another process takes its port first."""
+"""The private SuperLink starts even when another process takes its port first,
+and stops with everything it started."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import socket
+import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from flwr_byz.deploy.local_superlink import LocalSuperLink
-from flwr_byz.deploy.processes import free_port
+from flwr_byz.deploy.processes import free_port, is_alive, spawn
 
 _EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
@@ -66,3 +71,57 @@ def test_free_ports_lie_below_the_ephemeral_range_and_leave_random_alone() -> No
     assert random.random() == expected
     assert all(21000 <= port < low for port in ports)
     assert len(set(ports)) > 40
+
+
+_SUPEREXEC = """
+import os, signal, subprocess, sys, time
+def down(*_):
+    # A helper started on the way down, its environment without FLWR_HOME (as
+    # Ray's agents rewrite theirs), in this session.
+    helper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env={"PATH": os.environ["PATH"]},
+    )
+    with open(sys.argv[1], "w") as out:
+        out.write(str(helper.pid))
+    os._exit(0)
+signal.signal(signal.SIGTERM, down)
+open(sys.argv[1] + ".up", "w").close()
+time.sleep(120)
+"""
+
+_SUPERLINK = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]], start_new_session=True)
+time.sleep(120)
+"""
+
+
+def test_stop_ends_what_the_superexec_started_on_its_way_down(tmp_path: Path) -> None:
+    link = LocalSuperLink(tmp_path / "home")
+    (tmp_path / "superexec.py").write_text(_SUPEREXEC)
+    (tmp_path / "superlink.py").write_text(_SUPERLINK)
+    helper_file = tmp_path / "helper.pid"
+    link.process = spawn(
+        [
+            sys.executable,
+            str(tmp_path / "superlink.py"),
+            str(tmp_path / "superexec.py"),
+            str(helper_file),
+        ],
+        link.env,
+        None,
+        tmp_path / "superlink.out",
+    )
+    deadline = time.monotonic() + 30
+    while not Path(f"{helper_file}.up").exists():
+        assert time.monotonic() < deadline, "the stand-in SuperExec did not start"
+        time.sleep(0.05)
+    helper = None
+    try:
+        link.stop()
+        helper = int(helper_file.read_text())
+        assert not is_alive(helper)
+    finally:
+        if helper is not None and is_alive(helper):
+            os.kill(helper, signal.SIGKILL)

@@ -20,11 +20,11 @@ from typing import Any
 
 from flwr_byz.deploy.app_snapshot import app_snapshot
 from flwr_byz.deploy.processes import (
+    end_home,
     free_port,
-    kill_now,
+    home_sessions,
     log_tail,
     port_is_free,
-    processes_with_home,
     spawn,
     stop_processes,
     wait_until_healthy,
@@ -187,13 +187,15 @@ class LocalSuperLink:
 
     def stop(self) -> None:
         """Stop the SuperLink and everything it started."""
+        # The SuperExec and Ray start their own sessions, so their helpers (Ray's
+        # dashboard and runtime-env agents) can outlive the process group. They
+        # are found through the sessions of the processes with this FLWR_HOME,
+        # noted before those stop.
+        sessions = home_sessions(self.flwr_home)
         if self.process is not None:
             stop_processes([self.process])
         self.process = None
-        # The SuperExec and Ray start their own sessions, so their helpers (Ray's
-        # dashboard and runtime-env agents) can outlive the process group. Every
-        # process this SuperLink started carries its FLWR_HOME: end those too.
-        kill_now(pids=processes_with_home(self.flwr_home))
+        end_home(self.flwr_home, sessions)
         if self._own_home:
             shutil.rmtree(self.flwr_home, ignore_errors=True)
 

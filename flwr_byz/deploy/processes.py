@@ -27,7 +27,9 @@ import httpx
 __all__ = [
     "TAG_VARIABLE",
     "descendants",
+    "end_home",
     "free_port",
+    "home_sessions",
     "is_alive",
     "kill_now",
     "kill_spawned",
@@ -216,21 +218,52 @@ def _environ(pid: int) -> list[bytes]:
         return []
 
 
-def processes_with_home(flwr_home: str | Path) -> list[int]:
+def processes_with_home(
+    flwr_home: str | Path, sessions: Iterable[int] = ()
+) -> list[int]:
     """PIDs of the processes a SuperLink with ``flwr_home`` started (Linux ``/proc``;
     an empty list where it is not available).
 
     Those whose environment has ``FLWR_HOME=flwr_home``, and every process in their
-    sessions: Ray's agents rewrite their environment area with their process title,
-    so they are found through the session of the SuperExec that started them.
+    sessions and in ``sessions``: Ray's agents rewrite their environment area with
+    their process title, so they are found through the session of the SuperExec
+    that started them (which may already be gone: pass the sessions
+    :func:`home_sessions` saw while it ran).
     """
     wanted = f"FLWR_HOME={flwr_home}".encode()
     pids = _pids()
-    sessions = {pid: session_of(pid) for pid in pids}
+    by_pid = {pid: session_of(pid) for pid in pids}
     found = {pid for pid in pids if wanted in _environ(pid)}
-    ours = {sessions[pid] for pid in found} - {None, session_of(os.getpid())}
-    found |= {pid for pid in pids if sessions.get(pid) in ours}
+    ours = ({by_pid[pid] for pid in found} | set(sessions)) - {
+        None,
+        session_of(os.getpid()),
+    }
+    found |= {pid for pid in pids if by_pid.get(pid) in ours}
     return sorted(found)
+
+
+def home_sessions(flwr_home: str | Path) -> set[int]:
+    """The sessions of :func:`processes_with_home` now."""
+    found = {session_of(pid) for pid in processes_with_home(flwr_home)}
+    return found - {None, session_of(os.getpid())}
+
+
+def end_home(
+    flwr_home: str | Path, sessions: Iterable[int] = (), timeout: float = 10.0
+) -> None:
+    """SIGKILL every process of :func:`processes_with_home`, scanning again until
+    none runs (or ``timeout`` seconds): a process started while the others die
+    (Ray starts agents on its way down) is in one of their sessions, and the next
+    scan finds it."""
+    sessions = set(sessions)
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [p for p in processes_with_home(flwr_home, sessions) if is_alive(p)]
+        if not pids or time.monotonic() > deadline:
+            return
+        sessions |= {s for s in map(session_of, pids) if s is not None}
+        kill_now(pids=pids)
+        time.sleep(0.05)
 
 
 def related(pid: int) -> set[int]:
