@@ -224,7 +224,8 @@ def _reliable(product: torch.Tensor, cols: torch.Tensor) -> bool:
     """
     # A float32 product's entries are finite float32 values or ±inf, so their
     # float64 sum is finite iff all of them are (±inf together give NaN).
-    if not math.isfinite(float(product.sum())):
+    total = product.numpy().sum() if _numpy_ok(product) else product.sum()
+    if not math.isfinite(float(total)):
         return False
     diag = product.diagonal()
     if float(diag.min()) >= _TINY:
@@ -259,11 +260,18 @@ def _self_product(c: torch.Tensor, out: torch.Tensor | None = None) -> torch.Ten
     return out
 
 
+def _float64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 (numpy's cast on the CPU, as :func:`_numpy_ok` says)."""
+    if t.dtype == torch.float64 or t.device.type != "cpu" or t.requires_grad:
+        return t.to(torch.float64)
+    return torch.from_numpy(t.numpy().astype(np.float64))
+
+
 def _gram64(cols: torch.Tensor, work: torch.dtype) -> tuple[torch.Tensor, torch.dtype]:
     """``cols @ cols.T`` in float64, multiplied in ``work`` when that is reliable,
     else in float64; also returns the dtype used."""
     c = cols if cols.dtype == work else cols.to(work)
-    product = _self_product(c).to(torch.float64)
+    product = _float64(_self_product(c))
     if work == torch.float64 or _reliable(product, c):
         return product, work
     c = cols.to(torch.float64)
@@ -422,7 +430,8 @@ def _one_chunk_centred_gram(x: torch.Tensor, work: torch.dtype) -> torch.Tensor 
     """
     plain, _ = _gram64(x, work)
     cpu = plain.cpu()
-    ref = medoid(cpu, sq_distances_from_gram(cpu).sqrt_())
+    sq = sq_distances_from_gram(cpu)
+    ref = medoid(cpu, torch.from_numpy(np.sqrt(sq.numpy(), out=sq.numpy())))
     centred = _centre_gram(cpu, ref)
     if _conditioning(cpu, centred, ref) > _MAX_CONDITIONING:
         return None
@@ -466,7 +475,7 @@ def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Te
         diag = gram.diagonal()
         sq = diag[:, None] + diag[None, :] - 2.0 * gram
         near = (sq <= rel * (diag[:, None] + diag[None, :])).cpu()
-    if int(near.sum()) == n:  # only the diagonal
+    if np.count_nonzero(near.numpy()) == n:  # only the diagonal
         return gram
     # Rows far from the centre but close to each other (a tight Byzantine cluster)
     # are all "near": a fingerprint of a few spread columns rules out almost every
@@ -475,7 +484,7 @@ def _tie_duplicates(x: torch.Tensor, gram: torch.Tensor, rel: float) -> torch.Te
     probe = torch.linspace(0, d - 1, min(d, _FINGERPRINT), device=x.device).long()
     prints = x[:, probe].cpu()
     near &= (prints[:, None, :] == prints[None, :, :]).all(dim=2)
-    if int(near.sum()) == n:
+    if np.count_nonzero(near.numpy()) == n:
         return gram
     first = list(range(n))
     for i in range(1, n):

@@ -36,11 +36,15 @@ def krum_scores(sq_dist: torch.Tensor, f: int) -> list[float]:
     """
     n = sq_dist.shape[0]
     # A NaN distance (never produced from finite input) sorts as the farthest.
-    others = sq_dist.to(device="cpu", dtype=torch.float64).nan_to_num(nan=math.inf)
-    others.fill_diagonal_(math.inf)
+    # (numpy's, as torch's: +inf becomes the largest finite value, in numpy
+    # without a thread start for a large n × n matrix.)
+    others = np.nan_to_num(
+        sq_dist.detach().to(device="cpu", dtype=torch.float64).numpy(), nan=math.inf
+    )
+    np.fill_diagonal(others, math.inf)
     # numpy's vectorised sort: the same order as torch.sort, several times faster
     # on the CPU for the short rows of an n × n matrix.
-    ordered = np.sort(others.numpy(), axis=1)
+    ordered = np.sort(others, axis=1)
     nearest = torch.from_numpy(np.ascontiguousarray(ordered[:, : n - f - 2]))
     return nearest.sum(dim=1).tolist()
 
