@@ -62,6 +62,19 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def _described(pids: list[int]) -> list[str]:
+    """Each PID with its state, session and command line (for a failure)."""
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = "gone"
+        command = _cmdline(pid).replace(b"\0", b" ").decode(errors="replace")
+        out.append(f"{pid} [{state}, session {session_of(pid)}] {command[:160]}")
+    return out
+
+
 @pytest.mark.slow
 def test_sigterm_stops_the_grid_and_everything_it_started(tmp_path) -> None:
     # A short TMPDIR: Ray's socket paths under it must stay below 108 bytes.
@@ -118,7 +131,7 @@ def test_sigterm_stops_the_grid_and_everything_it_started(tmp_path) -> None:
         while time.monotonic() < deadline and _in_sessions(sessions):
             time.sleep(0.5)
         left = _processes_under(str(tmp)) + _in_sessions(sessions)
-        assert left == [], f"processes outlived the grid: {left}"
+        assert left == [], f"processes outlived the grid: {_described(left)}"
         assert "interrupted" in log.read_text()
     finally:
         kill_now([grid], _processes_under(str(tmp)) + _in_sessions(sessions))
