@@ -150,18 +150,26 @@ def test_ports_taken_before_the_superlink_gateway_and_supernode_bind_are_replace
             holder.close()
 
 
-def _processes_mentioning(needles: list[str], skip: str = "pytest") -> list[str]:
-    """Command lines of live processes that name one of ``needles`` (and not
-    ``skip``, when given)."""
+def _command_lines() -> list[tuple[int, str]]:
+    """``(pid, command line)`` of every live process."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(n in text for n in needles) and not (skip and skip in text):
-            found.append(text)
+        found.append((int(cmdline.parent.name), text))
     return found
+
+
+def _processes_mentioning(needles: list[str], skip: str = "pytest") -> list[str]:
+    """Command lines of live processes that name one of ``needles`` (and not
+    ``skip``, when given)."""
+    return [
+        text
+        for _, text in _command_lines()
+        if any(n in text for n in needles) and not (skip and skip in text)
+    ]
 
 
 # Scaling (×10) rather than sign flip: with 4 heterogeneous regions one sign-flipped
@@ -401,10 +409,10 @@ def _end(process: subprocess.Popen[str], workdir: Path) -> None:
             process.wait(timeout=90)
         process.kill()
         process.wait()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError, ValueError):
-            if str(workdir).encode() in cmdline.read_bytes():
-                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+    for pid, text in _command_lines():
+        if str(workdir) in text:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

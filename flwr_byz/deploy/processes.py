@@ -394,7 +394,7 @@ def kill_spawned(leaders: Iterable[int]) -> set[int]:
     for pid in leaders:
         victims |= related(pid) | ({pid} if is_alive(pid) else set())
         _TAGS.pop(pid, None)
-    _kill(victims)
+    kill_now(pids=victims)
     return victims
 
 
