@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from flwr_byz.aggregation import distances as dist
+from flwr_byz.aggregation.coordinatewise import sorted_median
+from flwr_byz.aggregation.krum import krum_scores
+from flwr_byz.strategy.suspicion import _sorted_median
 
 
 def _grams():
@@ -70,3 +73,38 @@ def test_copies_get_their_first_copys_gram_row():
     assert tied[4, 4] == tied[1, 1] == tied[1, 4] == tied[4, 1]
     others = [0, 2, 3, 5]
     assert torch.equal(tied[others][:, others], gram[others][:, others])
+
+
+@pytest.mark.parametrize("gram", list(_grams()))
+def test_krum_scores_equal_their_torch_definition(gram):
+    n = gram.shape[0]
+    if n < 3:
+        pytest.skip("Krum needs n >= f + 3")
+    sq = dist.sq_distances_from_gram(gram).clone()
+    sq[0, 1:] = math.nan
+    sq[-1, 0] = math.inf
+    others = sq.nan_to_num(nan=math.inf)
+    others.fill_diagonal_(math.inf)
+    for f in {0, (n - 3) // 2}:
+        nearest = torch.sort(others, dim=1).values[:, : n - f - 2]
+        assert krum_scores(sq, f) == nearest.sum(dim=1).tolist()
+
+
+def test_float32_products_are_cast_and_summed_as_torch_does():
+    rng = np.random.default_rng(3)
+    product = torch.from_numpy(rng.standard_normal((300, 300)).astype(np.float32))
+    product[5, 7] = 3e38
+    assert torch.equal(dist._float64(product), product.to(torch.float64))
+    cols = torch.ones(300, 4)
+    assert dist._reliable(dist._float64(product), cols)
+    product[5, 7] = math.inf
+    assert not dist._reliable(dist._float64(product), cols)
+
+
+def test_the_suspicion_median_equals_the_coordinatewise_one():
+    rng = np.random.default_rng(5)
+    for width in (7, 8):
+        ordered = np.sort(rng.standard_normal((40, width)), axis=1)
+        ordered[0, width // 2 - 1 :] = np.finfo(np.float64).max
+        expected = sorted_median(torch.from_numpy(ordered)).numpy()
+        assert np.array_equal(_sorted_median(ordered), expected)
