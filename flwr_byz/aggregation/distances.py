@@ -430,8 +430,9 @@ def _one_chunk_centred_gram(x: torch.Tensor, work: torch.dtype) -> torch.Tensor 
     """
     plain, _ = _gram64(x, work)
     cpu = plain.cpu()
-    sq = sq_distances_from_gram(cpu)
-    ref = medoid(cpu, torch.from_numpy(np.sqrt(sq.numpy(), out=sq.numpy())))
+    dist = sq_distances_from_gram(cpu)
+    np.sqrt(dist.numpy(), out=dist.numpy())  # in place, in numpy (as _numpy_ok)
+    ref = medoid(cpu, dist)
     centred = _centre_gram(cpu, ref)
     if _conditioning(cpu, centred, ref) > _MAX_CONDITIONING:
         return None

@@ -35,9 +35,9 @@ def krum_scores(sq_dist: torch.Tensor, f: int) -> list[float]:
         Number of Byzantine rows.
     """
     n = sq_dist.shape[0]
-    # A NaN distance (never produced from finite input) sorts as the farthest.
-    # (numpy's, as torch's: +inf becomes the largest finite value, in numpy
-    # without a thread start for a large n × n matrix.)
+    # A NaN distance (never produced from finite input) sorts as the farthest;
+    # +inf becomes the largest finite value, as torch's nan_to_num makes it (in
+    # numpy: no thread start for a large n × n matrix).
     others = np.nan_to_num(
         sq_dist.detach().to(device="cpu", dtype=torch.float64).numpy(), nan=math.inf
     )
